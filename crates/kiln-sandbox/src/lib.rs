@@ -1,0 +1,17 @@
+//! The operating-system boundary of kiln: root filesystems, process
+//! isolation, overlay mounts and external host tools.
+//!
+//! Everything that talks to the kernel about namespaces, mounts or paths
+//! inside an image lives here, so that the crates above it can be tested
+//! without root while this one is tested for real.
+
+pub mod busybox;
+pub mod exec;
+pub mod overlay;
+pub mod probe;
+pub mod rootfs;
+pub mod tool;
+
+pub use exec::{Bubblewrap, ExecError, Isolation, ProcessSpec};
+pub use overlay::{OverlayError, OverlayMount};
+pub use rootfs::{Kind, Meta, Root, RootError};

@@ -1,0 +1,57 @@
+//! kiln: immutable-server pipelines in one binary.
+//!
+//! This file only parses the command line and hands over; the work lives
+//! in the library crates (kiln-toe, kiln-sandbox, ...).
+//!
+//! Async policy: the commands here are synchronous. The daemon, the API and
+//! the load balancer will run on tokio, with blocking work (processes,
+//! tar, hashing, copying trees) in `spawn_blocking`.
+
+mod output;
+mod state;
+mod toe;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Immutable-server pipelines: build, bake, test and roll out golden images")]
+struct Cli {
+    /// The directory holding everything kiln owns (database, images, logs).
+    #[arg(long, env = "KILN_STATE", global = true)]
+    state_dir: Option<std::path::PathBuf>,
+
+    /// Log what kiln does (RUST_LOG syntax also works: KILN_LOG=debug).
+    #[arg(long, short, global = true)]
+    verbose: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate and run AWSTOE component documents (EC2 Image Builder components).
+    Toe(toe::ToeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("KILN_LOG").unwrap_or_else(|_| if cli.verbose { "debug".into() } else { "warn".into() });
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    let state = state::StateDir::resolve(cli.state_dir.as_deref());
+    let result = match cli.command {
+        Command::Toe(args) => toe::main(args, &state),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
