@@ -15,7 +15,13 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 
+mod error;
+mod path;
 mod tree;
+
+pub use error::RootError;
+pub use path::join;
+use path::{join_bytes, relative, split};
 
 #[cfg(test)]
 mod tests;
@@ -23,53 +29,6 @@ mod tests;
 /// Magic links (`/proc/self/root` and friends) would jump out of the root
 /// even under `RESOLVE_IN_ROOT`.
 const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
-
-/// A failed operation inside a root filesystem; the message names the
-/// operation, the in-root path and the root's host directory.
-#[derive(Debug, thiserror::Error)]
-pub enum RootError {
-    #[error("open root directory {root}: {error}")]
-    OpenRoot { root: PathBuf, error: io::Error },
-    #[error("{op} {path} in root {root}: {error}")]
-    Io {
-        op: &'static str,
-        path: String,
-        root: PathBuf,
-        error: io::Error,
-    },
-    #[error("{op} {from} to {to} in root {root}: {error}")]
-    Pair {
-        op: &'static str,
-        from: String,
-        to: String,
-        root: PathBuf,
-        error: io::Error,
-    },
-    #[error("create symlink {link} -> {target} in root {root}: {error}")]
-    Symlink {
-        link: String,
-        target: String,
-        root: PathBuf,
-        error: io::Error,
-    },
-}
-
-impl RootError {
-    /// The kind of the underlying OS error, so callers can tell a missing
-    /// file (`NotFound`) or an existing one (`AlreadyExists`) from a failure.
-    pub fn kind(&self) -> io::ErrorKind {
-        self.io_error().kind()
-    }
-
-    pub fn io_error(&self) -> &io::Error {
-        match self {
-            RootError::OpenRoot { error, .. }
-            | RootError::Io { error, .. }
-            | RootError::Pair { error, .. }
-            | RootError::Symlink { error, .. } => error,
-        }
-    }
-}
 
 /// What a path is, without following a final symlink for `lstat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -125,67 +84,6 @@ impl AsFd for Root {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
-}
-
-/// Joins an in-root path onto a base directory the way a shell would: an
-/// absolute `p` replaces `base`. `..` is left alone because only the kernel
-/// knows where it leads once symlinks are involved.
-pub fn join(base: &str, p: &str) -> String {
-    let joined = if p.starts_with('/') {
-        p.to_owned()
-    } else if p.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}/{p}")
-    };
-    let mut out = String::with_capacity(joined.len());
-    for c in joined.chars() {
-        if c == '/' && out.ends_with('/') {
-            continue;
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Byte-wise join used by the tree walkers, whose names need not be UTF-8.
-fn join_bytes(base: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(base.len() + 1 + name.len());
-    v.extend_from_slice(base);
-    if !v.ends_with(b"/") {
-        v.push(b'/');
-    }
-    v.extend_from_slice(name);
-    v
-}
-
-/// The path relative to the root descriptor; `openat2` rejects an empty one.
-fn relative(p: &[u8]) -> &[u8] {
-    match p.iter().position(|b| *b != b'/') {
-        Some(i) => &p[i..],
-        None => b".",
-    }
-}
-
-/// Splits off the final component, which must be a real name: `/`, `.` and
-/// `..` name no entry that could be created, renamed or removed.
-fn split(p: &[u8]) -> io::Result<(&[u8], &[u8])> {
-    let mut end = p.len();
-    while end > 0 && p[end - 1] == b'/' {
-        end -= 1;
-    }
-    let p = &p[..end];
-    let (parent, name) = match p.iter().rposition(|b| *b == b'/') {
-        Some(i) => (&p[..i], &p[i + 1..]),
-        None => (&b""[..], p),
-    };
-    if name.is_empty() || name == b"." || name == b".." {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the path does not end in a file name",
-        ));
-    }
-    Ok((parent, name))
 }
 
 fn mode(bits: u32) -> Mode {

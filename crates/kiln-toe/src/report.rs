@@ -27,7 +27,9 @@ impl Status {
     pub fn absorb(self, step: Status) -> Status {
         match (self, step) {
             (Status::Failed, _) | (_, Status::Failed) => Status::Failed,
-            (_, Status::IgnoredFailure) | (Status::SuccessWithIgnoredFailure, _) => Status::SuccessWithIgnoredFailure,
+            (_, Status::IgnoredFailure | Status::SuccessWithIgnoredFailure) | (Status::SuccessWithIgnoredFailure, _) => {
+                Status::SuccessWithIgnoredFailure
+            }
             _ => Status::Success,
         }
     }

@@ -122,13 +122,38 @@ fn absolute_symlinks_resolve_inside_the_root() {
     );
 }
 
+/// Unmounts a test's bind mount even when an assertion fails first.
+struct BindMount(PathBuf);
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
 #[test]
 fn magic_links_are_refused() {
     let f = fixture();
     f.root.symlink("/proc/self/root/etc", "magic").unwrap();
-    // Inside the root there is no /proc, so this is simply missing; the
-    // point is that the host's /etc is not reached.
+    // Without procfs inside the root the link simply leads nowhere.
     assert!(f.root.stat("magic/passwd").unwrap().is_none());
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    // With a real /proc in the root (as a sandbox has) the magic link
+    // would lead to the host's /, and must be refused.
+    f.root.create_dir_all("/proc", 0o555).unwrap();
+    let proc_dir = host(&f, "proc");
+    rustix::mount::mount_bind("/proc", &proc_dir).unwrap();
+    let _guard = BindMount(proc_dir);
+    assert!(!matches!(f.root.stat("magic/passwd"), Ok(Some(_))));
+    assert!(f.root.read("magic/passwd").is_err());
+    assert!(
+        f.root
+            .write("magic/kiln-escape", b"x", 0o644, true)
+            .is_err()
+    );
+    assert!(!Path::new("/etc/kiln-escape").exists());
 }
 
 #[test]

@@ -1,0 +1,24 @@
+# Installs what kiln needs on a Debian machine, skipping what is already
+# there. Sourced by the other scripts.
+set -euo pipefail
+
+KILN_DEBIAN_PACKAGES=(bubblewrap busybox-static)
+
+kiln_install_deps() {
+    local missing=()
+    for pkg in "${KILN_DEBIAN_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        echo "installing Debian packages: ${missing[*]}" >&2
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "error: cargo is not installed; install a Rust toolchain (rustup) first" >&2
+        return 1
+    fi
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
+}
