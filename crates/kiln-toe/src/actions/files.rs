@@ -313,6 +313,8 @@ fn delete_folder(ctx: &mut Ctx, item: &Map<String, Value>) -> Result<Outputs, Ac
     let root = ctx.root();
     match kind(root, &path)? {
         None => ctx.console(&format!("DeleteFolder: {path} does not exist")),
+        // A link is removed, never followed: what it points to stays.
+        Some(Kind::Symlink) => root.remove_file(&path).map_err(err)?,
         Some(Kind::Dir) => {
             if flag(item, "force", false)? {
                 root.remove_all(&path).map_err(err)?;
