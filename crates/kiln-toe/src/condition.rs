@@ -81,15 +81,31 @@ const OPERATORS: &[(&str, Op, Needs)] = &[
     ("stringIsWhitespace", Op::StringIsWhitespace, Needs::Nothing),
     ("stringEquals", Op::StringEquals, Needs::Value),
     ("stringLessThan", Op::StringLessThan, Needs::Value),
-    ("stringLessThanEquals", Op::StringLessThanEquals, Needs::Value),
+    (
+        "stringLessThanEquals",
+        Op::StringLessThanEquals,
+        Needs::Value,
+    ),
     ("stringGreaterThan", Op::StringGreaterThan, Needs::Value),
-    ("stringGreaterThanEquals", Op::StringGreaterThanEquals, Needs::Value),
+    (
+        "stringGreaterThanEquals",
+        Op::StringGreaterThanEquals,
+        Needs::Value,
+    ),
     ("patternMatches", Op::PatternMatches, Needs::Value),
     ("numberEquals", Op::NumberEquals, Needs::Value),
     ("numberLessThan", Op::NumberLessThan, Needs::Value),
-    ("numberLessThanEquals", Op::NumberLessThanEquals, Needs::Value),
+    (
+        "numberLessThanEquals",
+        Op::NumberLessThanEquals,
+        Needs::Value,
+    ),
     ("numberGreaterThan", Op::NumberGreaterThan, Needs::Value),
-    ("numberGreaterThanEquals", Op::NumberGreaterThanEquals, Needs::Value),
+    (
+        "numberGreaterThanEquals",
+        Op::NumberGreaterThanEquals,
+        Needs::Value,
+    ),
     ("binaryExists", Op::BinaryExists, Needs::Nothing),
     ("fileExists", Op::FileExists, Needs::Nothing),
     ("folderExists", Op::FolderExists, Needs::Nothing),
@@ -102,7 +118,10 @@ const OPERATORS: &[(&str, Op, Needs)] = &[
 fn operator(key: &str) -> Option<(Op, Needs)> {
     // AWS's own examples spell some operators with a lower-case letter
     // inside (`stringlessThan`), so names match case-insensitively.
-    OPERATORS.iter().find(|(name, _, _)| name.eq_ignore_ascii_case(key)).map(|(_, op, needs)| (*op, *needs))
+    OPERATORS
+        .iter()
+        .find(|(name, _, _)| name.eq_ignore_ascii_case(key))
+        .map(|(_, op, needs)| (*op, *needs))
 }
 
 /// Parses a step's `if`: a map holding one operator plus optional
@@ -111,7 +130,11 @@ pub fn parse_if(node: &Node, field: &str, c: &mut Collector) -> Option<Condition
     let node = match node.as_seq() {
         Some([only]) => only,
         Some(_) => {
-            c.push(node.pos, field, "`if` holds exactly one condition; combine several with and / or");
+            c.push(
+                node.pos,
+                field,
+                "`if` holds exactly one condition; combine several with and / or",
+            );
             return None;
         }
         None => node,
@@ -136,13 +159,30 @@ pub fn parse_if(node: &Node, field: &str, c: &mut Collector) -> Option<Condition
         }
     }
     let expr = parse_expr(node, field, &["then", "else"], 0, c)?;
-    Some(Condition { expr, then, otherwise })
+    Some(Condition {
+        expr,
+        then,
+        otherwise,
+    })
 }
 
 /// Parses one expression: a map with exactly one operator key.
-pub fn parse_expr(node: &Node, field: &str, extra: &[&str], depth: usize, c: &mut Collector) -> Option<Expr> {
+pub fn parse_expr(
+    node: &Node,
+    field: &str,
+    extra: &[&str],
+    depth: usize,
+    c: &mut Collector,
+) -> Option<Expr> {
     let Some(entries) = node.as_map() else {
-        c.push(node.pos, field, format!("expected a map holding one operator, found a {}", node.kind()));
+        c.push(
+            node.pos,
+            field,
+            format!(
+                "expected a map holding one operator, found a {}",
+                node.kind()
+            ),
+        );
         return None;
     };
     let mut found: Vec<(&Node, &Node)> = Vec::new();
@@ -151,7 +191,11 @@ pub fn parse_expr(node: &Node, field: &str, extra: &[&str], depth: usize, c: &mu
         if matches!(name, "and" | "or" | "not") || operator(name).is_some() {
             found.push((key, value));
         } else if !matches!(name, "value" | "path") && !extra.contains(&name) {
-            c.push(key.pos, format!("{field}.{name}"), "unknown operator or field");
+            c.push(
+                key.pos,
+                format!("{field}.{name}"),
+                "unknown operator or field",
+            );
         }
     }
     let (key, value) = match found.as_slice() {
@@ -161,7 +205,11 @@ pub fn parse_expr(node: &Node, field: &str, extra: &[&str], depth: usize, c: &mu
             return None;
         }
         [_, second, ..] => {
-            c.push(second.0.pos, field, "more than one operator; combine them with and / or");
+            c.push(
+                second.0.pos,
+                field,
+                "more than one operator; combine them with and / or",
+            );
             return None;
         }
     };
@@ -169,14 +217,22 @@ pub fn parse_expr(node: &Node, field: &str, extra: &[&str], depth: usize, c: &mu
     let here = format!("{field}.{name}");
     if matches!(name, "and" | "or" | "not") {
         if depth + 1 > MAX_NESTING {
-            c.push(key.pos, &here, format!("logical operators nested deeper than {MAX_NESTING} levels"));
+            c.push(
+                key.pos,
+                &here,
+                format!("logical operators nested deeper than {MAX_NESTING} levels"),
+            );
             return None;
         }
         let operands: Vec<&Node> = match (name, value.as_seq()) {
             (_, Some(items)) => items.iter().collect(),
             ("not", None) => vec![value],
             (_, None) => {
-                c.push(value.pos, &here, format!("expected a list of conditions, found a {}", value.kind()));
+                c.push(
+                    value.pos,
+                    &here,
+                    format!("expected a list of conditions, found a {}", value.kind()),
+                );
                 return None;
             }
         };
@@ -185,12 +241,22 @@ pub fn parse_expr(node: &Node, field: &str, extra: &[&str], depth: usize, c: &mu
             return None;
         }
         if name != "not" && operands.len() < 2 {
-            c.push(value.pos, &here, format!("`{name}` needs two or more conditions"));
+            c.push(
+                value.pos,
+                &here,
+                format!("`{name}` needs two or more conditions"),
+            );
             return None;
         }
         let mut parsed = Vec::new();
         for (i, operand) in operands.iter().enumerate() {
-            parsed.push(parse_expr(operand, &format!("{here}[{i}]"), &[], depth + 1, c)?);
+            parsed.push(parse_expr(
+                operand,
+                &format!("{here}[{i}]"),
+                &[],
+                depth + 1,
+                c,
+            )?);
         }
         return Some(match name {
             "and" => Expr::And(parsed),
@@ -200,7 +266,11 @@ pub fn parse_expr(node: &Node, field: &str, extra: &[&str], depth: usize, c: &mu
     }
     let (op, needs) = operator(name)?;
     if value.as_map().is_some() || value.as_seq().is_some() {
-        c.push(value.pos, &here, format!("expected a single value, found a {}", value.kind()));
+        c.push(
+            value.pos,
+            &here,
+            format!("expected a single value, found a {}", value.kind()),
+        );
         return None;
     }
     let sibling = |k: &str| node.get(k).cloned();
@@ -216,14 +286,19 @@ pub fn parse_expr(node: &Node, field: &str, extra: &[&str], depth: usize, c: &mu
         }
         _ => {}
     }
-    if op == Op::PatternMatches {
-        if let Some(pattern) = value.scalar().filter(|p| !p.contains("{{")) {
-            if let Err(e) = regex_lite::Regex::new(pattern) {
-                c.push(value.pos, &here, format!("invalid regular expression: {e}"));
-            }
-        }
+    if op == Op::PatternMatches
+        && let Some(pattern) = value.scalar().filter(|p| !p.contains("{{"))
+        && let Err(e) = regex_lite::Regex::new(pattern)
+    {
+        c.push(value.pos, &here, format!("invalid regular expression: {e}"));
     }
-    Some(Expr::Compare(Comparison { op, operand: value.clone(), value: value_node, path: path_node, pos: key.pos }))
+    Some(Expr::Compare(Comparison {
+        op,
+        operand: value.clone(),
+        value: value_node,
+        path: path_node,
+        pos: key.pos,
+    }))
 }
 
 impl Expr {
@@ -284,7 +359,8 @@ fn compare(cmp: &Comparison, facts: &mut dyn Facts) -> Result<bool, String> {
     let strings = || operand.to_lowercase().cmp(&value.to_lowercase()).reverse();
     // The documented direction is `value <op> baseline`, so `ord` compares
     // value to operand.
-    let numbers = || -> Option<Ordering> { parse_number(&value)?.partial_cmp(&parse_number(&operand)?) };
+    let numbers =
+        || -> Option<Ordering> { parse_number(&value)?.partial_cmp(&parse_number(&operand)?) };
     Ok(match cmp.op {
         Op::StringIsEmpty => operand.is_empty(),
         Op::StringIsWhitespace => !operand.is_empty() && operand.chars().all(char::is_whitespace),
@@ -300,7 +376,9 @@ fn compare(cmp: &Comparison, facts: &mut dyn Facts) -> Result<bool, String> {
         Op::NumberLessThan => numbers() == Some(Ordering::Less),
         Op::NumberLessThanEquals => matches!(numbers(), Some(Ordering::Less | Ordering::Equal)),
         Op::NumberGreaterThan => numbers() == Some(Ordering::Greater),
-        Op::NumberGreaterThanEquals => matches!(numbers(), Some(Ordering::Greater | Ordering::Equal)),
+        Op::NumberGreaterThanEquals => {
+            matches!(numbers(), Some(Ordering::Greater | Ordering::Equal))
+        }
         Op::BinaryExists => facts.binary_exists(&operand),
         Op::FileExists => facts.is_file(&operand),
         Op::FolderExists => facts.is_dir(&operand),
@@ -330,7 +408,12 @@ fn parse_number(text: &str) -> Option<f64> {
     let t = text.trim();
     let body = t.strip_prefix(['-', '+']).unwrap_or(t);
     let valid = match body.split_once('.') {
-        Some((int, frac)) => !frac.is_empty() && [int, frac].iter().all(|p| p.chars().all(|c| c.is_ascii_digit())),
+        Some((int, frac)) => {
+            !frac.is_empty()
+                && [int, frac]
+                    .iter()
+                    .all(|p| p.chars().all(|c| c.is_ascii_digit()))
+        }
         None => !body.is_empty() && body.chars().all(|c| c.is_ascii_digit()),
     };
     if valid { t.parse().ok() } else { None }

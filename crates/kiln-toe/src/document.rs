@@ -72,7 +72,11 @@ pub struct Loop {
 
 #[derive(Debug, Clone)]
 pub enum LoopKind {
-    For { start: i64, end: i64, update_by: i64 },
+    For {
+        start: i64,
+        end: i64,
+        update_by: i64,
+    },
     /// Items, each substituted when the loop starts.
     ForEachList(Vec<Node>),
     /// One string split on a one-character delimiter.
@@ -86,7 +90,11 @@ impl Loop {
         substitute: &mut dyn FnMut(&Node) -> Result<String, String>,
     ) -> Result<Vec<String>, String> {
         match &self.kind {
-            LoopKind::For { start, end, update_by } => {
+            LoopKind::For {
+                start,
+                end,
+                update_by,
+            } => {
                 let mut out = Vec::new();
                 let mut i = *start;
                 while (*update_by > 0 && i <= *end) || (*update_by < 0 && i >= *end) {

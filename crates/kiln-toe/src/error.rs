@@ -17,7 +17,13 @@ pub struct DocError {
 
 impl fmt::Display for DocError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file.display(), self.pos.line, self.pos.col)?;
+        write!(
+            f,
+            "{}:{}:{}: ",
+            self.file.display(),
+            self.pos.line,
+            self.pos.col
+        )?;
         if !self.field.is_empty() {
             write!(f, "{}: ", self.field)?;
         }
@@ -51,7 +57,10 @@ pub struct Collector {
 
 impl Collector {
     pub fn new(file: &Path) -> Self {
-        Collector { file: file.to_path_buf(), errors: Vec::new() }
+        Collector {
+            file: file.to_path_buf(),
+            errors: Vec::new(),
+        }
     }
 
     pub fn file(&self) -> &Path {
@@ -59,6 +68,11 @@ impl Collector {
     }
 
     pub fn push(&mut self, pos: Pos, field: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(DocError { file: self.file.clone(), pos, field: field.into(), message: message.into() });
+        self.errors.push(DocError {
+            file: self.file.clone(),
+            pos,
+            field: field.into(),
+            message: message.into(),
+        });
     }
 }

@@ -24,7 +24,11 @@ const LOOP_DELIMITERS: &[char] = &['.', ',', ';', ':', '\n', '\t', ' ', '-', '_'
 pub fn load(path: &Path) -> Result<Document, Diagnostics> {
     let source = std::fs::read_to_string(path).map_err(|e| {
         let mut c = Collector::new(path);
-        c.push(Pos { line: 0, col: 0 }, "", format!("cannot read the document: {e}"));
+        c.push(
+            Pos { line: 0, col: 0 },
+            "",
+            format!("cannot read the document: {e}"),
+        );
         Diagnostics(c.errors)
     })?;
     parse_str(path, &source)
@@ -55,7 +59,11 @@ fn string(node: &Node, field: &str, c: &mut Collector) -> Option<String> {
         Some(s) => Some(s.to_string()),
         None if node.is_null() => Some(String::new()),
         None => {
-            c.push(node.pos, field, format!("expected a string, found a {}", node.kind()));
+            c.push(
+                node.pos,
+                field,
+                format!("expected a string, found a {}", node.kind()),
+            );
             None
         }
     }
@@ -64,8 +72,15 @@ fn string(node: &Node, field: &str, c: &mut Collector) -> Option<String> {
 fn integer(node: &Node, field: &str, c: &mut Collector) -> Option<i64> {
     let value = node.as_i64();
     if value.is_none() {
-        let found = node.scalar().map(|s| format!("{s:?}")).unwrap_or_else(|| format!("a {}", node.kind()));
-        c.push(node.pos, field, format!("expected an integer, found {found}"));
+        let found = node
+            .scalar()
+            .map(|s| format!("{s:?}"))
+            .unwrap_or_else(|| format!("a {}", node.kind()));
+        c.push(
+            node.pos,
+            field,
+            format!("expected an integer, found {found}"),
+        );
     }
     value
 }
@@ -74,40 +89,90 @@ fn unknown_keys(node: &Node, allowed: &[&str], field: &str, c: &mut Collector) {
     for (key, _) in node.as_map().unwrap_or_default() {
         let name = key.scalar().unwrap_or_default();
         if !allowed.contains(&name) {
-            let at = if field.is_empty() { name.to_string() } else { format!("{field}.{name}") };
-            c.push(key.pos, at, format!("unknown field (expected one of: {})", allowed.join(", ")));
+            let at = if field.is_empty() {
+                name.to_string()
+            } else {
+                format!("{field}.{name}")
+            };
+            c.push(
+                key.pos,
+                at,
+                format!("unknown field (expected one of: {})", allowed.join(", ")),
+            );
         }
     }
 }
 
 fn document(root: &Node, path: &Path, source: &str, c: &mut Collector) -> Option<Document> {
     if root.as_map().is_none() {
-        c.push(root.pos, "", format!("a component document is a map, found a {}", root.kind()));
+        c.push(
+            root.pos,
+            "",
+            format!("a component document is a map, found a {}", root.kind()),
+        );
         return None;
     }
-    unknown_keys(root, &["name", "description", "schemaVersion", "parameters", "constants", "phases"], "", c);
-    let text = |key: &str, c: &mut Collector| root.get(key).and_then(|n| string(n, key, c)).unwrap_or_default();
+    unknown_keys(
+        root,
+        &[
+            "name",
+            "description",
+            "schemaVersion",
+            "parameters",
+            "constants",
+            "phases",
+        ],
+        "",
+        c,
+    );
+    let text = |key: &str, c: &mut Collector| {
+        root.get(key)
+            .and_then(|n| string(n, key, c))
+            .unwrap_or_default()
+    };
     let name = text("name", c);
     let description = text("description", c);
     let schema_version = match root.get("schemaVersion") {
         None => {
-            c.push(root.pos, "schemaVersion", "required field is missing (use 1.0)");
+            c.push(
+                root.pos,
+                "schemaVersion",
+                "required field is missing (use 1.0)",
+            );
             String::new()
         }
         Some(node) => {
             let v = string(node, "schemaVersion", c).unwrap_or_default();
             if !matches!(v.as_str(), "1.0" | "1") {
-                c.push(node.pos, "schemaVersion", format!("unsupported schema version {v:?} (use 1.0)"));
+                c.push(
+                    node.pos,
+                    "schemaVersion",
+                    format!("unsupported schema version {v:?} (use 1.0)"),
+                );
             }
             v
         }
     };
-    let parameters = root.get("parameters").map(|n| parameters(n, c)).unwrap_or_default();
-    let constants = root.get("constants").map(|n| constants(n, c)).unwrap_or_default();
+    let parameters = root
+        .get("parameters")
+        .map(|n| parameters(n, c))
+        .unwrap_or_default();
+    let constants = root
+        .get("constants")
+        .map(|n| constants(n, c))
+        .unwrap_or_default();
     let mut names = HashSet::new();
-    for (name, pos) in parameters.iter().map(|p| (&p.name, p.pos)).chain(constants.iter().map(|k| (&k.name, Pos::default()))) {
+    for (name, pos) in parameters
+        .iter()
+        .map(|p| (&p.name, p.pos))
+        .chain(constants.iter().map(|k| (&k.name, Pos::default())))
+    {
         if !names.insert(name.clone()) {
-            c.push(pos, format!("parameters.{name}"), "a parameter or constant of this name is already defined");
+            c.push(
+                pos,
+                format!("parameters.{name}"),
+                "a parameter or constant of this name is already defined",
+            );
         }
     }
     let Some(phases_node) = root.get("phases") else {
@@ -132,7 +197,14 @@ fn document(root: &Node, path: &Path, source: &str, c: &mut Collector) -> Option
 /// `parameters` and `constants` are lists of single-key maps.
 fn named_entries<'a>(node: &'a Node, what: &str, c: &mut Collector) -> Vec<(&'a Node, &'a Node)> {
     let Some(items) = node.as_seq() else {
-        c.push(node.pos, what, format!("expected a list of single-key maps, found a {}", node.kind()));
+        c.push(
+            node.pos,
+            what,
+            format!(
+                "expected a list of single-key maps, found a {}",
+                node.kind()
+            ),
+        );
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -141,14 +213,26 @@ fn named_entries<'a>(node: &'a Node, what: &str, c: &mut Collector) -> Vec<(&'a 
             Some([(key, value)]) => {
                 let name = key.scalar().unwrap_or_default();
                 if !vars::is_name(name) || !(3..=128).contains(&name.len()) {
-                    c.push(key.pos, format!("{what}[{i}]"), format!("{name:?} is not a valid name (3 to 128 letters, digits, - or _)"));
+                    c.push(
+                        key.pos,
+                        format!("{what}[{i}]"),
+                        format!("{name:?} is not a valid name (3 to 128 letters, digits, - or _)"),
+                    );
                 } else if value.as_map().is_none() {
-                    c.push(value.pos, format!("{what}.{name}"), format!("expected a map, found a {}", value.kind()));
+                    c.push(
+                        value.pos,
+                        format!("{what}.{name}"),
+                        format!("expected a map, found a {}", value.kind()),
+                    );
                 } else {
                     out.push((key, value));
                 }
             }
-            _ => c.push(item.pos, format!("{what}[{i}]"), "expected a map with exactly one key, the name"),
+            _ => c.push(
+                item.pos,
+                format!("{what}[{i}]"),
+                "expected a map with exactly one key, the name",
+            ),
         }
     }
     out
@@ -156,9 +240,20 @@ fn named_entries<'a>(node: &'a Node, what: &str, c: &mut Collector) -> Vec<(&'a 
 
 fn check_string_type(node: &Node, field: &str, c: &mut Collector) {
     match node.get("type") {
-        None => c.push(node.pos, format!("{field}.type"), "required field is missing (use string)"),
+        None => c.push(
+            node.pos,
+            format!("{field}.type"),
+            "required field is missing (use string)",
+        ),
         Some(t) if t.scalar() != Some("string") => {
-            c.push(t.pos, format!("{field}.type"), format!("unsupported type {:?} (only string is supported)", t.scalar().unwrap_or(t.kind())));
+            c.push(
+                t.pos,
+                format!("{field}.type"),
+                format!(
+                    "unsupported type {:?} (only string is supported)",
+                    t.scalar().unwrap_or(t.kind())
+                ),
+            );
         }
         Some(_) => {}
     }
@@ -171,9 +266,19 @@ fn parameters(node: &Node, c: &mut Collector) -> Vec<Parameter> {
         let field = format!("parameters.{name}");
         unknown_keys(value, &["type", "default", "description"], &field, c);
         check_string_type(value, &field, c);
-        let default = value.get("default").and_then(|d| string(d, &format!("{field}.default"), c));
-        let description = value.get("description").and_then(|d| string(d, &format!("{field}.description"), c)).unwrap_or_default();
-        out.push(Parameter { name, default, description, pos: key.pos });
+        let default = value
+            .get("default")
+            .and_then(|d| string(d, &format!("{field}.default"), c));
+        let description = value
+            .get("description")
+            .and_then(|d| string(d, &format!("{field}.description"), c))
+            .unwrap_or_default();
+        out.push(Parameter {
+            name,
+            default,
+            description,
+            pos: key.pos,
+        });
     }
     out
 }
@@ -190,7 +295,11 @@ fn constants(node: &Node, c: &mut Collector) -> Vec<Constant> {
                 let v = string(v, &format!("{field}.value"), c).unwrap_or_default();
                 out.push(Constant { name, value: v });
             }
-            None => c.push(value.pos, format!("{field}.value"), "required field is missing"),
+            None => c.push(
+                value.pos,
+                format!("{field}.value"),
+                "required field is missing",
+            ),
         }
     }
     out
@@ -198,24 +307,46 @@ fn constants(node: &Node, c: &mut Collector) -> Vec<Constant> {
 
 fn phases(node: &Node, c: &mut Collector) -> Vec<Phase> {
     let Some(items) = node.as_seq() else {
-        c.push(node.pos, "phases", format!("expected a list of phases, found a {}", node.kind()));
+        c.push(
+            node.pos,
+            "phases",
+            format!("expected a list of phases, found a {}", node.kind()),
+        );
         return Vec::new();
     };
     let mut out: Vec<Phase> = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let field = format!("phases[{i}]");
         if item.as_map().is_none() {
-            c.push(item.pos, &field, format!("expected a map with name and steps, found a {}", item.kind()));
+            c.push(
+                item.pos,
+                &field,
+                format!(
+                    "expected a map with name and steps, found a {}",
+                    item.kind()
+                ),
+            );
             continue;
         }
         unknown_keys(item, &["name", "steps"], &field, c);
-        let Some(name) = item.get("name").and_then(|n| string(n, &format!("{field}.name"), c)) else {
-            c.push(item.pos, format!("{field}.name"), "required field is missing");
+        let Some(name) = item
+            .get("name")
+            .and_then(|n| string(n, &format!("{field}.name"), c))
+        else {
+            c.push(
+                item.pos,
+                format!("{field}.name"),
+                "required field is missing",
+            );
             continue;
         };
         let field = format!("phases[{name}]");
         if !PHASES.contains(&name.as_str()) {
-            c.push(item.get("name").map_or(item.pos, |n| n.pos), format!("{field}.name"), format!("unknown phase (expected one of: {})", PHASES.join(", ")));
+            c.push(
+                item.get("name").map_or(item.pos, |n| n.pos),
+                format!("{field}.name"),
+                format!("unknown phase (expected one of: {})", PHASES.join(", ")),
+            );
         }
         if out.iter().any(|p| p.name == name) {
             c.push(item.pos, &field, "a phase of this name is already defined");
@@ -223,23 +354,52 @@ fn phases(node: &Node, c: &mut Collector) -> Vec<Phase> {
         let steps = match item.get("steps") {
             Some(s) => steps(s, &field, c),
             None => {
-                c.push(item.pos, format!("{field}.steps"), "required field is missing");
+                c.push(
+                    item.pos,
+                    format!("{field}.steps"),
+                    "required field is missing",
+                );
                 Vec::new()
             }
         };
-        out.push(Phase { name, pos: item.pos, steps });
+        out.push(Phase {
+            name,
+            pos: item.pos,
+            steps,
+        });
     }
-    if !out.is_empty() && !out.iter().any(|p| matches!(p.name.as_str(), "build" | "validate" | "test")) {
-        c.push(node.pos, "phases", "a document needs at least one of the phases build, validate, test");
+    if !out.is_empty()
+        && !out
+            .iter()
+            .any(|p| matches!(p.name.as_str(), "build" | "validate" | "test"))
+    {
+        c.push(
+            node.pos,
+            "phases",
+            "a document needs at least one of the phases build, validate, test",
+        );
     }
     out
 }
 
-const STEP_FIELDS: &[&str] = &["name", "action", "inputs", "onFailure", "maxAttempts", "timeoutSeconds", "if", "loop"];
+const STEP_FIELDS: &[&str] = &[
+    "name",
+    "action",
+    "inputs",
+    "onFailure",
+    "maxAttempts",
+    "timeoutSeconds",
+    "if",
+    "loop",
+];
 
 fn steps(node: &Node, phase_field: &str, c: &mut Collector) -> Vec<Step> {
     let Some(items) = node.as_seq() else {
-        c.push(node.pos, format!("{phase_field}.steps"), format!("expected a list of steps, found a {}", node.kind()));
+        c.push(
+            node.pos,
+            format!("{phase_field}.steps"),
+            format!("expected a list of steps, found a {}", node.kind()),
+        );
         return Vec::new();
     };
     let mut out: Vec<Step> = Vec::new();
@@ -247,26 +407,46 @@ fn steps(node: &Node, phase_field: &str, c: &mut Collector) -> Vec<Step> {
     for (i, item) in items.iter().enumerate() {
         let index_field = format!("{phase_field}.steps[{i}]");
         if item.as_map().is_none() {
-            c.push(item.pos, &index_field, format!("expected a step map, found a {}", item.kind()));
+            c.push(
+                item.pos,
+                &index_field,
+                format!("expected a step map, found a {}", item.kind()),
+            );
             continue;
         }
         let name = match item.get("name") {
             Some(n) => string(n, &format!("{index_field}.name"), c).unwrap_or_default(),
             None => {
-                c.push(item.pos, format!("{index_field}.name"), "required field is missing");
+                c.push(
+                    item.pos,
+                    format!("{index_field}.name"),
+                    "required field is missing",
+                );
                 String::new()
             }
         };
-        let field = if name.is_empty() { index_field } else { format!("{phase_field}.steps[{name}]") };
+        let field = if name.is_empty() {
+            index_field
+        } else {
+            format!("{phase_field}.steps[{name}]")
+        };
         unknown_keys(item, STEP_FIELDS, &field, c);
         if !name.is_empty() && out.iter().any(|s| s.name == name) {
-            c.push(item.get("name").map_or(item.pos, |n| n.pos), format!("{field}.name"), "step names must be unique within a phase");
+            c.push(
+                item.get("name").map_or(item.pos, |n| n.pos),
+                format!("{field}.name"),
+                "step names must be unique within a phase",
+            );
         }
         if let Some(step) = step(item, name, &field, c) {
-            if let Some(loop_name) = step.repeat.as_ref().and_then(|l| l.name.clone()) {
-                if !loop_names.insert(loop_name.clone()) {
-                    c.push(item.pos, format!("{field}.loop.name"), format!("loop name {loop_name:?} is already used in this phase"));
-                }
+            if let Some(loop_name) = step.repeat.as_ref().and_then(|l| l.name.clone())
+                && !loop_names.insert(loop_name.clone())
+            {
+                c.push(
+                    item.pos,
+                    format!("{field}.loop.name"),
+                    format!("loop name {loop_name:?} is already used in this phase"),
+                );
             }
             out.push(step);
         }
@@ -279,13 +459,21 @@ fn step(item: &Node, name: String, field: &str, c: &mut Collector) -> Option<Ste
     let action = match action_node {
         Some(a) => string(a, &format!("{field}.action"), c)?,
         None => {
-            c.push(item.pos, format!("{field}.action"), "required field is missing");
+            c.push(
+                item.pos,
+                format!("{field}.action"),
+                "required field is missing",
+            );
             return None;
         }
     };
     let spec = schema::spec(&action);
     if spec.is_none() {
-        c.push(action_node.map_or(item.pos, |n| n.pos), format!("{field}.action"), format!("unknown action module {action:?}"));
+        c.push(
+            action_node.map_or(item.pos, |n| n.pos),
+            format!("{field}.action"),
+            format!("unknown action module {action:?}"),
+        );
     }
     let inputs = item.get("inputs").filter(|n| !n.is_null()).cloned();
     if let Some(spec) = spec {
@@ -295,7 +483,11 @@ fn step(item: &Node, name: String, field: &str, c: &mut Collector) -> Option<Ste
                 Some(node) => {
                     condition::parse_expr(node, &inputs_field, &[], 0, c);
                 }
-                None => c.push(item.pos, inputs_field, "Assert needs a condition as its inputs"),
+                None => c.push(
+                    item.pos,
+                    inputs_field,
+                    "Assert needs a condition as its inputs",
+                ),
             }
         } else {
             let mut at = Collector::new(c.file());
@@ -315,7 +507,11 @@ fn step(item: &Node, name: String, field: &str, c: &mut Collector) -> Option<Ste
             Some("Continue") => OnFailure::Continue,
             Some("Ignore") => OnFailure::Ignore,
             _ => {
-                c.push(n.pos, format!("{field}.onFailure"), "must be one of Abort, Continue, Ignore");
+                c.push(
+                    n.pos,
+                    format!("{field}.onFailure"),
+                    "must be one of Abort, Continue, Ignore",
+                );
                 OnFailure::Abort
             }
         },
@@ -337,7 +533,11 @@ fn step(item: &Node, name: String, field: &str, c: &mut Collector) -> Option<Ste
             Some(-1) => None,
             Some(v) if v > 0 => Some(v as u64),
             Some(_) => {
-                c.push(n.pos, format!("{field}.timeoutSeconds"), "must be a positive number of seconds, or -1 for none");
+                c.push(
+                    n.pos,
+                    format!("{field}.timeoutSeconds"),
+                    "must be a positive number of seconds, or -1 for none",
+                );
                 None
             }
             None => None,
@@ -345,27 +545,70 @@ fn step(item: &Node, name: String, field: &str, c: &mut Collector) -> Option<Ste
     };
     match action.as_str() {
         "ExecuteDocument" => {
-            if item.get("timeoutSeconds").is_some_and(|n| n.as_i64() != Some(-1)) {
-                c.push(item.pos, format!("{field}.timeoutSeconds"), "ExecuteDocument always runs without a timeout (-1)");
+            if item
+                .get("timeoutSeconds")
+                .is_some_and(|n| n.as_i64() != Some(-1))
+            {
+                c.push(
+                    item.pos,
+                    format!("{field}.timeoutSeconds"),
+                    "ExecuteDocument always runs without a timeout (-1)",
+                );
             }
-            if item.get("maxAttempts").is_some_and(|n| n.as_i64() != Some(1)) {
-                c.push(item.pos, format!("{field}.maxAttempts"), "ExecuteDocument always makes exactly one attempt");
+            if item
+                .get("maxAttempts")
+                .is_some_and(|n| n.as_i64() != Some(1))
+            {
+                c.push(
+                    item.pos,
+                    format!("{field}.maxAttempts"),
+                    "ExecuteDocument always makes exactly one attempt",
+                );
             }
         }
         "Reboot" if item.get("timeoutSeconds").is_some() => {
-            c.push(item.pos, format!("{field}.timeoutSeconds"), "Reboot does not support a step timeout");
+            c.push(
+                item.pos,
+                format!("{field}.timeoutSeconds"),
+                "Reboot does not support a step timeout",
+            );
         }
         _ => {}
     }
-    let timeout_seconds = if action == "ExecuteDocument" || action == "Reboot" { None } else { timeout_seconds };
-    let condition = item.get("if").and_then(|n| condition::parse_if(n, &format!("{field}.if"), c));
-    let repeat = item.get("loop").and_then(|n| parse_loop(n, &format!("{field}.loop"), c));
-    Some(Step { name, pos: item.pos, action, inputs, on_failure, max_attempts, timeout_seconds, condition, repeat })
+    let timeout_seconds = if action == "ExecuteDocument" || action == "Reboot" {
+        None
+    } else {
+        timeout_seconds
+    };
+    let condition = item
+        .get("if")
+        .and_then(|n| condition::parse_if(n, &format!("{field}.if"), c));
+    let repeat = item
+        .get("loop")
+        .and_then(|n| parse_loop(n, &format!("{field}.loop"), c));
+    Some(Step {
+        name,
+        pos: item.pos,
+        action,
+        inputs,
+        on_failure,
+        max_attempts,
+        timeout_seconds,
+        condition,
+        repeat,
+    })
 }
 
 fn parse_loop(node: &Node, field: &str, c: &mut Collector) -> Option<Loop> {
     if node.as_map().is_none() {
-        c.push(node.pos, field, format!("expected a map with for or forEach, found a {}", node.kind()));
+        c.push(
+            node.pos,
+            field,
+            format!(
+                "expected a map with for or forEach, found a {}",
+                node.kind()
+            ),
+        );
         return None;
     }
     unknown_keys(node, &["name", "for", "forEach"], field, c);
@@ -373,7 +616,13 @@ fn parse_loop(node: &Node, field: &str, c: &mut Collector) -> Option<Loop> {
         Some(n) => {
             let name = string(n, &format!("{field}.name"), c)?;
             if !vars::is_name(&name) || name == "loop" {
-                c.push(n.pos, format!("{field}.name"), format!("{name:?} is not a valid loop name (letters, digits, - or _; not \"loop\")"));
+                c.push(
+                    n.pos,
+                    format!("{field}.name"),
+                    format!(
+                        "{name:?} is not a valid loop name (letters, digits, - or _; not \"loop\")"
+                    ),
+                );
             }
             Some(name)
         }
@@ -387,7 +636,14 @@ fn parse_loop(node: &Node, field: &str, c: &mut Collector) -> Option<Loop> {
         (Some(f), None) => {
             let here = format!("{field}.for");
             if f.as_map().is_none() {
-                c.push(f.pos, &here, format!("expected a map with start, end and updateBy, found a {}", f.kind()));
+                c.push(
+                    f.pos,
+                    &here,
+                    format!(
+                        "expected a map with start, end and updateBy, found a {}",
+                        f.kind()
+                    ),
+                );
                 return None;
             }
             unknown_keys(f, &["start", "end", "updateBy"], &here, c);
@@ -406,17 +662,29 @@ fn parse_loop(node: &Node, field: &str, c: &mut Collector) -> Option<Loop> {
             }
             let count = (end - start) / update_by + 1;
             if count > MAX_LOOP_ITERATIONS {
-                c.push(f.pos, &here, format!("{count} iterations: at most {MAX_LOOP_ITERATIONS} are allowed"));
+                c.push(
+                    f.pos,
+                    &here,
+                    format!("{count} iterations: at most {MAX_LOOP_ITERATIONS} are allowed"),
+                );
                 return None;
             }
-            LoopKind::For { start, end, update_by }
+            LoopKind::For {
+                start,
+                end,
+                update_by,
+            }
         }
         (None, Some(e)) => {
             let here = format!("{field}.forEach");
             if let Some(items) = e.as_seq() {
                 for (i, item) in items.iter().enumerate() {
                     if item.scalar().is_none() {
-                        c.push(item.pos, format!("{here}[{i}]"), format!("loops take strings, found a {}", item.kind()));
+                        c.push(
+                            item.pos,
+                            format!("{here}[{i}]"),
+                            format!("loops take strings, found a {}", item.kind()),
+                        );
                     }
                 }
                 LoopKind::ForEachList(items.to_vec())
@@ -435,15 +703,29 @@ fn parse_loop(node: &Node, field: &str, c: &mut Collector) -> Option<Loop> {
                         match (chars.next(), chars.next()) {
                             (Some(ch), None) if LOOP_DELIMITERS.contains(&ch) => ch,
                             _ => {
-                                c.push(d.pos, format!("{here}.delimiter"), "the delimiter is one of . , ; : - _ space, tab or newline");
+                                c.push(
+                                    d.pos,
+                                    format!("{here}.delimiter"),
+                                    "the delimiter is one of . , ; : - _ space, tab or newline",
+                                );
                                 return None;
                             }
                         }
                     }
                 };
-                LoopKind::ForEachString { list: list.clone(), delimiter }
+                LoopKind::ForEachString {
+                    list: list.clone(),
+                    delimiter,
+                }
             } else {
-                c.push(e.pos, &here, format!("expected a list or a map with list and delimiter, found a {}", e.kind()));
+                c.push(
+                    e.pos,
+                    &here,
+                    format!(
+                        "expected a list or a map with list and delimiter, found a {}",
+                        e.kind()
+                    ),
+                );
                 return None;
             }
         }
@@ -479,8 +761,12 @@ fn templated_nodes(step: &Step) -> Vec<&Node> {
 
 /// Every `{{ }}` must name something that exists by the time the step runs.
 fn check_references(doc: &Document, c: &mut Collector) {
-    let names: HashSet<&str> =
-        doc.parameters.iter().map(|p| p.name.as_str()).chain(doc.constants.iter().map(|k| k.name.as_str())).collect();
+    let names: HashSet<&str> = doc
+        .parameters
+        .iter()
+        .map(|p| p.name.as_str())
+        .chain(doc.constants.iter().map(|k| k.name.as_str()))
+        .collect();
     for (pi, phase) in doc.phases.iter().enumerate() {
         for (si, step) in phase.steps.iter().enumerate() {
             let field = format!("phases[{}].steps[{}]", phase.name, step.name);
@@ -488,17 +774,32 @@ fn check_references(doc: &Document, c: &mut Collector) {
                 let Some(text) = node.scalar() else { continue };
                 for (_, inner) in vars::references(text) {
                     let problem = match vars::classify(inner) {
-                        Ref::Name(n) if !names.contains(n.as_str()) => Some(format!("undefined variable {{{{ {n} }}}}: no parameter or constant of that name")),
-                        Ref::Loop { name: Some(n), .. } if step.repeat.as_ref().and_then(|l| l.name.as_deref()) != Some(n.as_str()) => {
+                        Ref::Name(n) if !names.contains(n.as_str()) => Some(format!(
+                            "undefined variable {{{{ {n} }}}}: no parameter or constant of that name"
+                        )),
+                        Ref::Loop { name: Some(n), .. }
+                            if step.repeat.as_ref().and_then(|l| l.name.as_deref())
+                                != Some(n.as_str()) =>
+                        {
                             Some(format!("{{{{ {inner} }}}} names no loop of this step"))
                         }
-                        Ref::Chain { phase: p, step: s, io, field: out, .. } => {
-                            chain_problem(doc, pi, si, &p, &s, io, &out).map(|m| format!("{{{{ {inner} }}}}: {m}"))
-                        }
+                        Ref::Chain {
+                            phase: p,
+                            step: s,
+                            io,
+                            field: out,
+                            ..
+                        } => chain_problem(doc, pi, si, &p, &s, io, &out)
+                            .map(|m| format!("{{{{ {inner} }}}}: {m}")),
                         Ref::Context(key) if !vars::CONTEXT_KEYS.contains(&key.as_str()) => {
-                            Some(format!("unknown context variable {key:?} (known: {})", vars::CONTEXT_KEYS.join(", ")))
+                            Some(format!(
+                                "unknown context variable {key:?} (known: {})",
+                                vars::CONTEXT_KEYS.join(", ")
+                            ))
                         }
-                        Ref::Invalid(_) => Some(format!("{{{{ {inner} }}}} is not a valid variable reference")),
+                        Ref::Invalid(_) => Some(format!(
+                            "{{{{ {inner} }}}} is not a valid variable reference"
+                        )),
                         _ => None,
                     };
                     if let Some(message) = problem {
@@ -510,11 +811,23 @@ fn check_references(doc: &Document, c: &mut Collector) {
     }
 }
 
-fn chain_problem(doc: &Document, pi: usize, si: usize, phase: &str, step: &str, io: vars::Io, field: &str) -> Option<String> {
+fn chain_problem(
+    doc: &Document,
+    pi: usize,
+    si: usize,
+    phase: &str,
+    step: &str,
+    io: vars::Io,
+    field: &str,
+) -> Option<String> {
     let Some(p_index) = doc.phases.iter().position(|p| p.name == phase) else {
         return Some(format!("the document has no phase {phase:?}"));
     };
-    let Some(s_index) = doc.phases[p_index].steps.iter().position(|s| s.name == step) else {
+    let Some(s_index) = doc.phases[p_index]
+        .steps
+        .iter()
+        .position(|s| s.name == step)
+    else {
         return Some(format!("phase {phase:?} has no step {step:?}"));
     };
     if (p_index, s_index) >= (pi, si) {
@@ -525,7 +838,11 @@ fn chain_problem(doc: &Document, pi: usize, si: usize, phase: &str, step: &str, 
         vars::Io::Outputs if !schema::outputs(&target.action).contains(&field) => {
             Some(format!("{} has no output {field:?}", target.action))
         }
-        vars::Io::Inputs if schema::spec(&target.action).is_some_and(|s| !s.fields.is_empty() && !s.fields.iter().any(|f| f.name == field)) => {
+        vars::Io::Inputs
+            if schema::spec(&target.action).is_some_and(|s| {
+                !s.fields.is_empty() && !s.fields.iter().any(|f| f.name == field)
+            }) =>
+        {
             Some(format!("{} has no input {field:?}", target.action))
         }
         _ => None,

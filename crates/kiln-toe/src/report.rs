@@ -27,9 +27,8 @@ impl Status {
     pub fn absorb(self, step: Status) -> Status {
         match (self, step) {
             (Status::Failed, _) | (_, Status::Failed) => Status::Failed,
-            (_, Status::IgnoredFailure | Status::SuccessWithIgnoredFailure) | (Status::SuccessWithIgnoredFailure, _) => {
-                Status::SuccessWithIgnoredFailure
-            }
+            (_, Status::IgnoredFailure | Status::SuccessWithIgnoredFailure)
+            | (Status::SuccessWithIgnoredFailure, _) => Status::SuccessWithIgnoredFailure,
             _ => Status::Success,
         }
     }
@@ -136,9 +135,11 @@ impl Execution {
 
     /// Every step, with its document and phase, in run order.
     pub fn steps(&self) -> impl Iterator<Item = (&DocumentRecord, &PhaseRecord, &StepRecord)> {
-        self.documents
-            .iter()
-            .flat_map(|d| d.phases.iter().flat_map(move |p| p.steps.iter().map(move |s| (d, p, s))))
+        self.documents.iter().flat_map(|d| {
+            d.phases
+                .iter()
+                .flat_map(move |p| p.steps.iter().map(move |s| (d, p, s)))
+        })
     }
 
     /// The step that failed the run, if any.
@@ -168,7 +169,11 @@ impl LogDir {
         std::fs::create_dir_all(&path)?;
         let console = Mutex::new(File::create(path.join("console.log"))?);
         let application = Mutex::new(File::create(path.join("application.log"))?);
-        Ok(LogDir { path, console, application })
+        Ok(LogDir {
+            path,
+            console,
+            application,
+        })
     }
 
     pub fn console(&self, line: &str) {

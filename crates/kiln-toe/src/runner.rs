@@ -70,10 +70,15 @@ impl Observer for Quiet {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("{file}: parameter {name:?} has no default and no value was given (pass --parameters {name}=VALUE)")]
+    #[error(
+        "{file}: parameter {name:?} has no default and no value was given (pass --parameters {name}=VALUE)"
+    )]
     MissingParameter { file: PathBuf, name: String },
     #[error("cannot write the log directory under {dir}: {source}")]
-    Log { dir: PathBuf, source: std::io::Error },
+    Log {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Inputs and outputs of the steps that ran, for chaining.
@@ -102,28 +107,65 @@ pub fn run(
     for doc in documents {
         variables(doc, &opts.parameters)?;
     }
-    let execution_id = opts.execution_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let log = LogDir::create(&opts.log_root, &execution_id)
-        .map_err(|source| RunError::Log { dir: opts.log_root.clone(), source })?;
+    let execution_id = opts
+        .execution_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let log = LogDir::create(&opts.log_root, &execution_id).map_err(|source| RunError::Log {
+        dir: opts.log_root.clone(),
+        source,
+    })?;
     for (i, doc) in documents.iter().enumerate() {
-        let name = if documents.len() == 1 { "document.yaml".to_string() } else { format!("document-{}.yaml", i + 1) };
-        log.write(&name, &doc.source).map_err(|source| RunError::Log { dir: log.path.clone(), source })?;
+        let name = if documents.len() == 1 {
+            "document.yaml".to_string()
+        } else {
+            format!("document-{}.yaml", i + 1)
+        };
+        log.write(&name, &doc.source)
+            .map_err(|source| RunError::Log {
+                dir: log.path.clone(),
+                source,
+            })?;
     }
-    let mut run = Run { instance, opts, log: &log, execution_id, observer, stack: Vec::new() };
+    let mut run = Run {
+        instance,
+        opts,
+        log: &log,
+        execution_id,
+        observer,
+        stack: Vec::new(),
+    };
     let execution = run.execute(documents, &opts.parameters, opts.phases.as_deref());
-    log.write_json("detailedoutput.json", &execution).map_err(|source| RunError::Log { dir: log.path.clone(), source })?;
+    log.write_json("detailedoutput.json", &execution)
+        .map_err(|source| RunError::Log {
+            dir: log.path.clone(),
+            source,
+        })?;
     Ok(execution)
 }
 
 /// The document's parameters and constants, with given values applied;
 /// names the document does not declare are ignored, as AWSTOE does.
-pub(crate) fn variables(doc: &Document, given: &[(String, String)]) -> Result<HashMap<String, String>, RunError> {
+pub(crate) fn variables(
+    doc: &Document,
+    given: &[(String, String)],
+) -> Result<HashMap<String, String>, RunError> {
     let mut out = HashMap::new();
     for p in &doc.parameters {
-        let value = given.iter().rev().find(|(k, _)| *k == p.name).map(|(_, v)| v.clone()).or_else(|| p.default.clone());
+        let value = given
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == p.name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| p.default.clone());
         match value {
             Some(v) => out.insert(p.name.clone(), v),
-            None => return Err(RunError::MissingParameter { file: doc.path.clone(), name: p.name.clone() }),
+            None => {
+                return Err(RunError::MissingParameter {
+                    file: doc.path.clone(),
+                    name: p.name.clone(),
+                });
+            }
         };
     }
     for k in &doc.constants {
@@ -133,7 +175,12 @@ pub(crate) fn variables(doc: &Document, given: &[(String, String)]) -> Result<Ha
 }
 
 impl Run<'_> {
-    pub(crate) fn execute(&mut self, documents: &[Document], given: &[(String, String)], phases: Option<&[String]>) -> Execution {
+    pub(crate) fn execute(
+        &mut self,
+        documents: &[Document],
+        given: &[(String, String)],
+        phases: Option<&[String]>,
+    ) -> Execution {
         let start = now();
         let mut execution = Execution {
             execution_id: self.execution_id.clone(),
@@ -172,7 +219,8 @@ impl Run<'_> {
         counts: &mut Execution,
     ) -> DocumentRecord {
         let start = now();
-        self.log.application(&format!("document {} starts", doc.path.display()));
+        self.log
+            .application(&format!("document {} starts", doc.path.display()));
         let mut record = DocumentRecord {
             name: doc.name.clone(),
             file_path: doc.path.display().to_string(),
@@ -196,7 +244,7 @@ impl Run<'_> {
         self.stack.push(doc.path.clone());
         let mut chain = Chain::default();
         for phase in &doc.phases {
-            if phases.is_some_and(|wanted| !wanted.iter().any(|w| *w == phase.name)) {
+            if phases.is_some_and(|wanted| !wanted.contains(&phase.name)) {
                 continue;
             }
             let mut p = PhaseRecord {
@@ -249,12 +297,22 @@ impl Run<'_> {
     fn write_chaining(&self, chain: &Chain) {
         let mut out = Map::new();
         for ((phase, step), (inputs, outputs)) in &chain.steps {
-            out.insert(format!("{phase}.{step}"), serde_json::json!({ "inputs": inputs, "outputs": outputs }));
+            out.insert(
+                format!("{phase}.{step}"),
+                serde_json::json!({ "inputs": inputs, "outputs": outputs }),
+            );
         }
         let _ = self.log.write_json("chaining.json", &out);
     }
 
-    fn step(&mut self, doc: &Document, phase: &str, step: &Step, vars: &HashMap<String, String>, chain: &mut Chain) -> StepRecord {
+    fn step(
+        &mut self,
+        doc: &Document,
+        phase: &str,
+        step: &Step,
+        vars: &HashMap<String, String>,
+        chain: &mut Chain,
+    ) -> StepRecord {
         let started = Instant::now();
         let mut record = StepRecord {
             name: step.name.clone(),
@@ -276,21 +334,36 @@ impl Run<'_> {
             stdout: String::new(),
             stderr: String::new(),
         };
-        self.log.console(&format!("Phase: {phase}, Step: {}, Action: {}", step.name, step.action));
+        self.log.console(&format!(
+            "Phase: {phase}, Step: {}, Action: {}",
+            step.name, step.action
+        ));
         let execution_id = self.execution_id.clone();
-        let scope = Scope { vars, chain, loop_var: None, phase, step: &step.name, execution_id: &execution_id };
+        let scope = Scope {
+            vars,
+            chain,
+            loop_var: None,
+            phase,
+            step: &step.name,
+            execution_id: &execution_id,
+        };
         let outcome = match &step.condition {
             None => Ok(Outcome::Execute),
             Some(cond) => {
-                let mut facts = InstanceFacts { instance: self.instance, scope: &scope };
-                condition::eval(&cond.expr, &mut facts).map(|b| if b { cond.then } else { cond.otherwise })
+                let mut facts = InstanceFacts {
+                    instance: self.instance,
+                    scope: &scope,
+                };
+                condition::eval(&cond.expr, &mut facts)
+                    .map(|b| if b { cond.then } else { cond.otherwise })
             }
         };
         let result = match outcome {
             Err(e) => Err(format!("evaluating the condition: {e}")),
             Ok(Outcome::Skip) => {
                 record.status = Status::Skipped;
-                self.log.console(&format!("Step {} skipped by its condition", step.name));
+                self.log
+                    .console(&format!("Step {} skipped by its condition", step.name));
                 Ok(())
             }
             Ok(Outcome::Abort) => Err("the step's condition chose Abort".to_string()),
@@ -298,11 +371,23 @@ impl Run<'_> {
         };
         if let Err(message) = result {
             record.failure_message = message;
-            record.status = if step.on_failure == OnFailure::Ignore { Status::IgnoredFailure } else { Status::Failed };
-            self.log.console(&format!("Step {} failed: {}", step.name, record.failure_message));
+            record.status = if step.on_failure == OnFailure::Ignore {
+                Status::IgnoredFailure
+            } else {
+                Status::Failed
+            };
+            self.log.console(&format!(
+                "Step {} failed: {}",
+                step.name, record.failure_message
+            ));
         }
-        let (inputs, outputs) = (parse_json_list(&record.inputs), parse_json_list(&record.outputs));
-        chain.steps.insert((phase.to_string(), step.name.clone()), (inputs, outputs));
+        let (inputs, outputs) = (
+            parse_json_list(&record.inputs),
+            parse_json_list(&record.outputs),
+        );
+        chain
+            .steps
+            .insert((phase.to_string(), step.name.clone()), (inputs, outputs));
         record.end_time = now();
         record.duration_ms = started.elapsed().as_millis() as u64;
         record
@@ -311,29 +396,50 @@ impl Run<'_> {
     /// Runs the step until it succeeds or its attempts are spent; a reboot
     /// request restarts the sandbox and runs the same step again without
     /// spending an attempt, as AWSTOE resumes at the step that asked.
-    fn attempts(&mut self, doc: &Document, step: &Step, scope: &Scope, record: &mut StepRecord) -> Result<(), String> {
+    fn attempts(
+        &mut self,
+        doc: &Document,
+        step: &Step,
+        scope: &Scope,
+        record: &mut StepRecord,
+    ) -> Result<(), String> {
         let mut failure = String::new();
         while record.attempts < step.max_attempts {
             record.attempts += 1;
-            let deadline = step.timeout_seconds.map(|t| Instant::now() + Duration::from_secs(t));
+            let deadline = step
+                .timeout_seconds
+                .map(|t| Instant::now() + Duration::from_secs(t));
             match self.attempt(doc, step, scope, deadline, record) {
                 Ok(()) => return Ok(()),
                 Err(ActionError::Reboot) => {
                     record.reboots += 1;
                     record.attempts -= 1;
                     if record.reboots > MAX_REBOOTS {
-                        return Err(format!("the step asked for a reboot {} times; giving up", record.reboots));
+                        return Err(format!(
+                            "the step asked for a reboot {} times; giving up",
+                            record.reboots
+                        ));
                     }
                     self.log.console(&format!("Step {} requested a reboot: restarting the sandbox and running the step again", step.name));
-                    self.log.application(&format!("reboot {} requested by step {}", record.reboots, step.name));
+                    self.log.application(&format!(
+                        "reboot {} requested by step {}",
+                        record.reboots, step.name
+                    ));
                 }
                 Err(e) => {
                     failure = e.to_string();
-                    self.log.application(&format!("step {} attempt {} failed: {failure}", step.name, record.attempts));
+                    self.log.application(&format!(
+                        "step {} attempt {} failed: {failure}",
+                        step.name, record.attempts
+                    ));
                 }
             }
         }
-        Err(if step.max_attempts > 1 { format!("{failure} (after {} attempts)", step.max_attempts) } else { failure })
+        Err(if step.max_attempts > 1 {
+            format!("{failure} (after {} attempts)", step.max_attempts)
+        } else {
+            failure
+        })
     }
 
     fn attempt(
@@ -365,10 +471,21 @@ impl Run<'_> {
         let mut result = Ok(());
         for value in values {
             let iteration = value.as_ref().map(|(_, i, _)| *i);
-            let scope = Scope { loop_var: value.as_ref().map(|(n, i, v)| (n.as_deref(), *i, v.as_str())), ..*scope };
+            let scope = Scope {
+                loop_var: value
+                    .as_ref()
+                    .map(|(n, i, v)| (n.as_deref(), *i, v.as_str())),
+                ..*scope
+            };
             let inputs = match schema::spec(&step.action) {
-                Some(spec) if spec.shape != schema::Shape::Expression => resolve_inputs(spec, step.inputs.as_ref(), &scope),
-                _ => step.inputs.as_ref().map(Node::to_json).unwrap_or(Value::Null),
+                Some(spec) if spec.shape != schema::Shape::Expression => {
+                    resolve_inputs(spec, step.inputs.as_ref(), &scope)
+                }
+                _ => step
+                    .inputs
+                    .as_ref()
+                    .map(Node::to_json)
+                    .unwrap_or(Value::Null),
             };
             record.inputs = json_list(&inputs);
             let mut ctx = Ctx {
@@ -392,15 +509,21 @@ impl Run<'_> {
                         l.failed_iterations.push(i as u32);
                     }
                     result = Err(match (iteration, e) {
-                        (Some(i), ActionError::Failed(m)) => ActionError::Failed(format!("loop iteration {i} failed: {m}")),
-                        (Some(_), ActionError::Timeout(t)) => ActionError::Failed(format!("the loop run timed out after {t} seconds")),
+                        (Some(i), ActionError::Failed(m)) => {
+                            ActionError::Failed(format!("loop iteration {i} failed: {m}"))
+                        }
+                        (Some(_), ActionError::Timeout(t)) => {
+                            ActionError::Failed(format!("the loop run timed out after {t} seconds"))
+                        }
                         (_, e) => e,
                     });
                     break;
                 }
             }
             if deadline.is_some_and(|d| Instant::now() > d) {
-                result = Err(ActionError::Timeout(step.timeout_seconds.unwrap_or_default()));
+                result = Err(ActionError::Timeout(
+                    step.timeout_seconds.unwrap_or_default(),
+                ));
                 break;
             }
         }
@@ -450,7 +573,9 @@ fn merge_outputs(merged: &mut Vec<Map<String, Value>>, outputs: Vec<Map<String, 
 /// Substitutes variables into a step's inputs. Fields the action reads as
 /// text keep the text as written (`permissions: 0755`), the others are typed.
 fn resolve_inputs(spec: &schema::ActionSpec, inputs: Option<&Node>, scope: &Scope) -> Value {
-    let Some(node) = inputs else { return Value::Null };
+    let Some(node) = inputs else {
+        return Value::Null;
+    };
     let item = |n: &Node| -> Value {
         match n.as_map() {
             Some(entries) => Value::Object(
@@ -459,7 +584,10 @@ fn resolve_inputs(spec: &schema::ActionSpec, inputs: Option<&Node>, scope: &Scop
                     .map(|(k, v)| {
                         let key = k.scalar().unwrap_or_default();
                         let textual = spec.fields.iter().find(|f| f.name == key).is_none_or(|f| {
-                            !matches!(f.ty, schema::Ty::Bool | schema::Ty::Int | schema::Ty::ScalarOrList)
+                            !matches!(
+                                f.ty,
+                                schema::Ty::Bool | schema::Ty::Int | schema::Ty::ScalarOrList
+                            )
                         });
                         (key.to_string(), scope.resolve(v, textual))
                     })
@@ -469,7 +597,9 @@ fn resolve_inputs(spec: &schema::ActionSpec, inputs: Option<&Node>, scope: &Scop
         }
     };
     match node.as_seq() {
-        Some(items) if spec.shape == schema::Shape::List => Value::Array(items.iter().map(item).collect()),
+        Some(items) if spec.shape == schema::Shape::List => {
+            Value::Array(items.iter().map(item).collect())
+        }
         _ if spec.shape == schema::Shape::List => Value::Array(vec![item(node)]),
         _ => item(node),
     }
@@ -501,11 +631,21 @@ impl Scope<'_> {
                     LoopField::Value => value.to_string(),
                 })
             }
-            Ref::Chain { phase, step, io, index, field } => {
+            Ref::Chain {
+                phase,
+                step,
+                io,
+                index,
+                field,
+            } => {
                 // A step that did not run has no outputs: its references
                 // resolve to the empty string.
                 let (inputs, outputs) = self.chain.steps.get(&(phase.clone(), step.clone()))?;
-                let list = if *io == vars::Io::Inputs { inputs } else { outputs };
+                let list = if *io == vars::Io::Inputs {
+                    inputs
+                } else {
+                    outputs
+                };
                 Some(match list.get(*index).and_then(|m| m.get(field)) {
                     Some(Value::String(s)) => s.clone(),
                     Some(Value::Null) | None => String::new(),
@@ -533,12 +673,26 @@ impl Scope<'_> {
 
     fn resolve(&self, node: &Node, textual: bool) -> Value {
         match &node.value {
-            yaml::Value::Scalar { text, .. } if text.contains("{{") => Value::String(self.text(node)),
-            yaml::Value::Scalar { text, .. } if textual && !node.is_null() => Value::String(text.clone()),
+            yaml::Value::Scalar { text, .. } if text.contains("{{") => {
+                Value::String(self.text(node))
+            }
+            yaml::Value::Scalar { text, .. } if textual && !node.is_null() => {
+                Value::String(text.clone())
+            }
             yaml::Value::Scalar { .. } => node.to_json(),
-            yaml::Value::Seq(items) => Value::Array(items.iter().map(|n| self.resolve(n, textual)).collect()),
+            yaml::Value::Seq(items) => {
+                Value::Array(items.iter().map(|n| self.resolve(n, textual)).collect())
+            }
             yaml::Value::Map(entries) => Value::Object(
-                entries.iter().map(|(k, v)| (k.scalar().unwrap_or_default().to_string(), self.resolve(v, textual))).collect(),
+                entries
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.scalar().unwrap_or_default().to_string(),
+                            self.resolve(v, textual),
+                        )
+                    })
+                    .collect(),
             ),
         }
     }
@@ -570,12 +724,19 @@ impl Facts for InstanceFacts<'_> {
         actions::exec::find_binary(&self.instance.root, name).is_some()
     }
     fn read(&mut self, path: &str) -> Result<Vec<u8>, String> {
-        self.instance.root.read(&self.path(path)).map_err(|e| e.to_string())
+        self.instance
+            .root
+            .read(&self.path(path))
+            .map_err(|e| e.to_string())
     }
 }
 
 /// Resolves an ExecuteDocument target relative to the calling document.
 pub(crate) fn nested_path(parent: &Path, document: &str) -> PathBuf {
     let p = Path::new(document);
-    if p.is_absolute() { p.to_path_buf() } else { parent.parent().unwrap_or(Path::new(".")).join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        parent.parent().unwrap_or(Path::new(".")).join(p)
+    }
 }

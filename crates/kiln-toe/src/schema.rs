@@ -56,18 +56,40 @@ const fn f(name: &'static str, ty: Ty, required: bool) -> Field {
     Field { name, ty, required }
 }
 
-const fn a(name: &'static str, shape: Shape, platform: Platform, fields: &'static [Field]) -> ActionSpec {
-    ActionSpec { name, shape, fields, platform }
+const fn a(
+    name: &'static str,
+    shape: Shape,
+    platform: Platform,
+    fields: &'static [Field],
+) -> ActionSpec {
+    ActionSpec {
+        name,
+        shape,
+        fields,
+        platform,
+    }
 }
 
 use Platform::{Any, Linux, Windows};
 use Shape::{Expression, List, Map, OptionalMap};
 use Ty::*;
 
-const SOURCE_DEST: &[Field] = &[f("source", Str, true), f("destination", Str, true), f("overwrite", Bool, false)];
-const OWNER: &[Field] = &[f("path", Str, true), f("owner", Str, true), f("group", Str, false)];
-const FOLDER_OWNER: &[Field] =
-    &[f("path", Str, true), f("owner", Str, true), f("group", Str, false), f("recursive", Bool, false)];
+const SOURCE_DEST: &[Field] = &[
+    f("source", Str, true),
+    f("destination", Str, true),
+    f("overwrite", Bool, false),
+];
+const OWNER: &[Field] = &[
+    f("path", Str, true),
+    f("owner", Str, true),
+    f("group", Str, false),
+];
+const FOLDER_OWNER: &[Field] = &[
+    f("path", Str, true),
+    f("owner", Str, true),
+    f("group", Str, false),
+    f("recursive", Bool, false),
+];
 const MSI: &[Field] = &[
     f("path", Str, true),
     f("reboot", Str, false),
@@ -81,7 +103,12 @@ const MSI: &[Field] = &[
 pub const ACTIONS: &[ActionSpec] = &[
     a("Assert", Expression, Any, &[]),
     a("ExecuteBash", Map, Linux, &[f("commands", StrList, true)]),
-    a("ExecuteBinary", Map, Any, &[f("path", Str, true), f("arguments", StrList, false)]),
+    a(
+        "ExecuteBinary",
+        Map,
+        Any,
+        &[f("path", Str, true), f("arguments", StrList, false)],
+    ),
     a(
         "ExecuteDocument",
         Map,
@@ -93,18 +120,33 @@ pub const ACTIONS: &[ActionSpec] = &[
             f("parameters", NameValueList, false),
         ],
     ),
-    a("ExecutePowerShell", Map, Windows, &[f("commands", StrList, false), f("file", Str, false)]),
+    a(
+        "ExecutePowerShell",
+        Map,
+        Windows,
+        &[f("commands", StrList, false), f("file", Str, false)],
+    ),
     a(
         "S3Download",
         List,
         Any,
-        &[f("source", Str, true), f("destination", Str, true), f("expectedBucketOwner", Str, false), f("overwrite", Bool, false)],
+        &[
+            f("source", Str, true),
+            f("destination", Str, true),
+            f("expectedBucketOwner", Str, false),
+            f("overwrite", Bool, false),
+        ],
     ),
     a(
         "S3Upload",
         List,
         Any,
-        &[f("source", Str, true), f("destination", Str, true), f("recurse", Bool, false), f("expectedBucketOwner", Str, false)],
+        &[
+            f("source", Str, true),
+            f("destination", Str, true),
+            f("recurse", Bool, false),
+            f("expectedBucketOwner", Str, false),
+        ],
     ),
     a(
         "WebDownload",
@@ -119,7 +161,16 @@ pub const ACTIONS: &[ActionSpec] = &[
             f("ignoreCertificateErrors", Bool, false),
         ],
     ),
-    a("AppendFile", List, Any, &[f("path", Str, true), f("content", Str, false), f("encoding", Str, false)]),
+    a(
+        "AppendFile",
+        List,
+        Any,
+        &[
+            f("path", Str, true),
+            f("content", Str, false),
+            f("encoding", Str, false),
+        ],
+    ),
     a("CopyFile", List, Any, SOURCE_DEST),
     a("CopyFolder", List, Any, SOURCE_DEST),
     a(
@@ -140,24 +191,76 @@ pub const ACTIONS: &[ActionSpec] = &[
         "CreateFolder",
         List,
         Any,
-        &[f("path", Str, true), f("owner", Str, false), f("group", Str, false), f("permissions", Str, false), f("overwrite", Bool, false)],
+        &[
+            f("path", Str, true),
+            f("owner", Str, false),
+            f("group", Str, false),
+            f("permissions", Str, false),
+            f("overwrite", Bool, false),
+        ],
     ),
-    a("CreateSymlink", List, Linux, &[f("path", Str, true), f("target", Str, true), f("force", Bool, false)]),
+    a(
+        "CreateSymlink",
+        List,
+        Linux,
+        &[
+            f("path", Str, true),
+            f("target", Str, true),
+            f("force", Bool, false),
+        ],
+    ),
     a("DeleteFile", List, Any, &[f("path", Str, true)]),
-    a("DeleteFolder", List, Any, &[f("path", Str, true), f("force", Bool, false)]),
-    a("ListFiles", List, Any, &[f("path", Str, true), f("fileNamePattern", Str, false), f("recursive", Bool, false)]),
+    a(
+        "DeleteFolder",
+        List,
+        Any,
+        &[f("path", Str, true), f("force", Bool, false)],
+    ),
+    a(
+        "ListFiles",
+        List,
+        Any,
+        &[
+            f("path", Str, true),
+            f("fileNamePattern", Str, false),
+            f("recursive", Bool, false),
+        ],
+    ),
     a("MoveFile", List, Any, SOURCE_DEST),
     a("MoveFolder", List, Any, SOURCE_DEST),
-    a("ReadFile", List, Any, &[f("path", Str, true), f("encoding", Str, false), f("printFileContent", Bool, false)]),
-    a("SetFileEncoding", List, Any, &[f("path", Str, true), f("encoding", Str, false)]),
+    a(
+        "ReadFile",
+        List,
+        Any,
+        &[
+            f("path", Str, true),
+            f("encoding", Str, false),
+            f("printFileContent", Bool, false),
+        ],
+    ),
+    a(
+        "SetFileEncoding",
+        List,
+        Any,
+        &[f("path", Str, true), f("encoding", Str, false)],
+    ),
     a("SetFileOwner", List, Linux, OWNER),
     a("SetFolderOwner", List, Linux, FOLDER_OWNER),
-    a("SetFilePermissions", List, Linux, &[f("path", Str, true), f("permissions", Str, true)]),
+    a(
+        "SetFilePermissions",
+        List,
+        Linux,
+        &[f("path", Str, true), f("permissions", Str, true)],
+    ),
     a(
         "SetFolderPermissions",
         List,
         Linux,
-        &[f("path", Str, true), f("permissions", Str, true), f("recursive", Bool, false)],
+        &[
+            f("path", Str, true),
+            f("permissions", Str, true),
+            f("recursive", Bool, false),
+        ],
     ),
     a("InstallMSI", Map, Windows, MSI),
     a("UninstallMSI", Map, Windows, MSI),
@@ -166,9 +269,19 @@ pub const ACTIONS: &[ActionSpec] = &[
         "SetRegistry",
         List,
         Windows,
-        &[f("path", Str, true), f("name", Str, true), f("value", ScalarOrList, true), f("type", Str, true)],
+        &[
+            f("path", Str, true),
+            f("name", Str, true),
+            f("value", ScalarOrList, true),
+            f("type", Str, true),
+        ],
     ),
-    a("UpdateOS", OptionalMap, Any, &[f("include", StrList, false), f("exclude", StrList, false)]),
+    a(
+        "UpdateOS",
+        OptionalMap,
+        Any,
+        &[f("include", StrList, false), f("exclude", StrList, false)],
+    ),
 ];
 
 pub fn spec(action: &str) -> Option<&'static ActionSpec> {
@@ -177,8 +290,20 @@ pub fn spec(action: &str) -> Option<&'static ActionSpec> {
 
 /// The encodings AWSTOE accepts, case-insensitively.
 pub const ENCODINGS: &[&str] = &[
-    "utf8", "utf-8", "utf16", "utf-16", "utf16-le", "utf-16-le", "utf16-be", "utf-16-be", "utf32", "utf-32",
-    "utf32-le", "utf-32-le", "utf32-be", "utf-32-be",
+    "utf8",
+    "utf-8",
+    "utf16",
+    "utf-16",
+    "utf16-le",
+    "utf-16-le",
+    "utf16-be",
+    "utf-16-be",
+    "utf32",
+    "utf-32",
+    "utf32-le",
+    "utf-32-le",
+    "utf32-be",
+    "utf-32-be",
 ];
 
 const REGISTRY_TYPES: &[&str] = &["BINARY", "DWORD", "QWORD", "SZ", "EXPAND_SZ", "MULTI_SZ"];
@@ -193,11 +318,22 @@ fn check_type(node: &Node, ty: Ty, field: &str, c: &mut Collector) {
         Str => scalar,
         Bool => node.as_bool().is_some() || templated(node),
         Int => node.as_i64().is_some() || templated(node),
-        StrList => node.as_seq().is_some_and(|items| items.iter().all(|i| i.scalar().is_some())),
-        StrMap => node.as_map().is_some_and(|entries| entries.iter().all(|(_, v)| v.scalar().is_some())),
-        ScalarOrList => scalar || node.as_seq().is_some_and(|items| items.iter().all(|i| i.scalar().is_some())),
+        StrList => node
+            .as_seq()
+            .is_some_and(|items| items.iter().all(|i| i.scalar().is_some())),
+        StrMap => node
+            .as_map()
+            .is_some_and(|entries| entries.iter().all(|(_, v)| v.scalar().is_some())),
+        ScalarOrList => {
+            scalar
+                || node
+                    .as_seq()
+                    .is_some_and(|items| items.iter().all(|i| i.scalar().is_some()))
+        }
         NameValueList => node.as_seq().is_some_and(|items| {
-            items.iter().all(|i| i.get("name").and_then(Node::scalar).is_some() && i.get("value").is_some())
+            items
+                .iter()
+                .all(|i| i.get("name").and_then(Node::scalar).is_some() && i.get("value").is_some())
         }),
     };
     if !ok {
@@ -210,7 +346,11 @@ fn check_type(node: &Node, ty: Ty, field: &str, c: &mut Collector) {
             ScalarOrList => "a value or a list of values",
             NameValueList => "a list of {name, value} maps",
         };
-        c.push(node.pos, field, format!("expected {want}, found a {}", node.kind()));
+        c.push(
+            node.pos,
+            field,
+            format!("expected {want}, found a {}", node.kind()),
+        );
     }
 }
 
@@ -220,15 +360,27 @@ pub fn check_inputs(spec: &ActionSpec, inputs: Option<&Node>, field: &str, c: &m
         (Expression, _) => return,
         (OptionalMap, None) => return,
         (_, None) => {
-            c.push(Default::default(), field, format!("{} needs inputs", spec.name));
+            c.push(
+                Default::default(),
+                field,
+                format!("{} needs inputs", spec.name),
+            );
             return;
         }
         (List, Some(node)) => match (node.as_seq(), node.as_map()) {
-            (Some(items), _) => items.iter().enumerate().map(|(i, n)| (format!("{field}[{i}]"), n)).collect(),
+            (Some(items), _) => items
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("{field}[{i}]"), n))
+                .collect(),
             // A single map is taken as a one-item list, as AWSTOE does.
             (None, Some(_)) => vec![(field.to_string(), node)],
             _ => {
-                c.push(node.pos, field, format!("expected a list of maps, found a {}", node.kind()));
+                c.push(
+                    node.pos,
+                    field,
+                    format!("expected a list of maps, found a {}", node.kind()),
+                );
                 return;
             }
         },
@@ -236,19 +388,31 @@ pub fn check_inputs(spec: &ActionSpec, inputs: Option<&Node>, field: &str, c: &m
     };
     for (here, item) in items {
         let Some(entries) = item.as_map() else {
-            c.push(item.pos, &here, format!("expected a map, found a {}", item.kind()));
+            c.push(
+                item.pos,
+                &here,
+                format!("expected a map, found a {}", item.kind()),
+            );
             continue;
         };
         for (key, value) in entries {
             let name = key.scalar().unwrap_or_default();
             match spec.fields.iter().find(|f| f.name == name) {
                 Some(f) => check_type(value, f.ty, &format!("{here}.{name}"), c),
-                None => c.push(key.pos, format!("{here}.{name}"), format!("{} has no input {name:?}", spec.name)),
+                None => c.push(
+                    key.pos,
+                    format!("{here}.{name}"),
+                    format!("{} has no input {name:?}", spec.name),
+                ),
             }
         }
         for f in spec.fields.iter().filter(|f| f.required) {
             if item.get(f.name).is_none_or(Node::is_null) {
-                c.push(item.pos, format!("{here}.{}", f.name), "required input is missing");
+                c.push(
+                    item.pos,
+                    format!("{here}.{}", f.name),
+                    "required input is missing",
+                );
             }
         }
         check_values(spec.name, item, &here, c);
@@ -257,43 +421,75 @@ pub fn check_inputs(spec: &ActionSpec, inputs: Option<&Node>, field: &str, c: &m
 
 /// Rules that go beyond types.
 fn check_values(action: &str, item: &Node, here: &str, c: &mut Collector) {
-    let literal = |k: &str| item.get(k).filter(|n| !templated(n)).and_then(|n| n.scalar().map(|s| (n, s)));
-    if let Some((node, enc)) = literal("encoding") {
-        if !ENCODINGS.contains(&enc.to_ascii_lowercase().as_str()) {
-            c.push(node.pos, format!("{here}.encoding"), format!("unknown encoding {enc:?} (use utf8, utf16, utf32 and their -le / -be forms)"));
-        }
+    let literal = |k: &str| {
+        item.get(k)
+            .filter(|n| !templated(n))
+            .and_then(|n| n.scalar().map(|s| (n, s)))
+    };
+    if let Some((node, enc)) = literal("encoding")
+        && !ENCODINGS.contains(&enc.to_ascii_lowercase().as_str())
+    {
+        c.push(
+            node.pos,
+            format!("{here}.encoding"),
+            format!("unknown encoding {enc:?} (use utf8, utf16, utf32 and their -le / -be forms)"),
+        );
     }
-    if let Some((node, mode)) = literal("permissions") {
-        if crate::actions::files::parse_mode(mode).is_none() {
-            c.push(node.pos, format!("{here}.permissions"), format!("{mode:?} is not an octal mode such as 0755"));
-        }
+    if let Some((node, mode)) = literal("permissions")
+        && crate::actions::files::parse_mode(mode).is_none()
+    {
+        c.push(
+            node.pos,
+            format!("{here}.permissions"),
+            format!("{mode:?} is not an octal mode such as 0755"),
+        );
     }
     match action {
         "ExecutePowerShell" if item.get("commands").is_some() == item.get("file").is_some() => {
-            c.push(item.pos, here, "ExecutePowerShell takes exactly one of commands or file");
+            c.push(
+                item.pos,
+                here,
+                "ExecutePowerShell takes exactly one of commands or file",
+            );
         }
         "WebDownload" => {
             if item.get("checksum").is_some() != item.get("algorithm").is_some() {
-                c.push(item.pos, here, "checksum and algorithm are given together or not at all");
+                c.push(
+                    item.pos,
+                    here,
+                    "checksum and algorithm are given together or not at all",
+                );
             }
-            if let Some((node, alg)) = literal("algorithm") {
-                if !crate::digest::ALGORITHMS.contains(&alg.to_ascii_uppercase().as_str()) {
-                    c.push(node.pos, format!("{here}.algorithm"), format!("unknown algorithm {alg:?} (MD5, SHA1, SHA256 or SHA512)"));
-                }
+            if let Some((node, alg)) = literal("algorithm")
+                && !crate::digest::ALGORITHMS.contains(&alg.to_ascii_uppercase().as_str())
+            {
+                c.push(
+                    node.pos,
+                    format!("{here}.algorithm"),
+                    format!("unknown algorithm {alg:?} (MD5, SHA1, SHA256 or SHA512)"),
+                );
             }
         }
         "SetRegistry" => {
-            if let Some((node, ty)) = literal("type") {
-                if !REGISTRY_TYPES.contains(&ty) {
-                    c.push(node.pos, format!("{here}.type"), format!("unknown registry type {ty:?}"));
-                }
+            if let Some((node, ty)) = literal("type")
+                && !REGISTRY_TYPES.contains(&ty)
+            {
+                c.push(
+                    node.pos,
+                    format!("{here}.type"),
+                    format!("unknown registry type {ty:?}"),
+                );
             }
         }
         "InstallMSI" | "UninstallMSI" => {
-            if let Some((node, reboot)) = literal("reboot") {
-                if !matches!(reboot, "Allow" | "Force" | "Skip") {
-                    c.push(node.pos, format!("{here}.reboot"), "must be one of Allow, Force, Skip");
-                }
+            if let Some((node, reboot)) = literal("reboot")
+                && !matches!(reboot, "Allow" | "Force" | "Skip")
+            {
+                c.push(
+                    node.pos,
+                    format!("{here}.reboot"),
+                    "must be one of Allow, Force, Skip",
+                );
             }
         }
         _ => {}
@@ -308,7 +504,15 @@ pub fn outputs(action: &str) -> &'static [&'static str] {
         "ListFiles" => &["files"],
         "ReadFile" => &["content"],
         "InstallMSI" | "UninstallMSI" => &["logFile", "msiExitCode", "stdout"],
-        "ExecuteDocument" => &["executedStepCount", "failedStepCount", "ignoredFailedStepCount", "status", "executionId", "failureMessage", "logUrl"],
+        "ExecuteDocument" => &[
+            "executedStepCount",
+            "failedStepCount",
+            "ignoredFailedStepCount",
+            "status",
+            "executionId",
+            "failureMessage",
+            "logUrl",
+        ],
         _ => &[],
     }
 }

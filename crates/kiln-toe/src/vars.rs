@@ -7,9 +7,18 @@ pub enum Ref {
     /// A parameter or constant of the document.
     Name(String),
     /// `{{ loop.index }}`, `{{ loop.value }}` or `{{ NAME.index }}` of a named loop.
-    Loop { name: Option<String>, field: LoopField },
+    Loop {
+        name: Option<String>,
+        field: LoopField,
+    },
     /// `{{ phase.step.inputs[0].field }}` / `{{ phase.step.outputs.field }}`.
-    Chain { phase: String, step: String, io: Io, index: usize, field: String },
+    Chain {
+        phase: String,
+        step: String,
+        io: Io,
+        index: usize,
+        field: String,
+    },
     /// `{{ env:NAME }}`: the environment of the kiln process.
     Env(String),
     /// `{{ context:key }}`: facts about the execution.
@@ -31,8 +40,18 @@ pub enum Io {
 }
 
 /// The context keys AWSTOE documents and kiln can answer locally.
-pub const CONTEXT_KEYS: &[&str] =
-    &["executionId", "osPlatform", "osName", "osVersion", "date", "dateTime", "uuid", "hostname", "phase", "step"];
+pub const CONTEXT_KEYS: &[&str] = &[
+    "executionId",
+    "osPlatform",
+    "osName",
+    "osVersion",
+    "date",
+    "dateTime",
+    "uuid",
+    "hostname",
+    "phase",
+    "step",
+];
 
 /// Every reference in `text`, as (byte offset of `{{`, trimmed inner text).
 pub fn references(text: &str) -> Vec<(usize, &str)> {
@@ -40,7 +59,9 @@ pub fn references(text: &str) -> Vec<(usize, &str)> {
     let mut rest = 0;
     while let Some(open) = text[rest..].find("{{") {
         let start = rest + open;
-        let Some(close) = text[start + 2..].find("}}") else { break };
+        let Some(close) = text[start + 2..].find("}}") else {
+            break;
+        };
         out.push((start, text[start + 2..start + 2 + close].trim()));
         rest = start + 2 + close + 2;
     }
@@ -58,13 +79,18 @@ pub fn classify(inner: &str) -> Ref {
     match parts.as_slice() {
         [name] if is_name(name) => Ref::Name(name.to_string()),
         [owner, field @ ("index" | "value")] if is_name(owner) => {
-            let field = if *field == "index" { LoopField::Index } else { LoopField::Value };
+            let field = if *field == "index" {
+                LoopField::Index
+            } else {
+                LoopField::Value
+            };
             let name = (*owner != "loop").then(|| owner.to_string());
             Ref::Loop { name, field }
         }
         [phase, step, io, field] if is_name(phase) && !step.is_empty() && !field.is_empty() => {
             let (io_name, index) = match io.split_once('[') {
-                Some((n, idx)) => match idx.strip_suffix(']').and_then(|i| i.parse::<usize>().ok()) {
+                Some((n, idx)) => match idx.strip_suffix(']').and_then(|i| i.parse::<usize>().ok())
+                {
                     Some(i) => (n, i),
                     None => return Ref::Invalid(inner.to_string()),
                 },
@@ -75,7 +101,13 @@ pub fn classify(inner: &str) -> Ref {
                 "outputs" => Io::Outputs,
                 _ => return Ref::Invalid(inner.to_string()),
             };
-            Ref::Chain { phase: phase.to_string(), step: step.to_string(), io, index, field: field.to_string() }
+            Ref::Chain {
+                phase: phase.to_string(),
+                step: step.to_string(),
+                io,
+                index,
+                field: field.to_string(),
+            }
         }
         _ => Ref::Invalid(inner.to_string()),
     }
@@ -83,7 +115,9 @@ pub fn classify(inner: &str) -> Ref {
 
 /// Parameter, constant and loop names: letters, digits, `-` and `_`.
 pub fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Replaces every reference that `lookup` resolves; the rest stays as
@@ -93,7 +127,9 @@ pub fn render(text: &str, mut lookup: impl FnMut(&Ref) -> Option<String>) -> Str
     let mut rest = 0;
     while let Some(open) = text[rest..].find("{{") {
         let start = rest + open;
-        let Some(close) = text[start + 2..].find("}}") else { break };
+        let Some(close) = text[start + 2..].find("}}") else {
+            break;
+        };
         let end = start + 2 + close + 2;
         out.push_str(&text[rest..start]);
         match lookup(&classify(text[start + 2..end - 2].trim())) {
@@ -129,14 +165,36 @@ mod tests {
                 field: "source".into()
             }
         );
-        assert!(matches!(classify("build.Run.outputs.stdout"), Ref::Chain { io: Io::Outputs, index: 0, .. }));
-        assert!(matches!(classify("build.Run.other.stdout"), Ref::Invalid(_)));
+        assert!(matches!(
+            classify("build.Run.outputs.stdout"),
+            Ref::Chain {
+                io: Io::Outputs,
+                index: 0,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify("build.Run.other.stdout"),
+            Ref::Invalid(_)
+        ));
     }
 
     #[test]
     fn loop_references_name_their_loop() {
-        assert_eq!(classify("loop.index"), Ref::Loop { name: None, field: LoopField::Index });
-        assert_eq!(classify("outer.value"), Ref::Loop { name: Some("outer".into()), field: LoopField::Value });
+        assert_eq!(
+            classify("loop.index"),
+            Ref::Loop {
+                name: None,
+                field: LoopField::Index
+            }
+        );
+        assert_eq!(
+            classify("outer.value"),
+            Ref::Loop {
+                name: Some("outer".into()),
+                field: LoopField::Value
+            }
+        );
     }
 
     #[test]

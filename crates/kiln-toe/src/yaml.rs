@@ -26,7 +26,10 @@ impl std::fmt::Display for Pos {
 pub enum Value {
     /// A scalar as written; `plain` is false for quoted and block scalars,
     /// which are always strings.
-    Scalar { text: String, plain: bool },
+    Scalar {
+        text: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
 }
@@ -122,10 +125,13 @@ impl Node {
                     if let Ok(i) = text.parse::<i64>() {
                         return J::from(i);
                     }
-                    if looks_like_float(text) {
-                        if let Some(n) = text.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
-                            return J::Number(n);
-                        }
+                    if looks_like_float(text)
+                        && let Some(n) = text
+                            .parse::<f64>()
+                            .ok()
+                            .and_then(serde_json::Number::from_f64)
+                    {
+                        return J::Number(n);
                     }
                 }
                 J::String(text.clone())
@@ -143,7 +149,10 @@ impl Node {
 
 fn looks_like_float(text: &str) -> bool {
     let t = text.strip_prefix(['-', '+']).unwrap_or(text);
-    !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+')) && t.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+    !t.is_empty()
+        && t.chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
+        && t.starts_with(|c: char| c.is_ascii_digit() || c == '.')
 }
 
 /// Parses the first document of `src` into a [`Node`] tree.
@@ -159,14 +168,20 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
     let mut stack: Vec<Open> = Vec::new();
     let mut root: Option<Node> = None;
 
-    let at = |m: &saphyr_parser::Marker| Pos { line: m.line(), col: m.col() + 1 };
+    let at = |m: &saphyr_parser::Marker| Pos {
+        line: m.line(),
+        col: m.col() + 1,
+    };
 
     loop {
         let (event, span) = match parser.next() {
             None => break,
             Some(Ok(ev)) => ev,
             Some(Err(e)) => {
-                return Err(SyntaxError { pos: at(e.marker()), message: e.info().to_string() });
+                return Err(SyntaxError {
+                    pos: at(e.marker()),
+                    message: e.info().to_string(),
+                });
             }
         };
         let pos = at(&span.start);
@@ -179,33 +194,76 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
                 None
             }
             Event::Alias(id) => match anchors.get(&id) {
-                Some(node) => Some((Node { pos, value: node.value.clone() }, 0)),
-                None => return Err(SyntaxError { pos, message: "alias to an unknown anchor".into() }),
+                Some(node) => Some((
+                    Node {
+                        pos,
+                        value: node.value.clone(),
+                    },
+                    0,
+                )),
+                None => {
+                    return Err(SyntaxError {
+                        pos,
+                        message: "alias to an unknown anchor".into(),
+                    });
+                }
             },
             Event::Scalar(text, style, anchor, _tag) => {
                 let plain = matches!(style, ScalarStyle::Plain);
-                Some((Node { pos, value: Value::Scalar { text: text.into_owned(), plain } }, anchor))
+                Some((
+                    Node {
+                        pos,
+                        value: Value::Scalar {
+                            text: text.into_owned(),
+                            plain,
+                        },
+                    },
+                    anchor,
+                ))
             }
             Event::SequenceStart(anchor, _) => {
                 if stack.len() >= MAX_DEPTH {
-                    return Err(SyntaxError { pos, message: format!("nesting deeper than {MAX_DEPTH} levels") });
+                    return Err(SyntaxError {
+                        pos,
+                        message: format!("nesting deeper than {MAX_DEPTH} levels"),
+                    });
                 }
-                stack.push(Open::Seq(Node { pos, value: Value::Seq(Vec::new()) }, anchor));
+                stack.push(Open::Seq(
+                    Node {
+                        pos,
+                        value: Value::Seq(Vec::new()),
+                    },
+                    anchor,
+                ));
                 None
             }
             Event::MappingStart(anchor, _) => {
                 if stack.len() >= MAX_DEPTH {
-                    return Err(SyntaxError { pos, message: format!("nesting deeper than {MAX_DEPTH} levels") });
+                    return Err(SyntaxError {
+                        pos,
+                        message: format!("nesting deeper than {MAX_DEPTH} levels"),
+                    });
                 }
-                stack.push(Open::Map(Node { pos, value: Value::Map(Vec::new()) }, anchor, None));
+                stack.push(Open::Map(
+                    Node {
+                        pos,
+                        value: Value::Map(Vec::new()),
+                    },
+                    anchor,
+                    None,
+                ));
                 None
             }
             Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
-                Some(Open::Seq(node, anchor)) | Some(Open::Map(node, anchor, _)) => Some((node, anchor)),
+                Some(Open::Seq(node, anchor)) | Some(Open::Map(node, anchor, _)) => {
+                    Some((node, anchor))
+                }
                 None => None,
             },
         };
-        let Some((node, anchor)) = finished else { continue };
+        let Some((node, anchor)) = finished else {
+            continue;
+        };
         if anchor != 0 {
             anchors.insert(anchor, node.clone());
         }
@@ -222,10 +280,13 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
                 None => *pending = Some(node),
                 Some(key) => {
                     if let Value::Map(entries) = &mut map.value {
-                        if let Some(name) = key.scalar() {
-                            if entries.iter().any(|(k, _)| k.scalar() == Some(name)) {
-                                return Err(SyntaxError { pos: key.pos, message: format!("duplicate key {name:?}") });
-                            }
+                        if let Some(name) = key.scalar()
+                            && entries.iter().any(|(k, _)| k.scalar() == Some(name))
+                        {
+                            return Err(SyntaxError {
+                                pos: key.pos,
+                                message: format!("duplicate key {name:?}"),
+                            });
                         }
                         entries.push((key, node));
                     }
@@ -233,7 +294,13 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
             },
         }
     }
-    Ok(root.unwrap_or(Node { pos: Pos { line: 1, col: 1 }, value: Value::Scalar { text: String::new(), plain: true } }))
+    Ok(root.unwrap_or(Node {
+        pos: Pos { line: 1, col: 1 },
+        value: Value::Scalar {
+            text: String::new(),
+            plain: true,
+        },
+    }))
 }
 
 #[cfg(test)]

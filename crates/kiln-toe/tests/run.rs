@@ -33,9 +33,22 @@ fn for_loops_count_both_ends_and_join_outputs_with_newlines() {
           commands: ["echo {{ countdown.value }}"]
 "#));
     assert_eq!(e.status, Status::Success);
-    assert_eq!(outputs(step(&e, "build", "Up")), json!([{"stdout": "0:1\n1:3\n2:5"}]));
-    assert_eq!(outputs(step(&e, "build", "Down")), json!([{"stdout": "3\n2\n1"}]));
-    assert_eq!(step(&e, "build", "Up").loop_record.as_ref().unwrap().iterations, 3);
+    assert_eq!(
+        outputs(step(&e, "build", "Up")),
+        json!([{"stdout": "0:1\n1:3\n2:5"}])
+    );
+    assert_eq!(
+        outputs(step(&e, "build", "Down")),
+        json!([{"stdout": "3\n2\n1"}])
+    );
+    assert_eq!(
+        step(&e, "build", "Up")
+            .loop_record
+            .as_ref()
+            .unwrap()
+            .iterations,
+        3
+    );
 }
 
 #[test]
@@ -62,7 +75,10 @@ fn for_each_takes_lists_and_delimited_strings() {
     assert_eq!(e.status, Status::Success);
     assert_eq!(f.file("/out/a"), "item 0");
     assert_eq!(f.file("/out/b"), "item 1");
-    assert_eq!(outputs(step(&e, "build", "Split")), json!([{"stdout": "0=x\n1=y\n2=z"}]));
+    assert_eq!(
+        outputs(step(&e, "build", "Split")),
+        json!([{"stdout": "0=x\n1=y\n2=z"}])
+    );
 }
 
 #[test]
@@ -80,8 +96,16 @@ fn a_failing_iteration_fails_the_loop_and_names_it() {
 "#));
     let s = step(&e, "build", "Loop");
     assert_eq!(s.status, Status::Failed);
-    assert!(s.failure_message.contains("iteration 1"), "{}", s.failure_message);
-    assert_eq!(s.loop_record.as_ref().unwrap().iterations, 2, "the loop stops at the failing iteration");
+    assert!(
+        s.failure_message.contains("iteration 1"),
+        "{}",
+        s.failure_message
+    );
+    assert_eq!(
+        s.loop_record.as_ref().unwrap().iterations,
+        2,
+        "the loop stops at the failing iteration"
+    );
 }
 
 #[test]
@@ -128,8 +152,14 @@ fn conditions_decide_execute_skip_and_abort_from_the_roots_files() {
           commands: ["echo no"]
 "#));
     assert_eq!(step(&e, "build", "RunsWhenTrue").status, Status::Success);
-    assert_eq!(outputs(step(&e, "build", "RunsWhenTrue")), json!([{"stdout": "ran"}]));
-    assert_eq!(step(&e, "build", "SkippedWhenFalse").status, Status::Skipped);
+    assert_eq!(
+        outputs(step(&e, "build", "RunsWhenTrue")),
+        json!([{"stdout": "ran"}])
+    );
+    assert_eq!(
+        step(&e, "build", "SkippedWhenFalse").status,
+        Status::Skipped
+    );
     assert_eq!(step(&e, "build", "ThenSkip").status, Status::Skipped);
     let abort = step(&e, "build", "ElseAbort");
     assert_eq!(abort.status, Status::Failed);
@@ -191,7 +221,12 @@ fn chaining_passes_outputs_and_inputs_between_steps_and_phases() {
             - numberGreaterThan: 2
               value: "{{ build.Version.outputs.stdout }}"
 "#));
-    assert_eq!(e.status, Status::Success, "{:#?}", e.failed_step().map(|s| s.2.failure_message.clone()));
+    assert_eq!(
+        e.status,
+        Status::Success,
+        "{:#?}",
+        e.failed_step().map(|s| s.2.failure_message.clone())
+    );
     assert_eq!(f.file("/version.txt"), "2.5");
 }
 
@@ -237,7 +272,11 @@ fn abort_stops_everything_continue_goes_on_and_ignore_succeeds() {
     assert_eq!(step(&e, "build", "StillRuns").status, Status::Success);
     assert_eq!(step(&e, "validate", "AlsoRuns").status, Status::Success);
     let fails = step(&e, "build", "Fails");
-    assert!(fails.failure_message.contains("status 3") && fails.failure_message.contains("oops"), "{}", fails.failure_message);
+    assert!(
+        fails.failure_message.contains("status 3") && fails.failure_message.contains("oops"),
+        "{}",
+        fails.failure_message
+    );
     assert_eq!(e.status, Status::Failed);
 
     let e = f.run_doc(&doc(r#"
@@ -259,7 +298,11 @@ fn abort_stops_everything_continue_goes_on_and_ignore_succeeds() {
           commands: ["true"]
 "#));
     assert_eq!(e.status, Status::Failed);
-    assert_eq!(e.steps().count(), 1, "Abort runs nothing after the failed step");
+    assert_eq!(
+        e.steps().count(),
+        1,
+        "Abort runs nothing after the failed step"
+    );
     assert!(e.failure_message.contains("doc.yaml"));
 }
 
@@ -308,9 +351,16 @@ fn a_step_past_its_timeout_is_killed_and_fails() {
 "#));
     let s = step(&e, "build", "Slow");
     assert_eq!(s.status, Status::Failed);
-    assert!(s.failure_message.contains("timed out after 1 seconds"), "{}", s.failure_message);
+    assert!(
+        s.failure_message.contains("timed out after 1 seconds"),
+        "{}",
+        s.failure_message
+    );
     // Nothing the killed step started survives into the next step.
-    assert_eq!(outputs(step(&e, "build", "Next")), json!([{"stdout": "none"}]));
+    assert_eq!(
+        outputs(step(&e, "build", "Next")),
+        json!([{"stdout": "none"}])
+    );
 }
 
 #[test]
@@ -375,20 +425,32 @@ fn commands_of_one_step_form_one_script() {
             -   echo "$GREETING from $BASH"
             - fi
 "#));
-    assert_eq!(outputs(step(&e, "build", "Script")), json!([{"stdout": "hello from /bin/bash"}]));
+    assert_eq!(
+        outputs(step(&e, "build", "Script")),
+        json!([{"stdout": "hello from /bin/bash"}])
+    );
 }
 
 #[test]
 fn execute_bash_refuses_a_root_without_bash_unless_sh_is_allowed() {
     let f = Fixture::busybox();
-    let yaml = doc("  - name: build\n    steps:\n      - name: S\n        action: ExecuteBash\n        inputs:\n          commands: [\"echo via sh\"]\n");
+    let yaml = doc(
+        "  - name: build\n    steps:\n      - name: S\n        action: ExecuteBash\n        inputs:\n          commands: [\"echo via sh\"]\n",
+    );
     let e = f.run_doc(&yaml);
     let s = step(&e, "build", "S");
     assert_eq!(s.status, Status::Failed);
-    assert!(s.failure_message.contains("/bin/bash") && s.failure_message.contains("--shell sh"), "{}", s.failure_message);
+    assert!(
+        s.failure_message.contains("/bin/bash") && s.failure_message.contains("--shell sh"),
+        "{}",
+        s.failure_message
+    );
 
     let e = f.run_with(&yaml, &f.instance(true), &f.options());
-    assert_eq!(outputs(step(&e, "build", "S")), json!([{"stdout": "via sh"}]));
+    assert_eq!(
+        outputs(step(&e, "build", "S")),
+        json!([{"stdout": "via sh"}])
+    );
 }
 
 #[test]
@@ -403,9 +465,15 @@ fn powershell_needs_pwsh_in_the_root() {
 #[test]
 fn update_os_names_the_missing_package_manager() {
     let f = Fixture::with_bash();
-    let e = f.run_doc(&doc("  - name: build\n    steps:\n      - name: Update\n        action: UpdateOS\n"));
+    let e = f.run_doc(&doc(
+        "  - name: build\n    steps:\n      - name: Update\n        action: UpdateOS\n",
+    ));
     let s = step(&e, "build", "Update");
-    assert!(s.failure_message.contains("apt-get, dnf or yum"), "{}", s.failure_message);
+    assert!(
+        s.failure_message.contains("apt-get, dnf or yum"),
+        "{}",
+        s.failure_message
+    );
 }
 
 #[test]
@@ -414,12 +482,24 @@ fn parameters_need_a_value_or_a_default() {
     let yaml = "name: p\nschemaVersion: 1.0\nparameters:\n  - Needed:\n      type: string\nphases:\n  - name: build\n    steps:\n      - name: Echo\n        action: ExecuteBash\n        inputs:\n          commands: [\"echo {{ Needed }}\"]\n";
     let path = f.write_doc("p.yaml", yaml);
     let doc = kiln_toe::load(&path).unwrap();
-    let err = kiln_toe::run(std::slice::from_ref(&doc), &f.instance(false), &f.options(), &mut kiln_toe::Quiet).unwrap_err();
+    let err = kiln_toe::run(
+        std::slice::from_ref(&doc),
+        &f.instance(false),
+        &f.options(),
+        &mut kiln_toe::Quiet,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("Needed"), "{err}");
     let mut opts = f.options();
-    opts.parameters = vec![("Needed".into(), "given".into()), ("Unknown".into(), "ignored".into())];
+    opts.parameters = vec![
+        ("Needed".into(), "given".into()),
+        ("Unknown".into(), "ignored".into()),
+    ];
     let e = kiln_toe::run(&[doc], &f.instance(false), &opts, &mut kiln_toe::Quiet).unwrap();
-    assert_eq!(outputs(step(&e, "build", "Echo")), json!([{"stdout": "given"}]));
+    assert_eq!(
+        outputs(step(&e, "build", "Echo")),
+        json!([{"stdout": "given"}])
+    );
 }
 
 #[test]
@@ -450,7 +530,13 @@ fn execute_document_runs_a_nested_document_and_refuses_cycles() {
 
     f.write_doc("self.yaml", "name: s\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Again\n        action: ExecuteDocument\n        inputs:\n          document: self.yaml\n");
     let doc = kiln_toe::load(&f.dir.path().join("self.yaml")).unwrap();
-    let e = kiln_toe::run(&[doc], &f.instance(false), &f.options(), &mut kiln_toe::Quiet).unwrap();
+    let e = kiln_toe::run(
+        &[doc],
+        &f.instance(false),
+        &f.options(),
+        &mut kiln_toe::Quiet,
+    )
+    .unwrap();
     let s = step(&e, "build", "Again");
     assert_eq!(s.status, Status::Failed);
     assert!(s.failure_message.contains("cycle"), "{}", s.failure_message);
@@ -489,9 +575,15 @@ fn s3_uris_resolve_to_the_artifact_bucket_only() {
 "#));
     assert_eq!(step(&e, "build", "Download").status, Status::Success);
     assert_eq!(f.file("/etc/app.conf"), "conf");
-    assert_eq!(std::fs::read_to_string(f.dir.path().join("artifacts/builds/1/bin")).unwrap(), "binary");
+    assert_eq!(
+        std::fs::read_to_string(f.dir.path().join("artifacts/builds/1/bin")).unwrap(),
+        "binary"
+    );
     let other = step(&e, "build", "Elsewhere");
-    assert!(other.failure_message.contains("someone-elses-bucket") && other.failure_message.contains("kiln-artifacts"));
+    assert!(
+        other.failure_message.contains("someone-elses-bucket")
+            && other.failure_message.contains("kiln-artifacts")
+    );
 }
 
 #[test]
@@ -504,7 +596,9 @@ fn web_download_checks_the_checksum_and_creates_folders() {
             let mut s = stream.unwrap();
             let mut buf = [0u8; 2048];
             let _ = s.read(&mut buf);
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\npayload");
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\npayload",
+            );
         }
     });
     let f = Fixture::with_bash();
@@ -533,10 +627,17 @@ fn web_download_checks_the_checksum_and_creates_folders() {
     server.join().unwrap();
     let get = step(&e, "build", "Get");
     assert_eq!(get.status, Status::Success, "{}", get.failure_message);
-    assert_eq!(outputs(get), json!([{"destination": "/opt/downloads/tool.bin"}]));
+    assert_eq!(
+        outputs(get),
+        json!([{"destination": "/opt/downloads/tool.bin"}])
+    );
     assert_eq!(f.file("/opt/downloads/tool.bin"), "payload");
     let bad = step(&e, "build", "Bad");
-    assert!(bad.failure_message.contains("checksum"), "{}", bad.failure_message);
+    assert!(
+        bad.failure_message.contains("checksum"),
+        "{}",
+        bad.failure_message
+    );
     assert!(!f.root_dir.join("opt/other.bin").exists());
 }
 
@@ -545,12 +646,18 @@ fn the_log_directory_holds_what_awstoe_writes() {
     let f = Fixture::with_bash();
     let e = f.run_doc(&doc("  - name: build\n    steps:\n      - name: Say\n        action: ExecuteBash\n        inputs:\n          commands: [\"echo to-stdout\", \"echo to-stderr >&2\"]\n"));
     let dir = std::path::PathBuf::from(&e.log_url);
-    assert!(dir.file_name().unwrap().to_string_lossy().starts_with("TOE_"));
+    assert!(
+        dir.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("TOE_")
+    );
     assert!(dir.to_string_lossy().ends_with(&e.execution_id));
     let console = std::fs::read_to_string(dir.join("console.log")).unwrap();
     assert!(console.contains("CmdExecution: Stdout: to-stdout"));
     assert!(console.contains("CmdExecution: Stderr: to-stderr"));
-    let detailed: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("detailedoutput.json")).unwrap()).unwrap();
+    let detailed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("detailedoutput.json")).unwrap()).unwrap();
     let s = &detailed["documents"][0]["phases"][0]["steps"][0];
     assert_eq!(s["status"], "success");
     assert_eq!(s["timeoutSeconds"], 7200);

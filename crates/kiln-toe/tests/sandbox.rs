@@ -70,10 +70,16 @@ fn processes_hostname_and_ipc_are_private() {
         inputs:
           commands: ["echo $(hostname) $(ls /proc | grep -c '^[0-9]')"]
 "#));
-    let out = outputs(step(&e, "build", "Look"))[0]["stdout"].as_str().unwrap().to_string();
+    let out = outputs(step(&e, "build", "Look"))[0]["stdout"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (host, count) = out.split_once(' ').unwrap();
     assert_eq!(host, "kiln-test");
-    assert!(count.parse::<u32>().unwrap() < 10, "a private pid namespace shows only the step's processes: {count}");
+    assert!(
+        count.parse::<u32>().unwrap() < 10,
+        "a private pid namespace shows only the step's processes: {count}"
+    );
 }
 
 /// Every path a file module names resolves inside the root: `..` stops at
@@ -129,7 +135,13 @@ fn file_actions_never_leave_the_root() {
     )));
     for (_, _, s) in e.steps() {
         if s.name != "Link" {
-            assert_eq!(s.status, Status::Success, "{}: {}", s.name, s.failure_message);
+            assert_eq!(
+                s.status,
+                Status::Success,
+                "{}: {}",
+                s.name,
+                s.failure_message
+            );
         }
     }
     // The symlink's target does not exist inside the root.
@@ -138,11 +150,29 @@ fn file_actions_never_leave_the_root() {
     assert_eq!(f.file(&format!("{outside_path}/through-link.txt")), "b");
     assert_eq!(f.file("/etc/via-slash"), "c");
     assert_eq!(f.file("/moved.txt"), "b");
-    assert!(f.root_dir.join(outside_path.trim_start_matches('/')).join("new-dir").is_dir());
-    assert!(std::fs::symlink_metadata(f.root_dir.join("escape")).is_err(), "DeleteFolder removes the link itself");
-    let host: Vec<_> = std::fs::read_dir(outside.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(host, vec![std::ffi::OsString::from("keep")], "the host directory is untouched");
-    assert_eq!(std::fs::read_to_string(outside.path().join("keep")).unwrap(), "host data");
+    assert!(
+        f.root_dir
+            .join(outside_path.trim_start_matches('/'))
+            .join("new-dir")
+            .is_dir()
+    );
+    assert!(
+        std::fs::symlink_metadata(f.root_dir.join("escape")).is_err(),
+        "DeleteFolder removes the link itself"
+    );
+    let host: Vec<_> = std::fs::read_dir(outside.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        host,
+        vec![std::ffi::OsString::from("keep")],
+        "the host directory is untouched"
+    );
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("keep")).unwrap(),
+        "host data"
+    );
     assert!(!Path::new("/dotdot.txt").exists() && !Path::new("/moved.txt").exists());
 }
 
@@ -166,7 +196,16 @@ fn snapshot(dir: &Path) -> BTreeMap<String, String> {
                 pending.push(path.clone());
             }
             let key = path.strip_prefix(dir).unwrap().display().to_string();
-            out.insert(key, format!("{:o} {}:{} {} {content}", meta.mode(), meta.uid(), meta.gid(), meta.len()));
+            out.insert(
+                key,
+                format!(
+                    "{:o} {}:{} {} {content}",
+                    meta.mode(),
+                    meta.uid(),
+                    meta.gid(),
+                    meta.len()
+                ),
+            );
         }
     }
     out
@@ -178,7 +217,13 @@ fn overlay_mode_leaves_the_lower_root_byte_for_byte_unchanged() {
     std::fs::write(f.root_dir.join("etc/app.conf"), "v1").unwrap();
     let before = snapshot(&f.root_dir);
     let layer = f.dir.path().join("layer");
-    let mount = kiln_sandbox::OverlayMount::mount(&[f.root_dir.as_path()], &layer.join("upper"), &layer.join("work"), &layer.join("merged")).unwrap();
+    let mount = kiln_sandbox::OverlayMount::mount(
+        &[f.root_dir.as_path()],
+        &layer.join("upper"),
+        &layer.join("work"),
+        &layer.join("merged"),
+    )
+    .unwrap();
     let instance = f.instance_at(mount.merged(), false);
     let e = f.run_with(
         &doc(r#"
@@ -198,14 +243,27 @@ fn overlay_mode_leaves_the_lower_root_byte_for_byte_unchanged() {
         &instance,
         &f.options(),
     );
-    assert_eq!(e.status, Status::Success, "{:?}", e.failed_step().map(|s| s.2.failure_message.clone()));
+    assert_eq!(
+        e.status,
+        Status::Success,
+        "{:?}",
+        e.failed_step().map(|s| s.2.failure_message.clone())
+    );
     mount.unmount().unwrap();
     assert_eq!(snapshot(&f.root_dir), before, "the lower root changed");
     let upper = layer.join("upper");
-    assert_eq!(std::fs::read_to_string(upper.join("etc/app.conf")).unwrap(), "v2\n");
-    assert_eq!(std::fs::read_to_string(upper.join("opt/app/file")).unwrap(), "hi\n");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("etc/app.conf")).unwrap(),
+        "v2\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(upper.join("opt/app/file")).unwrap(),
+        "hi\n"
+    );
     // The deletion is recorded as an overlayfs whiteout (a 0/0 character device).
     let whiteout = std::fs::symlink_metadata(upper.join("etc/hostname")).unwrap();
     assert_eq!(whiteout.rdev(), 0);
-    assert!(std::os::unix::fs::FileTypeExt::is_char_device(&whiteout.file_type()));
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &whiteout.file_type()
+    ));
 }

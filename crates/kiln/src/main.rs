@@ -16,7 +16,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Immutable-server pipelines: build, bake, test and roll out golden images")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Immutable-server pipelines: build, bake, test and roll out golden images"
+)]
 struct Cli {
     /// The directory holding everything kiln owns (database, images, logs).
     #[arg(long, env = "KILN_STATE", global = true)]
@@ -38,7 +42,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = std::env::var("KILN_LOG").unwrap_or_else(|_| if cli.verbose { "debug".into() } else { "warn".into() });
+    let filter = std::env::var("KILN_LOG").unwrap_or_else(|_| {
+        if cli.verbose {
+            "debug".into()
+        } else {
+            "warn".into()
+        }
+    });
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -16,7 +16,8 @@ impl StateDir {
             None if rustix::process::geteuid().is_root() => PathBuf::from("/var/lib/kiln"),
             None => match std::env::var_os("XDG_STATE_HOME") {
                 Some(x) if !x.is_empty() => PathBuf::from(x).join("kiln"),
-                _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into())).join(".local/state/kiln"),
+                _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into()))
+                    .join(".local/state/kiln"),
             },
         };
         StateDir { path }

@@ -34,7 +34,7 @@ enum ToeCommand {
         output: Format,
     },
     /// Run documents in a sandbox over a root filesystem.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(Args)]
@@ -67,7 +67,7 @@ struct RunArgs {
     workdir: String,
     #[arg(long)]
     execution_id: Option<String>,
-    /// Where the TOE_<date>_<execution id> log directory goes.
+    /// Where the TOE_DATE_ID log directory goes.
     #[arg(long)]
     log_directory: Option<PathBuf>,
     /// The pipeline's artifact bucket: s3:// URIs naming it resolve to kiln's
@@ -84,7 +84,7 @@ struct RunArgs {
 pub fn main(args: ToeArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
     match args.command {
         ToeCommand::Validate { documents, output } => validate(&documents, output),
-        ToeCommand::Run(args) => run(args, state),
+        ToeCommand::Run(args) => run(*args, state),
     }
 }
 
@@ -111,7 +111,11 @@ fn validate(documents: &[PathBuf], output: Format) -> anyhow::Result<ExitCode> {
             Ok(doc) => {
                 if output == Format::Text {
                     let steps: usize = doc.phases.iter().map(|p| p.steps.len()).sum();
-                    println!("{}: valid ({} phases, {steps} steps)", path.display(), doc.phases.len());
+                    println!(
+                        "{}: valid ({} phases, {steps} steps)",
+                        path.display(),
+                        doc.phases.len()
+                    );
                 }
                 (true, Vec::new())
             }
@@ -122,17 +126,31 @@ fn validate(documents: &[PathBuf], output: Format) -> anyhow::Result<ExitCode> {
                 let errors = diagnostics
                     .0
                     .into_iter()
-                    .map(|e| ErrorJson { file: e.file, line: e.pos.line, column: e.pos.col, field: e.field, message: e.message })
+                    .map(|e| ErrorJson {
+                        file: e.file,
+                        line: e.pos.line,
+                        column: e.pos.col,
+                        field: e.field,
+                        message: e.message,
+                    })
                     .collect();
                 (false, errors)
             }
         };
-        results.push(Validation { document: path.clone(), valid, errors });
+        results.push(Validation {
+            document: path.clone(),
+            valid,
+            errors,
+        });
     }
     if output == Format::Json {
         print_json(&results)?;
     }
-    Ok(if results.iter().all(|r| r.valid) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if results.iter().all(|r| r.valid) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// A root prepared for a run; an overlay is unmounted when this is dropped.
@@ -146,24 +164,43 @@ struct PreparedRoot {
 fn prepare_root(args: &RunArgs, state: &StateDir, id: &str) -> anyhow::Result<PreparedRoot> {
     let base = if args.root == "busybox" {
         let dir = state.join("toe/roots").join(id);
-        kiln_sandbox::busybox::assemble(&dir).with_context(|| format!("assembling a busybox root in {}", dir.display()))?;
+        kiln_sandbox::busybox::assemble(&dir)
+            .with_context(|| format!("assembling a busybox root in {}", dir.display()))?;
         dir
     } else {
         let dir = PathBuf::from(&args.root);
         if !dir.is_dir() {
-            bail!("--root {}: not a directory (give a root filesystem directory, or `busybox`)", dir.display());
+            bail!(
+                "--root {}: not a directory (give a root filesystem directory, or `busybox`)",
+                dir.display()
+            );
         }
         dir
     };
     if !args.overlay {
         let root = Root::open(&base)?;
-        return Ok(PreparedRoot { root, base, upper: None, mount: None });
+        return Ok(PreparedRoot {
+            root,
+            base,
+            upper: None,
+            mount: None,
+        });
     }
     let layer = state.join("toe/overlays").join(id);
     let upper = args.upper.clone().unwrap_or_else(|| layer.join("upper"));
-    let mount = OverlayMount::mount(&[base.as_path()], &upper, &layer.join("work"), &layer.join("merged"))?;
+    let mount = OverlayMount::mount(
+        &[base.as_path()],
+        &upper,
+        &layer.join("work"),
+        &layer.join("merged"),
+    )?;
     let root = Root::open(mount.merged())?;
-    Ok(PreparedRoot { root, base, upper: Some(upper), mount: Some(mount) })
+    Ok(PreparedRoot {
+        root,
+        base,
+        upper: Some(upper),
+        mount: Some(mount),
+    })
 }
 
 fn run(args: RunArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
@@ -182,12 +219,17 @@ fn run(args: RunArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
     let mut parameters = Vec::new();
     for p in &args.parameters {
         match p.split_once('=') {
-            Some((k, v)) if !k.is_empty() && !v.is_empty() => parameters.push((k.to_string(), v.to_string())),
+            Some((k, v)) if !k.is_empty() && !v.is_empty() => {
+                parameters.push((k.to_string(), v.to_string()))
+            }
             _ => bail!("--parameters {p:?}: expected NAME=VALUE with both parts given"),
         }
     }
     let isolation = Bubblewrap::detect()?;
-    let execution_id = args.execution_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let execution_id = args
+        .execution_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let prepared = prepare_root(&args, state, &execution_id)?;
     let instance = kiln_toe::Instance {
         root: prepared.root,
@@ -201,7 +243,10 @@ fn run(args: RunArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
         phases: args.phases.clone(),
         parameters,
         execution_id: Some(execution_id),
-        log_root: args.log_directory.clone().unwrap_or_else(|| state.join("toe/logs")),
+        log_root: args
+            .log_directory
+            .clone()
+            .unwrap_or_else(|| state.join("toe/logs")),
         artifacts: Some(kiln_toe::ArtifactStore {
             bucket: args.artifact_bucket.clone(),
             dir: state.join("artifacts").join(&args.artifact_bucket),
@@ -232,7 +277,10 @@ fn run(args: RunArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
         eprintln!("logs: {}", s.log_url);
     }
     if let Some((doc, phase, step)) = execution.failed_step() {
-        eprintln!("error: {}: phase {}, step {} ({}) failed: {}", doc.file_path, phase.name, step.name, step.action, step.failure_message);
+        eprintln!(
+            "error: {}: phase {}, step {} ({}) failed: {}",
+            doc.file_path, phase.name, step.name, step.action, step.failure_message
+        );
         return Ok(ExitCode::from(1));
     }
     if !execution.status.is_success() {
@@ -261,7 +309,11 @@ struct Progress {
 
 impl Progress {
     fn new(trace: bool) -> Self {
-        Progress { trace, bar: None, terminal: std::io::stderr().is_terminal() }
+        Progress {
+            trace,
+            bar: None,
+            terminal: std::io::stderr().is_terminal(),
+        }
     }
 
     fn line(&self, text: &str) {
@@ -276,8 +328,16 @@ impl Observer for Progress {
     fn step_started(&mut self, document: &Document, phase: &str, step: &kiln_toe::document::Step) {
         if self.terminal {
             let bar = ProgressBar::new_spinner();
-            bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
-            bar.set_message(format!("{}: {phase}/{} ({})", file_name(&document.path), step.name, step.action));
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.set_message(format!(
+                "{}: {phase}/{} ({})",
+                file_name(&document.path),
+                step.name,
+                step.action
+            ));
             bar.enable_steady_tick(Duration::from_millis(100));
             self.bar = Some(bar);
         }
@@ -287,7 +347,11 @@ impl Observer for Progress {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
-        let detail = if record.failure_message.is_empty() { String::new() } else { format!(": {}", record.failure_message) };
+        let detail = if record.failure_message.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", record.failure_message)
+        };
         self.line(&format!(
             "{:<9} {phase}/{} ({}) {:.2}s{detail}",
             status_word(record.status),
@@ -305,5 +369,7 @@ impl Observer for Progress {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }

@@ -30,7 +30,9 @@ pub fn find_binary(root: &Root, name: &str) -> Option<String> {
     if name.contains('/') {
         return executable(name).then(|| name.to_string());
     }
-    PATH.split(':').map(|dir| format!("{dir}/{name}")).find(|p| executable(p))
+    PATH.split(':')
+        .map(|dir| format!("{dir}/{name}"))
+        .find(|p| executable(p))
 }
 
 pub struct ProcessOutput {
@@ -47,7 +49,11 @@ enum Event {
 
 /// Runs `argv` inside the instance's sandbox, streaming its output into
 /// the console log, and kills it at the step's deadline.
-pub fn run_process(ctx: &mut Ctx, argv: Vec<String>, extra_env: &[(&str, &str)]) -> Result<ProcessOutput, ActionError> {
+pub fn run_process(
+    ctx: &mut Ctx,
+    argv: Vec<String>,
+    extra_env: &[(&str, &str)],
+) -> Result<ProcessOutput, ActionError> {
     let instance = ctx.run.instance;
     let mut env = vec![
         ("PATH".to_string(), PATH.to_string()),
@@ -56,14 +62,49 @@ pub fn run_process(ctx: &mut Ctx, argv: Vec<String>, extra_env: &[(&str, &str)])
         ("USER".to_string(), "root".to_string()),
     ];
     env.extend(instance.env.iter().cloned());
-    env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let spec = ProcessSpec { argv, env, cwd: instance.workdir.clone(), hostname: instance.hostname.clone() };
-    let mut command = instance.isolation.command(instance.root.host_path(), &spec).map_err(|e| fail(e.to_string()))?;
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().map_err(|e| fail(format!("cannot start the sandbox ({}): {e}", instance.isolation.name())))?;
+    env.extend(
+        extra_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let spec = ProcessSpec {
+        argv,
+        env,
+        cwd: instance.workdir.clone(),
+        hostname: instance.hostname.clone(),
+    };
+    let mut command = instance
+        .isolation
+        .command(instance.root.host_path(), &spec)
+        .map_err(|e| fail(e.to_string()))?;
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(|e| {
+        fail(format!(
+            "cannot start the sandbox ({}): {e}",
+            instance.isolation.name()
+        ))
+    })?;
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
-    let readers = [(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>), false), (child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>), true)];
+    let readers = [
+        (
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            false,
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            true,
+        ),
+    ];
     for (stream, err) in readers {
         let Some(stream) = stream else { continue };
         let tx = tx.clone();
@@ -71,7 +112,9 @@ pub fn run_process(ctx: &mut Ctx, argv: Vec<String>, extra_env: &[(&str, &str)])
             let mut reader = BufReader::new(stream);
             let mut buf = Vec::new();
             while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
-                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string();
                 buf.clear();
                 if tx.send(Event::Line { err, line }).is_err() {
                     return;
@@ -93,15 +136,17 @@ pub fn run_process(ctx: &mut Ctx, argv: Vec<String>, extra_env: &[(&str, &str)])
     let mut timed_out = false;
     while open_streams > 0 || !exited {
         let event = match ctx.deadline {
-            Some(deadline) if !timed_out => match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(ev) => ev,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    timed_out = true;
-                    kill(pid);
-                    continue;
+            Some(deadline) if !timed_out => {
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(ev) => ev,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        timed_out = true;
+                        kill(pid);
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            },
+            }
             _ => match rx.recv() {
                 Ok(ev) => ev,
                 Err(_) => break,
@@ -109,8 +154,14 @@ pub fn run_process(ctx: &mut Ctx, argv: Vec<String>, extra_env: &[(&str, &str)])
         };
         match event {
             Event::Line { err, line } => {
-                let (label, buf) = if err { ("Stderr", &mut stderr) } else { ("Stdout", &mut stdout) };
-                ctx.run.log.console(&format!("CmdExecution: {label}: {line}"));
+                let (label, buf) = if err {
+                    ("Stderr", &mut stderr)
+                } else {
+                    ("Stdout", &mut stdout)
+                };
+                ctx.run
+                    .log
+                    .console(&format!("CmdExecution: {label}: {line}"));
                 ctx.run.observer.output(&line);
                 if buf.len() + line.len() < MAX_CAPTURE_BYTES {
                     buf.push_str(&line);
@@ -125,13 +176,24 @@ pub fn run_process(ctx: &mut Ctx, argv: Vec<String>, extra_env: &[(&str, &str)])
         }
     }
     if timed_out {
-        ctx.run.log.console("CmdExecution: killed at the step's timeout");
-        return Err(ActionError::Timeout(ctx.step.timeout_seconds.unwrap_or_default()));
+        ctx.run
+            .log
+            .console("CmdExecution: killed at the step's timeout");
+        return Err(ActionError::Timeout(
+            ctx.step.timeout_seconds.unwrap_or_default(),
+        ));
     }
-    ctx.run.log.console(&format!("CmdExecution: ExitCode {}", code.map_or("signal".to_string(), |c| c.to_string())));
+    ctx.run.log.console(&format!(
+        "CmdExecution: ExitCode {}",
+        code.map_or("signal".to_string(), |c| c.to_string())
+    ));
     ctx.stdout.push_str(&stdout);
     ctx.stderr.push_str(&stderr);
-    Ok(ProcessOutput { code, stdout, stderr })
+    Ok(ProcessOutput {
+        code,
+        stdout,
+        stderr,
+    })
 }
 
 fn kill(pid: u32) {
@@ -148,10 +210,16 @@ fn finish(out: ProcessOutput, reboot_code: i32) -> Result<Outputs, ActionError> 
         Some(0) => Ok(vec![output("stdout", trim_newline(&out.stdout))]),
         Some(c) if c == reboot_code => Err(ActionError::Reboot),
         code => {
-            let status = code.map_or("was killed by a signal".to_string(), |c| format!("exited with status {c}"));
+            let status = code.map_or("was killed by a signal".to_string(), |c| {
+                format!("exited with status {c}")
+            });
             let tail: Vec<&str> = out.stderr.lines().rev().take(5).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            Err(fail(if tail.is_empty() { format!("the command {status}") } else { format!("the command {status}: {}", tail.join(" | ")) }))
+            Err(fail(if tail.is_empty() {
+                format!("the command {status}")
+            } else {
+                format!("the command {status}: {}", tail.join(" | "))
+            }))
         }
     }
 }
@@ -177,24 +245,39 @@ fn shell(ctx: &Ctx) -> Result<&'static str, ActionError> {
 }
 
 pub fn execute_bash(ctx: &mut Ctx, inputs: &Value) -> Result<Outputs, ActionError> {
-    let item = super::items(inputs).into_iter().next().ok_or_else(|| fail("ExecuteBash needs inputs"))?;
+    let item = super::items(inputs)
+        .into_iter()
+        .next()
+        .ok_or_else(|| fail("ExecuteBash needs inputs"))?;
     // All items form one script, so that a construct split across items
     // (an `if` in one, its `fi` in another) works as on AWSTOE.
     let script = strings(item, "commands").join("\n");
     if script.len() > MAX_SCRIPT_BYTES {
-        return Err(fail(format!("the commands are {} bytes; a script is limited to {MAX_SCRIPT_BYTES}", script.len())));
+        return Err(fail(format!(
+            "the commands are {} bytes; a script is limited to {MAX_SCRIPT_BYTES}",
+            script.len()
+        )));
     }
     let sh = shell(ctx)?;
-    let out = run_process(ctx, vec![sh.to_string(), "-c".into(), script, "input.sh".into()], &[])?;
+    let out = run_process(
+        ctx,
+        vec![sh.to_string(), "-c".into(), script, "input.sh".into()],
+        &[],
+    )?;
     finish(out, REBOOT_EXIT_CODE)
 }
 
 pub fn execute_binary(ctx: &mut Ctx, inputs: &Value) -> Result<Outputs, ActionError> {
-    let item = super::items(inputs).into_iter().next().ok_or_else(|| fail("ExecuteBinary needs inputs"))?;
+    let item = super::items(inputs)
+        .into_iter()
+        .next()
+        .ok_or_else(|| fail("ExecuteBinary needs inputs"))?;
     let path = required(item, "path")?;
     let resolved = ctx.path(&path);
     if find_binary(ctx.root(), &resolved).is_none() {
-        return Err(fail(format!("{path} is not an executable file in the root filesystem")));
+        return Err(fail(format!(
+            "{path} is not an executable file in the root filesystem"
+        )));
     }
     let mut argv = vec![resolved];
     argv.extend(strings(item, "arguments"));
@@ -202,10 +285,17 @@ pub fn execute_binary(ctx: &mut Ctx, inputs: &Value) -> Result<Outputs, ActionEr
     finish(out, REBOOT_EXIT_CODE)
 }
 
-const PWSH: &[&str] = &["/usr/bin/pwsh", "/usr/local/bin/pwsh", "/opt/microsoft/powershell/7/pwsh"];
+const PWSH: &[&str] = &[
+    "/usr/bin/pwsh",
+    "/usr/local/bin/pwsh",
+    "/opt/microsoft/powershell/7/pwsh",
+];
 
 pub fn execute_powershell(ctx: &mut Ctx, inputs: &Value) -> Result<Outputs, ActionError> {
-    let item = super::items(inputs).into_iter().next().ok_or_else(|| fail("ExecutePowerShell needs inputs"))?;
+    let item = super::items(inputs)
+        .into_iter()
+        .next()
+        .ok_or_else(|| fail("ExecutePowerShell needs inputs"))?;
     let Some(pwsh) = PWSH.iter().find(|p| find_binary(ctx.root(), p).is_some()) else {
         return Err(fail(format!(
             "ExecutePowerShell needs PowerShell (pwsh), and the root filesystem {} has none (looked for {}); Windows components run on the AWS target",
@@ -213,7 +303,11 @@ pub fn execute_powershell(ctx: &mut Ctx, inputs: &Value) -> Result<Outputs, Acti
             PWSH.join(", ")
         )));
     };
-    let mut argv = vec![pwsh.to_string(), "-NoProfile".into(), "-NonInteractive".into()];
+    let mut argv = vec![
+        pwsh.to_string(),
+        "-NoProfile".into(),
+        "-NonInteractive".into(),
+    ];
     match super::text(item, "file") {
         Some(file) => argv.extend(["-File".to_string(), ctx.path(&file)]),
         None => argv.extend(["-Command".to_string(), strings(item, "commands").join("\n")]),
@@ -224,10 +318,18 @@ pub fn execute_powershell(ctx: &mut Ctx, inputs: &Value) -> Result<Outputs, Acti
 
 /// UpdateOS with the root's own package manager.
 pub fn update_os(ctx: &mut Ctx, inputs: &Value) -> Result<Outputs, ActionError> {
-    let item = super::items(inputs).into_iter().next().cloned().unwrap_or_default();
+    let item = super::items(inputs)
+        .into_iter()
+        .next()
+        .cloned()
+        .unwrap_or_default();
     let (include, exclude) = (strings(&item, "include"), strings(&item, "exclude"));
     for name in include.iter().chain(&exclude) {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "+-._:*".contains(c)) {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-._:*".contains(c))
+        {
             return Err(fail(format!("{name:?} is not a package name")));
         }
     }
@@ -236,7 +338,10 @@ pub fn update_os(ctx: &mut Ctx, inputs: &Value) -> Result<Outputs, ActionError> 
         let upgrade = if include.is_empty() {
             "apt-get -y -o Dpkg::Options::=--force-confold dist-upgrade".to_string()
         } else {
-            format!("apt-get -y -o Dpkg::Options::=--force-confold install --only-upgrade {}", include.join(" "))
+            format!(
+                "apt-get -y -o Dpkg::Options::=--force-confold install --only-upgrade {}",
+                include.join(" ")
+            )
         };
         // Held packages are what apt-get leaves alone; the hold is lifted
         // afterwards so the image keeps no trace of the exclusion.
@@ -244,10 +349,16 @@ pub fn update_os(ctx: &mut Ctx, inputs: &Value) -> Result<Outputs, ActionError> 
             (String::new(), String::new())
         } else {
             let list = exclude.join(" ");
-            (format!("apt-mark hold {list} >/dev/null\n"), format!("\nstatus=$?\napt-mark unhold {list} >/dev/null\nexit $status"))
+            (
+                format!("apt-mark hold {list} >/dev/null\n"),
+                format!("\nstatus=$?\napt-mark unhold {list} >/dev/null\nexit $status"),
+            )
         };
         format!("set -e\napt-get update\n{hold}set +e\n{upgrade}{unhold}")
-    } else if let Some(tool) = ["dnf", "yum"].into_iter().find(|t| find_binary(root, t).is_some()) {
+    } else if let Some(tool) = ["dnf", "yum"]
+        .into_iter()
+        .find(|t| find_binary(root, t).is_some())
+    {
         let excludes: String = exclude.iter().map(|e| format!(" --exclude={e}")).collect();
         format!("{tool} -y upgrade{excludes} {}", include.join(" "))
     } else {
@@ -256,6 +367,10 @@ pub fn update_os(ctx: &mut Ctx, inputs: &Value) -> Result<Outputs, ActionError> 
             root.host_path().display()
         )));
     };
-    let out = run_process(ctx, vec!["/bin/sh".into(), "-c".into(), script], &[("DEBIAN_FRONTEND", "noninteractive")])?;
+    let out = run_process(
+        ctx,
+        vec!["/bin/sh".into(), "-c".into(), script],
+        &[("DEBIAN_FRONTEND", "noninteractive")],
+    )?;
     finish(out, REBOOT_EXIT_CODE).map(|_| Vec::new())
 }

@@ -49,7 +49,9 @@ pub fn parse_mode(text: &str) -> Option<u32> {
 fn mode_of(item: &Map<String, Value>) -> Result<Option<u32>, ActionError> {
     match text(item, "permissions") {
         None => Ok(None),
-        Some(p) => parse_mode(&p).map(Some).ok_or_else(|| fail(format!("{p:?} is not an octal mode such as 0755"))),
+        Some(p) => parse_mode(&p)
+            .map(Some)
+            .ok_or_else(|| fail(format!("{p:?} is not an octal mode such as 0755"))),
     }
 }
 
@@ -62,7 +64,10 @@ fn parent(path: &str) -> &str {
 }
 
 fn base_name(path: &str) -> &str {
-    path.trim_end_matches('/').rsplit('/').next().unwrap_or(path)
+    path.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(path)
 }
 
 fn kind(root: &Root, path: &str) -> Result<Option<Kind>, ActionError> {
@@ -76,8 +81,14 @@ pub fn encode(content: &str, encoding: &str) -> Result<Vec<u8>, ActionError> {
         "utf8" => content.as_bytes().to_vec(),
         "utf16" | "utf16-le" => content.encode_utf16().flat_map(u16::to_le_bytes).collect(),
         "utf16-be" => content.encode_utf16().flat_map(u16::to_be_bytes).collect(),
-        "utf32" | "utf32-le" => content.chars().flat_map(|c| (c as u32).to_le_bytes()).collect(),
-        "utf32-be" => content.chars().flat_map(|c| (c as u32).to_be_bytes()).collect(),
+        "utf32" | "utf32-le" => content
+            .chars()
+            .flat_map(|c| (c as u32).to_le_bytes())
+            .collect(),
+        "utf32-be" => content
+            .chars()
+            .flat_map(|c| (c as u32).to_be_bytes())
+            .collect(),
         _ => return Err(fail(format!("unknown encoding {encoding:?}"))),
     })
 }
@@ -91,7 +102,13 @@ pub fn decode(data: &[u8], encoding: &str) -> Result<String, ActionError> {
             let be = e.ends_with("be");
             let units: Vec<u16> = data
                 .chunks_exact(2)
-                .map(|c| if be { u16::from_be_bytes([c[0], c[1]]) } else { u16::from_le_bytes([c[0], c[1]]) })
+                .map(|c| {
+                    if be {
+                        u16::from_be_bytes([c[0], c[1]])
+                    } else {
+                        u16::from_le_bytes([c[0], c[1]])
+                    }
+                })
                 .collect();
             String::from_utf16(&units).map_err(|_| bad())
         }
@@ -99,7 +116,11 @@ pub fn decode(data: &[u8], encoding: &str) -> Result<String, ActionError> {
             .chunks_exact(4)
             .map(|c| {
                 let b = [c[0], c[1], c[2], c[3]];
-                let v = if e.ends_with("be") { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) };
+                let v = if e.ends_with("be") {
+                    u32::from_be_bytes(b)
+                } else {
+                    u32::from_le_bytes(b)
+                };
                 char::from_u32(v).ok_or_else(bad)
             })
             .collect(),
@@ -109,26 +130,45 @@ pub fn decode(data: &[u8], encoding: &str) -> Result<String, ActionError> {
 
 /// Resolves user and group names against the root's own /etc/passwd and
 /// /etc/group: the instance's accounts, not the host's.
-fn ids(root: &Root, owner: Option<&str>, group: Option<&str>) -> Result<(Option<u32>, Option<u32>), ActionError> {
+fn ids(
+    root: &Root,
+    owner: Option<&str>,
+    group: Option<&str>,
+) -> Result<(Option<u32>, Option<u32>), ActionError> {
     let table = |file: &str| -> Vec<Vec<String>> {
-        let text = root.read(file).map(|d| String::from_utf8_lossy(&d).into_owned()).unwrap_or_default();
-        text.lines().map(|l| l.split(':').map(str::to_string).collect()).filter(|f: &Vec<String>| f.len() >= 3).collect()
+        let text = root
+            .read(file)
+            .map(|d| String::from_utf8_lossy(&d).into_owned())
+            .unwrap_or_default();
+        text.lines()
+            .map(|l| l.split(':').map(str::to_string).collect())
+            .filter(|f: &Vec<String>| f.len() >= 3)
+            .collect()
     };
-    let lookup = |rows: &[Vec<String>], name: &str| rows.iter().find(|r| r[0] == name).and_then(|r| r[2].parse::<u32>().ok());
+    let lookup = |rows: &[Vec<String>], name: &str| {
+        rows.iter()
+            .find(|r| r[0] == name)
+            .and_then(|r| r[2].parse::<u32>().ok())
+    };
     let mut uid = None;
     let mut primary_gid = None;
     if let Some(owner) = owner {
         let users = table("/etc/passwd");
         uid = Some(match owner.parse::<u32>() {
             Ok(id) => id,
-            Err(_) => lookup(&users, owner).ok_or_else(|| fail(format!("no user {owner:?} in the root's /etc/passwd")))?,
+            Err(_) => lookup(&users, owner)
+                .ok_or_else(|| fail(format!("no user {owner:?} in the root's /etc/passwd")))?,
         });
-        primary_gid = users.iter().find(|r| r[0] == owner || r[2] == owner).and_then(|r| r.get(3)?.parse::<u32>().ok());
+        primary_gid = users
+            .iter()
+            .find(|r| r[0] == owner || r[2] == owner)
+            .and_then(|r| r.get(3)?.parse::<u32>().ok());
     }
     let gid = match group {
         Some(group) => Some(match group.parse::<u32>() {
             Ok(id) => id,
-            Err(_) => lookup(&table("/etc/group"), group).ok_or_else(|| fail(format!("no group {group:?} in the root's /etc/group")))?,
+            Err(_) => lookup(&table("/etc/group"), group)
+                .ok_or_else(|| fail(format!("no group {group:?} in the root's /etc/group")))?,
         }),
         None => primary_gid,
     };
@@ -141,14 +181,21 @@ fn apply_owner(root: &Root, path: &str, item: &Map<String, Value>) -> Result<(),
         return Ok(());
     }
     let (uid, gid) = ids(root, owner.as_deref(), group.as_deref())?;
-    let meta = root.stat(path).map_err(err)?.ok_or_else(|| fail(format!("{path} does not exist")))?;
-    root.chown(path, uid.unwrap_or(meta.uid), gid.unwrap_or(meta.gid)).map_err(err)
+    let meta = root
+        .stat(path)
+        .map_err(err)?
+        .ok_or_else(|| fail(format!("{path} does not exist")))?;
+    root.chown(path, uid.unwrap_or(meta.uid), gid.unwrap_or(meta.gid))
+        .map_err(err)
 }
 
 fn create_file(ctx: &mut Ctx, item: &Map<String, Value>) -> Result<Outputs, ActionError> {
     let path = ctx.path(&required(item, "path")?);
     let root = ctx.root();
-    let data = encode(&text(item, "content").unwrap_or_default(), &text(item, "encoding").unwrap_or("utf8".into()))?;
+    let data = encode(
+        &text(item, "content").unwrap_or_default(),
+        &text(item, "encoding").unwrap_or("utf8".into()),
+    )?;
     let overwrite = flag(item, "overwrite", true)?;
     if kind(root, &path)? == Some(Kind::Dir) {
         return Err(fail(format!("{path} is a folder")));
@@ -164,7 +211,10 @@ fn create_file(ctx: &mut Ctx, item: &Map<String, Value>) -> Result<Outputs, Acti
 
 fn append_file(ctx: &mut Ctx, item: &Map<String, Value>) -> Result<Outputs, ActionError> {
     let path = ctx.path(&required(item, "path")?);
-    let data = encode(&text(item, "content").unwrap_or_default(), &text(item, "encoding").unwrap_or("utf8".into()))?;
+    let data = encode(
+        &text(item, "content").unwrap_or_default(),
+        &text(item, "encoding").unwrap_or("utf8".into()),
+    )?;
     ctx.root().append(&path, &data).map_err(err)?;
     Ok(Vec::new())
 }
@@ -174,7 +224,9 @@ fn create_folder(ctx: &mut Ctx, item: &Map<String, Value>) -> Result<Outputs, Ac
     let root = ctx.root();
     match kind(root, &path)? {
         Some(Kind::Dir) if !flag(item, "overwrite", true)? => {
-            return Err(fail(format!("{path} already exists and overwrite is false")));
+            return Err(fail(format!(
+                "{path} already exists and overwrite is false"
+            )));
         }
         Some(Kind::File) => return Err(fail(format!("{path} exists and is a file"))),
         // An existing folder is kept with its contents: overwriting means
@@ -194,12 +246,20 @@ fn create_symlink(ctx: &mut Ctx, item: &Map<String, Value>) -> Result<Outputs, A
     let root = ctx.root();
     let resolved = kiln_sandbox::rootfs::join(parent(&path), &target);
     if root.stat(&resolved).map_err(err)?.is_none() {
-        return Err(fail(format!("the symlink's target {target} does not exist")));
+        return Err(fail(format!(
+            "the symlink's target {target} does not exist"
+        )));
     }
     match kind(root, &path)? {
         None => {}
-        Some(Kind::Symlink) if flag(item, "force", false)? => root.remove_file(&path).map_err(err)?,
-        Some(Kind::Symlink) => return Err(fail(format!("{path} already exists; set force: true to replace the link"))),
+        Some(Kind::Symlink) if flag(item, "force", false)? => {
+            root.remove_file(&path).map_err(err)?
+        }
+        Some(Kind::Symlink) => {
+            return Err(fail(format!(
+                "{path} already exists; set force: true to replace the link"
+            )));
+        }
         Some(_) => return Err(fail(format!("{path} exists and is not a symlink"))),
     }
     root.create_dir_all(parent(&path), 0o755).map_err(err)?;
@@ -241,7 +301,12 @@ fn sources(root: &Root, source: &str, want: Kind) -> Result<Vec<String>, ActionE
     let mut out = Vec::new();
     for (entry, _) in root.read_dir(dir).map_err(err)? {
         let full = kiln_sandbox::rootfs::join(dir, &entry);
-        if wildcard(name, &entry) && root.stat(&full).map_err(err)?.is_some_and(|m| m.kind == want) {
+        if wildcard(name, &entry)
+            && root
+                .stat(&full)
+                .map_err(err)?
+                .is_some_and(|m| m.kind == want)
+        {
             out.push(full);
         }
     }
@@ -250,7 +315,12 @@ fn sources(root: &Root, source: &str, want: Kind) -> Result<Vec<String>, ActionE
 
 /// CopyFile, CopyFolder, MoveFile and MoveFolder: a destination ending in
 /// `/` (or an existing folder, for files) receives the source by its name.
-fn transfer(ctx: &mut Ctx, item: &Map<String, Value>, want: Kind, remove: bool) -> Result<Outputs, ActionError> {
+fn transfer(
+    ctx: &mut Ctx,
+    item: &Map<String, Value>,
+    want: Kind,
+    remove: bool,
+) -> Result<Outputs, ActionError> {
     let source = ctx.path(&required(item, "source")?);
     let raw_dest = required(item, "destination")?;
     let destination = ctx.path(&raw_dest);
@@ -268,7 +338,11 @@ fn transfer(ctx: &mut Ctx, item: &Map<String, Value>, want: Kind, remove: bool) 
             Some(_) => return Err(fail(format!("{src} is not a {what}"))),
             None => return Err(fail(format!("the source {what} {src} does not exist"))),
         }
-        let existing_dir = want == Kind::File && root.stat(&destination).map_err(err)?.is_some_and(|m| m.kind == Kind::Dir);
+        let existing_dir = want == Kind::File
+            && root
+                .stat(&destination)
+                .map_err(err)?
+                .is_some_and(|m| m.kind == Kind::Dir);
         let dest = if into_dir || existing_dir {
             kiln_sandbox::rootfs::join(&destination, base_name(&src))
         } else {
@@ -276,7 +350,9 @@ fn transfer(ctx: &mut Ctx, item: &Map<String, Value>, want: Kind, remove: bool) 
         };
         let exists = kind(root, &dest)?.is_some();
         if exists && !overwrite {
-            return Err(fail(format!("{dest} already exists and overwrite is false")));
+            return Err(fail(format!(
+                "{dest} already exists and overwrite is false"
+            )));
         }
         root.create_dir_all(parent(&dest), 0o755).map_err(err)?;
         match (want, remove) {
@@ -319,7 +395,9 @@ fn delete_folder(ctx: &mut Ctx, item: &Map<String, Value>) -> Result<Outputs, Ac
             if flag(item, "force", false)? {
                 root.remove_all(&path).map_err(err)?;
             } else if !root.read_dir(&path).map_err(err)?.is_empty() {
-                return Err(fail(format!("{path} is not empty; set force: true to delete it with its contents")));
+                return Err(fail(format!(
+                    "{path} is not empty; set force: true to delete it with its contents"
+                )));
             } else {
                 root.remove_dir(&path).map_err(err)?;
             }
@@ -334,13 +412,20 @@ fn list_files(ctx: &mut Ctx, item: &Map<String, Value>) -> Result<Outputs, Actio
     let pattern = text(item, "fileNamePattern");
     let recursive = flag(item, "recursive", false)?;
     let root = ctx.root();
-    if !root.stat(&path).map_err(err)?.is_some_and(|m| m.kind == Kind::Dir) {
+    if !root
+        .stat(&path)
+        .map_err(err)?
+        .is_some_and(|m| m.kind == Kind::Dir)
+    {
         return Err(fail(format!("the folder {path} does not exist")));
     }
     let mut files = Vec::new();
     let mut pending = vec![path.trim_end_matches('/').to_string()];
     while let Some(dir) = pending.pop() {
-        for (name, k) in root.read_dir(if dir.is_empty() { "/" } else { &dir }).map_err(err)? {
+        for (name, k) in root
+            .read_dir(if dir.is_empty() { "/" } else { &dir })
+            .map_err(err)?
+        {
             let full = format!("{dir}/{name}");
             match k {
                 Kind::Dir if recursive => pending.push(full),
@@ -376,7 +461,12 @@ fn set_file_encoding(ctx: &mut Ctx, item: &Map<String, Value>) -> Result<Outputs
 
 /// Visits `path` and, when `recursive`, everything below it without
 /// following symlinks.
-fn walk(root: &Root, path: &str, recursive: bool, visit: &mut dyn FnMut(&str) -> Result<(), ActionError>) -> Result<(), ActionError> {
+fn walk(
+    root: &Root,
+    path: &str,
+    recursive: bool,
+    visit: &mut dyn FnMut(&str) -> Result<(), ActionError>,
+) -> Result<(), ActionError> {
     visit(path)?;
     if !recursive || kind(root, path)? != Some(Kind::Dir) {
         return Ok(());
@@ -393,10 +483,17 @@ fn walk(root: &Root, path: &str, recursive: bool, visit: &mut dyn FnMut(&str) ->
 }
 
 fn expect_kind(ctx: &Ctx, path: &str) -> Result<(), ActionError> {
-    let want = if ctx.step.action.contains("Folder") { Kind::Dir } else { Kind::File };
+    let want = if ctx.step.action.contains("Folder") {
+        Kind::Dir
+    } else {
+        Kind::File
+    };
     match ctx.root().stat(path).map_err(err)? {
         Some(m) if m.kind == want => Ok(()),
-        Some(_) => Err(fail(format!("{path} is not a {}", if want == Kind::Dir { "folder" } else { "file" }))),
+        Some(_) => Err(fail(format!(
+            "{path} is not a {}",
+            if want == Kind::Dir { "folder" } else { "file" }
+        ))),
         None => Err(fail(format!("{path} does not exist"))),
     }
 }
@@ -409,8 +506,12 @@ fn set_owner(ctx: &mut Ctx, item: &Map<String, Value>) -> Result<Outputs, Action
     let (uid, gid) = ids(root, Some(&owner), text(item, "group").as_deref())?;
     let recursive = ctx.step.action == "SetFolderOwner" && flag(item, "recursive", true)?;
     walk(root, &path, recursive, &mut |p| {
-        let meta = root.stat(p).map_err(err)?.ok_or_else(|| fail(format!("{p} does not exist")))?;
-        root.chown(p, uid.unwrap_or(meta.uid), gid.unwrap_or(meta.gid)).map_err(err)
+        let meta = root
+            .stat(p)
+            .map_err(err)?
+            .ok_or_else(|| fail(format!("{p} does not exist")))?;
+        root.chown(p, uid.unwrap_or(meta.uid), gid.unwrap_or(meta.gid))
+            .map_err(err)
     })?;
     Ok(Vec::new())
 }
@@ -421,7 +522,9 @@ fn set_permissions(ctx: &mut Ctx, item: &Map<String, Value>) -> Result<Outputs, 
     let mode = mode_of(item)?.ok_or_else(|| fail("input \"permissions\" is required"))?;
     let root = ctx.root();
     let recursive = ctx.step.action == "SetFolderPermissions" && flag(item, "recursive", true)?;
-    walk(root, &path, recursive, &mut |p| root.chmod(p, mode).map_err(err))?;
+    walk(root, &path, recursive, &mut |p| {
+        root.chmod(p, mode).map_err(err)
+    })?;
     Ok(Vec::new())
 }
 

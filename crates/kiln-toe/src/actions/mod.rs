@@ -97,7 +97,9 @@ pub fn text(item: &Map<String, Value>, key: &str) -> Option<String> {
 }
 
 pub fn required(item: &Map<String, Value>, key: &str) -> Result<String, ActionError> {
-    text(item, key).filter(|s| !s.is_empty()).ok_or_else(|| fail(format!("input {key:?} is required")))
+    text(item, key)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| fail(format!("input {key:?} is required")))
 }
 
 pub fn flag(item: &Map<String, Value>, key: &str, default: bool) -> Result<bool, ActionError> {
@@ -106,7 +108,9 @@ pub fn flag(item: &Map<String, Value>, key: &str, default: bool) -> Result<bool,
         Some(Value::Bool(b)) => Ok(*b),
         Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(true),
         Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(false),
-        Some(other) => Err(fail(format!("input {key:?} must be true or false, not {other}"))),
+        Some(other) => Err(fail(format!(
+            "input {key:?} must be true or false, not {other}"
+        ))),
     }
 }
 

@@ -32,9 +32,17 @@ fn download_one(ctx: &mut Ctx, item: &Map<String, Value>) -> Result<String, Acti
         return Err(fail(format!("{source} is not an http:// or https:// URL")));
     }
     let destination = if raw_dest.ends_with('/') {
-        let name = source.split(['?', '#']).next().unwrap_or_default().rsplit('/').next().unwrap_or_default();
+        let name = source
+            .split(['?', '#'])
+            .next()
+            .unwrap_or_default()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default();
         if name.is_empty() {
-            return Err(fail(format!("{source} names no file; give destination a file name")));
+            return Err(fail(format!(
+                "{source} names no file; give destination a file name"
+            )));
         }
         format!("{raw_dest}{name}")
     } else {
@@ -47,13 +55,17 @@ fn download_one(ctx: &mut Ctx, item: &Map<String, Value>) -> Result<String, Acti
             return Err(fail(format!("{destination} is a folder")));
         }
         if !overwrite {
-            return Err(fail(format!("{destination} already exists and overwrite is false")));
+            return Err(fail(format!(
+                "{destination} already exists and overwrite is false"
+            )));
         }
         // A file that already has the expected checksum is not fetched again.
         if let (Some(sum), Some(alg)) = (&checksum, &algorithm) {
             let data = root.read(&path).map_err(|e| fail(e.to_string()))?;
             if hex_digest(alg, &data).is_some_and(|d| d.eq_ignore_ascii_case(sum)) {
-                ctx.console(&format!("WebDownload: {destination} already matches its checksum"));
+                ctx.console(&format!(
+                    "WebDownload: {destination} already matches its checksum"
+                ));
                 return Ok(destination);
             }
         }
@@ -63,26 +75,41 @@ fn download_one(ctx: &mut Ctx, item: &Map<String, Value>) -> Result<String, Acti
     if let (Some(sum), Some(alg)) = (&checksum, &algorithm) {
         let got = hex_digest(alg, &body).ok_or_else(|| fail(format!("unknown algorithm {alg}")))?;
         if !got.eq_ignore_ascii_case(sum) {
-            return Err(fail(format!("{source}: {alg} checksum is {got}, expected {sum}")));
+            return Err(fail(format!(
+                "{source}: {alg} checksum is {got}, expected {sum}"
+            )));
         }
     }
     let parent = match path.rsplit_once('/') {
         Some(("", _)) | None => "/".to_string(),
         Some((dir, _)) => dir.to_string(),
     };
-    root.create_dir_all(&parent, 0o755).map_err(|e| fail(e.to_string()))?;
-    root.write(&path, &body, 0o644, false).map_err(|e| fail(e.to_string()))?;
-    ctx.console(&format!("WebDownload: {source} -> {destination} ({} bytes)", body.len()));
+    root.create_dir_all(&parent, 0o755)
+        .map_err(|e| fail(e.to_string()))?;
+    root.write(&path, &body, 0o644, false)
+        .map_err(|e| fail(e.to_string()))?;
+    ctx.console(&format!(
+        "WebDownload: {source} -> {destination} ({} bytes)",
+        body.len()
+    ));
     Ok(destination)
 }
 
 fn fetch(ctx: &Ctx, url: &str, insecure: bool) -> Result<Vec<u8>, ActionError> {
-    let mut config = ureq::Agent::config_builder().http_status_as_error(false).timeout_connect(Some(Duration::from_secs(30)));
+    let mut config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(30)));
     if let Some(deadline) = ctx.deadline {
-        config = config.timeout_global(Some(deadline.saturating_duration_since(std::time::Instant::now())));
+        config = config.timeout_global(Some(
+            deadline.saturating_duration_since(std::time::Instant::now()),
+        ));
     }
     if insecure {
-        config = config.tls_config(ureq::tls::TlsConfig::builder().disable_verification(true).build());
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .disable_verification(true)
+                .build(),
+        );
     }
     let agent: ureq::Agent = config.build().into();
     let mut last = String::new();
@@ -105,18 +132,26 @@ fn fetch(ctx: &Ctx, url: &str, insecure: bool) -> Result<Vec<u8>, ActionError> {
             Ok(resp) => last = format!("HTTP {}", resp.status()),
             Err(e) => last = e.to_string(),
         }
-        ctx.console(&format!("WebDownload: attempt {attempt} of {url} failed: {last}"));
+        ctx.console(&format!(
+            "WebDownload: attempt {attempt} of {url} failed: {last}"
+        ));
     }
-    Err(fail(format!("{url}: {last} (after {DOWNLOAD_ATTEMPTS} attempts)")))
+    Err(fail(format!(
+        "{url}: {last} (after {DOWNLOAD_ATTEMPTS} attempts)"
+    )))
 }
 
 /// Maps `s3://bucket/key` onto the artifact store; any other bucket is out
 /// of reach on the local target.
 fn store_path(ctx: &Ctx, uri: &str) -> Result<(PathBuf, String), ActionError> {
-    let rest = uri.strip_prefix("s3://").ok_or_else(|| fail(format!("{uri} is not an s3:// URI")))?;
+    let rest = uri
+        .strip_prefix("s3://")
+        .ok_or_else(|| fail(format!("{uri} is not an s3:// URI")))?;
     let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
     let Some(store) = &ctx.run.opts.artifacts else {
-        return Err(fail(format!("{uri}: no artifact store is configured, so no S3 bucket is reachable on the local target")));
+        return Err(fail(format!(
+            "{uri}: no artifact store is configured, so no S3 bucket is reachable on the local target"
+        )));
     };
     if bucket != store.bucket {
         return Err(fail(format!(
@@ -124,8 +159,13 @@ fn store_path(ctx: &Ctx, uri: &str) -> Result<(PathBuf, String), ActionError> {
             store.bucket
         )));
     }
-    if Path::new(key).components().any(|c| !matches!(c, Component::Normal(_))) {
-        return Err(fail(format!("{uri}: the key may not hold `..` or start with `/`")));
+    if Path::new(key)
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(fail(format!(
+            "{uri}: the key may not hold `..` or start with `/`"
+        )));
     }
     Ok((store.dir.clone(), key.to_string()))
 }
@@ -140,26 +180,39 @@ pub fn s3_download(ctx: &mut Ctx, inputs: &Value) -> Result<Outputs, ActionError
         let dest = ctx.path(&destination);
         let mut objects = Vec::new();
         if source.ends_with("/*") {
-            collect_files(&dir.join(&key), &key, &mut objects).map_err(|e| fail(format!("{source}: {e}")))?;
-            if !root.stat(&dest).map_err(|e| fail(e.to_string()))?.is_some_and(|m| m.kind == Kind::Dir) {
-                return Err(fail(format!("the destination folder {destination} does not exist")));
+            collect_files(&dir.join(&key), &key, &mut objects)
+                .map_err(|e| fail(format!("{source}: {e}")))?;
+            if !root
+                .stat(&dest)
+                .map_err(|e| fail(e.to_string()))?
+                .is_some_and(|m| m.kind == Kind::Dir)
+            {
+                return Err(fail(format!(
+                    "the destination folder {destination} does not exist"
+                )));
             }
         } else {
             objects.push(key.clone());
         }
         for object in objects {
-            let data = std::fs::read(dir.join(&object)).map_err(|e| fail(format!("s3://{}: {e}", object)))?;
+            let data = std::fs::read(dir.join(&object))
+                .map_err(|e| fail(format!("s3://{}: {e}", object)))?;
             let target = if source.ends_with("/*") {
-                let relative = object.strip_prefix(&key).unwrap_or(&object).trim_start_matches('/');
+                let relative = object
+                    .strip_prefix(&key)
+                    .unwrap_or(&object)
+                    .trim_start_matches('/');
                 let t = kiln_sandbox::rootfs::join(&dest, relative);
                 if let Some((parent, _)) = t.rsplit_once('/') {
-                    root.create_dir_all(if parent.is_empty() { "/" } else { parent }, 0o755).map_err(|e| fail(e.to_string()))?;
+                    root.create_dir_all(if parent.is_empty() { "/" } else { parent }, 0o755)
+                        .map_err(|e| fail(e.to_string()))?;
                 }
                 t
             } else {
                 dest.clone()
             };
-            root.write(&target, &data, 0o644, !overwrite).map_err(|e| fail(e.to_string()))?;
+            root.write(&target, &data, 0o644, !overwrite)
+                .map_err(|e| fail(e.to_string()))?;
         }
     }
     Ok(Vec::new())
@@ -168,7 +221,11 @@ pub fn s3_download(ctx: &mut Ctx, inputs: &Value) -> Result<Outputs, ActionError
 fn collect_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let name = format!("{}/{}", prefix.trim_end_matches('/'), entry.file_name().to_string_lossy());
+        let name = format!(
+            "{}/{}",
+            prefix.trim_end_matches('/'),
+            entry.file_name().to_string_lossy()
+        );
         let kind = entry.file_type()?;
         if kind.is_dir() {
             collect_files(&entry.path(), &name, out)?;
@@ -193,7 +250,10 @@ pub fn s3_upload(ctx: &mut Ctx, inputs: &Value) -> Result<Outputs, ActionError> 
             let mut pending = vec![(folder, String::new())];
             while let Some((d, rel)) = pending.pop() {
                 for (name, k) in root.read_dir(&d).map_err(|e| fail(e.to_string()))? {
-                    let (full, r) = (kiln_sandbox::rootfs::join(&d, &name), format!("{rel}{name}"));
+                    let (full, r) = (
+                        kiln_sandbox::rootfs::join(&d, &name),
+                        format!("{rel}{name}"),
+                    );
                     match k {
                         Kind::Dir if recurse => pending.push((full, format!("{r}/"))),
                         Kind::File => files.push((full, r)),
@@ -207,8 +267,13 @@ pub fn s3_upload(ctx: &mut Ctx, inputs: &Value) -> Result<Outputs, ActionError> 
         }
         for (path, rel) in files {
             let data = root.read(&path).map_err(|e| fail(e.to_string()))?;
-            let object = if key.is_empty() || key.ends_with('/') { format!("{key}{rel}") } else { key.clone() };
-            write_atomic(&dir.join(&object), &data).map_err(|e| fail(format!("{destination}: {e}")))?;
+            let object = if key.is_empty() || key.ends_with('/') {
+                format!("{key}{rel}")
+            } else {
+                key.clone()
+            };
+            write_atomic(&dir.join(&object), &data)
+                .map_err(|e| fail(format!("{destination}: {e}")))?;
         }
     }
     Ok(Vec::new())

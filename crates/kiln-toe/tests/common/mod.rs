@@ -49,7 +49,10 @@ impl Fixture {
     pub fn options(&self) -> RunOptions {
         RunOptions {
             log_root: self.dir.path().join("logs"),
-            artifacts: Some(ArtifactStore { bucket: "kiln-artifacts".into(), dir: self.dir.path().join("artifacts") }),
+            artifacts: Some(ArtifactStore {
+                bucket: "kiln-artifacts".into(),
+                dir: self.dir.path().join("artifacts"),
+            }),
             ..Default::default()
         }
     }
@@ -82,7 +85,13 @@ pub fn copy_with_libs(binary: &Path, root: &Path) {
     let text = String::from_utf8_lossy(&out.stdout);
     let mut files = vec![binary.to_path_buf()];
     for line in text.lines() {
-        let path = line.split("=>").nth(1).unwrap_or(line).split_whitespace().next().unwrap_or("");
+        let path = line
+            .split("=>")
+            .nth(1)
+            .unwrap_or(line)
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
         if path.starts_with('/') {
             files.push(PathBuf::from(path));
         }
@@ -104,7 +113,14 @@ pub fn step<'a>(e: &'a Execution, phase: &str, name: &str) -> &'a kiln_toe::Step
     e.steps()
         .find(|(_, p, s)| p.name == phase && s.name == name)
         .map(|(_, _, s)| s)
-        .unwrap_or_else(|| panic!("no step {phase}/{name} ran; steps: {:?}", e.steps().map(|(_, p, s)| format!("{}/{}", p.name, s.name)).collect::<Vec<_>>()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no step {phase}/{name} ran; steps: {:?}",
+                e.steps()
+                    .map(|(_, p, s)| format!("{}/{}", p.name, s.name))
+                    .collect::<Vec<_>>()
+            )
+        })
 }
 
 pub fn outputs(record: &kiln_toe::StepRecord) -> serde_json::Value {
