@@ -216,6 +216,17 @@ pub fn parse_expr(
     let name = key.scalar().unwrap_or_default();
     let here = format!("{field}.{name}");
     if matches!(name, "and" | "or" | "not") {
+        for (k, _) in entries
+            .iter()
+            .filter(|(k, _)| matches!(k.scalar(), Some("value" | "path")))
+        {
+            let key = k.scalar().unwrap_or_default();
+            c.push(
+                k.pos,
+                format!("{field}.{key}"),
+                format!("`{key}` belongs to a comparison, not to {name}"),
+            );
+        }
         if depth + 1 > MAX_NESTING {
             c.push(
                 key.pos,
@@ -275,6 +286,21 @@ pub fn parse_expr(
     }
     let sibling = |k: &str| node.get(k).cloned();
     let (value_node, path_node) = (sibling("value"), sibling("path"));
+    for (k, _) in entries {
+        let key = k.scalar().unwrap_or_default();
+        let wanted = match key {
+            "value" => Needs::Value,
+            "path" => Needs::Path,
+            _ => continue,
+        };
+        if needs != wanted {
+            c.push(
+                k.pos,
+                format!("{field}.{key}"),
+                format!("{name} takes no `{key}`"),
+            );
+        }
+    }
     match needs {
         Needs::Value if value_node.is_none() => {
             c.push(key.pos, &here, "needs a `value` to compare with");

@@ -30,6 +30,7 @@ pub struct Parameter {
 pub struct Constant {
     pub name: String,
     pub value: String,
+    pub pos: Pos,
 }
 
 #[derive(Debug, Clone)]

@@ -162,15 +162,15 @@ fn document(root: &Node, path: &Path, source: &str, c: &mut Collector) -> Option
         .map(|n| constants(n, c))
         .unwrap_or_default();
     let mut names = HashSet::new();
-    for (name, pos) in parameters
+    for (name, pos, list) in parameters
         .iter()
-        .map(|p| (&p.name, p.pos))
-        .chain(constants.iter().map(|k| (&k.name, Pos::default())))
+        .map(|p| (&p.name, p.pos, "parameters"))
+        .chain(constants.iter().map(|k| (&k.name, k.pos, "constants")))
     {
         if !names.insert(name.clone()) {
             c.push(
                 pos,
-                format!("parameters.{name}"),
+                format!("{list}.{name}"),
                 "a parameter or constant of this name is already defined",
             );
         }
@@ -293,7 +293,11 @@ fn constants(node: &Node, c: &mut Collector) -> Vec<Constant> {
         match value.get("value") {
             Some(v) => {
                 let v = string(v, &format!("{field}.value"), c).unwrap_or_default();
-                out.push(Constant { name, value: v });
+                out.push(Constant {
+                    name,
+                    value: v,
+                    pos: key.pos,
+                });
             }
             None => c.push(
                 value.pos,
@@ -368,7 +372,7 @@ fn phases(node: &Node, c: &mut Collector) -> Vec<Phase> {
             steps,
         });
     }
-    if !out.is_empty()
+    if (items.is_empty() || !out.is_empty())
         && !out
             .iter()
             .any(|p| matches!(p.name.as_str(), "build" | "validate" | "test"))
@@ -443,7 +447,9 @@ fn steps(node: &Node, phase_field: &str, c: &mut Collector) -> Vec<Step> {
                 && !loop_names.insert(loop_name.clone())
             {
                 c.push(
-                    item.pos,
+                    item.get("loop")
+                        .and_then(|l| l.get("name"))
+                        .map_or(item.pos, |n| n.pos),
                     format!("{field}.loop.name"),
                     format!("loop name {loop_name:?} is already used in this phase"),
                 );
@@ -550,7 +556,7 @@ fn step(item: &Node, name: String, field: &str, c: &mut Collector) -> Option<Ste
                 .is_some_and(|n| n.as_i64() != Some(-1))
             {
                 c.push(
-                    item.pos,
+                    item.get("timeoutSeconds").map_or(item.pos, |n| n.pos),
                     format!("{field}.timeoutSeconds"),
                     "ExecuteDocument always runs without a timeout (-1)",
                 );
@@ -560,7 +566,7 @@ fn step(item: &Node, name: String, field: &str, c: &mut Collector) -> Option<Ste
                 .is_some_and(|n| n.as_i64() != Some(1))
             {
                 c.push(
-                    item.pos,
+                    item.get("maxAttempts").map_or(item.pos, |n| n.pos),
                     format!("{field}.maxAttempts"),
                     "ExecuteDocument always makes exactly one attempt",
                 );
@@ -568,7 +574,7 @@ fn step(item: &Node, name: String, field: &str, c: &mut Collector) -> Option<Ste
         }
         "Reboot" if item.get("timeoutSeconds").is_some() => {
             c.push(
-                item.pos,
+                item.get("timeoutSeconds").map_or(item.pos, |n| n.pos),
                 format!("{field}.timeoutSeconds"),
                 "Reboot does not support a step timeout",
             );
@@ -772,7 +778,17 @@ fn check_references(doc: &Document, c: &mut Collector) {
             let field = format!("phases[{}].steps[{}]", phase.name, step.name);
             for node in templated_nodes(step) {
                 let Some(text) = node.scalar() else { continue };
-                for (_, inner) in vars::references(text) {
+                for (offset, inner) in vars::references(text) {
+                    // Point at the `{{` itself where the scalar is one line.
+                    let pos = match &node.value {
+                        yaml::Value::Scalar { plain, .. } if !text.contains('\n') => Pos {
+                            line: node.pos.line,
+                            col: node.pos.col
+                                + text[..offset].chars().count()
+                                + usize::from(!plain),
+                        },
+                        _ => node.pos,
+                    };
                     let problem = match vars::classify(inner) {
                         Ref::Name(n) if !names.contains(n.as_str()) => Some(format!(
                             "undefined variable {{{{ {n} }}}}: no parameter or constant of that name"
@@ -787,9 +803,9 @@ fn check_references(doc: &Document, c: &mut Collector) {
                             phase: p,
                             step: s,
                             io,
+                            index,
                             field: out,
-                            ..
-                        } => chain_problem(doc, pi, si, &p, &s, io, &out)
+                        } => chain_problem(doc, (pi, si), (&p, &s), io, index, &out)
                             .map(|m| format!("{{{{ {inner} }}}}: {m}")),
                         Ref::Context(key) if !vars::CONTEXT_KEYS.contains(&key.as_str()) => {
                             Some(format!(
@@ -803,7 +819,7 @@ fn check_references(doc: &Document, c: &mut Collector) {
                         _ => None,
                     };
                     if let Some(message) = problem {
-                        c.push(node.pos, &field, message);
+                        c.push(pos, &field, message);
                     }
                 }
             }
@@ -811,13 +827,14 @@ fn check_references(doc: &Document, c: &mut Collector) {
     }
 }
 
+/// Why a chaining reference from the step at `(pi, si)` to `phase.step`
+/// cannot resolve, if it cannot.
 fn chain_problem(
     doc: &Document,
-    pi: usize,
-    si: usize,
-    phase: &str,
-    step: &str,
+    (pi, si): (usize, usize),
+    (phase, step): (&str, &str),
     io: vars::Io,
+    index: usize,
     field: &str,
 ) -> Option<String> {
     let Some(p_index) = doc.phases.iter().position(|p| p.name == phase) else {
@@ -834,6 +851,16 @@ fn chain_problem(
         return Some("chaining refers only to steps that run earlier".into());
     }
     let target = &doc.phases[p_index].steps[s_index];
+    let items = match target.inputs.as_ref().map(|n| n.as_seq()) {
+        Some(Some(list)) => list.len(),
+        Some(None) => 1,
+        None => 0,
+    };
+    if io == vars::Io::Inputs && index >= items {
+        return Some(format!(
+            "step {step:?} has {items} input item(s); index {index} is out of range"
+        ));
+    }
     match io {
         vars::Io::Outputs if !schema::outputs(&target.action).contains(&field) => {
             Some(format!("{} has no output {field:?}", target.action))

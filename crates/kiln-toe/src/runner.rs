@@ -95,6 +95,8 @@ pub(crate) struct Run<'a> {
     pub observer: &'a mut dyn Observer,
     /// The chain of ExecuteDocument calls that led here, for cycle checks.
     pub stack: Vec<PathBuf>,
+    /// Resolved chaining values of every document run, for chaining.json.
+    pub chaining: Map<String, Value>,
 }
 
 /// Runs `documents` in order and writes the log directory.
@@ -134,13 +136,16 @@ pub fn run(
         execution_id,
         observer,
         stack: Vec::new(),
+        chaining: Map::new(),
     };
     let execution = run.execute(documents, &opts.parameters, opts.phases.as_deref());
-    log.write_json("detailedoutput.json", &execution)
-        .map_err(|source| RunError::Log {
-            dir: log.path.clone(),
-            source,
-        })?;
+    let written = log
+        .write_json("chaining.json", &run.chaining)
+        .and_then(|()| log.write_json("detailedoutput.json", &execution));
+    written.map_err(|source| RunError::Log {
+        dir: log.path.clone(),
+        source,
+    })?;
     Ok(execution)
 }
 
@@ -289,12 +294,12 @@ impl Run<'_> {
             }
         }
         self.stack.pop();
-        self.write_chaining(&chain);
+        self.record_chaining(doc, &chain);
         record.end_time = now();
         record
     }
 
-    fn write_chaining(&self, chain: &Chain) {
+    fn record_chaining(&mut self, doc: &Document, chain: &Chain) {
         let mut out = Map::new();
         for ((phase, step), (inputs, outputs)) in &chain.steps {
             out.insert(
@@ -302,7 +307,8 @@ impl Run<'_> {
                 serde_json::json!({ "inputs": inputs, "outputs": outputs }),
             );
         }
-        let _ = self.log.write_json("chaining.json", &out);
+        self.chaining
+            .insert(doc.path.display().to_string(), Value::Object(out));
     }
 
     fn step(

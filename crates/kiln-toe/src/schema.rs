@@ -368,6 +368,14 @@ pub fn check_inputs(spec: &ActionSpec, inputs: Option<&Node>, field: &str, c: &m
             return;
         }
         (List, Some(node)) => match (node.as_seq(), node.as_map()) {
+            (Some([]), _) => {
+                c.push(
+                    node.pos,
+                    field,
+                    format!("{} needs at least one input item", spec.name),
+                );
+                return;
+            }
             (Some(items), _) => items
                 .iter()
                 .enumerate()

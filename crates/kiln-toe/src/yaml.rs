@@ -38,6 +38,9 @@ pub enum Value {
 pub struct Node {
     pub pos: Pos,
     pub value: Value,
+    /// A key that came in through a `<<` merge, which the map's own keys
+    /// may override.
+    pub merged: bool,
 }
 
 /// A YAML syntax error with its position.
@@ -155,6 +158,49 @@ fn looks_like_float(text: &str) -> bool {
         && t.starts_with(|c: char| c.is_ascii_digit() || c == '.')
 }
 
+/// Adds one entry to a map. A `<<` merge key brings in the entries of the
+/// map (or maps) it names, and the map's own keys win over merged ones, as
+/// in YAML's merge-key type.
+fn insert(entries: &mut Vec<(Node, Node)>, key: Node, value: Node) -> Result<(), SyntaxError> {
+    if matches!(&key.value, Value::Scalar { text, plain: true } if text == "<<") {
+        let sources: Vec<&Node> = match &value.value {
+            Value::Map(_) => vec![&value],
+            Value::Seq(items) => items.iter().collect(),
+            Value::Scalar { .. } => Vec::new(),
+        };
+        if sources.is_empty() || sources.iter().any(|n| n.as_map().is_none()) {
+            return Err(SyntaxError {
+                pos: value.pos,
+                message: "a merge key (<<) takes a map or a list of maps".into(),
+            });
+        }
+        for source in sources {
+            for (k, v) in source.as_map().unwrap_or_default() {
+                if !entries.iter().any(|(e, _)| e.scalar() == k.scalar()) {
+                    let mut k = k.clone();
+                    k.merged = true;
+                    entries.push((k, v.clone()));
+                }
+            }
+        }
+        return Ok(());
+    }
+    if let Some(name) = key.scalar() {
+        if let Some(i) = entries.iter().position(|(k, _)| k.scalar() == Some(name)) {
+            if !entries[i].0.merged {
+                return Err(SyntaxError {
+                    pos: key.pos,
+                    message: format!("duplicate key {name:?}"),
+                });
+            }
+            entries[i] = (key, value);
+            return Ok(());
+        }
+    }
+    entries.push((key, value));
+    Ok(())
+}
+
 /// Parses the first document of `src` into a [`Node`] tree.
 pub fn parse(src: &str) -> Result<Node, SyntaxError> {
     let mut parser = Parser::new_from_str(src);
@@ -197,6 +243,7 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
                 Some(node) => Some((
                     Node {
                         pos,
+                        merged: false,
                         value: node.value.clone(),
                     },
                     0,
@@ -213,6 +260,7 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
                 Some((
                     Node {
                         pos,
+                        merged: false,
                         value: Value::Scalar {
                             text: text.into_owned(),
                             plain,
@@ -231,6 +279,7 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
                 stack.push(Open::Seq(
                     Node {
                         pos,
+                        merged: false,
                         value: Value::Seq(Vec::new()),
                     },
                     anchor,
@@ -247,6 +296,7 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
                 stack.push(Open::Map(
                     Node {
                         pos,
+                        merged: false,
                         value: Value::Map(Vec::new()),
                     },
                     anchor,
@@ -280,15 +330,7 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
                 None => *pending = Some(node),
                 Some(key) => {
                     if let Value::Map(entries) = &mut map.value {
-                        if let Some(name) = key.scalar()
-                            && entries.iter().any(|(k, _)| k.scalar() == Some(name))
-                        {
-                            return Err(SyntaxError {
-                                pos: key.pos,
-                                message: format!("duplicate key {name:?}"),
-                            });
-                        }
-                        entries.push((key, node));
+                        insert(entries, key, node)?;
                     }
                 }
             },
@@ -296,6 +338,7 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
     }
     Ok(root.unwrap_or(Node {
         pos: Pos { line: 1, col: 1 },
+        merged: false,
         value: Value::Scalar {
             text: String::new(),
             plain: true,
@@ -322,6 +365,15 @@ mod tests {
         let e = parse("a: 1\na: 2\n").unwrap_err();
         assert_eq!(e.pos.line, 2);
         assert!(e.message.contains("duplicate key"));
+    }
+
+    #[test]
+    fn merge_keys_bring_entries_that_own_keys_override() {
+        let n = parse("base: &b {a: 1, b: 2}\nm:\n  <<: *b\n  b: 3\n").unwrap();
+        let m = n.get("m").unwrap();
+        assert_eq!(m.get("a").unwrap().scalar(), Some("1"));
+        assert_eq!(m.get("b").unwrap().scalar(), Some("3"));
+        assert!(parse("m:\n  <<: 1\n").is_err());
     }
 
     #[test]
