@@ -185,17 +185,17 @@ fn insert(entries: &mut Vec<(Node, Node)>, key: Node, value: Node) -> Result<(),
         }
         return Ok(());
     }
-    if let Some(name) = key.scalar() {
-        if let Some(i) = entries.iter().position(|(k, _)| k.scalar() == Some(name)) {
-            if !entries[i].0.merged {
-                return Err(SyntaxError {
-                    pos: key.pos,
-                    message: format!("duplicate key {name:?}"),
-                });
-            }
-            entries[i] = (key, value);
-            return Ok(());
+    if let Some(name) = key.scalar()
+        && let Some(i) = entries.iter().position(|(k, _)| k.scalar() == Some(name))
+    {
+        if !entries[i].0.merged {
+            return Err(SyntaxError {
+                pos: key.pos,
+                message: format!("duplicate key {name:?}"),
+            });
         }
+        entries[i] = (key, value);
+        return Ok(());
     }
     entries.push((key, value));
     Ok(())
