@@ -55,6 +55,8 @@ pub struct RunOptions {
     /// The directory under which the `TOE_...` log directory is made.
     pub log_root: PathBuf,
     pub artifacts: Option<ArtifactStore>,
+    /// No step runs past this instant, whatever its own timeout.
+    pub deadline: Option<Instant>,
 }
 
 /// Progress, for a terminal or a daemon's log stream.
@@ -412,9 +414,11 @@ impl Run<'_> {
         let mut failure = String::new();
         while record.attempts < step.max_attempts {
             record.attempts += 1;
-            let deadline = step
-                .timeout_seconds
-                .map(|t| Instant::now() + Duration::from_secs(t));
+            let own = step.timeout_seconds.map(|t| Instant::now() + Duration::from_secs(t));
+            let deadline = match (own, self.opts.deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             match self.attempt(doc, step, scope, deadline, record) {
                 Ok(()) => return Ok(()),
                 Err(ActionError::Reboot) => {

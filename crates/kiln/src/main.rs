@@ -7,6 +7,9 @@
 //! the load balancer will run on tokio, with blocking work (processes,
 //! tar, hashing, copying trees) in `spawn_blocking`.
 
+mod bake;
+mod images;
+mod lineage;
 mod output;
 mod state;
 mod toe;
@@ -38,6 +41,10 @@ struct Cli {
 enum Command {
     /// Validate and run AWSTOE component documents (EC2 Image Builder components).
     Toe(toe::ToeArgs),
+    /// Bake a golden image from a recipe: parent, components, test gate.
+    Bake(bake::BakeArgs),
+    /// List, inspect, remove and export images.
+    Images(images::ImagesArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +63,8 @@ fn main() -> ExitCode {
     let state = state::StateDir::resolve(cli.state_dir.as_deref());
     let result = match cli.command {
         Command::Toe(args) => toe::main(args, &state),
+        Command::Bake(args) => bake::main(args, &state),
+        Command::Images(args) => images::main(args, &state),
     };
     match result {
         Ok(code) => code,

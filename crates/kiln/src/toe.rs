@@ -251,6 +251,7 @@ fn run(args: RunArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
             bucket: args.artifact_bucket.clone(),
             dir: state.join("artifacts").join(&args.artifact_bucket),
         }),
+        deadline: None,
     };
     let mut observer = Progress::new(args.trace);
     let execution = kiln_toe::run(&documents, &instance, &opts, &mut observer);

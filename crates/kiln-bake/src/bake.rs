@@ -1,0 +1,503 @@
+//! A bake: parent layers below an overlay, each component's build and
+//! validate phases in the sandbox, each component's changes one layer,
+//! then config, manifest and the test gate.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oci_spec::image::{ConfigBuilder, Descriptor, HistoryBuilder, ImageConfiguration, MediaType};
+use sha2::{Digest, Sha256};
+
+use crate::parent::{self, ParentError, ParentRef};
+use crate::recipe::Recipe;
+use kiln_image::import::{self, ImportError};
+use kiln_image::store::{ANNOTATION_RECIPE_KEY, ANNOTATION_TEST_LOG, CachedLayer, StoreError};
+use kiln_image::{ImageRecord, Status, Store};
+use kiln_sandbox::{Isolation, OverlayMount, ProcessSpec, Root};
+use kiln_toe::{Diagnostics, Document, Instance, Observer, RunOptions};
+
+pub const LABEL_VERSION: &str = "dev.kiln.image.version";
+pub const LABEL_RECIPE: &str = "dev.kiln.recipe.digest";
+pub const LABEL_PARENT: &str = "dev.kiln.parent";
+pub const LABEL_PARENT_DIGEST: &str = "dev.kiln.parent.digest";
+pub const LABEL_SOURCE_COMMIT: &str = "dev.kiln.source.commit";
+pub const ANNOTATION_TESTS: &str = "dev.kiln.image.tests";
+
+pub struct BakeOptions {
+    pub isolation: Arc<dyn Isolation>,
+    /// Where each component run's `TOE_...` log directory goes.
+    pub log_root: PathBuf,
+    pub artifacts: Option<kiln_toe::ArtifactStore>,
+    pub source_commit: Option<String>,
+    /// Keep the build root of a failed component mounted for a look inside.
+    pub keep_on_failure: bool,
+}
+
+/// Progress of a bake, and the steps of the components it runs.
+pub trait BakeObserver: Observer {
+    fn event(&mut self, message: &str);
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct ComponentReport {
+    pub path: PathBuf,
+    pub cached: bool,
+    pub layer: String,
+    pub size: u64,
+    pub seconds: f64,
+    pub log: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase", tag = "result")]
+pub enum TestReport {
+    Disabled,
+    /// No component has a test phase.
+    None,
+    Passed { log: String },
+    Failed { log: String, message: String },
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct BakeReport {
+    pub image: String,
+    pub digest: String,
+    pub status: Status,
+    /// Nothing changed: the image is the one an earlier bake made.
+    pub unchanged: bool,
+    pub components: Vec<ComponentReport>,
+    pub tests: TestReport,
+    pub seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BakeError {
+    #[error(transparent)]
+    Document(#[from] Diagnostics),
+    #[error(transparent)]
+    Parent(#[from] ParentError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    #[error("component {component}: {what}: {error}")]
+    Setup { component: String, what: &'static str, error: String },
+    #[error("component {component}: phase {phase}, step {step} failed: {message}\n  log: {log}{}", kept.as_ref().map(|k| format!("\n  build root kept at {k} (unmount it with `umount {k}` when done)")).unwrap_or_default())]
+    Component { component: String, phase: String, step: String, message: String, log: String, kept: Option<String> },
+}
+
+fn hash(parts: &serde_json::Value) -> String {
+    hex::encode(Sha256::digest(parts.to_string().as_bytes()))
+}
+
+/// What goes into one component's layer: the layers below (through the
+/// previous key), the document, its parameters and the bake settings it
+/// sees. Any change gives a new key, and only then does the layer rebuild.
+fn component_key(below: &str, doc: &Document, params: &BTreeMap<String, String>, recipe: &Recipe) -> String {
+    hash(&serde_json::json!({
+        "format": 1,
+        "below": below,
+        "document": hex::encode(Sha256::digest(doc.source.as_bytes())),
+        "nested": nested_documents(doc),
+        "parameters": params,
+        "working_directory": recipe.working_directory,
+        "env": recipe.env,
+        "allow_sh": recipe.allow_sh,
+    }))
+}
+
+/// Digests of the documents an ExecuteDocument step names literally.
+fn nested_documents(doc: &Document) -> Vec<String> {
+    let mut out = Vec::new();
+    for step in doc.phases.iter().flat_map(|p| &p.steps).filter(|s| s.action == "ExecuteDocument") {
+        if let Some(path) = step.inputs.as_ref().and_then(|i| i.get("document")).and_then(|d| d.scalar()).filter(|p| !p.contains("{{")) {
+            let full = doc.path.parent().unwrap_or(Path::new(".")).join(path);
+            let digest = std::fs::read(&full).map(|d| hex::encode(Sha256::digest(&d))).unwrap_or_else(|_| "missing".into());
+            out.push(format!("{path}:{digest}"));
+        }
+    }
+    out
+}
+
+pub fn bake(store: &Store, recipe: &Recipe, opts: &BakeOptions, observer: &mut dyn BakeObserver) -> Result<BakeReport, BakeError> {
+    let started = Instant::now();
+    let _lock = store.lock()?;
+    recover(store, observer);
+    let documents: Vec<Document> = recipe.components.iter().map(|c| kiln_toe::load(&c.path)).collect::<Result<_, _>>()?;
+    let parent_ref = ParentRef::parse(&recipe.parent)
+        .map_err(|why| ParentError::Build { parent: recipe.parent.clone(), why })?
+        .relative_to(recipe.path.parent().unwrap_or(Path::new(".")));
+    let parent = parent::resolve(store, &parent_ref, &recipe.parent, &mut |m| observer.event(m))?;
+    let parent_manifest = store.manifest(&parent)?;
+    let parent_config = store.config(&parent_manifest)?;
+
+    let mut key = hash(&serde_json::json!({ "parent": parent.digest() }));
+    let mut keys = Vec::new();
+    for (doc, component) in documents.iter().zip(&recipe.components) {
+        key = component_key(&key, doc, &component.parameters, recipe);
+        keys.push(key.clone());
+    }
+    let recipe_key = hash(&serde_json::json!({
+        "components": key,
+        "recipe": [&recipe.name, recipe.version.to_string(), &recipe.entrypoint, &recipe.cmd, &recipe.env, &recipe.user, recipe.port, &recipe.working_directory],
+        "tests": recipe.tests.enabled,
+        "source_commit": opts.source_commit,
+    }));
+    if let Some(image) = store.images()?.into_iter().rev().find(|i| {
+        i.name == recipe.name && i.version == recipe.version && i.status == Status::Available && i.annotation(ANNOTATION_RECIPE_KEY) == Some(&recipe_key)
+    }) {
+        observer.event(&format!("unchanged: {} is already baked from these inputs", image.reference()));
+        let components = recipe.components.iter().map(|c| ComponentReport { path: c.path.clone(), cached: true, layer: String::new(), size: 0, seconds: 0.0, log: None }).collect();
+        let tests = match image.annotation(ANNOTATION_TESTS) {
+            Some("disabled") => TestReport::Disabled,
+            Some("none") => TestReport::None,
+            _ => TestReport::Passed { log: image.annotation(ANNOTATION_TEST_LOG).unwrap_or_default().to_string() },
+        };
+        return Ok(BakeReport { image: image.reference(), digest: image.digest(), status: image.status, unchanged: true, components, tests, seconds: started.elapsed().as_secs_f64() });
+    }
+
+    let mut lowers = import::unpack_layers(store, &parent_manifest)?;
+    let mut layers: Vec<Descriptor> = parent_manifest.layers().clone();
+    let mut diff_ids: Vec<String> = parent_config.rootfs().diff_ids().clone();
+    let mut history = parent_config.history().clone().unwrap_or_default();
+    // One history entry per layer, so that each layer shows where it came from.
+    while history.iter().filter(|h| h.empty_layer() != Some(true)).count() < layers.len() {
+        let entry = HistoryBuilder::default().created_by(format!("parent {}", recipe.parent)).build().map_err(|e| setup(&recipe.name, "history", e))?;
+        history.push(entry);
+    }
+    let mut reports = Vec::new();
+    for ((doc, component), key) in documents.iter().zip(&recipe.components).zip(&keys) {
+        let shown = component.path.display().to_string();
+        let t = Instant::now();
+        let cached = store.cached_layer(key);
+        let (layer, log) = match cached {
+            Some(layer) => {
+                observer.event(&format!("{shown}: from cache (layer {})", short(&layer.digest)));
+                (layer, None)
+            }
+            None => {
+                observer.event(&format!("{shown}: running build and validate"));
+                let (layer, log) = run_component(store, recipe, opts, doc, component, &lowers, observer)?;
+                store.put_cached_layer(key, &layer)?;
+                (layer, Some(log))
+            }
+        };
+        let dir = import::unpack_layer(store, &layer.digest, &layer.diff_id)?;
+        lowers.push(dir);
+        layers.push(Descriptor::new(MediaType::from(layer.media_type.as_str()), layer.size, kiln_image::store::parse_digest(&layer.digest)?));
+        diff_ids.push(layer.diff_id.clone());
+        history.push(HistoryBuilder::default().created(jiff::Timestamp::now().to_string()).created_by(format!("kiln component {}", file_name(&component.path))).build().map_err(|e| setup(&shown, "history", e))?);
+        reports.push(ComponentReport { path: component.path.clone(), cached: log.is_none(), layer: layer.digest.clone(), size: layer.size, seconds: t.elapsed().as_secs_f64(), log });
+    }
+
+    let build = store.next_build(&recipe.name, recipe.version)?;
+    let reference = format!("{}/{}/{}", recipe.name, recipe.version, build);
+    let config = image_config(recipe, &parent, &parent_config, &documents, diff_ids, history, &reference, opts)?;
+    let manifest = import::write_manifest(store, &config, layers)?;
+
+    let tests = test_gate(store, recipe, opts, &documents, &lowers, &config, observer)?;
+    let status = if matches!(tests, TestReport::Failed { .. }) { Status::Failed } else { Status::Available };
+    let mut annotations = HashMap::from([
+        (ANNOTATION_RECIPE_KEY.to_string(), recipe_key),
+        (import::ANNOTATION_SOURCE.to_string(), format!("recipe:{}", recipe.path.display())),
+        (ANNOTATION_TESTS.to_string(), match &tests {
+            TestReport::Disabled => "disabled",
+            TestReport::None => "none",
+            TestReport::Passed { .. } => "passed",
+            TestReport::Failed { .. } => "failed",
+        }.to_string()),
+    ]);
+    if let TestReport::Passed { log } | TestReport::Failed { log, .. } = &tests {
+        let data = std::fs::read(log).unwrap_or_default();
+        let blob = store.put_blob(MediaType::Other("text/plain".into()), &data)?;
+        annotations.insert(ANNOTATION_TEST_LOG.to_string(), blob.digest().to_string());
+    }
+    let image = store.add_image(manifest, &recipe.name, recipe.version, build, status, annotations)?;
+    observer.event(&format!("{} {} ({})", image.reference(), image.status, short(&image.digest())));
+    Ok(BakeReport { image: image.reference(), digest: image.digest(), status, unchanged: false, components: reports, tests, seconds: started.elapsed().as_secs_f64() })
+}
+
+fn setup(component: &str, what: &'static str, e: impl std::fmt::Display) -> BakeError {
+    BakeError::Setup { component: component.to_string(), what, error: e.to_string() }
+}
+
+fn short(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Unmounts what a killed bake left mounted and clears its temporary files.
+fn recover(store: &Store, observer: &mut dyn BakeObserver) {
+    let tmp = store.dir().join("tmp");
+    for m in crate::mounts::unmount_below(&tmp) {
+        observer.event(&format!("unmounted {} left by an interrupted bake", m.display()));
+    }
+    if let Err(e) = store.clean_temp() {
+        observer.event(&format!("could not clean the store's temporary files: {e}"));
+    }
+}
+
+/// A root over `lowers` (bottom first) with a fresh upper directory.
+struct Overlay {
+    dir: PathBuf,
+    mount: Option<OverlayMount>,
+}
+
+impl Overlay {
+    fn mount(store: &Store, lowers: &[PathBuf], what: &str) -> Result<Overlay, BakeError> {
+        let dir = store.temp_path(what);
+        let top_first: Vec<&Path> = lowers.iter().rev().map(PathBuf::as_path).collect();
+        let mount = OverlayMount::mount(&top_first, &dir.join("upper"), &dir.join("work"), &dir.join("merged")).map_err(|e| setup(what, "overlay", e))?;
+        Ok(Overlay { dir, mount: Some(mount) })
+    }
+
+    fn merged(&self) -> PathBuf {
+        self.dir.join("merged")
+    }
+
+    fn upper(&self) -> PathBuf {
+        self.dir.join("upper")
+    }
+
+    fn unmount(&mut self) -> Result<(), BakeError> {
+        if let Some(m) = self.mount.take() {
+            m.unmount().map_err(|e| setup("overlay", "unmount", e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        if self.mount.is_some() {
+            let _ = self.unmount();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn instance(root: &Path, recipe: &Recipe, opts: &BakeOptions) -> Result<Instance, BakeError> {
+    let root = Root::open(root).map_err(|e| setup(&recipe.name, "root", e))?;
+    root.create_dir_all(&recipe.working_directory, 0o755).map_err(|e| setup(&recipe.name, "working directory", e))?;
+    Ok(Instance {
+        root,
+        isolation: opts.isolation.clone(),
+        hostname: recipe.name.clone(),
+        workdir: recipe.working_directory.clone(),
+        env: recipe.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        allow_sh: recipe.allow_sh,
+    })
+}
+
+fn run_options(opts: &BakeOptions, params: &BTreeMap<String, String>, phases: &[&str], deadline: Option<Instant>) -> RunOptions {
+    RunOptions {
+        phases: Some(phases.iter().map(|p| p.to_string()).collect()),
+        parameters: params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        execution_id: None,
+        log_root: opts.log_root.clone(),
+        artifacts: opts.artifacts.clone(),
+        deadline,
+    }
+}
+
+/// Runs one component's build and validate phases; its changes become a
+/// layer in the store.
+fn run_component(
+    store: &Store,
+    recipe: &Recipe,
+    opts: &BakeOptions,
+    doc: &Document,
+    component: &crate::recipe::Component,
+    lowers: &[PathBuf],
+    observer: &mut dyn BakeObserver,
+) -> Result<(CachedLayer, String), BakeError> {
+    let shown = component.path.display().to_string();
+    let mut overlay = Overlay::mount(store, lowers, "bake")?;
+    let inst = instance(&overlay.merged(), recipe, opts)?;
+    let execution = kiln_toe::run(std::slice::from_ref(doc), &inst, &run_options(opts, &component.parameters, &["build", "validate"], None), observer)
+        .map_err(|e| setup(&shown, "run", e))?;
+    drop(inst);
+    if let Some((_, phase, step)) = execution.failed_step() {
+        let kept = if opts.keep_on_failure {
+            let mount = overlay.mount.take();
+            let kept_dir = store.dir().join("kept").join(overlay.dir.file_name().unwrap_or_default());
+            let _ = std::fs::create_dir_all(store.dir().join("kept"));
+            if let Some(m) = mount {
+                // Moving the directory keeps the mount; it leaves the
+                // temporary area, so the next bake does not clean it up.
+                std::mem::forget(m);
+            }
+            let _ = std::fs::rename(&overlay.dir, &kept_dir);
+            overlay.dir = PathBuf::from("/nonexistent-kiln-kept");
+            Some(kept_dir.join("merged").display().to_string())
+        } else {
+            None
+        };
+        return Err(BakeError::Component {
+            component: shown,
+            phase: phase.name.clone(),
+            step: step.name.clone(),
+            message: step.failure_message.clone(),
+            log: execution.log_url.clone(),
+            kept,
+        });
+    }
+    if !execution.status.is_success() {
+        return Err(BakeError::Component { component: shown, phase: String::new(), step: String::new(), message: execution.failure_message, log: execution.log_url, kept: None });
+    }
+    overlay.unmount()?;
+    let (descriptor, info) = import::write_layer(store, &overlay.upper(), true)?;
+    store.put_unpacked_layer(&overlay.upper(), &info.diff_id)?;
+    let layer = CachedLayer { digest: descriptor.digest().to_string(), diff_id: info.diff_id, size: info.size, media_type: descriptor.media_type().to_string() };
+    Ok((layer, execution.log_url))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn image_config(
+    recipe: &Recipe,
+    parent: &ImageRecord,
+    parent_config: &ImageConfiguration,
+    documents: &[Document],
+    diff_ids: Vec<String>,
+    history: Vec<oci_spec::image::History>,
+    reference: &str,
+    opts: &BakeOptions,
+) -> Result<ImageConfiguration, BakeError> {
+    let base = parent_config.config().clone().unwrap_or_default();
+    let mut labels = base.labels().clone().unwrap_or_default();
+    labels.insert(LABEL_VERSION.into(), reference.into());
+    let recipe_text = std::fs::read(&recipe.path).unwrap_or_default();
+    labels.insert(LABEL_RECIPE.into(), format!("sha256:{}", hex::encode(Sha256::digest(&recipe_text))));
+    labels.insert(LABEL_PARENT.into(), recipe.parent.clone());
+    labels.insert(LABEL_PARENT_DIGEST.into(), parent.digest());
+    for (i, doc) in documents.iter().enumerate() {
+        labels.insert(format!("dev.kiln.component.{i}.path"), file_name(&doc.path));
+        labels.insert(format!("dev.kiln.component.{i}.digest"), format!("sha256:{}", hex::encode(Sha256::digest(doc.source.as_bytes()))));
+    }
+    if let Some(commit) = &opts.source_commit {
+        labels.insert(LABEL_SOURCE_COMMIT.into(), commit.clone());
+    }
+    let mut env = base.env().clone().unwrap_or_else(|| vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()]);
+    for (k, v) in &recipe.env {
+        env.retain(|e| !e.starts_with(&format!("{k}=")));
+        env.push(format!("{k}={v}"));
+    }
+    let mut builder = ConfigBuilder::default().labels(labels).env(env).working_dir(recipe.working_directory.clone());
+    let entrypoint = if recipe.entrypoint.is_empty() { base.entrypoint().clone() } else { Some(recipe.entrypoint.clone()) };
+    if let Some(e) = entrypoint {
+        builder = builder.entrypoint(e);
+    }
+    let cmd = if recipe.cmd.is_empty() { base.cmd().clone() } else { Some(recipe.cmd.clone()) };
+    if let Some(c) = cmd {
+        builder = builder.cmd(c);
+    }
+    let user = if recipe.user.is_empty() { base.user().clone() } else { Some(recipe.user.clone()) };
+    if let Some(u) = user {
+        builder = builder.user(u);
+    }
+    let mut ports = base.exposed_ports().clone().unwrap_or_default();
+    if let Some(p) = recipe.port {
+        ports.push(format!("{p}/tcp"));
+    }
+    if !ports.is_empty() {
+        builder = builder.exposed_ports(ports);
+    }
+    let config = builder.build().map_err(|e| setup(&recipe.name, "config", e))?;
+    let rootfs = oci_spec::image::RootFsBuilder::default().typ("layers").diff_ids(diff_ids).build().map_err(|e| setup(&recipe.name, "config", e))?;
+    oci_spec::image::ImageConfigurationBuilder::default()
+        .architecture(parent_config.architecture().clone())
+        .os(parent_config.os().clone())
+        .created(jiff::Timestamp::now().to_string())
+        .author("kiln")
+        .config(config)
+        .rootfs(rootfs)
+        .history(history)
+        .build()
+        .map_err(|e| setup(&recipe.name, "config", e))
+}
+
+/// Starts a fresh instance of the new image, its entrypoint running, and
+/// runs every component's test phase there.
+fn test_gate(
+    store: &Store,
+    recipe: &Recipe,
+    opts: &BakeOptions,
+    documents: &[Document],
+    lowers: &[PathBuf],
+    config: &ImageConfiguration,
+    observer: &mut dyn BakeObserver,
+) -> Result<TestReport, BakeError> {
+    if !recipe.tests.enabled {
+        observer.event("tests disabled by the recipe");
+        return Ok(TestReport::Disabled);
+    }
+    if !documents.iter().any(|d| d.phase("test").is_some()) {
+        return Ok(TestReport::None);
+    }
+    observer.event("testing a fresh instance of the new image");
+    let mut overlay = Overlay::mount(store, lowers, "test")?;
+    let inst = instance(&overlay.merged(), recipe, opts)?;
+    let log_dir = opts.log_root.join(format!("test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&log_dir).map_err(|e| setup(&recipe.name, "test log", e))?;
+    let log_path = log_dir.join("test.log");
+    let entrypoint = start_entrypoint(&inst, config, &log_dir).map_err(|e| setup(&recipe.name, "entrypoint", e))?;
+    let deadline = Some(Instant::now() + recipe.tests.timeout);
+    let mut log = String::new();
+    let mut failure = None;
+    for (doc, component) in documents.iter().zip(&recipe.components) {
+        if doc.phase("test").is_none() {
+            continue;
+        }
+        let execution = kiln_toe::run(std::slice::from_ref(doc), &inst, &run_options(opts, &component.parameters, &["test"], deadline), observer)
+            .map_err(|e| setup(&component.path.display().to_string(), "test run", e))?;
+        log.push_str(&format!("== {} ({})\n", component.path.display(), execution.log_url));
+        log.push_str(&std::fs::read_to_string(Path::new(&execution.log_url).join("console.log")).unwrap_or_default());
+        if failure.is_none() {
+            if let Some((_, phase, step)) = execution.failed_step() {
+                failure = Some(format!("{}: phase {}, step {} failed: {}", file_name(&component.path), phase.name, step.name, step.failure_message));
+            }
+        }
+    }
+    if let Some(mut child) = entrypoint {
+        let _ = child.kill();
+        let _ = child.wait();
+        log.push_str("== entrypoint output\n");
+        log.push_str(&std::fs::read_to_string(log_dir.join("entrypoint.log")).unwrap_or_default());
+    }
+    drop(inst);
+    overlay.unmount()?;
+    std::fs::write(&log_path, &log).map_err(|e| setup(&recipe.name, "test log", e))?;
+    let log = log_path.display().to_string();
+    Ok(match failure {
+        Some(message) => {
+            observer.event(&format!("tests failed: {message}"));
+            TestReport::Failed { log, message }
+        }
+        None => TestReport::Passed { log },
+    })
+}
+
+fn start_entrypoint(inst: &Instance, config: &ImageConfiguration, log_dir: &Path) -> std::io::Result<Option<std::process::Child>> {
+    let Some(c) = config.config() else { return Ok(None) };
+    let mut argv = c.entrypoint().clone().unwrap_or_default();
+    argv.extend(c.cmd().clone().unwrap_or_default());
+    if argv.is_empty() {
+        return Ok(None);
+    }
+    let env = c.env().clone().unwrap_or_default().iter().filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect();
+    let spec = ProcessSpec { argv, env, cwd: c.working_dir().clone().unwrap_or_else(|| "/".into()), hostname: inst.hostname.clone() };
+    let mut cmd = inst.isolation.command(inst.root.host_path(), &spec).map_err(std::io::Error::other)?;
+    let out = std::fs::File::create(log_dir.join("entrypoint.log"))?;
+    cmd.stdin(std::process::Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    let child = cmd.spawn()?;
+    // Give the service a moment to bind before the tests start knocking;
+    // tests should still retry, as they would against a booting server.
+    std::thread::sleep(Duration::from_millis(200));
+    Ok(Some(child))
+}

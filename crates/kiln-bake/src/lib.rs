@@ -1,0 +1,11 @@
+//! Bakes: a recipe's parent image, its components run in a sandbox over an
+//! overlay (each becoming one cached layer), and the test gate that decides
+//! whether the new image may be deployed.
+
+pub mod bake;
+mod mounts;
+pub mod parent;
+pub mod recipe;
+
+pub use bake::{BakeError, BakeObserver, BakeOptions, BakeReport, TestReport, bake};
+pub use recipe::Recipe;

@@ -1,0 +1,460 @@
+//! Bringing images into the store: a root filesystem tree (busybox,
+//! mmdebstrap), a rootfs tarball, an OCI layout or archive, and what
+//! `docker save` writes. Every archive is extracted with the safe
+//! extractor, and every layer is kept unpacked in overlayfs form.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Read};
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{
+    ConfigBuilder, Descriptor, ImageConfiguration, ImageConfigurationBuilder, ImageIndex,
+    ImageManifest, ImageManifestBuilder, MediaType, RootFsBuilder,
+};
+
+use crate::store::{ImageRecord, Status, Store, StoreError, parse_digest, sha256_hex};
+use crate::tarball::{self, Compression, ExtractOptions, LayerInfo};
+use crate::version::Version;
+
+pub const ANNOTATION_SOURCE: &str = "dev.kiln.image.source";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tar(#[from] tarball::TarError),
+    #[error("{source_name}: {why}")]
+    Invalid { source_name: String, why: String },
+    #[error("{path}: {error}")]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, ImportError>;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImportError + '_ {
+    move |error| ImportError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+fn invalid(source_name: &str, why: impl Into<String>) -> ImportError {
+    ImportError::Invalid {
+        source_name: source_name.to_string(),
+        why: why.into(),
+    }
+}
+
+/// An image of the store whose source annotation is `source`.
+pub fn find_by_source(store: &Store, source: &str) -> Result<Option<ImageRecord>> {
+    Ok(store
+        .images()?
+        .into_iter()
+        .rev()
+        .find(|i| i.status == Status::Available && i.annotation(ANNOTATION_SOURCE) == Some(source)))
+}
+
+/// Turns a root filesystem directory (under the store's temporary
+/// directory) into a one-layer image; the directory becomes the layer's
+/// unpacked form. The caller holds the store lock.
+pub fn image_from_tree(
+    store: &Store,
+    tree: &Path,
+    name: &str,
+    version: Version,
+    source: &str,
+) -> Result<ImageRecord> {
+    let (layer, info) = write_layer(store, tree, false)?;
+    store.put_unpacked_layer(tree, &info.diff_id)?;
+    let config = base_config(vec![info.diff_id.clone()])?;
+    finish_image(store, &config, vec![layer], name, version, source)
+}
+
+/// Writes `dir` as a zstd layer blob; returns its descriptor.
+pub fn write_layer(
+    store: &Store,
+    dir: &Path,
+    overlay_upper: bool,
+) -> Result<(Descriptor, LayerInfo)> {
+    let tmp = store.temp_path("layer");
+    let file = File::create(&tmp).map_err(io(&tmp))?;
+    let info = tarball::create_layer(
+        dir,
+        BufWriter::with_capacity(1 << 20, file),
+        Compression::Zstd,
+        overlay_upper,
+    )?;
+    store.put_blob_file(&tmp, &info.digest)?;
+    let descriptor = Descriptor::new(
+        MediaType::ImageLayerZstd,
+        info.size,
+        parse_digest(&info.digest)?,
+    );
+    Ok((descriptor, info))
+}
+
+fn base_config(diff_ids: Vec<String>) -> Result<ImageConfiguration> {
+    let rootfs = RootFsBuilder::default()
+        .typ("layers")
+        .diff_ids(diff_ids)
+        .build()
+        .map_err(|e| invalid("config", e.to_string()))?;
+    ImageConfigurationBuilder::default()
+        .architecture(oci_spec::image::Arch::Amd64)
+        .os(oci_spec::image::Os::Linux)
+        .created(jiff::Timestamp::now().to_string())
+        .config(
+            ConfigBuilder::default()
+                .build()
+                .map_err(|e| invalid("config", e.to_string()))?,
+        )
+        .rootfs(rootfs)
+        .build()
+        .map_err(|e| invalid("config", e.to_string()))
+}
+
+/// Writes config and manifest blobs and adds the image to the index.
+pub fn finish_image(
+    store: &Store,
+    config: &ImageConfiguration,
+    layers: Vec<Descriptor>,
+    name: &str,
+    version: Version,
+    source: &str,
+) -> Result<ImageRecord> {
+    let manifest = write_manifest(store, config, layers)?;
+    let build = store.next_build(name, version)?;
+    let extra = HashMap::from([(ANNOTATION_SOURCE.to_string(), source.to_string())]);
+    Ok(store.add_image(manifest, name, version, build, Status::Available, extra)?)
+}
+
+/// Stores a config and a manifest; returns the manifest's descriptor.
+pub fn write_manifest(
+    store: &Store,
+    config: &ImageConfiguration,
+    layers: Vec<Descriptor>,
+) -> Result<Descriptor> {
+    let config_json = serde_json::to_vec(config).map_err(|e| invalid("config", e.to_string()))?;
+    let config_desc = store.put_blob(MediaType::ImageConfig, &config_json)?;
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(config_desc)
+        .layers(layers)
+        .build()
+        .map_err(|e| invalid("manifest", e.to_string()))?;
+    let manifest_json =
+        serde_json::to_vec(&manifest).map_err(|e| invalid("manifest", e.to_string()))?;
+    Ok(store.put_blob(MediaType::ImageManifest, &manifest_json)?)
+}
+
+/// Makes sure every layer of `manifest` is unpacked (in overlayfs form);
+/// returns their directories, bottom layer first. The caller holds the
+/// store lock.
+pub fn unpack_layers(store: &Store, manifest: &ImageManifest) -> Result<Vec<PathBuf>> {
+    let config = store.config(manifest)?;
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != manifest.layers().len() {
+        return Err(invalid(
+            "manifest",
+            "the config's diff_ids do not match the layers",
+        ));
+    }
+    manifest
+        .layers()
+        .iter()
+        .zip(diff_ids)
+        .map(|(layer, diff_id)| unpack_layer(store, &layer.digest().to_string(), diff_id))
+        .collect()
+}
+
+/// The unpacked form of one layer blob, extracted the first time it is
+/// needed. The caller holds the store lock.
+pub fn unpack_layer(store: &Store, digest: &str, diff_id: &str) -> Result<PathBuf> {
+    if let Some(dir) = store.unpacked_layer(diff_id) {
+        return Ok(dir);
+    }
+    let blob = store.blob_path(digest);
+    let tmp = store.temp_path("unpack");
+    fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let file = File::open(&blob).map_err(io(&blob))?;
+    let opts = ExtractOptions {
+        whiteouts: false,
+        allow_devices: false,
+        preserve_owners: rustix::process::geteuid().is_root(),
+    };
+    tarball::extract(BufReader::with_capacity(1 << 20, file), &tmp, digest, &opts)?;
+    to_overlay_form(&tmp)?;
+    Ok(store.put_unpacked_layer(&tmp, diff_id)?)
+}
+
+/// Converts OCI whiteout files into overlayfs's own form, so that the
+/// directory can be a lower layer: `.wh.NAME` becomes a 0/0 character
+/// device NAME, and `.wh..wh..opq` marks its directory opaque.
+pub fn to_overlay_form(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let kind = entry.file_type().map_err(io(&path))?;
+        if name == ".wh..wh..opq" {
+            fs::remove_file(&path).map_err(io(&path))?;
+            rustix::fs::setxattr(
+                dir,
+                "trusted.overlay.opaque",
+                b"y",
+                rustix::fs::XattrFlags::empty(),
+            )
+            .map_err(|e| ImportError::Io {
+                path: dir.to_path_buf(),
+                error: e.into(),
+            })?;
+        } else if let Some(target) = name.strip_prefix(".wh.") {
+            fs::remove_file(&path).map_err(io(&path))?;
+            let whiteout = dir.join(target);
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &whiteout,
+                rustix::fs::FileType::CharacterDevice,
+                rustix::fs::Mode::empty(),
+                rustix::fs::makedev(0, 0),
+            )
+            .map_err(|e| ImportError::Io {
+                path: whiteout.clone(),
+                error: e.into(),
+            })?;
+        } else if kind.is_dir() {
+            to_overlay_form(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// A rootfs tarball (`rootfs:PATH.tar`), extracted safely and stored as
+/// one layer. Imports of the same tarball are found again by its digest.
+pub fn import_rootfs_tar(store: &Store, tar: &Path, name: &str) -> Result<ImageRecord> {
+    let digest = file_digest(tar)?;
+    let source = format!("rootfs:sha256:{digest}");
+    if let Some(found) = find_by_source(store, &source)? {
+        return Ok(found);
+    }
+    let tree = store.temp_path("rootfs");
+    fs::create_dir_all(&tree).map_err(io(&tree))?;
+    let file = File::open(tar).map_err(io(tar))?;
+    let opts = ExtractOptions {
+        whiteouts: true,
+        allow_devices: false,
+        preserve_owners: rustix::process::geteuid().is_root(),
+    };
+    tarball::extract(
+        BufReader::with_capacity(1 << 20, file),
+        &tree,
+        &tar.display().to_string(),
+        &opts,
+    )?;
+    image_from_tree(
+        store,
+        &tree,
+        name,
+        Version {
+            major: 1,
+            minor: 0,
+            patch: 0,
+        },
+        &source,
+    )
+}
+
+fn file_digest(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut file = File::open(path).map_err(io(path))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// An image of an OCI layout directory (`oci:DIR[:TAG]`): blobs are copied
+/// in after their digests are checked.
+pub fn import_oci_dir(
+    store: &Store,
+    layout: &Path,
+    tag: Option<&str>,
+    name: &str,
+) -> Result<ImageRecord> {
+    let source_name = format!("oci:{}", layout.display());
+    let index = ImageIndex::from_file(layout.join("index.json"))
+        .map_err(|e| invalid(&source_name, e.to_string()))?;
+    let manifests = index.manifests();
+    let chosen = match tag {
+        Some(t) => manifests.iter().find(|d| {
+            d.annotations()
+                .as_ref()
+                .and_then(|a| a.get("org.opencontainers.image.ref.name"))
+                .map(String::as_str)
+                == Some(t)
+        }),
+        None if manifests.len() == 1 => manifests.first(),
+        None => {
+            return Err(invalid(
+                &source_name,
+                "the layout holds several images: name one with oci:DIR:TAG",
+            ));
+        }
+    };
+    let Some(manifest_desc) = chosen else {
+        return Err(invalid(
+            &source_name,
+            format!("no image tagged {:?}", tag.unwrap_or_default()),
+        ));
+    };
+    let source = format!("oci:{}", manifest_desc.digest());
+    if let Some(found) = find_by_source(store, &source)? {
+        return Ok(found);
+    }
+    let blob = |d: &Descriptor| -> Result<Vec<u8>> {
+        let digest = d.digest().to_string();
+        let path = layout.join("blobs").join(digest.replace(':', "/"));
+        let data = fs::read(&path).map_err(io(&path))?;
+        if format!("sha256:{}", sha256_hex(&data)) != digest {
+            return Err(invalid(
+                &source_name,
+                format!("blob {digest} does not match its digest"),
+            ));
+        }
+        Ok(data)
+    };
+    let manifest_bytes = blob(manifest_desc)?;
+    let manifest = ImageManifest::from_reader(&manifest_bytes[..])
+        .map_err(|e| invalid(&source_name, e.to_string()))?;
+    let config_bytes = blob(manifest.config())?;
+    let config = ImageConfiguration::from_reader(&config_bytes[..])
+        .map_err(|e| invalid(&source_name, e.to_string()))?;
+    let mut layers = Vec::new();
+    for layer in manifest.layers() {
+        let data = blob(layer)?;
+        let stored = store.put_blob(layer.media_type().clone(), &data)?;
+        layers.push(stored);
+    }
+    finish_image(
+        store,
+        &config,
+        layers,
+        name,
+        Version {
+            major: 1,
+            minor: 0,
+            patch: 0,
+        },
+        &source,
+    )
+}
+
+/// An OCI archive (`oci-archive:PATH[:TAG]`): a tarred layout.
+pub fn import_oci_archive(
+    store: &Store,
+    archive: &Path,
+    tag: Option<&str>,
+    name: &str,
+) -> Result<ImageRecord> {
+    let dir = store.temp_path("oci-archive");
+    fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let file = File::open(archive).map_err(io(archive))?;
+    tarball::extract(
+        BufReader::new(file),
+        &dir,
+        &archive.display().to_string(),
+        &ExtractOptions::default(),
+    )?;
+    let result = import_oci_dir(store, &dir, tag, name);
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerManifest {
+    config: String,
+    layers: Vec<String>,
+}
+
+/// What `docker save` writes (`docker-archive:PATH`): its layers are tars,
+/// its config the image configuration.
+pub fn import_docker_archive(store: &Store, archive: &Path, name: &str) -> Result<ImageRecord> {
+    let source_name = format!("docker-archive:{}", archive.display());
+    let digest = file_digest(archive)?;
+    let source = format!("docker-archive:sha256:{digest}");
+    if let Some(found) = find_by_source(store, &source)? {
+        return Ok(found);
+    }
+    let dir = store.temp_path("docker-archive");
+    fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let file = File::open(archive).map_err(io(archive))?;
+    tarball::extract(
+        BufReader::new(file),
+        &dir,
+        &archive.display().to_string(),
+        &ExtractOptions::default(),
+    )?;
+    let result = (|| {
+        let manifest_path = dir.join("manifest.json");
+        let text = fs::read(&manifest_path).map_err(io(&manifest_path))?;
+        let manifests: Vec<DockerManifest> = serde_json::from_slice(&text)
+            .map_err(|e| invalid(&source_name, format!("manifest.json: {e}")))?;
+        let [manifest] = manifests.as_slice() else {
+            return Err(invalid(
+                &source_name,
+                "the archive holds several images; save one at a time",
+            ));
+        };
+        let inside = |p: &str| -> Result<PathBuf> {
+            if Path::new(p)
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(invalid(&source_name, format!("{p} leaves the archive")));
+            }
+            Ok(dir.join(p))
+        };
+        let config_path = inside(&manifest.config)?;
+        let config_bytes = fs::read(&config_path).map_err(io(&config_path))?;
+        let config = ImageConfiguration::from_reader(&config_bytes[..])
+            .map_err(|e| invalid(&source_name, format!("config: {e}")))?;
+        let mut layers = Vec::new();
+        for layer in &manifest.layers {
+            let path = inside(layer)?;
+            let data = fs::read(&path).map_err(io(&path))?;
+            let media = match Compression::detect(&data[..data.len().min(8)]) {
+                Compression::Gzip => MediaType::ImageLayerGzip,
+                Compression::Zstd => MediaType::ImageLayerZstd,
+                Compression::None => MediaType::ImageLayer,
+            };
+            layers.push(store.put_blob(media, &data)?);
+        }
+        finish_image(
+            store,
+            &config,
+            layers,
+            name,
+            Version {
+                major: 1,
+                minor: 0,
+                patch: 0,
+            },
+            &source,
+        )
+    })();
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
