@@ -56,8 +56,13 @@ pub enum TestReport {
     Disabled,
     /// No component has a test phase.
     None,
-    Passed { log: String },
-    Failed { log: String, message: String },
+    Passed {
+        log: String,
+    },
+    Failed {
+        log: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -83,9 +88,20 @@ pub enum BakeError {
     #[error(transparent)]
     Import(#[from] ImportError),
     #[error("component {component}: {what}: {error}")]
-    Setup { component: String, what: &'static str, error: String },
+    Setup {
+        component: String,
+        what: &'static str,
+        error: String,
+    },
     #[error("component {component}: phase {phase}, step {step} failed: {message}\n  log: {log}{}", kept.as_ref().map(|k| format!("\n  build root kept at {k} (unmount it with `umount {k}` when done)")).unwrap_or_default())]
-    Component { component: String, phase: String, step: String, message: String, log: String, kept: Option<String> },
+    Component {
+        component: String,
+        phase: String,
+        step: String,
+        message: String,
+        log: String,
+        kept: Option<String>,
+    },
 }
 
 fn hash(parts: &serde_json::Value) -> String {
@@ -95,7 +111,12 @@ fn hash(parts: &serde_json::Value) -> String {
 /// What goes into one component's layer: the layers below (through the
 /// previous key), the document, its parameters and the bake settings it
 /// sees. Any change gives a new key, and only then does the layer rebuild.
-fn component_key(below: &str, doc: &Document, params: &BTreeMap<String, String>, recipe: &Recipe) -> String {
+fn component_key(
+    below: &str,
+    doc: &Document,
+    params: &BTreeMap<String, String>,
+    recipe: &Recipe,
+) -> String {
     hash(&serde_json::json!({
         "format": 1,
         "below": below,
@@ -111,25 +132,52 @@ fn component_key(below: &str, doc: &Document, params: &BTreeMap<String, String>,
 /// Digests of the documents an ExecuteDocument step names literally.
 fn nested_documents(doc: &Document) -> Vec<String> {
     let mut out = Vec::new();
-    for step in doc.phases.iter().flat_map(|p| &p.steps).filter(|s| s.action == "ExecuteDocument") {
-        if let Some(path) = step.inputs.as_ref().and_then(|i| i.get("document")).and_then(|d| d.scalar()).filter(|p| !p.contains("{{")) {
+    for step in doc
+        .phases
+        .iter()
+        .flat_map(|p| &p.steps)
+        .filter(|s| s.action == "ExecuteDocument")
+    {
+        if let Some(path) = step
+            .inputs
+            .as_ref()
+            .and_then(|i| i.get("document"))
+            .and_then(|d| d.scalar())
+            .filter(|p| !p.contains("{{"))
+        {
             let full = doc.path.parent().unwrap_or(Path::new(".")).join(path);
-            let digest = std::fs::read(&full).map(|d| hex::encode(Sha256::digest(&d))).unwrap_or_else(|_| "missing".into());
+            let digest = std::fs::read(&full)
+                .map(|d| hex::encode(Sha256::digest(&d)))
+                .unwrap_or_else(|_| "missing".into());
             out.push(format!("{path}:{digest}"));
         }
     }
     out
 }
 
-pub fn bake(store: &Store, recipe: &Recipe, opts: &BakeOptions, observer: &mut dyn BakeObserver) -> Result<BakeReport, BakeError> {
+pub fn bake(
+    store: &Store,
+    recipe: &Recipe,
+    opts: &BakeOptions,
+    observer: &mut dyn BakeObserver,
+) -> Result<BakeReport, BakeError> {
     let started = Instant::now();
     let _lock = store.lock()?;
     recover(store, observer);
-    let documents: Vec<Document> = recipe.components.iter().map(|c| kiln_toe::load(&c.path)).collect::<Result<_, _>>()?;
+    let documents: Vec<Document> = recipe
+        .components
+        .iter()
+        .map(|c| kiln_toe::load(&c.path))
+        .collect::<Result<_, _>>()?;
     let parent_ref = ParentRef::parse(&recipe.parent)
-        .map_err(|why| ParentError::Build { parent: recipe.parent.clone(), why })?
+        .map_err(|why| ParentError::Build {
+            parent: recipe.parent.clone(),
+            why,
+        })?
         .relative_to(recipe.path.parent().unwrap_or(Path::new(".")));
-    let parent = parent::resolve(store, &parent_ref, &recipe.parent, &mut |m| observer.event(m))?;
+    let parent = parent::resolve(store, &parent_ref, &recipe.parent, &mut |m| {
+        observer.event(m)
+    })?;
     let parent_manifest = store.manifest(&parent)?;
     let parent_config = store.config(&parent_manifest)?;
 
@@ -146,16 +194,46 @@ pub fn bake(store: &Store, recipe: &Recipe, opts: &BakeOptions, observer: &mut d
         "source_commit": opts.source_commit,
     }));
     if let Some(image) = store.images()?.into_iter().rev().find(|i| {
-        i.name == recipe.name && i.version == recipe.version && i.status == Status::Available && i.annotation(ANNOTATION_RECIPE_KEY) == Some(&recipe_key)
+        i.name == recipe.name
+            && i.version == recipe.version
+            && i.status == Status::Available
+            && i.annotation(ANNOTATION_RECIPE_KEY) == Some(&recipe_key)
     }) {
-        observer.event(&format!("unchanged: {} is already baked from these inputs", image.reference()));
-        let components = recipe.components.iter().map(|c| ComponentReport { path: c.path.clone(), cached: true, layer: String::new(), size: 0, seconds: 0.0, log: None }).collect();
+        observer.event(&format!(
+            "unchanged: {} is already baked from these inputs",
+            image.reference()
+        ));
+        let components = recipe
+            .components
+            .iter()
+            .map(|c| ComponentReport {
+                path: c.path.clone(),
+                cached: true,
+                layer: String::new(),
+                size: 0,
+                seconds: 0.0,
+                log: None,
+            })
+            .collect();
         let tests = match image.annotation(ANNOTATION_TESTS) {
             Some("disabled") => TestReport::Disabled,
             Some("none") => TestReport::None,
-            _ => TestReport::Passed { log: image.annotation(ANNOTATION_TEST_LOG).unwrap_or_default().to_string() },
+            _ => TestReport::Passed {
+                log: image
+                    .annotation(ANNOTATION_TEST_LOG)
+                    .unwrap_or_default()
+                    .to_string(),
+            },
         };
-        return Ok(BakeReport { image: image.reference(), digest: image.digest(), status: image.status, unchanged: true, components, tests, seconds: started.elapsed().as_secs_f64() });
+        return Ok(BakeReport {
+            image: image.reference(),
+            digest: image.digest(),
+            status: image.status,
+            unchanged: true,
+            components,
+            tests,
+            seconds: started.elapsed().as_secs_f64(),
+        });
     }
 
     let mut lowers = import::unpack_layers(store, &parent_manifest)?;
@@ -163,8 +241,16 @@ pub fn bake(store: &Store, recipe: &Recipe, opts: &BakeOptions, observer: &mut d
     let mut diff_ids: Vec<String> = parent_config.rootfs().diff_ids().clone();
     let mut history = parent_config.history().clone().unwrap_or_default();
     // One history entry per layer, so that each layer shows where it came from.
-    while history.iter().filter(|h| h.empty_layer() != Some(true)).count() < layers.len() {
-        let entry = HistoryBuilder::default().created_by(format!("parent {}", recipe.parent)).build().map_err(|e| setup(&recipe.name, "history", e))?;
+    while history
+        .iter()
+        .filter(|h| h.empty_layer() != Some(true))
+        .count()
+        < layers.len()
+    {
+        let entry = HistoryBuilder::default()
+            .created_by(format!("parent {}", recipe.parent))
+            .build()
+            .map_err(|e| setup(&recipe.name, "history", e))?;
         history.push(entry);
     }
     let mut reports = Vec::new();
@@ -174,53 +260,118 @@ pub fn bake(store: &Store, recipe: &Recipe, opts: &BakeOptions, observer: &mut d
         let cached = store.cached_layer(key);
         let (layer, log) = match cached {
             Some(layer) => {
-                observer.event(&format!("{shown}: from cache (layer {})", short(&layer.digest)));
+                observer.event(&format!(
+                    "{shown}: from cache (layer {})",
+                    short(&layer.digest)
+                ));
                 (layer, None)
             }
             None => {
                 observer.event(&format!("{shown}: running build and validate"));
-                let (layer, log) = run_component(store, recipe, opts, doc, component, &lowers, observer)?;
+                let (layer, log) =
+                    run_component(store, recipe, opts, doc, component, &lowers, observer)?;
                 store.put_cached_layer(key, &layer)?;
                 (layer, Some(log))
             }
         };
         let dir = import::unpack_layer(store, &layer.digest, &layer.diff_id)?;
         lowers.push(dir);
-        layers.push(Descriptor::new(MediaType::from(layer.media_type.as_str()), layer.size, kiln_image::store::parse_digest(&layer.digest)?));
+        layers.push(Descriptor::new(
+            MediaType::from(layer.media_type.as_str()),
+            layer.size,
+            kiln_image::store::parse_digest(&layer.digest)?,
+        ));
         diff_ids.push(layer.diff_id.clone());
-        history.push(HistoryBuilder::default().created(jiff::Timestamp::now().to_string()).created_by(format!("kiln component {}", file_name(&component.path))).build().map_err(|e| setup(&shown, "history", e))?);
-        reports.push(ComponentReport { path: component.path.clone(), cached: log.is_none(), layer: layer.digest.clone(), size: layer.size, seconds: t.elapsed().as_secs_f64(), log });
+        history.push(
+            HistoryBuilder::default()
+                .created(jiff::Timestamp::now().to_string())
+                .created_by(format!("kiln component {}", file_name(&component.path)))
+                .build()
+                .map_err(|e| setup(&shown, "history", e))?,
+        );
+        reports.push(ComponentReport {
+            path: component.path.clone(),
+            cached: log.is_none(),
+            layer: layer.digest.clone(),
+            size: layer.size,
+            seconds: t.elapsed().as_secs_f64(),
+            log,
+        });
     }
 
     let build = store.next_build(&recipe.name, recipe.version)?;
     let reference = format!("{}/{}/{}", recipe.name, recipe.version, build);
-    let config = image_config(recipe, &parent, &parent_config, &documents, diff_ids, history, &reference, opts)?;
+    let config = image_config(
+        recipe,
+        &parent,
+        &parent_config,
+        &documents,
+        diff_ids,
+        history,
+        &reference,
+        opts,
+    )?;
     let manifest = import::write_manifest(store, &config, layers)?;
 
     let tests = test_gate(store, recipe, opts, &documents, &lowers, &config, observer)?;
-    let status = if matches!(tests, TestReport::Failed { .. }) { Status::Failed } else { Status::Available };
+    let status = if matches!(tests, TestReport::Failed { .. }) {
+        Status::Failed
+    } else {
+        Status::Available
+    };
     let mut annotations = HashMap::from([
         (ANNOTATION_RECIPE_KEY.to_string(), recipe_key),
-        (import::ANNOTATION_SOURCE.to_string(), format!("recipe:{}", recipe.path.display())),
-        (ANNOTATION_TESTS.to_string(), match &tests {
-            TestReport::Disabled => "disabled",
-            TestReport::None => "none",
-            TestReport::Passed { .. } => "passed",
-            TestReport::Failed { .. } => "failed",
-        }.to_string()),
+        (
+            import::ANNOTATION_SOURCE.to_string(),
+            format!("recipe:{}", recipe.path.display()),
+        ),
+        (
+            ANNOTATION_TESTS.to_string(),
+            match &tests {
+                TestReport::Disabled => "disabled",
+                TestReport::None => "none",
+                TestReport::Passed { .. } => "passed",
+                TestReport::Failed { .. } => "failed",
+            }
+            .to_string(),
+        ),
     ]);
     if let TestReport::Passed { log } | TestReport::Failed { log, .. } = &tests {
         let data = std::fs::read(log).unwrap_or_default();
         let blob = store.put_blob(MediaType::Other("text/plain".into()), &data)?;
         annotations.insert(ANNOTATION_TEST_LOG.to_string(), blob.digest().to_string());
     }
-    let image = store.add_image(manifest, &recipe.name, recipe.version, build, status, annotations)?;
-    observer.event(&format!("{} {} ({})", image.reference(), image.status, short(&image.digest())));
-    Ok(BakeReport { image: image.reference(), digest: image.digest(), status, unchanged: false, components: reports, tests, seconds: started.elapsed().as_secs_f64() })
+    let image = store.add_image(
+        manifest,
+        &recipe.name,
+        recipe.version,
+        build,
+        status,
+        annotations,
+    )?;
+    observer.event(&format!(
+        "{} {} ({})",
+        image.reference(),
+        image.status,
+        short(&image.digest())
+    ));
+    Ok(BakeReport {
+        image: image.reference(),
+        digest: image.digest(),
+        status,
+        unchanged: false,
+        components: reports,
+        tests,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 fn setup(component: &str, what: &'static str, e: impl std::fmt::Display) -> BakeError {
-    BakeError::Setup { component: component.to_string(), what, error: e.to_string() }
+    BakeError::Setup {
+        component: component.to_string(),
+        what,
+        error: e.to_string(),
+    }
 }
 
 fn short(digest: &str) -> &str {
@@ -229,14 +380,19 @@ fn short(digest: &str) -> &str {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Unmounts what a killed bake left mounted and clears its temporary files.
 fn recover(store: &Store, observer: &mut dyn BakeObserver) {
     let tmp = store.dir().join("tmp");
     for m in crate::mounts::unmount_below(&tmp) {
-        observer.event(&format!("unmounted {} left by an interrupted bake", m.display()));
+        observer.event(&format!(
+            "unmounted {} left by an interrupted bake",
+            m.display()
+        ));
     }
     if let Err(e) = store.clean_temp() {
         observer.event(&format!("could not clean the store's temporary files: {e}"));
@@ -253,8 +409,17 @@ impl Overlay {
     fn mount(store: &Store, lowers: &[PathBuf], what: &str) -> Result<Overlay, BakeError> {
         let dir = store.temp_path(what);
         let top_first: Vec<&Path> = lowers.iter().rev().map(PathBuf::as_path).collect();
-        let mount = OverlayMount::mount(&top_first, &dir.join("upper"), &dir.join("work"), &dir.join("merged")).map_err(|e| setup(what, "overlay", e))?;
-        Ok(Overlay { dir, mount: Some(mount) })
+        let mount = OverlayMount::mount(
+            &top_first,
+            &dir.join("upper"),
+            &dir.join("work"),
+            &dir.join("merged"),
+        )
+        .map_err(|e| setup(what, "overlay", e))?;
+        Ok(Overlay {
+            dir,
+            mount: Some(mount),
+        })
     }
 
     fn merged(&self) -> PathBuf {
@@ -284,18 +449,28 @@ impl Drop for Overlay {
 
 fn instance(root: &Path, recipe: &Recipe, opts: &BakeOptions) -> Result<Instance, BakeError> {
     let root = Root::open(root).map_err(|e| setup(&recipe.name, "root", e))?;
-    root.create_dir_all(&recipe.working_directory, 0o755).map_err(|e| setup(&recipe.name, "working directory", e))?;
+    root.create_dir_all(&recipe.working_directory, 0o755)
+        .map_err(|e| setup(&recipe.name, "working directory", e))?;
     Ok(Instance {
         root,
         isolation: opts.isolation.clone(),
         hostname: recipe.name.clone(),
         workdir: recipe.working_directory.clone(),
-        env: recipe.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        env: recipe
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         allow_sh: recipe.allow_sh,
     })
 }
 
-fn run_options(opts: &BakeOptions, params: &BTreeMap<String, String>, phases: &[&str], deadline: Option<Instant>) -> RunOptions {
+fn run_options(
+    opts: &BakeOptions,
+    params: &BTreeMap<String, String>,
+    phases: &[&str],
+    deadline: Option<Instant>,
+) -> RunOptions {
     RunOptions {
         phases: Some(phases.iter().map(|p| p.to_string()).collect()),
         parameters: params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -320,13 +495,21 @@ fn run_component(
     let shown = component.path.display().to_string();
     let mut overlay = Overlay::mount(store, lowers, "bake")?;
     let inst = instance(&overlay.merged(), recipe, opts)?;
-    let execution = kiln_toe::run(std::slice::from_ref(doc), &inst, &run_options(opts, &component.parameters, &["build", "validate"], None), observer)
-        .map_err(|e| setup(&shown, "run", e))?;
+    let execution = kiln_toe::run(
+        std::slice::from_ref(doc),
+        &inst,
+        &run_options(opts, &component.parameters, &["build", "validate"], None),
+        observer,
+    )
+    .map_err(|e| setup(&shown, "run", e))?;
     drop(inst);
     if let Some((_, phase, step)) = execution.failed_step() {
         let kept = if opts.keep_on_failure {
             let mount = overlay.mount.take();
-            let kept_dir = store.dir().join("kept").join(overlay.dir.file_name().unwrap_or_default());
+            let kept_dir = store
+                .dir()
+                .join("kept")
+                .join(overlay.dir.file_name().unwrap_or_default());
             let _ = std::fs::create_dir_all(store.dir().join("kept"));
             if let Some(m) = mount {
                 // Moving the directory keeps the mount; it leaves the
@@ -349,12 +532,24 @@ fn run_component(
         });
     }
     if !execution.status.is_success() {
-        return Err(BakeError::Component { component: shown, phase: String::new(), step: String::new(), message: execution.failure_message, log: execution.log_url, kept: None });
+        return Err(BakeError::Component {
+            component: shown,
+            phase: String::new(),
+            step: String::new(),
+            message: execution.failure_message,
+            log: execution.log_url,
+            kept: None,
+        });
     }
     overlay.unmount()?;
     let (descriptor, info) = import::write_layer(store, &overlay.upper(), true)?;
     store.put_unpacked_layer(&overlay.upper(), &info.diff_id)?;
-    let layer = CachedLayer { digest: descriptor.digest().to_string(), diff_id: info.diff_id, size: info.size, media_type: descriptor.media_type().to_string() };
+    let layer = CachedLayer {
+        digest: descriptor.digest().to_string(),
+        diff_id: info.diff_id,
+        size: info.size,
+        media_type: descriptor.media_type().to_string(),
+    };
     Ok((layer, execution.log_url))
 }
 
@@ -373,31 +568,57 @@ fn image_config(
     let mut labels = base.labels().clone().unwrap_or_default();
     labels.insert(LABEL_VERSION.into(), reference.into());
     let recipe_text = std::fs::read(&recipe.path).unwrap_or_default();
-    labels.insert(LABEL_RECIPE.into(), format!("sha256:{}", hex::encode(Sha256::digest(&recipe_text))));
+    labels.insert(
+        LABEL_RECIPE.into(),
+        format!("sha256:{}", hex::encode(Sha256::digest(&recipe_text))),
+    );
     labels.insert(LABEL_PARENT.into(), recipe.parent.clone());
     labels.insert(LABEL_PARENT_DIGEST.into(), parent.digest());
     for (i, doc) in documents.iter().enumerate() {
         labels.insert(format!("dev.kiln.component.{i}.path"), file_name(&doc.path));
-        labels.insert(format!("dev.kiln.component.{i}.digest"), format!("sha256:{}", hex::encode(Sha256::digest(doc.source.as_bytes()))));
+        labels.insert(
+            format!("dev.kiln.component.{i}.digest"),
+            format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(doc.source.as_bytes()))
+            ),
+        );
     }
     if let Some(commit) = &opts.source_commit {
         labels.insert(LABEL_SOURCE_COMMIT.into(), commit.clone());
     }
-    let mut env = base.env().clone().unwrap_or_else(|| vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()]);
+    let mut env = base.env().clone().unwrap_or_else(|| {
+        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()]
+    });
     for (k, v) in &recipe.env {
         env.retain(|e| !e.starts_with(&format!("{k}=")));
         env.push(format!("{k}={v}"));
     }
-    let mut builder = ConfigBuilder::default().labels(labels).env(env).working_dir(recipe.working_directory.clone());
-    let entrypoint = if recipe.entrypoint.is_empty() { base.entrypoint().clone() } else { Some(recipe.entrypoint.clone()) };
+    let mut builder = ConfigBuilder::default()
+        .labels(labels)
+        .env(env)
+        .working_dir(recipe.working_directory.clone());
+    let entrypoint = if recipe.entrypoint.is_empty() {
+        base.entrypoint().clone()
+    } else {
+        Some(recipe.entrypoint.clone())
+    };
     if let Some(e) = entrypoint {
         builder = builder.entrypoint(e);
     }
-    let cmd = if recipe.cmd.is_empty() { base.cmd().clone() } else { Some(recipe.cmd.clone()) };
+    let cmd = if recipe.cmd.is_empty() {
+        base.cmd().clone()
+    } else {
+        Some(recipe.cmd.clone())
+    };
     if let Some(c) = cmd {
         builder = builder.cmd(c);
     }
-    let user = if recipe.user.is_empty() { base.user().clone() } else { Some(recipe.user.clone()) };
+    let user = if recipe.user.is_empty() {
+        base.user().clone()
+    } else {
+        Some(recipe.user.clone())
+    };
     if let Some(u) = user {
         builder = builder.user(u);
     }
@@ -408,8 +629,14 @@ fn image_config(
     if !ports.is_empty() {
         builder = builder.exposed_ports(ports);
     }
-    let config = builder.build().map_err(|e| setup(&recipe.name, "config", e))?;
-    let rootfs = oci_spec::image::RootFsBuilder::default().typ("layers").diff_ids(diff_ids).build().map_err(|e| setup(&recipe.name, "config", e))?;
+    let config = builder
+        .build()
+        .map_err(|e| setup(&recipe.name, "config", e))?;
+    let rootfs = oci_spec::image::RootFsBuilder::default()
+        .typ("layers")
+        .diff_ids(diff_ids)
+        .build()
+        .map_err(|e| setup(&recipe.name, "config", e))?;
     oci_spec::image::ImageConfigurationBuilder::default()
         .architecture(parent_config.architecture().clone())
         .os(parent_config.os().clone())
@@ -446,7 +673,8 @@ fn test_gate(
     let log_dir = opts.log_root.join(format!("test-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&log_dir).map_err(|e| setup(&recipe.name, "test log", e))?;
     let log_path = log_dir.join("test.log");
-    let entrypoint = start_entrypoint(&inst, config, &log_dir).map_err(|e| setup(&recipe.name, "entrypoint", e))?;
+    let entrypoint = start_entrypoint(&inst, config, &log_dir)
+        .map_err(|e| setup(&recipe.name, "entrypoint", e))?;
     let deadline = Some(Instant::now() + recipe.tests.timeout);
     let mut log = String::new();
     let mut failure = None;
@@ -454,13 +682,31 @@ fn test_gate(
         if doc.phase("test").is_none() {
             continue;
         }
-        let execution = kiln_toe::run(std::slice::from_ref(doc), &inst, &run_options(opts, &component.parameters, &["test"], deadline), observer)
-            .map_err(|e| setup(&component.path.display().to_string(), "test run", e))?;
-        log.push_str(&format!("== {} ({})\n", component.path.display(), execution.log_url));
-        log.push_str(&std::fs::read_to_string(Path::new(&execution.log_url).join("console.log")).unwrap_or_default());
+        let execution = kiln_toe::run(
+            std::slice::from_ref(doc),
+            &inst,
+            &run_options(opts, &component.parameters, &["test"], deadline),
+            observer,
+        )
+        .map_err(|e| setup(&component.path.display().to_string(), "test run", e))?;
+        log.push_str(&format!(
+            "== {} ({})\n",
+            component.path.display(),
+            execution.log_url
+        ));
+        log.push_str(
+            &std::fs::read_to_string(Path::new(&execution.log_url).join("console.log"))
+                .unwrap_or_default(),
+        );
         if failure.is_none() {
             if let Some((_, phase, step)) = execution.failed_step() {
-                failure = Some(format!("{}: phase {}, step {} failed: {}", file_name(&component.path), phase.name, step.name, step.failure_message));
+                failure = Some(format!(
+                    "{}: phase {}, step {} failed: {}",
+                    file_name(&component.path),
+                    phase.name,
+                    step.name,
+                    step.failure_message
+                ));
             }
         }
     }
@@ -483,18 +729,43 @@ fn test_gate(
     })
 }
 
-fn start_entrypoint(inst: &Instance, config: &ImageConfiguration, log_dir: &Path) -> std::io::Result<Option<std::process::Child>> {
-    let Some(c) = config.config() else { return Ok(None) };
+fn start_entrypoint(
+    inst: &Instance,
+    config: &ImageConfiguration,
+    log_dir: &Path,
+) -> std::io::Result<Option<std::process::Child>> {
+    let Some(c) = config.config() else {
+        return Ok(None);
+    };
     let mut argv = c.entrypoint().clone().unwrap_or_default();
     argv.extend(c.cmd().clone().unwrap_or_default());
     if argv.is_empty() {
         return Ok(None);
     }
-    let env = c.env().clone().unwrap_or_default().iter().filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect();
-    let spec = ProcessSpec { argv, env, cwd: c.working_dir().clone().unwrap_or_else(|| "/".into()), hostname: inst.hostname.clone() };
-    let mut cmd = inst.isolation.command(inst.root.host_path(), &spec).map_err(std::io::Error::other)?;
+    let env = c
+        .env()
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| {
+            e.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    let spec = ProcessSpec {
+        argv,
+        env,
+        cwd: c.working_dir().clone().unwrap_or_else(|| "/".into()),
+        hostname: inst.hostname.clone(),
+    };
+    let mut cmd = inst
+        .isolation
+        .command(inst.root.host_path(), &spec)
+        .map_err(std::io::Error::other)?;
     let out = std::fs::File::create(log_dir.join("entrypoint.log"))?;
-    cmd.stdin(std::process::Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
     let child = cmd.spawn()?;
     // Give the service a moment to bind before the tests start knocking;
     // tests should still retry, as they would against a booting server.

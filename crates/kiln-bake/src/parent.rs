@@ -25,14 +25,19 @@ pub enum ParentError {
     #[error("parent {parent}: {source}")]
     Import { parent: String, source: ImportError },
     #[error("parent {parent}: {source}")]
-    Store { parent: String, source: kiln_image::StoreError },
+    Store {
+        parent: String,
+        source: kiln_image::StoreError,
+    },
     #[error("parent {parent}: {why}")]
     Build { parent: String, why: String },
 }
 
 fn split_tag(rest: &str) -> (PathBuf, Option<String>) {
     match rest.rsplit_once(':') {
-        Some((path, tag)) if !tag.contains('/') && !tag.is_empty() => (PathBuf::from(path), Some(tag.to_string())),
+        Some((path, tag)) if !tag.contains('/') && !tag.is_empty() => {
+            (PathBuf::from(path), Some(tag.to_string()))
+        }
         _ => (PathBuf::from(rest), None),
     }
 }
@@ -42,7 +47,9 @@ impl ParentRef {
         let (transport, rest) = text.split_once(':').unwrap_or((text, ""));
         Ok(match (transport, rest) {
             ("busybox", "") => ParentRef::Busybox,
-            ("debian", suite) if kiln_toe::vars::is_name(suite) => ParentRef::Debian(suite.to_string()),
+            ("debian", suite) if kiln_toe::vars::is_name(suite) => {
+                ParentRef::Debian(suite.to_string())
+            }
             ("oci", rest) if !rest.is_empty() => {
                 let (dir, tag) = split_tag(rest);
                 ParentRef::Oci { dir, tag }
@@ -51,7 +58,9 @@ impl ParentRef {
                 let (path, tag) = split_tag(rest);
                 ParentRef::OciArchive { path, tag }
             }
-            ("docker-archive", path) if !path.is_empty() => ParentRef::DockerArchive(PathBuf::from(path)),
+            ("docker-archive", path) if !path.is_empty() => {
+                ParentRef::DockerArchive(PathBuf::from(path))
+            }
             ("rootfs", path) if !path.is_empty() => ParentRef::Rootfs(PathBuf::from(path)),
             ("kiln", image) if !image.is_empty() => ParentRef::Kiln(image.to_string()),
             _ => {
@@ -67,7 +76,10 @@ impl ParentRef {
         let fix = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         match self {
             ParentRef::Oci { dir, tag } => ParentRef::Oci { dir: fix(dir), tag },
-            ParentRef::OciArchive { path, tag } => ParentRef::OciArchive { path: fix(path), tag },
+            ParentRef::OciArchive { path, tag } => ParentRef::OciArchive {
+                path: fix(path),
+                tag,
+            },
             ParentRef::DockerArchive(p) => ParentRef::DockerArchive(fix(p)),
             ParentRef::Rootfs(p) => ParentRef::Rootfs(fix(p)),
             other => other,
@@ -77,35 +89,86 @@ impl ParentRef {
 
 /// Finds or makes the parent image in the store. The caller holds the
 /// store lock.
-pub fn resolve(store: &Store, parent: &ParentRef, text: &str, progress: &mut dyn FnMut(&str)) -> Result<ImageRecord, ParentError> {
-    let imp = |source: ImportError| ParentError::Import { parent: text.to_string(), source };
-    let file_name = |p: &Path| p.file_stem().map(|s| s.to_string_lossy().replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-")).unwrap_or_default();
+pub fn resolve(
+    store: &Store,
+    parent: &ParentRef,
+    text: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<ImageRecord, ParentError> {
+    let imp = |source: ImportError| ParentError::Import {
+        parent: text.to_string(),
+        source,
+    };
+    let file_name = |p: &Path| {
+        p.file_stem()
+            .map(|s| {
+                s.to_string_lossy()
+                    .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-")
+            })
+            .unwrap_or_default()
+    };
     match parent {
-        ParentRef::Kiln(image) => store.resolve_deployable(image).map_err(|source| ParentError::Store { parent: text.into(), source }),
+        ParentRef::Kiln(image) => {
+            store
+                .resolve_deployable(image)
+                .map_err(|source| ParentError::Store {
+                    parent: text.into(),
+                    source,
+                })
+        }
         ParentRef::Busybox => busybox(store, progress).map_err(imp),
         ParentRef::Debian(suite) => debian(store, suite, text, progress),
-        ParentRef::Rootfs(path) => import::import_rootfs_tar(store, path, &format!("rootfs-{}", file_name(path))).map_err(imp),
-        ParentRef::Oci { dir, tag } => import::import_oci_dir(store, dir, tag.as_deref(), &format!("oci-{}", file_name(dir))).map_err(imp),
-        ParentRef::OciArchive { path, tag } => {
-            import::import_oci_archive(store, path, tag.as_deref(), &format!("oci-{}", file_name(path))).map_err(imp)
+        ParentRef::Rootfs(path) => {
+            import::import_rootfs_tar(store, path, &format!("rootfs-{}", file_name(path)))
+                .map_err(imp)
         }
-        ParentRef::DockerArchive(path) => import::import_docker_archive(store, path, &format!("docker-{}", file_name(path))).map_err(imp),
+        ParentRef::Oci { dir, tag } => import::import_oci_dir(
+            store,
+            dir,
+            tag.as_deref(),
+            &format!("oci-{}", file_name(dir)),
+        )
+        .map_err(imp),
+        ParentRef::OciArchive { path, tag } => import::import_oci_archive(
+            store,
+            path,
+            tag.as_deref(),
+            &format!("oci-{}", file_name(path)),
+        )
+        .map_err(imp),
+        ParentRef::DockerArchive(path) => {
+            import::import_docker_archive(store, path, &format!("docker-{}", file_name(path)))
+                .map_err(imp)
+        }
     }
 }
 
 /// The busybox parent, keyed by the host busybox binary's digest so that
 /// an upgraded package makes a new parent.
 fn busybox(store: &Store, progress: &mut dyn FnMut(&str)) -> Result<ImageRecord, ImportError> {
-    let binary = kiln_sandbox::busybox::find().map_err(|e| ImportError::Invalid { source_name: "busybox".into(), why: e.to_string() })?;
-    let data = std::fs::read(&binary).map_err(|error| ImportError::Io { path: binary.clone(), error })?;
+    let binary = kiln_sandbox::busybox::find().map_err(|e| ImportError::Invalid {
+        source_name: "busybox".into(),
+        why: e.to_string(),
+    })?;
+    let data = std::fs::read(&binary).map_err(|error| ImportError::Io {
+        path: binary.clone(),
+        error,
+    })?;
     let source = format!("busybox:sha256:{}", kiln_image::store::sha256_hex(&data));
     if let Some(found) = import::find_by_source(store, &source)? {
         return Ok(found);
     }
     progress("assembling the busybox parent image");
     let tree = store.temp_path("busybox");
-    kiln_sandbox::busybox::assemble(&tree).map_err(|e| ImportError::Invalid { source_name: "busybox".into(), why: e.to_string() })?;
-    let version = busybox_version(&binary).unwrap_or(Version { major: 1, minor: 0, patch: 0 });
+    kiln_sandbox::busybox::assemble(&tree).map_err(|e| ImportError::Invalid {
+        source_name: "busybox".into(),
+        why: e.to_string(),
+    })?;
+    let version = busybox_version(&binary).unwrap_or(Version {
+        major: 1,
+        minor: 0,
+        patch: 0,
+    });
     import::image_from_tree(store, &tree, "busybox", version, &source)
 }
 
@@ -118,40 +181,85 @@ fn busybox_version(binary: &Path) -> Option<Version> {
 
 /// A Debian parent made with mmdebstrap from the machine's own apt
 /// sources, so it works wherever the host's package mirror is reachable.
-fn debian(store: &Store, suite: &str, text: &str, progress: &mut dyn FnMut(&str)) -> Result<ImageRecord, ParentError> {
-    let imp = |source: ImportError| ParentError::Import { parent: text.to_string(), source };
+fn debian(
+    store: &Store,
+    suite: &str,
+    text: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<ImageRecord, ParentError> {
+    let imp = |source: ImportError| ParentError::Import {
+        parent: text.to_string(),
+        source,
+    };
     let source = format!("debian:{suite}");
     if let Some(found) = import::find_by_source(store, &source).map_err(imp)? {
         return Ok(found);
     }
-    let build = |why: String| ParentError::Build { parent: text.to_string(), why };
+    let build = |why: String| ParentError::Build {
+        parent: text.to_string(),
+        why,
+    };
     if kiln_sandbox::probe::find_on_path("mmdebstrap").is_none() {
-        return Err(build("mmdebstrap is not installed: install the Debian package mmdebstrap".into()));
+        return Err(build(
+            "mmdebstrap is not installed: install the Debian package mmdebstrap".into(),
+        ));
     }
     let sources = apt_sources(suite).map_err(build)?;
-    progress(&format!("building the debian:{suite} parent image with mmdebstrap (once; later bakes reuse it)"));
+    progress(&format!(
+        "building the debian:{suite} parent image with mmdebstrap (once; later bakes reuse it)"
+    ));
     let tree = store.temp_path("debian");
     let mut cmd = Command::new("mmdebstrap");
-    cmd.args(["--variant=minbase", "--mode=root", "--quiet", suite]).arg(&tree).arg("-").stdin(Stdio::piped());
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| build(format!("cannot start mmdebstrap: {e}")))?;
+    cmd.args(["--variant=minbase", "--mode=root", "--quiet", suite])
+        .arg(&tree)
+        .arg("-")
+        .stdin(Stdio::piped());
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| build(format!("cannot start mmdebstrap: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
         use std::io::Write;
-        stdin.write_all(sources.as_bytes()).map_err(|e| build(format!("writing apt sources to mmdebstrap: {e}")))?;
+        stdin
+            .write_all(sources.as_bytes())
+            .map_err(|e| build(format!("writing apt sources to mmdebstrap: {e}")))?;
     }
-    let out = child.wait_with_output().map_err(|e| build(format!("mmdebstrap: {e}")))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| build(format!("mmdebstrap: {e}")))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: Vec<&str> = stderr
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         let _ = std::fs::remove_dir_all(&tree);
-        return Err(build(format!("mmdebstrap {suite} failed ({}):\n{}", out.status, tail.join("\n"))));
+        return Err(build(format!(
+            "mmdebstrap {suite} failed ({}):\n{}",
+            out.status,
+            tail.join("\n")
+        )));
     }
     let version = std::fs::read_to_string(tree.join("etc/debian_version"))
         .ok()
         .and_then(|v| {
             let mut parts = v.trim().split('.').map(|p| p.parse::<u64>().ok());
-            Some(Version { major: parts.next()??, minor: parts.next().flatten().unwrap_or(0), patch: 0 })
+            Some(Version {
+                major: parts.next()??,
+                minor: parts.next().flatten().unwrap_or(0),
+                patch: 0,
+            })
         })
-        .unwrap_or(Version { major: 1, minor: 0, patch: 0 });
+        .unwrap_or(Version {
+            major: 1,
+            minor: 0,
+            patch: 0,
+        });
     import::image_from_tree(store, &tree, &format!("debian-{suite}"), version, &source).map_err(imp)
 }
 
@@ -160,13 +268,20 @@ fn debian(store: &Store, suite: &str, text: &str, progress: &mut dyn FnMut(&str)
 fn apt_sources(suite: &str) -> Result<String, String> {
     let host = std::fs::read_to_string("/etc/os-release")
         .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("VERSION_CODENAME=").map(|v| v.trim_matches('"').to_string())))
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("VERSION_CODENAME=")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+        })
         .filter(|c| !c.is_empty());
     let mut out = String::new();
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        let mut more: Vec<PathBuf> =
-            dir.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "sources" || e == "list")).collect();
+        let mut more: Vec<PathBuf> = dir
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "sources" || e == "list"))
+            .collect();
         more.sort();
         files.extend(more);
     }
@@ -174,7 +289,9 @@ fn apt_sources(suite: &str) -> Result<String, String> {
         if let Ok(text) = std::fs::read_to_string(&f) {
             // Only Debian's own archives: third-party repositories of the
             // host have no place in a base image.
-            let debian = text.contains("deb.debian.org") || text.contains("security.debian.org") || text.contains("/debian");
+            let debian = text.contains("deb.debian.org")
+                || text.contains("security.debian.org")
+                || text.contains("/debian");
             if debian && !text.trim().is_empty() {
                 let text = match &host {
                     Some(host) => text.replace(host.as_str(), suite),
@@ -186,7 +303,10 @@ fn apt_sources(suite: &str) -> Result<String, String> {
         }
     }
     if out.trim().is_empty() {
-        return Err("no Debian apt sources found in /etc/apt/sources.list or /etc/apt/sources.list.d".into());
+        return Err(
+            "no Debian apt sources found in /etc/apt/sources.list or /etc/apt/sources.list.d"
+                .into(),
+        );
     }
     Ok(out)
 }
@@ -198,10 +318,28 @@ mod tests {
     #[test]
     fn parents_use_skopeo_transport_names() {
         assert_eq!(ParentRef::parse("busybox"), Ok(ParentRef::Busybox));
-        assert_eq!(ParentRef::parse("debian:bookworm"), Ok(ParentRef::Debian("bookworm".into())));
-        assert_eq!(ParentRef::parse("oci:/x/layout:v1"), Ok(ParentRef::Oci { dir: "/x/layout".into(), tag: Some("v1".into()) }));
-        assert_eq!(ParentRef::parse("oci-archive:img.tar"), Ok(ParentRef::OciArchive { path: "img.tar".into(), tag: None }));
-        assert_eq!(ParentRef::parse("kiln:web/1.x.x"), Ok(ParentRef::Kiln("web/1.x.x".into())));
+        assert_eq!(
+            ParentRef::parse("debian:bookworm"),
+            Ok(ParentRef::Debian("bookworm".into()))
+        );
+        assert_eq!(
+            ParentRef::parse("oci:/x/layout:v1"),
+            Ok(ParentRef::Oci {
+                dir: "/x/layout".into(),
+                tag: Some("v1".into())
+            })
+        );
+        assert_eq!(
+            ParentRef::parse("oci-archive:img.tar"),
+            Ok(ParentRef::OciArchive {
+                path: "img.tar".into(),
+                tag: None
+            })
+        );
+        assert_eq!(
+            ParentRef::parse("kiln:web/1.x.x"),
+            Ok(ParentRef::Kiln("web/1.x.x".into()))
+        );
         assert!(ParentRef::parse("docker://nginx").is_err());
         assert!(ParentRef::parse("debian:").is_err());
     }

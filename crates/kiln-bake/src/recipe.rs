@@ -58,7 +58,18 @@ pub struct Tests {
 }
 
 const FIELDS: &[&str] = &[
-    "name", "version", "description", "parent", "components", "working_directory", "entrypoint", "cmd", "env", "user", "port", "shell",
+    "name",
+    "version",
+    "description",
+    "parent",
+    "components",
+    "working_directory",
+    "entrypoint",
+    "cmd",
+    "env",
+    "user",
+    "port",
+    "shell",
     "tests",
 ];
 
@@ -84,15 +95,29 @@ pub fn load(path: &Path) -> Result<Recipe, Diagnostics> {
 /// Reads a recipe from a node: a recipe file's root, or kiln.yaml's
 /// `image:` section (with `prefix` "image" for messages).
 pub fn from_node(node: &Node, path: &Path, prefix: &str, c: &mut Collector) -> Option<Recipe> {
-    let field = |name: &str| if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
+    let field = |name: &str| {
+        if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}.{name}")
+        }
+    };
     let Some(entries) = node.as_map() else {
-        c.push(node.pos, prefix, format!("a recipe is a map, found a {}", node.kind()));
+        c.push(
+            node.pos,
+            prefix,
+            format!("a recipe is a map, found a {}", node.kind()),
+        );
         return None;
     };
     for (key, _) in entries {
         let k = key.scalar().unwrap_or_default();
         if !FIELDS.contains(&k) {
-            c.push(key.pos, field(k), format!("unknown field (expected one of: {})", FIELDS.join(", ")));
+            c.push(
+                key.pos,
+                field(k),
+                format!("unknown field (expected one of: {})", FIELDS.join(", ")),
+            );
         }
     }
     let mut text = |name: &str, required: bool, c: &mut Collector| -> Option<(String, Pos)> {
@@ -100,7 +125,11 @@ pub fn from_node(node: &Node, path: &Path, prefix: &str, c: &mut Collector) -> O
             Some(v) => match v.scalar() {
                 Some(s) => Some((s.to_string(), v.pos)),
                 None => {
-                    c.push(v.pos, field(name), format!("expected a string, found a {}", v.kind()));
+                    c.push(
+                        v.pos,
+                        field(name),
+                        format!("expected a string, found a {}", v.kind()),
+                    );
                     None
                 }
             },
@@ -113,27 +142,40 @@ pub fn from_node(node: &Node, path: &Path, prefix: &str, c: &mut Collector) -> O
     };
     let name = text("name", true, c).map(|(s, pos)| {
         if !kiln_toe::vars::is_name(&s) {
-            c.push(pos, field("name"), format!("{s:?} is not a valid image name (letters, digits, - and _)"));
+            c.push(
+                pos,
+                field("name"),
+                format!("{s:?} is not a valid image name (letters, digits, - and _)"),
+            );
         }
         s
     });
-    let version = text("version", false, c).and_then(|(s, pos)| match s.parse::<kiln_image::Version>() {
-        Ok(v) => Some(v),
-        Err(e) => {
-            c.push(pos, field("version"), e.to_string());
-            None
-        }
-    });
-    let description = text("description", false, c).map(|t| t.0).unwrap_or_default();
+    let version =
+        text("version", false, c).and_then(|(s, pos)| match s.parse::<kiln_image::Version>() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                c.push(pos, field("version"), e.to_string());
+                None
+            }
+        });
+    let description = text("description", false, c)
+        .map(|t| t.0)
+        .unwrap_or_default();
     let parent = text("parent", true, c).map(|(p, pos)| {
         if let Err(e) = crate::parent::ParentRef::parse(&p) {
             c.push(pos, field("parent"), e);
         }
         p
     });
-    let working_directory = text("working_directory", false, c).map(|t| t.0).unwrap_or_else(|| "/".into());
+    let working_directory = text("working_directory", false, c)
+        .map(|t| t.0)
+        .unwrap_or_else(|| "/".into());
     if !working_directory.starts_with('/') {
-        c.push(node.get("working_directory").map_or(node.pos, |n| n.pos), field("working_directory"), "must be an absolute path");
+        c.push(
+            node.get("working_directory").map_or(node.pos, |n| n.pos),
+            field("working_directory"),
+            "must be an absolute path",
+        );
     }
     let user = text("user", false, c).map(|t| t.0).unwrap_or_default();
     let allow_sh = match text("shell", false, c) {
@@ -149,7 +191,10 @@ pub fn from_node(node: &Node, path: &Path, prefix: &str, c: &mut Collector) -> O
         match node.get(name) {
             None => Vec::new(),
             Some(v) => match v.as_seq() {
-                Some(items) if items.iter().all(|i| i.scalar().is_some()) => items.iter().filter_map(|i| i.scalar().map(str::to_string)).collect(),
+                Some(items) if items.iter().all(|i| i.scalar().is_some()) => items
+                    .iter()
+                    .filter_map(|i| i.scalar().map(str::to_string))
+                    .collect(),
                 _ => {
                     c.push(v.pos, field(name), "expected a list of strings");
                     Vec::new()
@@ -163,7 +208,11 @@ pub fn from_node(node: &Node, path: &Path, prefix: &str, c: &mut Collector) -> O
     let port = node.get("port").and_then(|p| match p.as_i64() {
         Some(n) if (1..=65535).contains(&n) => Some(n as u16),
         _ => {
-            c.push(p.pos, field("port"), "expected a port number from 1 to 65535");
+            c.push(
+                p.pos,
+                field("port"),
+                "expected a port number from 1 to 65535",
+            );
             None
         }
     });
@@ -173,7 +222,11 @@ pub fn from_node(node: &Node, path: &Path, prefix: &str, c: &mut Collector) -> O
     Some(Recipe {
         path: path.to_path_buf(),
         name: name?,
-        version: version.unwrap_or(kiln_image::Version { major: 1, minor: 0, patch: 0 }),
+        version: version.unwrap_or(kiln_image::Version {
+            major: 1,
+            minor: 0,
+            patch: 0,
+        }),
         description,
         parent: parent?,
         components,
@@ -192,7 +245,11 @@ fn string_map(node: Option<&Node>, field: &str, c: &mut Collector) -> BTreeMap<S
     let mut out = BTreeMap::new();
     let Some(node) = node else { return out };
     let Some(entries) = node.as_map() else {
-        c.push(node.pos, field, format!("expected a map of strings, found a {}", node.kind()));
+        c.push(
+            node.pos,
+            field,
+            format!("expected a map of strings, found a {}", node.kind()),
+        );
         return out;
     };
     for (k, v) in entries {
@@ -200,14 +257,21 @@ fn string_map(node: Option<&Node>, field: &str, c: &mut Collector) -> BTreeMap<S
             (Some(k), Some(v)) => {
                 out.insert(k.to_string(), v.to_string());
             }
-            _ => c.push(v.pos, format!("{field}.{}", k.scalar().unwrap_or_default()), "expected a string value"),
+            _ => c.push(
+                v.pos,
+                format!("{field}.{}", k.scalar().unwrap_or_default()),
+                "expected a string value",
+            ),
         }
     }
     out
 }
 
 fn tests(node: Option<&Node>, field: &str, c: &mut Collector) -> Tests {
-    let mut tests = Tests { enabled: true, timeout: Duration::from_secs(600) };
+    let mut tests = Tests {
+        enabled: true,
+        timeout: Duration::from_secs(600),
+    };
     let Some(node) = node else { return tests };
     if node.as_map().is_none() {
         c.push(node.pos, field, "expected a map with enabled and timeout");
@@ -221,9 +285,17 @@ fn tests(node: Option<&Node>, field: &str, c: &mut Collector) -> Tests {
             },
             Some("timeout") => match v.scalar().and_then(parse_duration) {
                 Some(d) => tests.timeout = d,
-                None => c.push(v.pos, format!("{field}.timeout"), "expected a duration such as 90s, 10m or 1h"),
+                None => c.push(
+                    v.pos,
+                    format!("{field}.timeout"),
+                    "expected a duration such as 90s, 10m or 1h",
+                ),
             },
-            other => c.push(k.pos, format!("{field}.{}", other.unwrap_or_default()), "unknown field (expected enabled, timeout)"),
+            other => c.push(
+                k.pos,
+                format!("{field}.{}", other.unwrap_or_default()),
+                "unknown field (expected enabled, timeout)",
+            ),
         }
     }
     tests
@@ -251,13 +323,20 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
             _ => return None,
         };
     }
-    number.is_empty().then_some(Duration::from_secs(total)).filter(|d| !d.is_zero())
+    number
+        .is_empty()
+        .then_some(Duration::from_secs(total))
+        .filter(|d| !d.is_zero())
 }
 
 fn components(node: Option<&Node>, field: &str, base: &Path, c: &mut Collector) -> Vec<Component> {
     let Some(node) = node else { return Vec::new() };
     let Some(items) = node.as_seq() else {
-        c.push(node.pos, field, format!("expected a list of components, found a {}", node.kind()));
+        c.push(
+            node.pos,
+            field,
+            format!("expected a list of components, found a {}", node.kind()),
+        );
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -269,19 +348,34 @@ fn components(node: Option<&Node>, field: &str, base: &Path, c: &mut Collector) 
         }
         for (k, _) in item.as_map().unwrap_or_default() {
             if !matches!(k.scalar(), Some("path" | "parameters")) {
-                c.push(k.pos, format!("{here}.{}", k.scalar().unwrap_or_default()), "unknown field (expected path, parameters)");
+                c.push(
+                    k.pos,
+                    format!("{here}.{}", k.scalar().unwrap_or_default()),
+                    "unknown field (expected path, parameters)",
+                );
             }
         }
         let Some(path) = item.get("path").and_then(Node::scalar) else {
-            c.push(item.pos, format!("{here}.path"), "required field is missing");
+            c.push(
+                item.pos,
+                format!("{here}.path"),
+                "required field is missing",
+            );
             continue;
         };
         let full = base.join(path);
         if !full.is_file() {
-            c.push(item.get("path").map_or(item.pos, |n| n.pos), format!("{here}.path"), format!("{} does not exist", full.display()));
+            c.push(
+                item.get("path").map_or(item.pos, |n| n.pos),
+                format!("{here}.path"),
+                format!("{} does not exist", full.display()),
+            );
         }
         let parameters = string_map(item.get("parameters"), &format!("{here}.parameters"), c);
-        out.push(Component { path: full, parameters });
+        out.push(Component {
+            path: full,
+            parameters,
+        });
     }
     out
 }
@@ -307,7 +401,10 @@ mod tests {
         std::fs::write(&path, "name: web\nversion: 1.2\nparent: busybox\ncomponents:\n  - path: c.yaml\n  - path: missing.yaml\nport: 99999\n").unwrap();
         let errors = load(&path).unwrap_err().to_string();
         assert!(errors.contains("r.yaml:2:10: version:"), "{errors}");
-        assert!(errors.contains("r.yaml:6:11: components[1].path:"), "{errors}");
+        assert!(
+            errors.contains("r.yaml:6:11: components[1].path:"),
+            "{errors}"
+        );
         assert!(errors.contains("r.yaml:7:7: port:"), "{errors}");
     }
 }

@@ -19,7 +19,9 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
-        Env { dir: tempfile::tempdir().unwrap() }
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -60,94 +62,207 @@ fn component(name: &str, build: &str, test: &str) -> String {
 }
 
 fn recipe(env: &Env, components: &[&str]) -> PathBuf {
-    let list: String = components.iter().map(|c| format!("  - path: {c}\n")).collect();
-    env.write("recipe.yaml", &format!("name: app\nversion: 1.2.0\nparent: busybox\nshell: sh\ncomponents:\n{list}"))
+    let list: String = components
+        .iter()
+        .map(|c| format!("  - path: {c}\n"))
+        .collect();
+    env.write(
+        "recipe.yaml",
+        &format!("name: app\nversion: 1.2.0\nparent: busybox\nshell: sh\ncomponents:\n{list}"),
+    )
 }
 
 #[test]
 fn a_bake_makes_an_image_with_one_layer_per_component_and_its_lineage() {
     let env = Env::new();
-    env.write("one.yaml", &component("one", "            - mkdir -p /opt/app && echo one > /opt/app/one", "            - grep -q one /opt/app/one"));
-    env.write("two.yaml", &component("two", "            - echo two > /opt/app/two\n            - rm /etc/hostname", "            - test ! -e /etc/hostname"));
+    env.write(
+        "one.yaml",
+        &component(
+            "one",
+            "            - mkdir -p /opt/app && echo one > /opt/app/one",
+            "            - grep -q one /opt/app/one",
+        ),
+    );
+    env.write(
+        "two.yaml",
+        &component(
+            "two",
+            "            - echo two > /opt/app/two\n            - rm /etc/hostname",
+            "            - test ! -e /etc/hostname",
+        ),
+    );
     let report = env.bake(&recipe(&env, &["one.yaml", "two.yaml"])).unwrap();
     assert_eq!(report.status, Status::Available);
     assert_eq!(report.image, "app/1.2.0/1");
-    assert!(matches!(report.tests, TestReport::Passed { .. }), "{:?}", report.tests);
+    assert!(
+        matches!(report.tests, TestReport::Passed { .. }),
+        "{:?}",
+        report.tests
+    );
     assert!(report.components.iter().all(|c| !c.cached));
 
     let store = env.store();
     let image = store.resolve("app/1.x.x").unwrap();
     assert_eq!(image.digest(), report.digest);
     let manifest = store.manifest(&image).unwrap();
-    assert_eq!(manifest.layers().len(), 3, "busybox base layer + one layer per component");
+    assert_eq!(
+        manifest.layers().len(),
+        3,
+        "busybox base layer + one layer per component"
+    );
     let config = store.config(&manifest).unwrap();
     let labels = config.config().clone().unwrap().labels().clone().unwrap();
     assert_eq!(labels["dev.kiln.source.commit"], "0123456789abcdef");
     assert_eq!(labels["dev.kiln.component.1.path"], "two.yaml");
-    assert_eq!(labels["dev.kiln.parent.digest"], store.resolve("busybox").unwrap().digest());
+    assert_eq!(
+        labels["dev.kiln.parent.digest"],
+        store.resolve("busybox").unwrap().digest()
+    );
     // The second component's deletion is a whiteout in its layer.
-    let top = store.unpacked_layer(&config.rootfs().diff_ids()[2]).unwrap();
-    assert!(std::os::unix::fs::FileTypeExt::is_char_device(&std::fs::symlink_metadata(top.join("etc/hostname")).unwrap().file_type()));
+    let top = store
+        .unpacked_layer(&config.rootfs().diff_ids()[2])
+        .unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &std::fs::symlink_metadata(top.join("etc/hostname"))
+            .unwrap()
+            .file_type()
+    ));
 }
 
 #[test]
 fn an_unchanged_recipe_bakes_nothing_and_a_changed_last_component_rebakes_only_itself() {
     let env = Env::new();
-    env.write("one.yaml", &component("one", "            - echo one > /one", "            - test -f /one"));
-    env.write("two.yaml", &component("two", "            - echo two > /two", "            - test -f /two"));
+    env.write(
+        "one.yaml",
+        &component(
+            "one",
+            "            - echo one > /one",
+            "            - test -f /one",
+        ),
+    );
+    env.write(
+        "two.yaml",
+        &component(
+            "two",
+            "            - echo two > /two",
+            "            - test -f /two",
+        ),
+    );
     let recipe_path = recipe(&env, &["one.yaml", "two.yaml"]);
     let first = env.bake(&recipe_path).unwrap();
 
     let again = env.bake(&recipe_path).unwrap();
     assert!(again.unchanged);
     assert_eq!(again.digest, first.digest);
-    assert_eq!(env.store().images().unwrap().len(), 2, "busybox and one app image, no new build");
+    assert_eq!(
+        env.store().images().unwrap().len(),
+        2,
+        "busybox and one app image, no new build"
+    );
 
-    env.write("two.yaml", &component("two", "            - echo changed > /two", "            - grep -q changed /two"));
+    env.write(
+        "two.yaml",
+        &component(
+            "two",
+            "            - echo changed > /two",
+            "            - grep -q changed /two",
+        ),
+    );
     let changed = env.bake(&recipe_path).unwrap();
     assert!(!changed.unchanged);
     assert_eq!(changed.image, "app/1.2.0/2");
-    assert_eq!(changed.components.iter().map(|c| c.cached).collect::<Vec<_>>(), vec![true, false]);
+    assert_eq!(
+        changed
+            .components
+            .iter()
+            .map(|c| c.cached)
+            .collect::<Vec<_>>(),
+        vec![true, false]
+    );
     assert_eq!(changed.components[0].layer, first.components[0].layer);
 }
 
 #[test]
 fn a_failed_test_phase_makes_a_failed_image_that_cannot_be_deployed() {
     let env = Env::new();
-    env.write("bad.yaml", &component("bad", "            - echo built > /built", "            - echo checking; exit 7"));
+    env.write(
+        "bad.yaml",
+        &component(
+            "bad",
+            "            - echo built > /built",
+            "            - echo checking; exit 7",
+        ),
+    );
     let report = env.bake(&recipe(&env, &["bad.yaml"])).unwrap();
     assert_eq!(report.status, Status::Failed);
-    let TestReport::Failed { log, message } = &report.tests else { panic!("{:?}", report.tests) };
+    let TestReport::Failed { log, message } = &report.tests else {
+        panic!("{:?}", report.tests)
+    };
     assert!(message.contains("step Test failed"), "{message}");
     assert!(std::fs::read_to_string(log).unwrap().contains("checking"));
     let store = env.store();
     assert_eq!(store.resolve("app").unwrap().status, Status::Failed);
-    let refused = store.resolve_deployable("app/1.2.0/1").unwrap_err().to_string();
+    let refused = store
+        .resolve_deployable("app/1.2.0/1")
+        .unwrap_err()
+        .to_string();
     assert!(refused.contains("cannot be deployed"), "{refused}");
 }
 
 #[test]
 fn a_failed_build_step_leaves_no_image_and_names_the_step() {
     let env = Env::new();
-    env.write("broken.yaml", &component("broken", "            - echo partial > /partial\n            - exit 3", "            - true"));
-    let err = env.bake(&recipe(&env, &["broken.yaml"])).unwrap_err().to_string();
-    assert!(err.contains("broken.yaml") && err.contains("phase build, step Build failed"), "{err}");
+    env.write(
+        "broken.yaml",
+        &component(
+            "broken",
+            "            - echo partial > /partial\n            - exit 3",
+            "            - true",
+        ),
+    );
+    let err = env
+        .bake(&recipe(&env, &["broken.yaml"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("broken.yaml") && err.contains("phase build, step Build failed"),
+        "{err}"
+    );
     let store = env.store();
     assert!(store.resolve("app").is_err());
-    assert_eq!(std::fs::read_dir(store.dir().join("tmp")).unwrap().count(), 0, "no work left behind");
+    assert_eq!(
+        std::fs::read_dir(store.dir().join("tmp")).unwrap().count(),
+        0,
+        "no work left behind"
+    );
     assert!(kiln_bake_mounts(store.dir()).is_empty());
 }
 
 #[test]
 fn keep_on_failure_keeps_the_build_root_mounted() {
     let env = Env::new();
-    env.write("broken.yaml", &component("broken", "            - echo partial > /partial\n            - exit 3", "            - true"));
+    env.write(
+        "broken.yaml",
+        &component(
+            "broken",
+            "            - echo partial > /partial\n            - exit 3",
+            "            - true",
+        ),
+    );
     let recipe = kiln_bake::recipe::load(&recipe(&env, &["broken.yaml"])).unwrap();
     let mut opts = env.options();
     opts.keep_on_failure = true;
     let err = kiln_bake::bake(&env.store(), &recipe, &opts, &mut Silent).unwrap_err();
-    let kiln_bake::BakeError::Component { kept: Some(root), .. } = &err else { panic!("{err}") };
-    assert_eq!(std::fs::read_to_string(Path::new(root).join("partial")).unwrap(), "partial\n");
+    let kiln_bake::BakeError::Component {
+        kept: Some(root), ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(
+        std::fs::read_to_string(Path::new(root).join("partial")).unwrap(),
+        "partial\n"
+    );
     assert!(err.to_string().contains(root.as_str()));
     rustix::mount::unmount(root.as_str(), rustix::mount::UnmountFlags::DETACH).unwrap();
 }

@@ -414,7 +414,9 @@ impl Run<'_> {
         let mut failure = String::new();
         while record.attempts < step.max_attempts {
             record.attempts += 1;
-            let own = step.timeout_seconds.map(|t| Instant::now() + Duration::from_secs(t));
+            let own = step
+                .timeout_seconds
+                .map(|t| Instant::now() + Duration::from_secs(t));
             let deadline = match (own, self.opts.deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),

@@ -34,8 +34,18 @@ struct Lines {
 
 impl Observer for Lines {
     fn step_finished(&mut self, phase: &str, record: &StepRecord) {
-        let detail = if record.failure_message.is_empty() { String::new() } else { format!(": {}", record.failure_message) };
-        eprintln!("    {:?} {phase}/{} ({}) {:.2}s{detail}", record.status, record.name, record.action, record.duration_ms as f64 / 1000.0);
+        let detail = if record.failure_message.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", record.failure_message)
+        };
+        eprintln!(
+            "    {:?} {phase}/{} ({}) {:.2}s{detail}",
+            record.status,
+            record.name,
+            record.action,
+            record.duration_ms as f64 / 1000.0
+        );
     }
 }
 
@@ -55,11 +65,16 @@ pub fn main(args: BakeArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
     let opts = BakeOptions {
         isolation: Arc::new(kiln_sandbox::Bubblewrap::detect()?),
         log_root: state.join("toe/logs"),
-        artifacts: Some(kiln_toe::ArtifactStore { bucket: "kiln-artifacts".into(), dir: state.join("artifacts/kiln-artifacts") }),
+        artifacts: Some(kiln_toe::ArtifactStore {
+            bucket: "kiln-artifacts".into(),
+            dir: state.join("artifacts/kiln-artifacts"),
+        }),
         source_commit: args.source_commit.clone(),
         keep_on_failure: args.keep_on_failure,
     };
-    let mut observer = Lines { terminal: std::io::stderr().is_terminal() };
+    let mut observer = Lines {
+        terminal: std::io::stderr().is_terminal(),
+    };
     let report = match kiln_bake::bake(&store, &recipe, &opts, &mut observer) {
         Ok(r) => r,
         Err(e) => {
@@ -80,7 +95,10 @@ pub fn main(args: BakeArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
         }
     }
     if let TestReport::Failed { message, log } = &report.tests {
-        eprintln!("error: {} failed its tests and cannot be deployed: {message}\n  test log: {log}", report.image);
+        eprintln!(
+            "error: {} failed its tests and cannot be deployed: {message}\n  test log: {log}",
+            report.image
+        );
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)

@@ -8,9 +8,9 @@ use clap::{Args, Subcommand};
 
 use crate::output::{Format, print_json};
 use crate::state::StateDir;
+use kiln_image::Store;
 use kiln_image::export::{self, Format as ExportFormat};
 use kiln_image::store::{ANNOTATION_TEST_LOG, ImageRecord};
-use kiln_image::Store;
 
 #[derive(Args)]
 pub struct ImagesArgs {
@@ -59,7 +59,10 @@ struct Listed {
 }
 
 fn size(store: &Store, image: &ImageRecord) -> u64 {
-    store.manifest(image).map(|m| m.layers().iter().map(|l| l.size()).sum::<u64>() + m.config().size()).unwrap_or(0)
+    store
+        .manifest(image)
+        .map(|m| m.layers().iter().map(|l| l.size()).sum::<u64>() + m.config().size())
+        .unwrap_or(0)
 }
 
 pub fn main(args: ImagesArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
@@ -83,13 +86,27 @@ pub fn main(args: ImagesArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
             if output == Format::Json {
                 print_json(&list)?;
             } else {
-                println!("{:<36} {:<10} {:<19} {:>10}  CREATED", "IMAGE", "STATUS", "DIGEST", "SIZE");
+                println!(
+                    "{:<36} {:<10} {:<19} {:>10}  CREATED",
+                    "IMAGE", "STATUS", "DIGEST", "SIZE"
+                );
                 for i in list {
-                    println!("{:<36} {:<10} {:<19} {:>10}  {}", i.reference, i.status, &i.digest[..19.min(i.digest.len())], human(i.size), i.created);
+                    println!(
+                        "{:<36} {:<10} {:<19} {:>10}  {}",
+                        i.reference,
+                        i.status,
+                        &i.digest[..19.min(i.digest.len())],
+                        human(i.size),
+                        i.created
+                    );
                 }
             }
         }
-        ImagesCommand::Inspect { reference, test_log, output } => {
+        ImagesCommand::Inspect {
+            reference,
+            test_log,
+            output,
+        } => {
             let image = store.resolve(&reference)?;
             let lineage = crate::lineage::lineage(&store, &image)?;
             if output == Format::Json {
@@ -99,7 +116,10 @@ pub fn main(args: ImagesArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
             }
             if test_log {
                 if let Some(digest) = image.annotation(ANNOTATION_TEST_LOG) {
-                    println!("--- test log\n{}", String::from_utf8_lossy(&store.read_blob(digest)?));
+                    println!(
+                        "--- test log\n{}",
+                        String::from_utf8_lossy(&store.read_blob(digest)?)
+                    );
                 }
             }
         }
@@ -109,20 +129,39 @@ pub fn main(args: ImagesArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
             store.remove_image(&image)?;
             println!("removed {} ({})", image.reference(), image.digest());
         }
-        ImagesCommand::Export { reference, format, dest } => {
+        ImagesCommand::Export {
+            reference,
+            format,
+            dest,
+        } => {
             let image = store.resolve(&reference)?;
             let layout = store.layout();
             match format {
-                ExportFormat::Oci => export::export_oci_dir(&layout, &image.descriptor, &image.version.to_string(), &dest)?,
-                ExportFormat::OciArchive => export::export_oci_archive(&layout, &image.descriptor, &image.version.to_string(), &dest)?,
+                ExportFormat::Oci => export::export_oci_dir(
+                    &layout,
+                    &image.descriptor,
+                    &image.version.to_string(),
+                    &dest,
+                )?,
+                ExportFormat::OciArchive => export::export_oci_archive(
+                    &layout,
+                    &image.descriptor,
+                    &image.version.to_string(),
+                    &dest,
+                )?,
                 ExportFormat::DockerArchive => {
                     let tag = format!("kiln/{}:{}", image.name, image.version);
                     export::export_docker_archive(&layout, &image.descriptor, &tag, &dest)?
                 }
                 ExportFormat::Raw | ExportFormat::Qcow2 => {
                     let _lock = store.lock()?;
-                    let rootfs = kiln_image::flatten::flatten(&store, &image).context("unpacking the image's root filesystem")?;
-                    let result = if format == ExportFormat::Raw { export::export_raw(&rootfs, &dest) } else { export::export_qcow2(&rootfs, &dest) };
+                    let rootfs = kiln_image::flatten::flatten(&store, &image)
+                        .context("unpacking the image's root filesystem")?;
+                    let result = if format == ExportFormat::Raw {
+                        export::export_raw(&rootfs, &dest)
+                    } else {
+                        export::export_qcow2(&rootfs, &dest)
+                    };
                     let _ = std::fs::remove_dir_all(&rootfs);
                     result?
                 }
@@ -141,5 +180,9 @@ pub fn human(bytes: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", units[u]) }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
 }

@@ -58,19 +58,41 @@ pub fn lineage(store: &Store, image: &ImageRecord) -> anyhow::Result<Lineage> {
         }
         let pm = store.manifest(parent)?;
         let pc = store.config(&pm)?;
-        next = pc.config().as_ref().and_then(|c| c.labels().as_ref()).and_then(|l| l.get(LABEL_PARENT_DIGEST).cloned());
+        next = pc
+            .config()
+            .as_ref()
+            .and_then(|c| c.labels().as_ref())
+            .and_then(|l| l.get(LABEL_PARENT_DIGEST).cloned());
     }
     let mut components = Vec::new();
     for i in 0.. {
-        let (Some(path), Some(digest)) = (labels.get(&format!("dev.kiln.component.{i}.path")), labels.get(&format!("dev.kiln.component.{i}.digest"))) else { break };
-        components.push(ComponentInfo { path: path.clone(), digest: digest.clone() });
+        let (Some(path), Some(digest)) = (
+            labels.get(&format!("dev.kiln.component.{i}.path")),
+            labels.get(&format!("dev.kiln.component.{i}.digest")),
+        ) else {
+            break;
+        };
+        components.push(ComponentInfo {
+            path: path.clone(),
+            digest: digest.clone(),
+        });
     }
-    let history: Vec<String> = config.history().clone().unwrap_or_default().iter().map(|h| h.created_by().clone().unwrap_or_default()).collect();
+    let history: Vec<String> = config
+        .history()
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .map(|h| h.created_by().clone().unwrap_or_default())
+        .collect();
     let layers: Vec<LayerInfo> = manifest
         .layers()
         .iter()
         .enumerate()
-        .map(|(i, l)| LayerInfo { digest: l.digest().to_string(), size: l.size(), created_by: history.get(i).cloned().unwrap_or_default() })
+        .map(|(i, l)| LayerInfo {
+            digest: l.digest().to_string(),
+            size: l.size(),
+            created_by: history.get(i).cloned().unwrap_or_default(),
+        })
         .collect();
     Ok(Lineage {
         reference: image.reference(),
@@ -81,7 +103,10 @@ pub fn lineage(store: &Store, image: &ImageRecord) -> anyhow::Result<Lineage> {
         parent: labels.get(LABEL_PARENT).cloned(),
         parents,
         components,
-        tests: image.annotation(ANNOTATION_TESTS).unwrap_or("none").to_string(),
+        tests: image
+            .annotation(ANNOTATION_TESTS)
+            .unwrap_or("none")
+            .to_string(),
         test_log: image.annotation(ANNOTATION_TEST_LOG).map(str::to_string),
         size: layers.iter().map(|l| l.size).sum::<u64>() + manifest.config().size(),
         layers,
@@ -98,7 +123,10 @@ pub fn print(l: &Lineage) {
     println!("digest:        {}", l.digest);
     println!("status:        {}", l.status);
     println!("created:       {}", l.created);
-    println!("source commit: {}", l.source_commit.as_deref().unwrap_or("-"));
+    println!(
+        "source commit: {}",
+        l.source_commit.as_deref().unwrap_or("-")
+    );
     println!("parent:        {}", l.parent.as_deref().unwrap_or("-"));
     for (i, p) in l.parents.iter().enumerate() {
         println!("  {}{p}", "  ".repeat(i));
@@ -107,7 +135,14 @@ pub fn print(l: &Lineage) {
     for c in &l.components {
         println!("  {} {}", c.path, c.digest);
     }
-    println!("tests:         {}{}", l.tests, l.test_log.as_ref().map(|d| format!(" (log {d})")).unwrap_or_default());
+    println!(
+        "tests:         {}{}",
+        l.tests,
+        l.test_log
+            .as_ref()
+            .map(|d| format!(" (log {d})"))
+            .unwrap_or_default()
+    );
     println!("entrypoint:    {:?} cmd {:?}", l.entrypoint, l.cmd);
     println!("working dir:   {}", l.working_dir);
     if !l.exposed_ports.is_empty() {
@@ -115,6 +150,11 @@ pub fn print(l: &Lineage) {
     }
     println!("layers ({}):", crate::images::human(l.size));
     for layer in &l.layers {
-        println!("  {} {:>10}  {}", &layer.digest[..19.min(layer.digest.len())], crate::images::human(layer.size), layer.created_by);
+        println!(
+            "  {} {:>10}  {}",
+            &layer.digest[..19.min(layer.digest.len())],
+            crate::images::human(layer.size),
+            layer.created_by
+        );
     }
 }

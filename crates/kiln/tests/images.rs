@@ -6,16 +6,29 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn kiln(state: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln")).arg("--state-dir").arg(state).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn ok(out: Output) -> String {
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn tool(program: &str, args: &[&str]) -> String {
-    ok(Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}")))
+    ok(Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}")))
 }
 
 fn hello_recipe() -> PathBuf {
@@ -27,38 +40,131 @@ fn exports_are_read_by_skopeo_umoci_and_qemu_img() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let baked = ok(kiln(&state, &["bake", hello_recipe().to_str().unwrap()]));
-    assert!(baked.starts_with("hello/1.0.0/1 available sha256:"), "{baked}");
+    assert!(
+        baked.starts_with("hello/1.0.0/1 available sha256:"),
+        "{baked}"
+    );
 
-    let json: serde_json::Value = serde_json::from_str(&ok(kiln(&state, &["images", "ls", "--output", "json"]))).unwrap();
-    let names: Vec<&str> = json.as_array().unwrap().iter().map(|i| i["reference"].as_str().unwrap()).collect();
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(kiln(&state, &["images", "ls", "--output", "json"]))).unwrap();
+    let names: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["reference"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["busybox/1.35.0/1", "hello/1.0.0/1"]);
 
     let oci = dir.path().join("oci");
-    ok(kiln(&state, &["images", "export", "hello/1.x.x", "--format", "oci", oci.to_str().unwrap()]));
-    let inspect: serde_json::Value = serde_json::from_str(&tool("skopeo", &["inspect", &format!("oci:{}:1.0.0", oci.display())])).unwrap();
+    ok(kiln(
+        &state,
+        &[
+            "images",
+            "export",
+            "hello/1.x.x",
+            "--format",
+            "oci",
+            oci.to_str().unwrap(),
+        ],
+    ));
+    let inspect: serde_json::Value = serde_json::from_str(&tool(
+        "skopeo",
+        &["inspect", &format!("oci:{}:1.0.0", oci.display())],
+    ))
+    .unwrap();
     assert_eq!(inspect["Labels"]["dev.kiln.image.version"], "hello/1.0.0/1");
     let bundle = dir.path().join("bundle");
-    tool("umoci", &["unpack", "--image", &format!("{}:1.0.0", oci.display()), bundle.to_str().unwrap()]);
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:1.0.0", oci.display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
     let page = std::fs::read_to_string(bundle.join("rootfs/opt/hello/www/index.html")).unwrap();
     assert_eq!(page, "<h1>Hello from a kiln image</h1>");
 
     let archive = dir.path().join("hello-oci.tar");
-    ok(kiln(&state, &["images", "export", "hello", "--format", "oci-archive", archive.to_str().unwrap()]));
-    tool("skopeo", &["inspect", &format!("oci-archive:{}:1.0.0", archive.display())]);
+    ok(kiln(
+        &state,
+        &[
+            "images",
+            "export",
+            "hello",
+            "--format",
+            "oci-archive",
+            archive.to_str().unwrap(),
+        ],
+    ));
+    tool(
+        "skopeo",
+        &[
+            "inspect",
+            &format!("oci-archive:{}:1.0.0", archive.display()),
+        ],
+    );
     let unpacked = dir.path().join("from-archive");
     std::fs::create_dir(&unpacked).unwrap();
-    tool("tar", &["-xf", archive.to_str().unwrap(), "-C", unpacked.to_str().unwrap()]);
-    tool("umoci", &["unpack", "--image", &format!("{}:1.0.0", unpacked.display()), dir.path().join("bundle2").to_str().unwrap()]);
+    tool(
+        "tar",
+        &[
+            "-xf",
+            archive.to_str().unwrap(),
+            "-C",
+            unpacked.to_str().unwrap(),
+        ],
+    );
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:1.0.0", unpacked.display()),
+            dir.path().join("bundle2").to_str().unwrap(),
+        ],
+    );
 
     let docker = dir.path().join("hello-docker.tar");
-    ok(kiln(&state, &["images", "export", "hello", "--format", "docker-archive", docker.to_str().unwrap()]));
-    tool("skopeo", &["inspect", &format!("docker-archive:{}", docker.display())]);
+    ok(kiln(
+        &state,
+        &[
+            "images",
+            "export",
+            "hello",
+            "--format",
+            "docker-archive",
+            docker.to_str().unwrap(),
+        ],
+    ));
+    tool(
+        "skopeo",
+        &["inspect", &format!("docker-archive:{}", docker.display())],
+    );
     // skopeo fills RepoTags only for registries; the tag resolves by name.
-    let tagged: serde_json::Value = serde_json::from_str(&tool("skopeo", &["inspect", &format!("docker-archive:{}:kiln/hello:1.0.0", docker.display())])).unwrap();
+    let tagged: serde_json::Value = serde_json::from_str(&tool(
+        "skopeo",
+        &[
+            "inspect",
+            &format!("docker-archive:{}:kiln/hello:1.0.0", docker.display()),
+        ],
+    ))
+    .unwrap();
     assert_eq!(tagged["Name"], "docker.io/kiln/hello");
 
     let qcow2 = dir.path().join("hello.qcow2");
-    ok(kiln(&state, &["images", "export", "hello", "--format", "qcow2", qcow2.to_str().unwrap()]));
+    ok(kiln(
+        &state,
+        &[
+            "images",
+            "export",
+            "hello",
+            "--format",
+            "qcow2",
+            qcow2.to_str().unwrap(),
+        ],
+    ));
     tool("qemu-img", &["check", qcow2.to_str().unwrap()]);
     assert!(tool("qemu-img", &["info", qcow2.to_str().unwrap()]).contains("file format: qcow2"));
 
@@ -66,7 +172,11 @@ fn exports_are_read_by_skopeo_umoci_and_qemu_img() {
     let child = dir.path().join("child.yaml");
     std::fs::write(&child, format!("name: child\nversion: 2.0.0\nparent: oci-archive:{}:1.0.0\nshell: sh\ncomponents: []\n", archive.display())).unwrap();
     ok(kiln(&state, &["bake", child.to_str().unwrap()]));
-    let lineage: serde_json::Value = serde_json::from_str(&ok(kiln(&state, &["images", "inspect", "child", "--output", "json"]))).unwrap();
+    let lineage: serde_json::Value = serde_json::from_str(&ok(kiln(
+        &state,
+        &["images", "inspect", "child", "--output", "json"],
+    )))
+    .unwrap();
     assert_eq!(lineage["layers"].as_array().unwrap().len(), 2);
 }
 
@@ -74,13 +184,27 @@ fn exports_are_read_by_skopeo_umoci_and_qemu_img() {
 fn inspect_shows_the_lineage() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    ok(kiln(&state, &["bake", hello_recipe().to_str().unwrap(), "--source-commit", "abc123"]));
-    let text = ok(kiln(&state, &["images", "inspect", "hello/1.0.0/1", "--test-log"]));
+    ok(kiln(
+        &state,
+        &[
+            "bake",
+            hello_recipe().to_str().unwrap(),
+            "--source-commit",
+            "abc123",
+        ],
+    ));
+    let text = ok(kiln(
+        &state,
+        &["images", "inspect", "hello/1.0.0/1", "--test-log"],
+    ));
     assert!(text.contains("source commit: abc123"), "{text}");
     assert!(text.contains("busybox/1.35.0/1"), "{text}");
     assert!(text.contains("hello-service.yaml sha256:"), "{text}");
     assert!(text.contains("tests:         passed"), "{text}");
-    assert!(text.contains("CmdExecution: Stdout: <h1>Hello from a kiln image</h1>"), "{text}");
+    assert!(
+        text.contains("CmdExecution: Stdout: <h1>Hello from a kiln image</h1>"),
+        "{text}"
+    );
 }
 
 /// Every blob's name is the digest of its content: nothing half written.
@@ -89,10 +213,18 @@ fn assert_store_consistent(state: &Path) {
     for entry in std::fs::read_dir(state.join("images/oci/blobs/sha256")).unwrap() {
         let path = entry.unwrap().path();
         let hex = hex::encode(Sha256::digest(std::fs::read(&path).unwrap()));
-        assert_eq!(path.file_name().unwrap().to_str().unwrap(), hex, "partial blob {}", path.display());
+        assert_eq!(
+            path.file_name().unwrap().to_str().unwrap(),
+            hex,
+            "partial blob {}",
+            path.display()
+        );
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(state.to_str().unwrap()), "a mount under the state directory remains");
+    assert!(
+        !mounts.contains(state.to_str().unwrap()),
+        "a mount under the state directory remains"
+    );
 }
 
 #[test]
@@ -106,7 +238,13 @@ fn a_bake_killed_midway_leaves_no_partial_blob_or_mount_and_the_next_bake_succee
     .unwrap();
     let recipe = dir.path().join("recipe.yaml");
     std::fs::write(&recipe, "name: slow\nversion: 1.0.0\nparent: busybox\nshell: sh\ncomponents:\n  - path: slow.yaml\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln")).arg("--state-dir").arg(&state).arg("bake").arg(&recipe).spawn().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("bake")
+        .arg(&recipe)
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let merged = state.join("images/tmp");
     loop {
@@ -114,7 +252,10 @@ fn a_bake_killed_midway_leaves_no_partial_blob_or_mount_and_the_next_bake_succee
         if mounts.contains(merged.to_str().unwrap()) {
             break;
         }
-        assert!(Instant::now() < deadline, "the bake never mounted its overlay");
+        assert!(
+            Instant::now() < deadline,
+            "the bake never mounted its overlay"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -124,5 +265,8 @@ fn a_bake_killed_midway_leaves_no_partial_blob_or_mount_and_the_next_bake_succee
     let out = ok(kiln(&state, &["bake", recipe.to_str().unwrap()]));
     assert!(out.starts_with("slow/1.0.0/1 available"), "{out}");
     assert_store_consistent(&state);
-    assert_eq!(std::fs::read_dir(state.join("images/tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(state.join("images/tmp")).unwrap().count(),
+        0
+    );
 }
