@@ -93,15 +93,20 @@ pub enum BakeError {
         what: &'static str,
         error: String,
     },
-    #[error("component {component}: phase {phase}, step {step} failed: {message}\n  log: {log}{}", kept.as_ref().map(|k| format!("\n  build root kept at {k} (unmount it with `umount {k}` when done)")).unwrap_or_default())]
-    Component {
-        component: String,
-        phase: String,
-        step: String,
-        message: String,
-        log: String,
-        kept: Option<String>,
-    },
+    #[error(transparent)]
+    Component(Box<ComponentFailure>),
+}
+
+/// A component step that failed during build or validate.
+#[derive(Debug, thiserror::Error)]
+#[error("component {component}: phase {phase}, step {step} failed: {message}\n  log: {log}{}", kept.as_ref().map(|k| format!("\n  build root kept at {k} (unmount it with `umount {k}` when done)")).unwrap_or_default())]
+pub struct ComponentFailure {
+    pub component: String,
+    pub phase: String,
+    pub step: String,
+    pub message: String,
+    pub log: String,
+    pub kept: Option<String>,
 }
 
 fn hash(parts: &serde_json::Value) -> String {
@@ -522,24 +527,21 @@ fn run_component(
         } else {
             None
         };
-        return Err(BakeError::Component {
+        return Err(BakeError::Component(Box::new(ComponentFailure {
             component: shown,
             phase: phase.name.clone(),
             step: step.name.clone(),
             message: step.failure_message.clone(),
             log: execution.log_url.clone(),
             kept,
-        });
+        })));
     }
     if !execution.status.is_success() {
-        return Err(BakeError::Component {
-            component: shown,
-            phase: String::new(),
-            step: String::new(),
-            message: execution.failure_message,
-            log: execution.log_url,
-            kept: None,
-        });
+        return Err(setup(
+            &shown,
+            "run",
+            format!("{} (log: {})", execution.failure_message, execution.log_url),
+        ));
     }
     overlay.unmount()?;
     let (descriptor, info) = import::write_layer(store, &overlay.upper(), true)?;
@@ -698,16 +700,16 @@ fn test_gate(
             &std::fs::read_to_string(Path::new(&execution.log_url).join("console.log"))
                 .unwrap_or_default(),
         );
-        if failure.is_none() {
-            if let Some((_, phase, step)) = execution.failed_step() {
-                failure = Some(format!(
-                    "{}: phase {}, step {} failed: {}",
-                    file_name(&component.path),
-                    phase.name,
-                    step.name,
-                    step.failure_message
-                ));
-            }
+        if failure.is_none()
+            && let Some((_, phase, step)) = execution.failed_step()
+        {
+            failure = Some(format!(
+                "{}: phase {}, step {} failed: {}",
+                file_name(&component.path),
+                phase.name,
+                step.name,
+                step.failure_message
+            ));
         }
     }
     if let Some(mut child) = entrypoint {

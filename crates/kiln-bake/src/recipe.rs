@@ -120,7 +120,7 @@ pub fn from_node(node: &Node, path: &Path, prefix: &str, c: &mut Collector) -> O
             );
         }
     }
-    let mut text = |name: &str, required: bool, c: &mut Collector| -> Option<(String, Pos)> {
+    let text = |name: &str, required: bool, c: &mut Collector| -> Option<(String, Pos)> {
         match node.get(name) {
             Some(v) => match v.scalar() {
                 Some(s) => Some((s.to_string(), v.pos)),

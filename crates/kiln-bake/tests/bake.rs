@@ -253,12 +253,10 @@ fn keep_on_failure_keeps_the_build_root_mounted() {
     let mut opts = env.options();
     opts.keep_on_failure = true;
     let err = kiln_bake::bake(&env.store(), &recipe, &opts, &mut Silent).unwrap_err();
-    let kiln_bake::BakeError::Component {
-        kept: Some(root), ..
-    } = &err
-    else {
+    let kiln_bake::BakeError::Component(failure) = &err else {
         panic!("{err}")
     };
+    let root = failure.kept.as_ref().expect("the build root is kept");
     assert_eq!(
         std::fs::read_to_string(Path::new(root).join("partial")).unwrap(),
         "partial\n"

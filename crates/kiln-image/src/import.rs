@@ -169,7 +169,7 @@ pub fn unpack_layers(store: &Store, manifest: &ImageManifest) -> Result<Vec<Path
         .layers()
         .iter()
         .zip(diff_ids)
-        .map(|(layer, diff_id)| unpack_layer(store, &layer.digest().to_string(), diff_id))
+        .map(|(layer, diff_id)| unpack_layer(store, layer.digest().as_ref(), diff_id))
         .collect()
 }
 

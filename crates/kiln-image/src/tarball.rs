@@ -8,6 +8,7 @@
 //! be written through a symlink, whoever created that symlink, and never
 //! outside the target.
 
+mod beneath;
 mod create;
 mod extract;
 mod path;
@@ -96,7 +97,7 @@ pub enum TarError {
         entry: String,
         problem: EntryProblem,
     },
-    #[error("layer from {}: {entry}: {op}: {error}", dir.display())]
+    #[error("layer from {}: entry {entry}: {op}: {error}", dir.display())]
     Source {
         dir: PathBuf,
         entry: String,
@@ -128,6 +129,8 @@ pub enum EntryProblem {
     ThroughSymlink,
     #[error("a parent path is not a directory")]
     ParentNotDirectory,
+    #[error("names the target directory itself, which only a directory entry may")]
+    TargetItself,
     #[error("{kind} device nodes are not allowed in this archive")]
     Device { kind: &'static str },
     #[error("unsupported entry type {kind:?}")]

@@ -382,7 +382,8 @@ fn hardlink_escapes_are_refused() {
     let victim = format!("{}/victim", s.outside());
     let leaves = |p: &EntryProblem| matches!(p, EntryProblem::HardlinkLeavesTarget { .. });
     let missing = |p: &EntryProblem| matches!(p, EntryProblem::HardlinkMissing { .. });
-    let cases: [(String, &dyn Fn(&EntryProblem) -> bool); 5] = [
+    type Check<'a> = &'a dyn Fn(&EntryProblem) -> bool;
+    let cases: [(String, Check); 5] = [
         (format!("{}/victim", Scene::OUTSIDE_REL), &leaves),
         ("../../outside-file".to_owned(), &leaves),
         (format!("a/../{}/victim", Scene::OUTSIDE_REL), &leaves),
@@ -555,4 +556,32 @@ fn layers_never_carry_escapes_back_out() {
     );
     std::fs::remove_dir_all(&src).unwrap();
     s.assert_outside_untouched();
+}
+
+#[test]
+fn the_target_itself_cannot_become_a_symlink_or_file() {
+    let s = Scene::new();
+    for name in [".", "./", "a/.."] {
+        let tar = Evil::default()
+            .link(EntryType::Symlink, name, &s.outside())
+            .file("pwned", "pwned")
+            .finish();
+        let p = s.refuse(&tar, &defaults(), name);
+        assert!(matches!(p, EntryProblem::TargetItself), "{name}: {p}");
+        assert!(s.target.symlink_metadata().unwrap().is_dir());
+    }
+    let tar = Evil::default().file("./", "a file").finish();
+    s.refuse(&tar, &defaults(), "./");
+    // A directory entry for it is fine and gives it its mode.
+    let tar = Evil::default().dir("./").file("ok", "ok").finish();
+    extract(&tar[..], &s.target, ARCHIVE, &defaults()).unwrap();
+    s.assert_outside_untouched();
+}
+
+#[test]
+fn a_file_cannot_serve_as_a_parent() {
+    let s = Scene::new();
+    let tar = Evil::default().file("f", "f").file("f/x", "x").finish();
+    let p = s.refuse(&tar, &defaults(), "f/x");
+    assert!(matches!(p, EntryProblem::ParentNotDirectory), "{p}");
 }

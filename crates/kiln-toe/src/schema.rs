@@ -315,23 +315,22 @@ fn templated(node: &Node) -> bool {
 fn check_type(node: &Node, ty: Ty, field: &str, c: &mut Collector) {
     // A list of strings with one odd item: point at that item. (An
     // unquoted `: ` inside a command makes YAML read the item as a map.)
-    if matches!(ty, StrList | ScalarOrList) {
-        if let Some((i, item)) = node
+    if matches!(ty, StrList | ScalarOrList)
+        && let Some((i, item)) = node
             .as_seq()
             .and_then(|items| items.iter().enumerate().find(|(_, i)| i.scalar().is_none()))
-        {
-            let hint = if item.as_map().is_some() {
-                " (quote the item: an unquoted `: ` makes it a map)"
-            } else {
-                ""
-            };
-            c.push(
-                item.pos,
-                format!("{field}[{i}]"),
-                format!("expected a string, found a {}{hint}", item.kind()),
-            );
-            return;
-        }
+    {
+        let hint = if item.as_map().is_some() {
+            " (quote the item: an unquoted `: ` makes it a map)"
+        } else {
+            ""
+        };
+        c.push(
+            item.pos,
+            format!("{field}[{i}]"),
+            format!("expected a string, found a {}{hint}", item.kind()),
+        );
+        return;
     }
     let scalar = node.scalar().is_some();
     let ok = match ty {

@@ -114,13 +114,11 @@ pub fn main(args: ImagesArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
             } else {
                 crate::lineage::print(&lineage);
             }
-            if test_log {
-                if let Some(digest) = image.annotation(ANNOTATION_TEST_LOG) {
-                    println!(
-                        "--- test log\n{}",
-                        String::from_utf8_lossy(&store.read_blob(digest)?)
-                    );
-                }
+            if test_log && let Some(digest) = image.annotation(ANNOTATION_TEST_LOG) {
+                println!(
+                    "--- test log\n{}",
+                    String::from_utf8_lossy(&store.read_blob(digest)?)
+                );
             }
         }
         ImagesCommand::Rm { reference } => {

@@ -4,8 +4,8 @@
 //! One thread walks the tree and fills large chunks with the tar stream,
 //! hashing them for the diff_id; the calling thread compresses the chunks
 //! (zstd spreads that over its own workers) and hashes what it writes. So
-//! reading files, hashing and compressing overlap, and every byte is touched
-//! once by each.
+//! reading files, hashing and compressing overlap, and no byte is read or
+//! hashed twice.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -25,8 +25,9 @@ use super::{Compression, LayerInfo, TarError, sha256_digest};
 const CHUNK: usize = 1 << 20;
 /// Chunks queued between the walker and the compressor.
 const IN_FLIGHT: usize = 4;
-/// Level 1 compresses a root filesystem within a few percent of level 3's
-/// size at a good deal more speed, and layers are made on every bake.
+/// Layers are made on every bake, so speed wins: on a Debian minbase tree
+/// (168 MB) level 1 gives 62 MB for two thirds of level 3's CPU time, level
+/// 3 gives 52 MB.
 const ZSTD_LEVEL: i32 = 1;
 const GZIP_LEVEL: u32 = 6;
 const BLOCK: usize = 512;
@@ -125,12 +126,14 @@ pub fn create_layer(
         Some(h) => h.finalize().into(),
         None => diff_id,
     };
-    Ok(LayerInfo {
+    let info = LayerInfo {
         digest: sha256_digest(&digest),
         size: written.bytes,
         diff_id: sha256_digest(&diff_id),
         compression,
-    })
+    };
+    tracing::debug!(dir = %dir.display(), digest = %info.digest, size = info.size, diff_id = %info.diff_id, "layer written");
+    Ok(info)
 }
 
 /// Counts and (optionally) hashes what passes through to the blob.

@@ -7,20 +7,13 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use rustix::fs::{
-    self as rfs, AtFlags, Dir, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid,
-};
+use rustix::fs::{self as rfs, AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid};
 use rustix::io::Errno;
 use tar::EntryType;
 
+use super::beneath::{list_dir, open_beneath, parent_problem, remove_tree, replacing};
 use super::path::{display, join, normalize, split, symlink_stays_inside};
 use super::{Compression, EntryProblem, ExtractOptions, TarError};
-
-/// Every lookup stays below the target and passes no symlink at all, so a
-/// symlink an earlier entry planted can never redirect a later write.
-const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
-    .union(ResolveFlags::NO_SYMLINKS)
-    .union(ResolveFlags::NO_MAGICLINKS);
 
 const READ_BUFFER: usize = 256 * 1024;
 const OPAQUE: &[u8] = b".wh..wh..opq";
@@ -93,7 +86,9 @@ pub fn extract(
         x.entry(&raw, &mut entry)
             .map_err(|problem| x.refuse(&raw, problem))?;
     }
-    x.finish_dirs()
+    x.finish_dirs()?;
+    tracing::debug!(archive, target = %target.display(), "extracted");
+    Ok(())
 }
 
 /// Fills `buf` unless the stream ends first; returns how much it holds.
@@ -208,103 +203,15 @@ fn io_problem(op: &'static str) -> impl FnOnce(Errno) -> EntryProblem {
     }
 }
 
-/// Opens a directory below `at` with [`RESOLVE`], telling a symlink or a
-/// non-directory on the way apart from other failures.
-fn open_beneath(at: BorrowedFd<'_>, p: &[u8], flags: OFlags) -> Result<OwnedFd, Errno> {
-    let p: &[u8] = if p.is_empty() { b"." } else { p };
-    let mut attempts = 0;
-    loop {
-        match rfs::openat2(
-            at,
-            p,
-            // No O_NOFOLLOW: with it the kernel would open a final symlink
-            // itself and answer ENOTDIR; without, RESOLVE_NO_SYMLINKS makes
-            // it ELOOP like a symlink anywhere else on the path.
-            flags | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            RESOLVE,
-        ) {
-            // A concurrent rename anywhere on the system makes the kernel
-            // give up on the lookup; a retry sees the settled tree.
-            Err(Errno::AGAIN) if attempts < 32 => attempts += 1,
-            other => return other,
-        }
-    }
-}
-
-fn parent_problem(e: Errno) -> EntryProblem {
-    match e {
-        Errno::LOOP => EntryProblem::ThroughSymlink,
-        Errno::NOTDIR => EntryProblem::ParentNotDirectory,
-        Errno::XDEV => EntryProblem::LeavesTarget,
-        Errno::NOSYS => EntryProblem::Io {
-            op: "open parent directory",
-            error: io::Error::new(
-                io::ErrorKind::Unsupported,
-                "the kernel has no openat2 (Linux 5.6 or newer is needed)",
-            ),
-        },
-        e => EntryProblem::Io {
-            op: "open parent directory",
-            error: e.into(),
-        },
-    }
-}
-
-/// Runs `create`, and when something is already at `name`, removes it
-/// (a whole directory tree if need be) and runs `create` once more: a later
-/// entry replaces an earlier one, as in a later layer.
-fn replacing<T>(
-    dir: BorrowedFd<'_>,
-    name: &[u8],
-    mut create: impl FnMut() -> Result<T, Errno>,
-) -> Result<T, Errno> {
-    match create() {
-        Err(Errno::EXIST) => {
-            remove_tree(dir, name)?;
-            create()
-        }
-        other => other,
-    }
-}
-
-/// Removes `name` in `dir` whatever it is, without following symlinks.
-fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> Result<(), Errno> {
-    match rfs::unlinkat(dir, name, AtFlags::empty()) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
-        Err(Errno::ISDIR) => {
-            let sub = rfs::openat(
-                dir,
-                name,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            for child in list_dir(sub.as_fd())? {
-                remove_tree(sub.as_fd(), &child)?;
-            }
-            rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-fn list_dir(dir: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>, Errno> {
-    let mut names = Vec::new();
-    for entry in Dir::read_from(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_bytes();
-        if name != b"." && name != b".." {
-            names.push(name.to_vec());
-        }
-    }
-    Ok(names)
-}
-
 impl Extractor<'_> {
     fn refuse(&self, raw: &[u8], problem: EntryProblem) -> TarError {
         TarError::Entry {
             archive: self.archive.to_owned(),
-            entry: display(raw),
+            entry: if raw.is_empty() {
+                ".".to_owned()
+            } else {
+                display(raw)
+            },
             problem,
         }
     }
@@ -333,7 +240,7 @@ impl Extractor<'_> {
         if path.is_empty() {
             // The archive's own `./`: it describes the target directory.
             if kind != EntryType::Directory {
-                return Err(EntryProblem::ParentNotDirectory);
+                return Err(EntryProblem::TargetItself);
             }
             self.own(self.root.as_fd(), b".", &meta)?;
             self.dirs.push(DirMeta {
@@ -413,6 +320,9 @@ impl Extractor<'_> {
                 })
                 .map_err(io_problem("create device node"))?;
                 self.own(dir, name, &meta)?;
+                // Linux's fchmodat cannot refuse to follow a symlink, but the
+                // name was created as a node just above, in a directory that
+                // nothing else writes to while the archive is extracted.
                 rfs::chmodat(dir, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
                     .map_err(io_problem("set mode"))?;
                 self.set_times(dir, name, &meta)
