@@ -32,7 +32,7 @@ const SPARSEST_INODE_RATIO: u64 = 32 * KIB;
 /// An ext4 filesystem image of the root filesystem tree `rootfs`, made by
 /// `mkfs.ext4 -d` (which keeps owners, modes, xattrs, hard links, device
 /// nodes). Its size is computed from the tree, with room to spare (see
-/// [`Usage::image_size`]); the file is sparse. Written beside `dest` and
+/// `Usage::image_size`); the file is sparse. Written beside `dest` and
 /// renamed into place; an existing file at `dest` is replaced atomically.
 pub fn export_raw(rootfs: &Path, dest: &Path) -> Result<(), ExportError> {
     check_rootfs(rootfs)?;
