@@ -5,18 +5,20 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use oci_spec::image::{ConfigBuilder, Descriptor, HistoryBuilder, ImageConfiguration, MediaType};
 use sha2::{Digest, Sha256};
 
 use crate::parent::{self, ParentError, ParentRef};
 use crate::recipe::Recipe;
+use crate::sandbox::{Overlay, instance, run_options};
+use crate::test_gate::test_gate;
 use kiln_image::import::{self, ImportError};
 use kiln_image::store::{ANNOTATION_RECIPE_KEY, ANNOTATION_TEST_LOG, CachedLayer, StoreError};
 use kiln_image::{ImageRecord, Status, Store};
-use kiln_sandbox::{Isolation, OverlayMount, ProcessSpec, Root};
-use kiln_toe::{Diagnostics, Document, Instance, Observer, RunOptions};
+use kiln_sandbox::Isolation;
+use kiln_toe::{Diagnostics, Document, Observer};
 
 pub const LABEL_VERSION: &str = "dev.kiln.image.version";
 pub const LABEL_RECIPE: &str = "dev.kiln.recipe.digest";
@@ -371,7 +373,7 @@ pub fn bake(
     })
 }
 
-fn setup(component: &str, what: &'static str, e: impl std::fmt::Display) -> BakeError {
+pub(crate) fn setup(component: &str, what: &'static str, e: impl std::fmt::Display) -> BakeError {
     BakeError::Setup {
         component: component.to_string(),
         what,
@@ -384,7 +386,7 @@ fn short(digest: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
-fn file_name(p: &Path) -> String {
+pub(crate) fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default()
@@ -401,88 +403,6 @@ fn recover(store: &Store, observer: &mut dyn BakeObserver) {
     }
     if let Err(e) = store.clean_temp() {
         observer.event(&format!("could not clean the store's temporary files: {e}"));
-    }
-}
-
-/// A root over `lowers` (bottom first) with a fresh upper directory.
-struct Overlay {
-    dir: PathBuf,
-    mount: Option<OverlayMount>,
-}
-
-impl Overlay {
-    fn mount(store: &Store, lowers: &[PathBuf], what: &str) -> Result<Overlay, BakeError> {
-        let dir = store.temp_path(what);
-        let top_first: Vec<&Path> = lowers.iter().rev().map(PathBuf::as_path).collect();
-        let mount = OverlayMount::mount(
-            &top_first,
-            &dir.join("upper"),
-            &dir.join("work"),
-            &dir.join("merged"),
-        )
-        .map_err(|e| setup(what, "overlay", e))?;
-        Ok(Overlay {
-            dir,
-            mount: Some(mount),
-        })
-    }
-
-    fn merged(&self) -> PathBuf {
-        self.dir.join("merged")
-    }
-
-    fn upper(&self) -> PathBuf {
-        self.dir.join("upper")
-    }
-
-    fn unmount(&mut self) -> Result<(), BakeError> {
-        if let Some(m) = self.mount.take() {
-            m.unmount().map_err(|e| setup("overlay", "unmount", e))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Overlay {
-    fn drop(&mut self) {
-        if self.mount.is_some() {
-            let _ = self.unmount();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn instance(root: &Path, recipe: &Recipe, opts: &BakeOptions) -> Result<Instance, BakeError> {
-    let root = Root::open(root).map_err(|e| setup(&recipe.name, "root", e))?;
-    root.create_dir_all(&recipe.working_directory, 0o755)
-        .map_err(|e| setup(&recipe.name, "working directory", e))?;
-    Ok(Instance {
-        root,
-        isolation: opts.isolation.clone(),
-        hostname: recipe.name.clone(),
-        workdir: recipe.working_directory.clone(),
-        env: recipe
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        allow_sh: recipe.allow_sh,
-    })
-}
-
-fn run_options(
-    opts: &BakeOptions,
-    params: &BTreeMap<String, String>,
-    phases: &[&str],
-    deadline: Option<Instant>,
-) -> RunOptions {
-    RunOptions {
-        phases: Some(phases.iter().map(|p| p.to_string()).collect()),
-        parameters: params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        execution_id: None,
-        log_root: opts.log_root.clone(),
-        artifacts: opts.artifacts.clone(),
-        deadline,
     }
 }
 
@@ -649,128 +569,4 @@ fn image_config(
         .history(history)
         .build()
         .map_err(|e| setup(&recipe.name, "config", e))
-}
-
-/// Starts a fresh instance of the new image, its entrypoint running, and
-/// runs every component's test phase there.
-fn test_gate(
-    store: &Store,
-    recipe: &Recipe,
-    opts: &BakeOptions,
-    documents: &[Document],
-    lowers: &[PathBuf],
-    config: &ImageConfiguration,
-    observer: &mut dyn BakeObserver,
-) -> Result<TestReport, BakeError> {
-    if !recipe.tests.enabled {
-        observer.event("tests disabled by the recipe");
-        return Ok(TestReport::Disabled);
-    }
-    if !documents.iter().any(|d| d.phase("test").is_some()) {
-        return Ok(TestReport::None);
-    }
-    observer.event("testing a fresh instance of the new image");
-    let mut overlay = Overlay::mount(store, lowers, "test")?;
-    let inst = instance(&overlay.merged(), recipe, opts)?;
-    let log_dir = opts.log_root.join(format!("test-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&log_dir).map_err(|e| setup(&recipe.name, "test log", e))?;
-    let log_path = log_dir.join("test.log");
-    let entrypoint = start_entrypoint(&inst, config, &log_dir)
-        .map_err(|e| setup(&recipe.name, "entrypoint", e))?;
-    let deadline = Some(Instant::now() + recipe.tests.timeout);
-    let mut log = String::new();
-    let mut failure = None;
-    for (doc, component) in documents.iter().zip(&recipe.components) {
-        if doc.phase("test").is_none() {
-            continue;
-        }
-        let execution = kiln_toe::run(
-            std::slice::from_ref(doc),
-            &inst,
-            &run_options(opts, &component.parameters, &["test"], deadline),
-            observer,
-        )
-        .map_err(|e| setup(&component.path.display().to_string(), "test run", e))?;
-        log.push_str(&format!(
-            "== {} ({})\n",
-            component.path.display(),
-            execution.log_url
-        ));
-        log.push_str(
-            &std::fs::read_to_string(Path::new(&execution.log_url).join("console.log"))
-                .unwrap_or_default(),
-        );
-        if failure.is_none()
-            && let Some((_, phase, step)) = execution.failed_step()
-        {
-            failure = Some(format!(
-                "{}: phase {}, step {} failed: {}",
-                file_name(&component.path),
-                phase.name,
-                step.name,
-                step.failure_message
-            ));
-        }
-    }
-    if let Some(mut child) = entrypoint {
-        let _ = child.kill();
-        let _ = child.wait();
-        log.push_str("== entrypoint output\n");
-        log.push_str(&std::fs::read_to_string(log_dir.join("entrypoint.log")).unwrap_or_default());
-    }
-    drop(inst);
-    overlay.unmount()?;
-    std::fs::write(&log_path, &log).map_err(|e| setup(&recipe.name, "test log", e))?;
-    let log = log_path.display().to_string();
-    Ok(match failure {
-        Some(message) => {
-            observer.event(&format!("tests failed: {message}"));
-            TestReport::Failed { log, message }
-        }
-        None => TestReport::Passed { log },
-    })
-}
-
-fn start_entrypoint(
-    inst: &Instance,
-    config: &ImageConfiguration,
-    log_dir: &Path,
-) -> std::io::Result<Option<std::process::Child>> {
-    let Some(c) = config.config() else {
-        return Ok(None);
-    };
-    let mut argv = c.entrypoint().clone().unwrap_or_default();
-    argv.extend(c.cmd().clone().unwrap_or_default());
-    if argv.is_empty() {
-        return Ok(None);
-    }
-    let env = c
-        .env()
-        .clone()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|e| {
-            e.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect();
-    let spec = ProcessSpec {
-        argv,
-        env,
-        cwd: c.working_dir().clone().unwrap_or_else(|| "/".into()),
-        hostname: inst.hostname.clone(),
-    };
-    let mut cmd = inst
-        .isolation
-        .command(inst.root.host_path(), &spec)
-        .map_err(std::io::Error::other)?;
-    let out = std::fs::File::create(log_dir.join("entrypoint.log"))?;
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
-    let child = cmd.spawn()?;
-    // Give the service a moment to bind before the tests start knocking;
-    // tests should still retry, as they would against a booting server.
-    std::thread::sleep(Duration::from_millis(200));
-    Ok(Some(child))
 }

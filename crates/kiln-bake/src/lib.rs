@@ -6,6 +6,8 @@ pub mod bake;
 mod mounts;
 pub mod parent;
 pub mod recipe;
+mod sandbox;
+mod test_gate;
 
 pub use bake::{BakeError, BakeObserver, BakeOptions, BakeReport, TestReport, bake};
 pub use recipe::Recipe;

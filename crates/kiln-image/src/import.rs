@@ -19,6 +19,13 @@ use crate::version::Version;
 
 pub const ANNOTATION_SOURCE: &str = "dev.kiln.image.source";
 
+/// Imported images start at 1.0.0; their build numbers count re-imports.
+const IMPORTED_VERSION: Version = Version {
+    major: 1,
+    minor: 0,
+    patch: 0,
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error(transparent)]
@@ -257,17 +264,7 @@ pub fn import_rootfs_tar(store: &Store, tar: &Path, name: &str) -> Result<ImageR
         &tar.display().to_string(),
         &opts,
     )?;
-    image_from_tree(
-        store,
-        &tree,
-        name,
-        Version {
-            major: 1,
-            minor: 0,
-            patch: 0,
-        },
-        &source,
-    )
+    image_from_tree(store, &tree, name, IMPORTED_VERSION, &source)
 }
 
 fn file_digest(path: &Path) -> Result<String> {
@@ -347,18 +344,7 @@ pub fn import_oci_dir(
         let stored = store.put_blob(layer.media_type().clone(), &data)?;
         layers.push(stored);
     }
-    finish_image(
-        store,
-        &config,
-        layers,
-        name,
-        Version {
-            major: 1,
-            minor: 0,
-            patch: 0,
-        },
-        &source,
-    )
+    finish_image(store, &config, layers, name, IMPORTED_VERSION, &source)
 }
 
 /// An OCI archive (`oci-archive:PATH[:TAG]`): a tarred layout.
@@ -442,18 +428,7 @@ pub fn import_docker_archive(store: &Store, archive: &Path, name: &str) -> Resul
             };
             layers.push(store.put_blob(media, &data)?);
         }
-        finish_image(
-            store,
-            &config,
-            layers,
-            name,
-            Version {
-                major: 1,
-                minor: 0,
-                patch: 0,
-            },
-            &source,
-        )
+        finish_image(store, &config, layers, name, IMPORTED_VERSION, &source)
     })();
     let _ = fs::remove_dir_all(&dir);
     result

@@ -3,40 +3,17 @@
 //!
 //! `cargo bench -p kiln-toe --bench step_overhead [-- STEPS]`
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use kiln_sandbox::{Bubblewrap, Isolation, ProcessSpec, Root};
 use kiln_toe::{Instance, Quiet, RunOptions};
 
-fn copy_with_libs(binary: &Path, root: &Path) {
-    let out = Command::new("ldd").arg(binary).output().expect("ldd");
-    let mut files = vec![binary.to_path_buf()];
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let path = line
-            .split("=>")
-            .nth(1)
-            .unwrap_or(line)
-            .split_whitespace()
-            .next()
-            .unwrap_or("");
-        if path.starts_with('/') {
-            files.push(PathBuf::from(path));
-        }
-    }
-    for f in files {
-        let real = std::fs::canonicalize(&f).unwrap();
-        for target in [f.clone(), real.clone()] {
-            let dest = root.join(target.strip_prefix("/").unwrap());
-            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-            if std::fs::symlink_metadata(&dest).is_err() {
-                std::fs::copy(&real, &dest).unwrap();
-            }
-        }
-    }
-}
+// The test suites' root set-up: busybox plus the host's bash.
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::copy_with_libs;
 
 fn main() {
     let steps: usize = std::env::args()

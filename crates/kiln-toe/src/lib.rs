@@ -13,6 +13,7 @@ pub mod digest;
 pub mod document;
 pub mod error;
 pub mod parse;
+mod references;
 pub mod report;
 pub mod runner;
 pub mod schema;

@@ -1,0 +1,139 @@
+//! The test gate: a fresh instance of the new image, its entrypoint
+//! running, runs every component's test phase. Only an image that passes
+//! may be deployed.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use oci_spec::image::ImageConfiguration;
+
+use crate::bake::{BakeError, BakeObserver, BakeOptions, TestReport, file_name, setup};
+use crate::recipe::Recipe;
+use crate::sandbox::{Overlay, instance, run_options};
+use kiln_image::Store;
+use kiln_sandbox::ProcessSpec;
+use kiln_toe::{Document, Instance};
+
+/// Starts a fresh instance of the new image, its entrypoint running, and
+/// runs every component's test phase there.
+pub(crate) fn test_gate(
+    store: &Store,
+    recipe: &Recipe,
+    opts: &BakeOptions,
+    documents: &[Document],
+    lowers: &[PathBuf],
+    config: &ImageConfiguration,
+    observer: &mut dyn BakeObserver,
+) -> Result<TestReport, BakeError> {
+    if !recipe.tests.enabled {
+        observer.event("tests disabled by the recipe");
+        return Ok(TestReport::Disabled);
+    }
+    if !documents.iter().any(|d| d.phase("test").is_some()) {
+        return Ok(TestReport::None);
+    }
+    observer.event("testing a fresh instance of the new image");
+    let mut overlay = Overlay::mount(store, lowers, "test")?;
+    let inst = instance(&overlay.merged(), recipe, opts)?;
+    let log_dir = opts.log_root.join(format!("test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&log_dir).map_err(|e| setup(&recipe.name, "test log", e))?;
+    let log_path = log_dir.join("test.log");
+    let entrypoint = start_entrypoint(&inst, config, &log_dir)
+        .map_err(|e| setup(&recipe.name, "entrypoint", e))?;
+    let deadline = Some(Instant::now() + recipe.tests.timeout);
+    let mut log = String::new();
+    let mut failure = None;
+    for (doc, component) in documents.iter().zip(&recipe.components) {
+        if doc.phase("test").is_none() {
+            continue;
+        }
+        let execution = kiln_toe::run(
+            std::slice::from_ref(doc),
+            &inst,
+            &run_options(opts, &component.parameters, &["test"], deadline),
+            observer,
+        )
+        .map_err(|e| setup(&component.path.display().to_string(), "test run", e))?;
+        log.push_str(&format!(
+            "== {} ({})\n",
+            component.path.display(),
+            execution.log_url
+        ));
+        log.push_str(
+            &std::fs::read_to_string(Path::new(&execution.log_url).join("console.log"))
+                .unwrap_or_default(),
+        );
+        if failure.is_none()
+            && let Some((_, phase, step)) = execution.failed_step()
+        {
+            failure = Some(format!(
+                "{}: phase {}, step {} failed: {}",
+                file_name(&component.path),
+                phase.name,
+                step.name,
+                step.failure_message
+            ));
+        }
+    }
+    if let Some(mut child) = entrypoint {
+        let _ = child.kill();
+        let _ = child.wait();
+        log.push_str("== entrypoint output\n");
+        log.push_str(&std::fs::read_to_string(log_dir.join("entrypoint.log")).unwrap_or_default());
+    }
+    drop(inst);
+    overlay.unmount()?;
+    std::fs::write(&log_path, &log).map_err(|e| setup(&recipe.name, "test log", e))?;
+    let log = log_path.display().to_string();
+    Ok(match failure {
+        Some(message) => {
+            observer.event(&format!("tests failed: {message}"));
+            TestReport::Failed { log, message }
+        }
+        None => TestReport::Passed { log },
+    })
+}
+
+fn start_entrypoint(
+    inst: &Instance,
+    config: &ImageConfiguration,
+    log_dir: &Path,
+) -> std::io::Result<Option<std::process::Child>> {
+    let Some(c) = config.config() else {
+        return Ok(None);
+    };
+    let mut argv = c.entrypoint().clone().unwrap_or_default();
+    argv.extend(c.cmd().clone().unwrap_or_default());
+    if argv.is_empty() {
+        return Ok(None);
+    }
+    let env = c
+        .env()
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| {
+            e.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    let spec = ProcessSpec {
+        argv,
+        env,
+        cwd: c.working_dir().clone().unwrap_or_else(|| "/".into()),
+        hostname: inst.hostname.clone(),
+    };
+    let mut cmd = inst
+        .isolation
+        .command(inst.root.host_path(), &spec)
+        .map_err(std::io::Error::other)?;
+    let out = std::fs::File::create(log_dir.join("entrypoint.log"))?;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    let child = cmd.spawn()?;
+    // Give the service a moment to bind before the tests start knocking;
+    // tests should still retry, as they would against a booting server.
+    std::thread::sleep(Duration::from_millis(200));
+    Ok(Some(child))
+}
