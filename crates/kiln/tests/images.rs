@@ -270,3 +270,112 @@ fn a_bake_killed_midway_leaves_no_partial_blob_or_mount_and_the_next_bake_succee
         0
     );
 }
+
+#[test]
+fn every_parent_transport_bakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    ok(kiln(&state, &["bake", hello_recipe().to_str().unwrap()]));
+    let docker = dir.path().join("hello-docker.tar");
+    ok(kiln(
+        &state,
+        &[
+            "images",
+            "export",
+            "hello",
+            "--format",
+            "docker-archive",
+            docker.to_str().unwrap(),
+        ],
+    ));
+    let oci = dir.path().join("hello-oci");
+    ok(kiln(
+        &state,
+        &[
+            "images",
+            "export",
+            "hello",
+            "--format",
+            "oci",
+            oci.to_str().unwrap(),
+        ],
+    ));
+    let tree = dir.path().join("tree");
+    kiln_sandbox::busybox::assemble(&tree).unwrap();
+    std::fs::write(tree.join("etc/motd"), "from a rootfs tarball\n").unwrap();
+    let rootfs = dir.path().join("rootfs.tar");
+    tool(
+        "tar",
+        &[
+            "-cf",
+            rootfs.to_str().unwrap(),
+            "-C",
+            tree.to_str().unwrap(),
+            ".",
+        ],
+    );
+
+    std::fs::write(
+        dir.path().join("check.yaml"),
+        "name: check\nschemaVersion: 1.0\nparameters:\n  - Expect:\n      type: string\nphases:\n  - name: test\n    steps:\n      - name: Look\n        action: ExecuteBash\n        inputs:\n          commands:\n            - test -f {{ Expect }}\n",
+    )
+    .unwrap();
+    let parents = [
+        (
+            format!("docker-archive:{}", docker.display()),
+            "/opt/hello/www/index.html",
+        ),
+        (
+            format!("oci:{}:1.0.0", oci.display()),
+            "/opt/hello/www/index.html",
+        ),
+        (format!("rootfs:{}", rootfs.display()), "/etc/motd"),
+        ("kiln:hello/1.x.x".to_string(), "/opt/hello/www/index.html"),
+    ];
+    for (i, (parent, expect)) in parents.iter().enumerate() {
+        let recipe = dir.path().join(format!("r{i}.yaml"));
+        std::fs::write(
+            &recipe,
+            format!("name: child{i}\nversion: 1.0.0\nparent: {parent}\nshell: sh\ncomponents:\n  - path: check.yaml\n    parameters: {{ Expect: {expect} }}\n"),
+        )
+        .unwrap();
+        let out = ok(kiln(&state, &["bake", recipe.to_str().unwrap()]));
+        assert!(
+            out.starts_with(&format!("child{i}/1.0.0/1 available")),
+            "{parent}: {out}"
+        );
+    }
+    // A failed image is no parent: kiln: takes only images that may be deployed.
+    let lineage: serde_json::Value = serde_json::from_str(&ok(kiln(
+        &state,
+        &["images", "inspect", "child3", "--output", "json"],
+    )))
+    .unwrap();
+    assert!(
+        lineage["parents"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("hello/1.0.0/1")
+    );
+}
+
+#[test]
+fn tests_can_be_disabled_per_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::write(
+        dir.path().join("failing.yaml"),
+        "name: failing\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Make\n        action: CreateFile\n        inputs:\n          - path: /made\n  - name: test\n    steps:\n      - name: Never\n        action: ExecuteBash\n        inputs:\n          commands: [\"exit 1\"]\n",
+    )
+    .unwrap();
+    let recipe = dir.path().join("recipe.yaml");
+    std::fs::write(&recipe, "name: untested\nversion: 1.0.0\nparent: busybox\nshell: sh\ncomponents:\n  - path: failing.yaml\ntests:\n  enabled: false\n").unwrap();
+    let out = ok(kiln(&state, &["bake", recipe.to_str().unwrap()]));
+    assert!(out.starts_with("untested/1.0.0/1 available"), "{out}");
+    let lineage: serde_json::Value = serde_json::from_str(&ok(kiln(
+        &state,
+        &["images", "inspect", "untested", "--output", "json"],
+    )))
+    .unwrap();
+    assert_eq!(lineage["tests"], "disabled");
+}
