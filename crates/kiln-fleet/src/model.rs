@@ -1,0 +1,232 @@
+//! What the fleet holds. Field names follow the AWS resources they stand
+//! for (launch templates, Auto Scaling groups, AutoScalingRollingUpdate and
+//! instance refresh), in kiln's snake_case.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// What a user gives to create a launch template version.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSpec {
+    /// An image reference: a digest or NAME[/VERSION[/BUILD]], resolved to a
+    /// digest when the version is created.
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Bytes of memory (cgroup memory.max).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_max: Option<u64>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One version of a launch template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Template {
+    pub name: String,
+    pub version: u32,
+    /// The image as resolved: `name/x.y.z/build`.
+    pub image: String,
+    pub image_digest: String,
+    pub spec: TemplateSpec,
+    /// The spec's tags plus those every version gets: Application, Name,
+    /// Version and the image's Source/* tags.
+    pub tags: BTreeMap<String, String>,
+    pub created: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// Health checks start this long after an instance starts.
+    pub grace_period_ms: u64,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck { path: "/health".into(), interval_ms: 2000, timeout_ms: 1000, healthy_threshold: 2, unhealthy_threshold: 2, grace_period_ms: 0 }
+    }
+}
+
+/// CloudFormation's AutoScalingRollingUpdate, with instance refresh's
+/// alternatives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RollingPolicy {
+    pub max_batch_size: u32,
+    pub min_instances_in_service: u32,
+    pub pause_ms: u64,
+    /// Instance refresh: the floor, as a percentage of desired capacity.
+    pub min_healthy_percentage: Option<u32>,
+    /// Instance refresh: above 100, new instances launch before old ones
+    /// terminate (the default here, so that capacity never dips).
+    pub max_healthy_percentage: Option<u32>,
+    /// Instances already on the target version are left alone.
+    pub skip_matching: bool,
+    /// How long a batch has to become healthy (WaitOnResourceSignals).
+    pub batch_timeout_ms: u64,
+}
+
+impl Default for RollingPolicy {
+    fn default() -> Self {
+        RollingPolicy {
+            max_batch_size: 1,
+            min_instances_in_service: 1,
+            pause_ms: 0,
+            min_healthy_percentage: None,
+            max_healthy_percentage: None,
+            skip_matching: true,
+            batch_timeout_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupSpec {
+    pub min: u32,
+    pub max: u32,
+    pub desired: u32,
+    /// The port every instance's application listens on, in its own
+    /// network namespace.
+    pub port: u16,
+    /// The load balancer's loopback port; 0 picks a free one at creation.
+    pub lb_port: u16,
+    pub health: HealthCheck,
+    pub rolling: RollingPolicy,
+    pub deregistration_delay_ms: u64,
+}
+
+impl Default for GroupSpec {
+    fn default() -> Self {
+        GroupSpec {
+            min: 0,
+            max: 3,
+            desired: 1,
+            port: 8080,
+            lb_port: 0,
+            health: HealthCheck::default(),
+            rolling: RollingPolicy::default(),
+            deregistration_delay_ms: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub name: String,
+    pub template: String,
+    /// The template version the group runs, or is rolling to.
+    pub version: u32,
+    pub spec: GroupSpec,
+    pub created: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceState {
+    Pending,
+    InService,
+    Unhealthy,
+    Draining,
+    Terminated,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Pending => "pending",
+            InstanceState::InService => "in-service",
+            InstanceState::Unhealthy => "unhealthy",
+            InstanceState::Draining => "draining",
+            InstanceState::Terminated => "terminated",
+        }
+    }
+
+    pub fn parse(s: &str) -> InstanceState {
+        match s {
+            "pending" => InstanceState::Pending,
+            "in-service" => InstanceState::InService,
+            "unhealthy" => InstanceState::Unhealthy,
+            "draining" => InstanceState::Draining,
+            _ => InstanceState::Terminated,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub group: String,
+    pub template: String,
+    pub version: u32,
+    pub state: InstanceState,
+    /// The bubblewrap process, its start time and the namespace's pid 1:
+    /// what a restarted daemon adopts the instance by.
+    pub pid: u32,
+    pub start_time: u64,
+    pub init_pid: u32,
+    pub dir: String,
+    pub reason: String,
+    pub created: String,
+    pub updated: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutState {
+    InProgress,
+    Succeeded,
+    RollingBack,
+    RolledBack,
+}
+
+impl RolloutState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::InProgress => "in-progress",
+            RolloutState::Succeeded => "succeeded",
+            RolloutState::RollingBack => "rolling-back",
+            RolloutState::RolledBack => "rolled-back",
+        }
+    }
+
+    pub fn parse(s: &str) -> RolloutState {
+        match s {
+            "in-progress" => RolloutState::InProgress,
+            "succeeded" => RolloutState::Succeeded,
+            "rolling-back" => RolloutState::RollingBack,
+            _ => RolloutState::RolledBack,
+        }
+    }
+}
+
+/// A change of a group's template version, and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: i64,
+    pub group: String,
+    pub from_version: u32,
+    pub to_version: u32,
+    pub state: RolloutState,
+    pub reason: String,
+    pub started: String,
+    pub ended: String,
+}
+
+pub fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}
