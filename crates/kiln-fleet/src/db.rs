@@ -10,7 +10,10 @@ use crate::model::*;
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("state database {path}: {error}")]
-    Sql { path: String, error: rusqlite::Error },
+    Sql {
+        path: String,
+        error: rusqlite::Error,
+    },
     #[error("state database: {what} {id:?} does not exist")]
     NotFound { what: &'static str, id: String },
     #[error("state database: {what} {id:?} already exists")]
@@ -47,23 +50,35 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| DbError::Corrupt { what, error: e.to_string() })
+    serde_json::from_str(text).map_err(|e| DbError::Corrupt {
+        what,
+        error: e.to_string(),
+    })
 }
 
 impl Db {
     pub fn open(path: &Path) -> Result<Db> {
         let shown = path.display().to_string();
-        let sql = |error| DbError::Sql { path: shown.clone(), error };
+        let sql = |error| DbError::Sql {
+            path: shown.clone(),
+            error,
+        };
         let conn = Connection::open(path).map_err(sql)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
         Ok(Db { conn, path: shown })
     }
 
     fn sql(&self, error: rusqlite::Error) -> DbError {
-        DbError::Sql { path: self.path.clone(), error }
+        DbError::Sql {
+            path: self.path.clone(),
+            error,
+        }
     }
 
     // ------------------------------------------------------------ templates
@@ -71,7 +86,11 @@ impl Db {
     pub fn next_template_version(&self, name: &str) -> Result<u32> {
         let max: Option<u32> = self
             .conn
-            .query_row("SELECT MAX(version) FROM templates WHERE name = ?1", [name], |r| r.get(0))
+            .query_row(
+                "SELECT MAX(version) FROM templates WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
             .map_err(|e| self.sql(e))?;
         Ok(max.unwrap_or(0) + 1)
     }
@@ -86,13 +105,31 @@ impl Db {
         Ok(())
     }
 
-    fn template_row(r: &rusqlite::Row) -> rusqlite::Result<(String, u32, String, String, String, String, String)> {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+    fn template_row(
+        r: &rusqlite::Row,
+    ) -> rusqlite::Result<(String, u32, String, String, String, String, String)> {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+        ))
     }
 
     fn to_template(row: (String, u32, String, String, String, String, String)) -> Result<Template> {
         let (name, version, image, image_digest, spec, tags, created) = row;
-        Ok(Template { name, version, image, image_digest, spec: parse("template", &spec)?, tags: parse("template tags", &tags)?, created })
+        Ok(Template {
+            name,
+            version,
+            image,
+            image_digest,
+            spec: parse("template", &spec)?,
+            tags: parse("template tags", &tags)?,
+            created,
+        })
     }
 
     pub fn template(&self, name: &str, version: u32) -> Result<Template> {
@@ -114,19 +151,27 @@ impl Db {
             .conn
             .prepare("SELECT name, version, image, image_digest, spec, tags, created FROM templates ORDER BY name, version")
             .map_err(|e| self.sql(e))?;
-        let rows = stmt.query_map([], Self::template_row).map_err(|e| self.sql(e))?;
-        rows.map(|r| r.map_err(|e| self.sql(e)).and_then(Self::to_template)).collect()
+        let rows = stmt
+            .query_map([], Self::template_row)
+            .map_err(|e| self.sql(e))?;
+        rows.map(|r| r.map_err(|e| self.sql(e)).and_then(Self::to_template))
+            .collect()
     }
 
     pub fn delete_templates(&self, name: &str) -> Result<usize> {
-        self.conn.execute("DELETE FROM templates WHERE name = ?1", [name]).map_err(|e| self.sql(e))
+        self.conn
+            .execute("DELETE FROM templates WHERE name = ?1", [name])
+            .map_err(|e| self.sql(e))
     }
 
     // --------------------------------------------------------------- groups
 
     pub fn insert_group(&self, g: &Group) -> Result<()> {
         if self.group(&g.name).is_ok() {
-            return Err(DbError::Exists { what: "group", id: g.name.clone() });
+            return Err(DbError::Exists {
+                what: "group",
+                id: g.name.clone(),
+            });
         }
         self.conn
             .execute(
@@ -140,41 +185,75 @@ impl Db {
     pub fn update_group(&self, g: &Group) -> Result<()> {
         let n = self
             .conn
-            .execute("UPDATE groups SET template = ?2, version = ?3, spec = ?4 WHERE name = ?1", params![g.name, g.template, g.version, json(&g.spec)])
+            .execute(
+                "UPDATE groups SET template = ?2, version = ?3, spec = ?4 WHERE name = ?1",
+                params![g.name, g.template, g.version, json(&g.spec)],
+            )
             .map_err(|e| self.sql(e))?;
         if n == 0 {
-            return Err(DbError::NotFound { what: "group", id: g.name.clone() });
+            return Err(DbError::NotFound {
+                what: "group",
+                id: g.name.clone(),
+            });
         }
         Ok(())
     }
 
     fn to_group(row: (String, String, u32, String, String)) -> Result<Group> {
         let (name, template, version, spec, created) = row;
-        Ok(Group { name, template, version, spec: parse("group", &spec)?, created })
+        Ok(Group {
+            name,
+            template,
+            version,
+            spec: parse("group", &spec)?,
+            created,
+        })
     }
 
     pub fn group(&self, name: &str) -> Result<Group> {
         let row = self
             .conn
-            .query_row("SELECT name, template, version, spec, created FROM groups WHERE name = ?1", [name], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
+            .query_row(
+                "SELECT name, template, version, spec, created FROM groups WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
             .optional()
             .map_err(|e| self.sql(e))?
-            .ok_or_else(|| DbError::NotFound { what: "group", id: name.to_string() })?;
+            .ok_or_else(|| DbError::NotFound {
+                what: "group",
+                id: name.to_string(),
+            })?;
         Self::to_group(row)
     }
 
     pub fn groups(&self) -> Result<Vec<Group>> {
-        let mut stmt = self.conn.prepare("SELECT name, template, version, spec, created FROM groups ORDER BY name").map_err(|e| self.sql(e))?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))).map_err(|e| self.sql(e))?;
-        rows.map(|r| r.map_err(|e| self.sql(e)).and_then(Self::to_group)).collect()
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, template, version, spec, created FROM groups ORDER BY name")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.map(|r| r.map_err(|e| self.sql(e)).and_then(Self::to_group))
+            .collect()
     }
 
     pub fn delete_group(&self, name: &str) -> Result<()> {
-        self.conn.execute("DELETE FROM groups WHERE name = ?1", [name]).map_err(|e| self.sql(e))?;
-        self.conn.execute("DELETE FROM rollouts WHERE grp = ?1", [name]).map_err(|e| self.sql(e))?;
-        self.conn.execute("DELETE FROM instances WHERE grp = ?1 AND state = 'terminated'", [name]).map_err(|e| self.sql(e))?;
+        self.conn
+            .execute("DELETE FROM groups WHERE name = ?1", [name])
+            .map_err(|e| self.sql(e))?;
+        self.conn
+            .execute("DELETE FROM rollouts WHERE grp = ?1", [name])
+            .map_err(|e| self.sql(e))?;
+        self.conn
+            .execute(
+                "DELETE FROM instances WHERE grp = ?1 AND state = 'terminated'",
+                [name],
+            )
+            .map_err(|e| self.sql(e))?;
         Ok(())
     }
 
@@ -194,7 +273,10 @@ impl Db {
 
     pub fn set_instance_state(&self, id: &str, state: InstanceState, reason: &str) -> Result<()> {
         self.conn
-            .execute("UPDATE instances SET state = ?2, reason = ?3, updated = ?4 WHERE id = ?1", params![id, state.as_str(), reason, now()])
+            .execute(
+                "UPDATE instances SET state = ?2, reason = ?3, updated = ?4 WHERE id = ?1",
+                params![id, state.as_str(), reason, now()],
+            )
             .map_err(|e| self.sql(e))?;
         Ok(())
     }
@@ -221,23 +303,35 @@ impl Db {
 
     /// Instances, all of them or one group's, oldest first; terminated ones
     /// only when asked.
-    pub fn instances(&self, group: Option<&str>, include_terminated: bool) -> Result<Vec<Instance>> {
+    pub fn instances(
+        &self,
+        group: Option<&str>,
+        include_terminated: bool,
+    ) -> Result<Vec<Instance>> {
         let sql = format!(
             "SELECT {} FROM instances WHERE (?1 IS NULL OR grp = ?1) AND (?2 OR state != 'terminated') ORDER BY created, id",
             Self::INSTANCE_COLUMNS
         );
         let mut stmt = self.conn.prepare(&sql).map_err(|e| self.sql(e))?;
-        let rows = stmt.query_map(params![group, include_terminated], Self::instance_row).map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(params![group, include_terminated], Self::instance_row)
+            .map_err(|e| self.sql(e))?;
         rows.map(|r| r.map_err(|e| self.sql(e))).collect()
     }
 
     pub fn instance(&self, id: &str) -> Result<Instance> {
-        let sql = format!("SELECT {} FROM instances WHERE id = ?1", Self::INSTANCE_COLUMNS);
+        let sql = format!(
+            "SELECT {} FROM instances WHERE id = ?1",
+            Self::INSTANCE_COLUMNS
+        );
         self.conn
             .query_row(&sql, [id], Self::instance_row)
             .optional()
             .map_err(|e| self.sql(e))?
-            .ok_or_else(|| DbError::NotFound { what: "instance", id: id.to_string() })
+            .ok_or_else(|| DbError::NotFound {
+                what: "instance",
+                id: id.to_string(),
+            })
     }
 
     // ------------------------------------------------------------- rollouts
@@ -251,12 +345,24 @@ impl Db {
             )
             .map_err(|e| self.sql(e))?;
         let id = self.conn.last_insert_rowid();
-        Ok(Rollout { id, group: group.into(), from_version: from, to_version: to, state: RolloutState::InProgress, reason: String::new(), started, ended: String::new() })
+        Ok(Rollout {
+            id,
+            group: group.into(),
+            from_version: from,
+            to_version: to,
+            state: RolloutState::InProgress,
+            reason: String::new(),
+            started,
+            ended: String::new(),
+        })
     }
 
     pub fn update_rollout(&self, r: &Rollout) -> Result<()> {
         self.conn
-            .execute("UPDATE rollouts SET state = ?2, reason = ?3, ended = ?4 WHERE id = ?1", params![r.id, r.state.as_str(), r.reason, r.ended])
+            .execute(
+                "UPDATE rollouts SET state = ?2, reason = ?3, ended = ?4 WHERE id = ?1",
+                params![r.id, r.state.as_str(), r.reason, r.ended],
+            )
             .map_err(|e| self.sql(e))?;
         Ok(())
     }
@@ -286,7 +392,12 @@ impl Db {
 
     /// The group's rollout that has not ended, if any.
     pub fn active_rollout(&self, group: &str) -> Result<Option<Rollout>> {
-        Ok(self.rollouts(group)?.into_iter().rev().find(|r| matches!(r.state, RolloutState::InProgress | RolloutState::RollingBack)))
+        Ok(self.rollouts(group)?.into_iter().rev().find(|r| {
+            matches!(
+                r.state,
+                RolloutState::InProgress | RolloutState::RollingBack
+            )
+        }))
     }
 }
 
@@ -298,12 +409,29 @@ mod tests {
     fn state_round_trips_through_the_database() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("kiln.db")).unwrap();
-        let spec = TemplateSpec { image: "web/1.0.0".into(), ..Default::default() };
-        let t = Template { name: "web".into(), version: db.next_template_version("web").unwrap(), image: "web/1.0.0/1".into(), image_digest: "sha256:ab".into(), spec, tags: Default::default(), created: now() };
+        let spec = TemplateSpec {
+            image: "web/1.0.0".into(),
+            ..Default::default()
+        };
+        let t = Template {
+            name: "web".into(),
+            version: db.next_template_version("web").unwrap(),
+            image: "web/1.0.0/1".into(),
+            image_digest: "sha256:ab".into(),
+            spec,
+            tags: Default::default(),
+            created: now(),
+        };
         db.insert_template(&t).unwrap();
         assert_eq!(db.next_template_version("web").unwrap(), 2);
         assert_eq!(db.template("web", 1).unwrap(), t);
-        let g = Group { name: "web".into(), template: "web".into(), version: 1, spec: GroupSpec::default(), created: now() };
+        let g = Group {
+            name: "web".into(),
+            template: "web".into(),
+            version: 1,
+            spec: GroupSpec::default(),
+            created: now(),
+        };
         db.insert_group(&g).unwrap();
         assert!(matches!(db.insert_group(&g), Err(DbError::Exists { .. })));
         let mut r = db.insert_rollout("web", 1, 2).unwrap();
@@ -312,14 +440,25 @@ mod tests {
         db.update_rollout(&r).unwrap();
         assert!(db.active_rollout("web").unwrap().is_none());
         let mut i = Instance {
-            id: "i-1".into(), group: "web".into(), template: "web".into(), version: 1, state: InstanceState::Pending,
-            pid: 10, start_time: 20, init_pid: 11, dir: "/x".into(), reason: String::new(), created: now(), updated: now(),
+            id: "i-1".into(),
+            group: "web".into(),
+            template: "web".into(),
+            version: 1,
+            state: InstanceState::Pending,
+            pid: 10,
+            start_time: 20,
+            init_pid: 11,
+            dir: "/x".into(),
+            reason: String::new(),
+            created: now(),
+            updated: now(),
         };
         db.upsert_instance(&i).unwrap();
         i.state = InstanceState::InService;
         db.upsert_instance(&i).unwrap();
         assert_eq!(db.instances(Some("web"), false).unwrap(), vec![i.clone()]);
-        db.set_instance_state("i-1", InstanceState::Terminated, "scaled in").unwrap();
+        db.set_instance_state("i-1", InstanceState::Terminated, "scaled in")
+            .unwrap();
         assert!(db.instances(Some("web"), false).unwrap().is_empty());
         assert_eq!(db.instance("i-1").unwrap().reason, "scaled in");
     }

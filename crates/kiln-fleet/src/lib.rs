@@ -2,8 +2,13 @@
 //! started from kiln images, health checks, rolling updates with automatic
 //! rollback, and the state of all of it in one SQLite database.
 
+mod connect;
 pub mod db;
+pub mod fleet;
+pub mod health;
 pub mod model;
+pub mod runtime;
 
 pub use db::{Db, DbError};
+pub use fleet::{Fleet, FleetError, GroupUpdate, GroupView};
 pub use model::*;

@@ -57,7 +57,14 @@ pub struct HealthCheck {
 
 impl Default for HealthCheck {
     fn default() -> Self {
-        HealthCheck { path: "/health".into(), interval_ms: 2000, timeout_ms: 1000, healthy_threshold: 2, unhealthy_threshold: 2, grace_period_ms: 0 }
+        HealthCheck {
+            path: "/health".into(),
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+            grace_period_ms: 0,
+        }
     }
 }
 

@@ -7,11 +7,17 @@
 
 pub mod busybox;
 pub mod exec;
+pub mod instance;
+pub mod netns;
 pub mod overlay;
 pub mod probe;
 pub mod rootfs;
 pub mod tool;
 
 pub use exec::{Bubblewrap, ExecError, Isolation, ProcessSpec};
+pub use instance::{
+    InstanceError, InstanceIdentity, InstanceSpec, RunningInstance, processes_with_root_below,
+};
+pub use netns::{Connector, NetNs, NetNsError};
 pub use overlay::{OverlayError, OverlayMount};
 pub use rootfs::{Kind, Meta, Root, RootError};

@@ -8,9 +8,12 @@
 //! tar, hashing, copying trees) in `spawn_blocking`.
 
 mod bake;
+mod client;
+mod fleet_cmd;
 mod images;
 mod lineage;
 mod output;
+mod serve;
 mod state;
 mod toe;
 
@@ -45,6 +48,14 @@ enum Command {
     Bake(bake::BakeArgs),
     /// List, inspect, remove and export images.
     Images(images::ImagesArgs),
+    /// Run the daemon: API, fleet controller, load balancers.
+    Serve(serve::ServeArgs),
+    /// Launch templates: image, entrypoint, env, limits, tags; versioned.
+    Templates(fleet_cmd::TemplatesArgs),
+    /// Groups of instances behind a load balancer.
+    Groups(fleet_cmd::GroupsArgs),
+    /// Instances and their logs.
+    Instances(fleet_cmd::InstancesArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +76,10 @@ fn main() -> ExitCode {
         Command::Toe(args) => toe::main(args, &state),
         Command::Bake(args) => bake::main(args, &state),
         Command::Images(args) => images::main(args, &state),
+        Command::Serve(args) => serve::main(args, &state),
+        Command::Templates(args) => fleet_cmd::templates(args, &state),
+        Command::Groups(args) => fleet_cmd::groups(args, &state),
+        Command::Instances(args) => fleet_cmd::instances(args, &state),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,78 @@
+//! Health checks: an HTTP GET of the group's path, made inside the
+//! instance's network namespace, every interval after the grace period.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use kiln_sandbox::netns::Connector;
+
+use crate::fleet::Fleet;
+use crate::model::Group;
+
+/// One check: a 2xx or 3xx answer within the timeout passes.
+pub fn check(connector: &Connector, port: u16, path: &str, timeout: Duration) -> bool {
+    let Ok(mut stream) = connector.connect(port, timeout) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: kiln-health-check\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 64];
+    let mut read = 0;
+    while read < 12 {
+        match stream.read(&mut head[read..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => read += n,
+        }
+    }
+    let line = String::from_utf8_lossy(&head[..read]);
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok());
+    matches!(status, Some(200..=399))
+}
+
+pub(crate) async fn check_loop(fleet: Fleet, id: String, group: Group) {
+    let h = &group.spec.health;
+    tokio::time::sleep(Duration::from_millis(h.grace_period_ms)).await;
+    let (mut successes, mut failures) = (0u32, 0u32);
+    let mut first = true;
+    loop {
+        if !first {
+            tokio::time::sleep(Duration::from_millis(h.interval_ms)).await;
+        }
+        first = false;
+        let Some(live) = fleet.is_live(&id) else {
+            return;
+        };
+        let (connector, port, path, timeout) = (
+            live.connector.clone(),
+            group.spec.port,
+            h.path.clone(),
+            Duration::from_millis(h.timeout_ms),
+        );
+        let ok = tokio::task::spawn_blocking(move || check(&connector, port, &path, timeout))
+            .await
+            .unwrap_or(false);
+        if ok {
+            successes += 1;
+            failures = 0;
+            if successes >= h.healthy_threshold {
+                fleet.health_changed(&id, &group.name, true);
+            }
+        } else {
+            failures += 1;
+            successes = 0;
+            if failures >= h.unhealthy_threshold {
+                fleet.health_changed(&id, &group.name, false);
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Instances on this machine: an overlay of the image's layers with a
+//! writable layer of the instance's own, started isolated in namespaces of
+//! its own (network included) by the sandbox, and cleaned up again.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kiln_image::Store;
+use kiln_sandbox::instance::{InstanceIdentity, InstanceSpec, RunningInstance};
+use kiln_sandbox::netns::Connector;
+
+use crate::model::{Group, Template};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("instance {id}: {what}: {error}")]
+    Instance {
+        id: String,
+        what: &'static str,
+        error: String,
+    },
+}
+
+fn err(id: &str, what: &'static str, e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Instance {
+        id: id.to_string(),
+        what,
+        error: e.to_string(),
+    }
+}
+
+/// A started or adopted instance.
+pub struct Live {
+    pub id: String,
+    pub running: RunningInstance,
+    pub connector: Connector,
+    pub dir: PathBuf,
+}
+
+/// `i-` and 17 hex digits, as EC2 names instances.
+pub fn new_instance_id() -> String {
+    let hex = uuid::Uuid::new_v4().simple().to_string();
+    format!("i-{}", &hex[..17])
+}
+
+/// Mounts the instance's root and starts it. Blocking: call it from a
+/// blocking thread.
+pub fn launch(
+    store: &Store,
+    instances_dir: &Path,
+    id: &str,
+    group: &Group,
+    template: &Template,
+) -> Result<Live, RuntimeError> {
+    let dir = instances_dir.join(id);
+    let lowers = {
+        let _lock = store.lock().map_err(|e| err(id, "image store", e))?;
+        let image = store
+            .resolve(&template.image_digest)
+            .map_err(|e| err(id, "image", e))?;
+        let manifest = store.manifest(&image).map_err(|e| err(id, "image", e))?;
+        kiln_image::import::unpack_layers(store, &manifest)
+            .map_err(|e| err(id, "image layers", e))?
+    };
+    let config = {
+        let image = store
+            .resolve(&template.image_digest)
+            .map_err(|e| err(id, "image", e))?;
+        let manifest = store.manifest(&image).map_err(|e| err(id, "image", e))?;
+        store
+            .config(&manifest)
+            .map_err(|e| err(id, "image config", e))?
+    };
+    let top_first: Vec<&Path> = lowers.iter().rev().map(PathBuf::as_path).collect();
+    let mount = kiln_sandbox::OverlayMount::mount(
+        &top_first,
+        &dir.join("upper"),
+        &dir.join("work"),
+        &dir.join("merged"),
+    )
+    .map_err(|e| err(id, "mount", e))?;
+    // The mount outlives this process on purpose: a restarted daemon
+    // adopts the instance with its root still in place.
+    std::mem::forget(mount);
+    let merged = dir.join("merged");
+    let c = config.config().clone().unwrap_or_default();
+    let argv: Vec<String> = match (&template.spec.entrypoint, &template.spec.cmd) {
+        (Some(e), cmd) => e.iter().chain(cmd.iter().flatten()).cloned().collect(),
+        (None, Some(cmd)) => c
+            .entrypoint()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .chain(cmd.iter().cloned())
+            .collect(),
+        (None, None) => c
+            .entrypoint()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .chain(c.cmd().clone().unwrap_or_default())
+            .collect(),
+    };
+    if argv.is_empty() {
+        cleanup(&dir);
+        return Err(err(
+            id,
+            "entrypoint",
+            "the image has no entrypoint or cmd and the template gives none",
+        ));
+    }
+    let mut env: Vec<(String, String)> = c
+        .env()
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| e.split_once('=').map(|(k, v)| (k.into(), v.into())))
+        .collect();
+    env.extend(
+        template
+            .spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    env.extend([
+        ("KILN_INSTANCE_ID".to_string(), id.to_string()),
+        ("KILN_GROUP".to_string(), group.name.clone()),
+        ("KILN_TEMPLATE".to_string(), template.name.clone()),
+        (
+            "KILN_TEMPLATE_VERSION".to_string(),
+            template.version.to_string(),
+        ),
+        ("KILN_IMAGE".to_string(), template.image.clone()),
+    ]);
+    for (k, v) in &template.tags {
+        let key: String = k
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        env.push((format!("KILN_TAG_{key}"), v.clone()));
+    }
+    // Instance metadata as a file, as EC2 serves it from its endpoint.
+    let metadata = serde_json::json!({
+        "instance-id": id, "group": group.name, "template": template.name, "template-version": template.version,
+        "image": template.image, "image-digest": template.image_digest, "tags": template.tags, "port": group.spec.port,
+    });
+    let root = kiln_sandbox::Root::open(&merged).map_err(|e| err(id, "root", e))?;
+    root.create_dir_all("/run/kiln", 0o755)
+        .map_err(|e| err(id, "metadata", e))?;
+    root.write(
+        "/run/kiln/metadata.json",
+        serde_json::to_string_pretty(&metadata)
+            .unwrap_or_default()
+            .as_bytes(),
+        0o644,
+        false,
+    )
+    .map_err(|e| err(id, "metadata", e))?;
+    let spec = InstanceSpec {
+        id: id.to_string(),
+        root: merged.clone(),
+        argv,
+        env,
+        cwd: c
+            .working_dir()
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into()),
+        hostname: id.to_string(),
+        log_dir: dir.join("logs"),
+        memory_max: template.spec.memory_max,
+        pids_max: template.spec.pids_max,
+    };
+    std::fs::create_dir_all(&spec.log_dir).map_err(|e| err(id, "logs", e))?;
+    let running = match RunningInstance::start(&spec) {
+        Ok(r) => r,
+        Err(e) => {
+            cleanup(&dir);
+            return Err(err(id, "start", e));
+        }
+    };
+    let connector = running
+        .netns()
+        .connector()
+        .map_err(|e| err(id, "network namespace", e))?;
+    Ok(Live {
+        id: id.to_string(),
+        running,
+        connector,
+        dir,
+    })
+}
+
+/// Re-attaches to an instance a previous daemon started.
+pub fn adopt(id: &str, dir: &Path, identity: InstanceIdentity) -> Option<Live> {
+    let running = RunningInstance::adopt(identity).ok()??;
+    let connector = running.netns().connector().ok()?;
+    Some(Live {
+        id: id.to_string(),
+        running,
+        connector,
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// Stops the instance and removes everything it had. Blocking.
+pub fn stop(live: &Live, grace: Duration) {
+    if let Err(e) = live.running.stop(grace) {
+        tracing::warn!("stopping instance {}: {e}", live.id);
+    }
+    cleanup(&live.dir);
+}
+
+/// Unmounts and removes an instance's directory; harmless when it is gone.
+pub fn cleanup(dir: &Path) {
+    let merged = dir.join("merged");
+    for _ in 0..3 {
+        match rustix_unmount(&merged) {
+            Ok(()) => continue,
+            Err(_) => break,
+        }
+    }
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("removing {}: {e}", dir.display());
+    }
+}
+
+fn rustix_unmount(path: &Path) -> std::io::Result<()> {
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&path.display().to_string()));
+    if !mounted {
+        return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+    }
+    rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH).map_err(std::io::Error::from)
+}

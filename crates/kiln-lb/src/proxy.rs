@@ -1,0 +1,355 @@
+//! Relaying one client request to a backend, with retries.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use tracing::{debug, warn};
+
+use crate::body::{ProxyBody, TrackedBody, UpBody};
+use crate::error::UpstreamError;
+use crate::table::{Backend, Pick, Sender, Table};
+
+/// Request bodies up to this size are buffered so that the request can be
+/// sent again to another backend; larger ones are streamed, and can only be
+/// retried while not a byte of them has been sent.
+const MAX_BUFFERED_BODY: u64 = 1 << 20;
+
+/// Attempts per request. Each attempt after a failure goes to a backend
+/// that has not failed this request yet, so this also bounds how long a
+/// client waits when several backends die at once.
+const MAX_ATTEMPTS: usize = 3;
+
+/// How long a pooled connection may take to signal it is ready. One handed
+/// back the moment its response ended may not have been marked idle by its
+/// connection task yet; more than this means it is stuck, so a new one is
+/// cheaper.
+const POOL_READY_WAIT: Duration = Duration::from_millis(500);
+
+/// Headers that describe one connection rather than the message (RFC 9110
+/// 7.6.1), plus the obsolete `Proxy-Connection` that some clients still send.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const VIA_KILN: HeaderValue = HeaderValue::from_static("1.1 kiln");
+
+pub(crate) async fn handle(
+    table: Arc<Table>,
+    local: SocketAddr,
+    client: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    Ok(forward(&table, local, client, req).await)
+}
+
+/// The request body, kept so that a failed attempt can be repeated.
+enum Payload {
+    Buffered(Bytes),
+    /// `None` while lent to an attempt.
+    Streaming(Option<Incoming>),
+}
+
+impl Payload {
+    fn take(&mut self) -> Option<UpBody> {
+        match self {
+            Payload::Buffered(bytes) => Some(UpBody::full(bytes.clone())),
+            Payload::Streaming(incoming) => incoming.take().map(UpBody::Stream),
+        }
+    }
+
+    fn restore(&mut self, body: UpBody) {
+        if let (Payload::Streaming(slot), UpBody::Stream(incoming)) = (self, body) {
+            *slot = Some(incoming);
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, Payload::Buffered(_))
+    }
+}
+
+async fn forward(
+    table: &Table,
+    local: SocketAddr,
+    client: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = req.into_parts();
+    prepare_request_headers(&mut parts.headers, local, client);
+    let uri = origin_form(&parts.uri);
+    let mut payload = match body.size_hint().exact() {
+        Some(len) if len <= MAX_BUFFERED_BODY => match body.collect().await {
+            Ok(collected) => Payload::Buffered(collected.to_bytes()),
+            Err(e) => {
+                debug!(%client, error = %e, "reading request body");
+                return local_response(StatusCode::BAD_REQUEST, "bad request body\n");
+            }
+        },
+        _ => Payload::Streaming(Some(body)),
+    };
+
+    let mut failed: Vec<Arc<Backend>> = Vec::new();
+    let mut last_error = None;
+    for _ in 0..MAX_ATTEMPTS {
+        let lease = match table.pick(&failed) {
+            Pick::Leased(lease) => lease,
+            Pick::NoneInService if last_error.is_none() => {
+                return local_response(StatusCode::SERVICE_UNAVAILABLE, "no backend in service\n");
+            }
+            Pick::NoneInService | Pick::Exhausted => break,
+        };
+        let backend = lease.backend.clone();
+        let (mut sender, reused) = match acquire(table, &backend).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                debug!(error = %e, "retrying on another backend");
+                lease.failed();
+                table.mark_down(&backend);
+                failed.push(backend);
+                last_error = Some(e);
+                continue;
+            }
+        };
+        let Some(body) = payload.take() else {
+            break;
+        };
+        let mut up = Request::new(body);
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = uri.clone();
+        *up.headers_mut() = parts.headers.clone();
+        match sender.try_send_request(up).await {
+            Ok(resp) => {
+                table.mark_up(&backend);
+                return relay(resp, lease, sender);
+            }
+            Err(mut e) => {
+                let unsent = e.take_message();
+                let error = UpstreamError::Request {
+                    backend: backend.id.clone(),
+                    source: e.into_error(),
+                };
+                if let Some(unsent) = unsent {
+                    // Nothing reached the backend, so any request may be
+                    // repeated. A pooled connection that died while idle says
+                    // nothing about the backend; a fresh one that dies does.
+                    payload.restore(unsent.into_body());
+                    if !reused {
+                        lease.failed();
+                        failed.push(backend);
+                    }
+                } else if parts.method.is_idempotent() && payload.replayable() {
+                    // The backend may have seen the request, but repeating an
+                    // idempotent one is allowed (RFC 9110 9.2.2), and no part
+                    // of a response reached the client yet.
+                    lease.failed();
+                    failed.push(backend);
+                } else {
+                    lease.failed();
+                    warn!(error = %error, "request failed after it was sent");
+                    return local_response(StatusCode::BAD_GATEWAY, "bad gateway\n");
+                }
+                debug!(error = %error, "retrying");
+                last_error = Some(error);
+            }
+        }
+    }
+    match last_error {
+        Some(e) => warn!(error = %e, "no backend could take the request"),
+        None => warn!("no backend could take the request"),
+    }
+    local_response(StatusCode::BAD_GATEWAY, "bad gateway\n")
+}
+
+fn relay(
+    resp: Response<Incoming>,
+    lease: crate::table::Lease,
+    sender: Sender,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.append(header::VIA, VIA_KILN);
+    Response::from_parts(
+        parts,
+        ProxyBody::Upstream(TrackedBody::new(body, lease, sender)),
+    )
+}
+
+/// A pooled connection if one is alive, otherwise a new one from the
+/// connector. The flag says whether the connection was pooled.
+async fn acquire(table: &Table, backend: &Backend) -> Result<(Sender, bool), UpstreamError> {
+    while let Some(mut sender) = backend.take_idle() {
+        if sender.is_closed() {
+            continue;
+        }
+        if sender.is_ready() {
+            return Ok((sender, true));
+        }
+        if let Ok(Ok(())) = tokio::time::timeout(POOL_READY_WAIT, sender.ready()).await {
+            return Ok((sender, true));
+        }
+    }
+    let timeout = table.settings.connect_timeout;
+    let connect = async {
+        let stream = table
+            .connector
+            .connect(&backend.id)
+            .await
+            .map_err(|source| UpstreamError::Connect {
+                backend: backend.id.clone(),
+                source,
+            })?;
+        // Responses are mostly small and written in one go; Nagle's
+        // algorithm would hold back request bodies and headers otherwise.
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(backend = %backend.id, error = %e, "setting TCP_NODELAY");
+        }
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Handshake {
+                backend: backend.id.clone(),
+                source,
+            })?;
+        let id = backend.id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(backend = %id, error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    };
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(sender) => sender.map(|s| (s, false)),
+        Err(_) => Err(UpstreamError::ConnectTimeout {
+            backend: backend.id.clone(),
+            timeout,
+        }),
+    }
+}
+
+fn prepare_request_headers(headers: &mut HeaderMap, local: SocketAddr, client: SocketAddr) {
+    strip_hop_by_hop(headers);
+    // The balancer has already read the body (or streams it right away), so
+    // the backend must not wait for a 100 Continue that nobody relays.
+    headers.remove(header::EXPECT);
+    // Upgrades (WebSocket) are not relayed: the upstream connection is
+    // pooled per request.
+    headers.remove(header::UPGRADE);
+
+    let client_ip = client.ip().to_string();
+    let forwarded_for = match join_values(headers, &X_FORWARDED_FOR) {
+        Some(earlier) => format!("{earlier}, {client_ip}"),
+        None => client_ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    headers.append(header::VIA, VIA_KILN);
+    if !headers.contains_key(header::HOST) {
+        // HTTP/1.0 clients may omit Host, but the upstream request is 1.1.
+        if let Ok(value) = HeaderValue::from_str(&local.to_string()) {
+            headers.insert(header::HOST, value);
+        }
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+fn join_values(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+/// The request target as sent to a backend: path and query only, since the
+/// backend is reached directly, not as a proxy.
+fn origin_form(uri: &Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri.clone();
+    }
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    path.parse().unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+fn local_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::local(text));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn appends_client_to_forwarded_for() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        let local: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let client: SocketAddr = "127.0.0.2:5000".parse().unwrap();
+        prepare_request_headers(&mut h, local, client);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 127.0.0.2");
+        assert_eq!(h[header::VIA], "1.1 kiln");
+        assert_eq!(h[header::HOST], "127.0.0.1:80");
+    }
+
+    #[test]
+    fn absolute_targets_become_origin_form() {
+        let uri: Uri = "http://example.com/a?b=1".parse().unwrap();
+        assert_eq!(origin_form(&uri), "/a?b=1");
+        let uri: Uri = "/x".parse().unwrap();
+        assert_eq!(origin_form(&uri), "/x");
+    }
+}

@@ -1,0 +1,401 @@
+//! The routing table: which backends exist, which may take new requests,
+//! and what each has done.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::SendRequest;
+use tokio::sync::Notify;
+
+use crate::body::UpBody;
+use crate::{BackendStats, Connector, Settings};
+
+/// Latency percentiles are taken over this many most recent requests, so
+/// that they follow the backend's current behaviour rather than its history.
+const LATENCY_WINDOW: usize = 1024;
+
+/// More idle connections than this per backend only hold sockets open: the
+/// number needed is bounded by the peak concurrency, which the pool reaches
+/// again on its own.
+const MAX_IDLE_PER_BACKEND: usize = 256;
+
+/// After a failed connection attempt the backend is avoided for this long
+/// (unless nothing else is in service), so that a dead instance costs one
+/// retry per interval instead of one per request until the fleet's health
+/// check takes it out.
+const DOWN_FOR: Duration = Duration::from_secs(1);
+
+pub(crate) type Sender = SendRequest<UpBody>;
+
+pub(crate) struct Backend {
+    pub(crate) id: String,
+    in_service: AtomicBool,
+    draining: AtomicBool,
+    removed: AtomicBool,
+    in_flight: AtomicUsize,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    response_bytes: AtomicU64,
+    /// Milliseconds since the table's epoch; 0 when not marked down.
+    down_until_ms: AtomicU64,
+    latencies: Mutex<LatencyWindow>,
+    idle: Mutex<Vec<Sender>>,
+    idle_changed: Notify,
+}
+
+impl Backend {
+    fn new(id: &str) -> Self {
+        Backend {
+            id: id.to_owned(),
+            in_service: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            response_bytes: AtomicU64::new(0),
+            down_until_ms: AtomicU64::new(0),
+            latencies: Mutex::new(LatencyWindow::default()),
+            idle: Mutex::new(Vec::new()),
+            idle_changed: Notify::new(),
+        }
+    }
+
+    fn routable(&self) -> bool {
+        self.in_service.load(Ordering::Acquire)
+            && !self.draining.load(Ordering::Acquire)
+            && !self.removed.load(Ordering::Acquire)
+    }
+
+    /// Whether a finished connection may go back to the pool: a draining or
+    /// removed backend must not get new requests, so its connections close.
+    fn keeps_connections(&self) -> bool {
+        !self.draining.load(Ordering::Acquire) && !self.removed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn take_idle(&self) -> Option<Sender> {
+        // Most recently used first: the oldest idle connections are the
+        // likeliest to have been closed by the backend meanwhile.
+        lock(&self.idle).pop()
+    }
+
+    pub(crate) fn put_idle(&self, sender: Sender) {
+        if sender.is_closed() || !self.keeps_connections() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        if idle.len() < MAX_IDLE_PER_BACKEND {
+            idle.push(sender);
+        }
+        drop(idle);
+        // A drain or removal may have cleared the pool between the check
+        // above and the push; clearing again closes what slipped in.
+        if !self.keeps_connections() {
+            self.close_idle();
+        }
+    }
+
+    fn close_idle(&self) {
+        let senders = std::mem::take(&mut *lock(&self.idle));
+        // Dropping the last sender of a connection closes it once idle.
+        drop(senders);
+    }
+
+    fn stats(&self) -> BackendStats {
+        let [p50_ms, p90_ms, p99_ms] = lock(&self.latencies).percentiles_ms([50.0, 90.0, 99.0]);
+        BackendStats {
+            id: self.id.clone(),
+            in_service: self.in_service.load(Ordering::Acquire),
+            draining: self.draining.load(Ordering::Acquire),
+            requests: self.requests.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            in_flight: self.in_flight(),
+            p50_ms,
+            p90_ms,
+            p99_ms,
+            response_bytes: self.response_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits until no request is in flight, or the deadline passes.
+    /// Returns whether the backend became idle.
+    pub(crate) async fn wait_idle(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let changed = self.idle_changed.notified();
+            tokio::pin!(changed);
+            // Registering before the check closes the window in which the
+            // last request could finish unseen.
+            changed.as_mut().enable();
+            if self.in_flight() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.in_flight() == 0;
+            }
+        }
+    }
+}
+
+/// One request's claim on a backend: counts as in flight until dropped.
+pub(crate) struct Lease {
+    pub(crate) backend: Arc<Backend>,
+    started: Instant,
+}
+
+impl Lease {
+    pub(crate) fn succeeded(&self, response_bytes: u64) {
+        self.backend
+            .response_bytes
+            .fetch_add(response_bytes, Ordering::Relaxed);
+        lock(&self.backend.latencies).push(self.started.elapsed());
+    }
+
+    pub(crate) fn failed(&self) {
+        self.backend.failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.backend.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.backend.idle_changed.notify_waiters();
+        }
+    }
+}
+
+pub(crate) enum Pick {
+    Leased(Lease),
+    /// No backend is in service at all.
+    NoneInService,
+    /// Backends are in service, but every one has already failed this request.
+    Exhausted,
+}
+
+pub(crate) struct Table {
+    backends: RwLock<Vec<Arc<Backend>>>,
+    next: AtomicUsize,
+    epoch: Instant,
+    pub(crate) settings: Settings,
+    pub(crate) connector: Arc<dyn Connector>,
+}
+
+impl Table {
+    pub(crate) fn new(connector: Arc<dyn Connector>, settings: Settings) -> Self {
+        Table {
+            backends: RwLock::new(Vec::new()),
+            next: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            settings,
+            connector,
+        }
+    }
+
+    pub(crate) fn register(&self, id: &str) {
+        let mut backends = write(&self.backends);
+        if let Some(pos) = backends.iter().position(|b| b.id == id) {
+            if !backends[pos].draining.load(Ordering::Acquire) {
+                return;
+            }
+            // Re-registering a draining backend starts it afresh; the drain
+            // still under way removes only its own entry, not this one.
+            let old = backends.remove(pos);
+            old.removed.store(true, Ordering::Release);
+            old.close_idle();
+        }
+        backends.push(Arc::new(Backend::new(id)));
+    }
+
+    pub(crate) fn set_in_service(&self, id: &str, in_service: bool) -> bool {
+        // The write lock orders this against `pick`, so no request is routed
+        // to the backend after this returns with `false`.
+        let backends = write(&self.backends);
+        match backends.iter().find(|b| b.id == id) {
+            Some(b) => {
+                b.in_service.store(in_service, Ordering::Release);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Marks the backend draining and closes its idle connections.
+    pub(crate) fn begin_drain(&self, id: &str) -> Option<Arc<Backend>> {
+        let backends = write(&self.backends);
+        let backend = backends.iter().find(|b| b.id == id)?.clone();
+        // Set under the write lock: see `pick`.
+        backend.draining.store(true, Ordering::Release);
+        drop(backends);
+        backend.close_idle();
+        Some(backend)
+    }
+
+    /// Removes this very backend entry (not a newer one with the same id).
+    pub(crate) fn remove_entry(&self, backend: &Arc<Backend>) {
+        let mut backends = write(&self.backends);
+        backends.retain(|b| !Arc::ptr_eq(b, backend));
+        drop(backends);
+        backend.removed.store(true, Ordering::Release);
+        backend.close_idle();
+    }
+
+    pub(crate) fn deregister(&self, id: &str) -> bool {
+        let mut backends = write(&self.backends);
+        let Some(pos) = backends.iter().position(|b| b.id == id) else {
+            return false;
+        };
+        let backend = backends.remove(pos);
+        drop(backends);
+        backend.removed.store(true, Ordering::Release);
+        backend.close_idle();
+        true
+    }
+
+    pub(crate) fn stats(&self) -> Vec<BackendStats> {
+        read(&self.backends).iter().map(|b| b.stats()).collect()
+    }
+
+    /// Chooses the in-service backend with the fewest requests in flight,
+    /// starting the scan at a rotating position so that ties are broken
+    /// round robin. Backends in `exclude` already failed this request.
+    pub(crate) fn pick(&self, exclude: &[Arc<Backend>]) -> Pick {
+        let now_ms = self.now_ms();
+        // The read lock is held until `in_flight` is raised, so a drain
+        // (which takes the write lock) either sees this request or prevents it.
+        let backends = read(&self.backends);
+        let mut any_routable = false;
+        let mut healthy = Vec::with_capacity(backends.len());
+        let mut down = Vec::new();
+        for b in backends.iter().filter(|b| b.routable()) {
+            any_routable = true;
+            if exclude.iter().any(|e| Arc::ptr_eq(e, b)) {
+                continue;
+            }
+            if b.down_until_ms.load(Ordering::Relaxed) > now_ms {
+                down.push(b);
+            } else {
+                healthy.push(b);
+            }
+        }
+        if !any_routable {
+            return Pick::NoneInService;
+        }
+        // A backend marked down may have recovered; trying it beats failing.
+        let candidates = if healthy.is_empty() { down } else { healthy };
+        if candidates.is_empty() {
+            return Pick::Exhausted;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % candidates.len();
+        let mut best = candidates[start];
+        let mut best_load = best.in_flight();
+        for i in 1..candidates.len() {
+            let b = candidates[(start + i) % candidates.len()];
+            let load = b.in_flight();
+            if load < best_load {
+                best = b;
+                best_load = load;
+            }
+        }
+        best.in_flight.fetch_add(1, Ordering::AcqRel);
+        best.requests.fetch_add(1, Ordering::Relaxed);
+        Pick::Leased(Lease {
+            backend: best.clone(),
+            started: Instant::now(),
+        })
+    }
+
+    pub(crate) fn mark_down(&self, backend: &Backend) {
+        let until = self.now_ms() + DOWN_FOR.as_millis() as u64;
+        backend.down_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    pub(crate) fn mark_up(&self, backend: &Backend) {
+        // Loading first keeps the common path from writing a shared cache line.
+        if backend.down_until_ms.load(Ordering::Relaxed) != 0 {
+            backend.down_until_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        // +1 so that a live mark is never 0, which means "not down".
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+}
+
+#[derive(Default)]
+struct LatencyWindow {
+    micros: Vec<u32>,
+    next: usize,
+}
+
+impl LatencyWindow {
+    fn push(&mut self, latency: Duration) {
+        let micros = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+        if self.micros.len() < LATENCY_WINDOW {
+            self.micros.push(micros);
+        } else {
+            self.micros[self.next] = micros;
+        }
+        self.next = (self.next + 1) % LATENCY_WINDOW;
+    }
+
+    fn percentiles_ms<const N: usize>(&self, percents: [f64; N]) -> [f64; N] {
+        let mut sorted = self.micros.clone();
+        sorted.sort_unstable();
+        percents.map(|p| percentile(&sorted, p) as f64 / 1000.0)
+    }
+}
+
+/// Nearest-rank percentile of sorted samples; 0 when there are none.
+pub(crate) fn percentile(sorted: &[u32], percent: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((percent / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+// A panic while holding one of these locks leaves plain counters and lists
+// behind, which stay usable, so poisoning is ignored rather than spread.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let samples: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&samples, 50.0), 50);
+        assert_eq!(percentile(&samples, 99.0), 99);
+        assert_eq!(percentile(&samples, 100.0), 100);
+        assert_eq!(percentile(&[], 50.0), 0);
+        assert_eq!(percentile(&[7], 1.0), 7);
+    }
+
+    #[test]
+    fn latency_window_keeps_only_recent_samples() {
+        let mut w = LatencyWindow::default();
+        for _ in 0..LATENCY_WINDOW {
+            w.push(Duration::from_millis(100));
+        }
+        for _ in 0..LATENCY_WINDOW {
+            w.push(Duration::from_millis(1));
+        }
+        assert_eq!(w.percentiles_ms([99.0]), [1.0]);
+    }
+}

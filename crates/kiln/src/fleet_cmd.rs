@@ -1,0 +1,347 @@
+//! `kiln templates`, `kiln groups` and `kiln instances`: the fleet, through
+//! the daemon's API.
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::client::Client;
+use crate::output::{Format, print_json};
+use crate::state::StateDir;
+
+fn pairs(items: &[String], what: &str) -> anyhow::Result<serde_json::Map<String, Value>> {
+    items
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+                .ok_or_else(|| anyhow::anyhow!("--{what} {kv:?}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
+#[derive(Args)]
+pub struct TemplatesArgs {
+    #[command(subcommand)]
+    command: TemplatesCommand,
+}
+
+#[derive(Subcommand)]
+enum TemplatesCommand {
+    /// Create a new version of a launch template.
+    Create {
+        name: String,
+        /// The image: a digest or NAME[/VERSION[/BUILD]].
+        #[arg(long)]
+        image: String,
+        #[arg(long, num_args = 1.., allow_hyphen_values = true)]
+        entrypoint: Option<Vec<String>>,
+        #[arg(long = "env")]
+        env: Vec<String>,
+        #[arg(long)]
+        memory_max: Option<u64>,
+        #[arg(long)]
+        pids_max: Option<u64>,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Format,
+    },
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+pub fn templates(args: TemplatesArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
+    let client = Client::connect(state)?;
+    match args.command {
+        TemplatesCommand::Create {
+            name,
+            image,
+            entrypoint,
+            env,
+            memory_max,
+            pids_max,
+            tags,
+            output,
+        } => {
+            let body = json!({ "name": name, "image": image, "entrypoint": entrypoint, "env": pairs(&env, "env")?, "memory_max": memory_max, "pids_max": pids_max, "tags": pairs(&tags, "tag")? });
+            let t = client.send("POST", "/v1/templates", Some(strip_nulls(body)))?;
+            if output == Format::Json {
+                print_json(&t)?;
+            } else {
+                println!(
+                    "{} version {} ({})",
+                    t["name"].as_str().unwrap_or_default(),
+                    t["version"],
+                    t["image"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        TemplatesCommand::Ls { output } => {
+            let list = client.get("/v1/templates")?;
+            if output == Format::Json {
+                print_json(&list)?;
+            } else {
+                println!(
+                    "{:<20} {:>7}  {:<32} CREATED",
+                    "TEMPLATE", "VERSION", "IMAGE"
+                );
+                for t in list.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<20} {:>7}  {:<32} {}",
+                        t["name"].as_str().unwrap_or_default(),
+                        t["version"],
+                        t["image"].as_str().unwrap_or_default(),
+                        t["created"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn strip_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+        other => other,
+    }
+}
+
+#[derive(Args)]
+pub struct GroupsArgs {
+    #[command(subcommand)]
+    command: GroupsCommand,
+}
+
+#[derive(Subcommand)]
+enum GroupsCommand {
+    /// Create a group from a launch template.
+    Create {
+        name: String,
+        #[arg(long)]
+        template: String,
+        /// The template version (default: the newest).
+        #[arg(long)]
+        version: Option<u32>,
+        #[arg(long, default_value_t = 0)]
+        min: u32,
+        #[arg(long, default_value_t = 3)]
+        max: u32,
+        #[arg(long, default_value_t = 1)]
+        desired: u32,
+        /// The port the application listens on inside each instance.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// The load balancer's loopback port (default: a free one).
+        #[arg(long, default_value_t = 0)]
+        lb_port: u16,
+        /// Health check and rolling policy as JSON, e.g. '{"path": "/health", "interval_ms": 1000}'.
+        #[arg(long)]
+        health: Option<String>,
+        #[arg(long)]
+        rolling: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Format,
+    },
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        output: Format,
+    },
+    Inspect {
+        name: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Set desired capacity (0 stops every instance and keeps the group).
+    Scale { name: String, desired: u32 },
+    /// Change capacity bounds or roll to another template version.
+    Update {
+        name: String,
+        #[arg(long)]
+        template_version: Option<u32>,
+        #[arg(long)]
+        min: Option<u32>,
+        #[arg(long)]
+        max: Option<u32>,
+        #[arg(long)]
+        desired: Option<u32>,
+    },
+    /// Roll the group back to the version before its last rollout.
+    Rollback { name: String },
+    /// Stop everything the group owns and remove it.
+    Rm { name: String },
+}
+
+fn parse_json(text: &Option<String>, what: &str) -> anyhow::Result<Option<Value>> {
+    text.as_ref()
+        .map(|t| serde_json::from_str(t).map_err(|e| anyhow::anyhow!("--{what}: not JSON: {e}")))
+        .transpose()
+}
+
+pub fn groups(args: GroupsArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
+    let client = Client::connect(state)?;
+    let show = |g: &Value, output: Format| -> anyhow::Result<()> {
+        if output == Format::Json {
+            return print_json(g);
+        }
+        println!(
+            "{:<16} v{:<4} desired {:<3} {:<28} {}",
+            g["name"].as_str().unwrap_or_default(),
+            g["version"],
+            g["spec"]["desired"],
+            g["load_balancer"].as_str().unwrap_or_default(),
+            g["instances"]
+                .as_array()
+                .map(|i| i
+                    .iter()
+                    .map(|i| format!(
+                        "{}:v{}:{}",
+                        i["id"].as_str().unwrap_or_default(),
+                        i["version"],
+                        i["state"].as_str().unwrap_or_default()
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(" "))
+                .unwrap_or_default()
+        );
+        Ok(())
+    };
+    match args.command {
+        GroupsCommand::Create {
+            name,
+            template,
+            version,
+            min,
+            max,
+            desired,
+            port,
+            lb_port,
+            health,
+            rolling,
+            output,
+        } => {
+            let mut body = json!({ "name": name, "template": template, "version": version, "min": min, "max": max, "desired": desired, "port": port, "lb_port": lb_port });
+            if let Some(h) = parse_json(&health, "health")? {
+                body["health"] = h;
+            }
+            if let Some(r) = parse_json(&rolling, "rolling")? {
+                body["rolling"] = r;
+            }
+            let g = client.send("POST", "/v1/groups", Some(strip_nulls(body)))?;
+            show(&g, output)?;
+        }
+        GroupsCommand::Ls { output } => {
+            let list = client.get("/v1/groups")?;
+            if output == Format::Json {
+                print_json(&list)?;
+            } else {
+                for g in list.as_array().into_iter().flatten() {
+                    show(g, output)?;
+                }
+            }
+        }
+        GroupsCommand::Inspect { name, output } => {
+            show(&client.get(&format!("/v1/groups/{name}"))?, output)?
+        }
+        GroupsCommand::Scale { name, desired } => {
+            let g = client.get(&format!("/v1/groups/{name}"))?;
+            let mut body = json!({ "desired": desired });
+            if g["spec"]["min"].as_u64().unwrap_or(0) > u64::from(desired) {
+                body["min"] = json!(desired);
+            }
+            if g["spec"]["max"].as_u64().unwrap_or(0) < u64::from(desired) {
+                body["max"] = json!(desired);
+            }
+            show(
+                &client.send("PATCH", &format!("/v1/groups/{name}"), Some(body))?,
+                Format::Text,
+            )?;
+        }
+        GroupsCommand::Update {
+            name,
+            template_version,
+            min,
+            max,
+            desired,
+        } => {
+            let body = json!({ "template_version": template_version, "min": min, "max": max, "desired": desired });
+            show(
+                &client.send(
+                    "PATCH",
+                    &format!("/v1/groups/{name}"),
+                    Some(strip_nulls(body)),
+                )?,
+                Format::Text,
+            )?;
+        }
+        GroupsCommand::Rollback { name } => show(
+            &client.send("POST", &format!("/v1/groups/{name}/rollback"), None)?,
+            Format::Text,
+        )?,
+        GroupsCommand::Rm { name } => {
+            client.send("DELETE", &format!("/v1/groups/{name}"), None)?;
+            println!("removed group {name}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct InstancesArgs {
+    #[command(subcommand)]
+    command: InstancesCommand,
+}
+
+#[derive(Subcommand)]
+enum InstancesCommand {
+    Ls {
+        #[arg(long)]
+        group: Option<String>,
+        /// Terminated instances too.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// What an instance printed on stdout and stderr.
+    Logs { id: String },
+}
+
+pub fn instances(args: InstancesArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
+    let client = Client::connect(state)?;
+    match args.command {
+        InstancesCommand::Ls { group, all, output } => {
+            let mut path = format!("/v1/instances?all={all}");
+            if let Some(g) = group {
+                path.push_str(&format!("&group={g}"));
+            }
+            let list = client.get(&path)?;
+            if output == Format::Json {
+                print_json(&list)?;
+            } else {
+                println!(
+                    "{:<20} {:<14} {:>7}  {:<11} REASON",
+                    "INSTANCE", "GROUP", "VERSION", "STATE"
+                );
+                for i in list.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<20} {:<14} {:>7}  {:<11} {}",
+                        i["id"].as_str().unwrap_or_default(),
+                        i["group"].as_str().unwrap_or_default(),
+                        i["version"],
+                        i["state"].as_str().unwrap_or_default(),
+                        i["reason"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        InstancesCommand::Logs { id } => {
+            print!("{}", client.get_text(&format!("/v1/instances/{id}/logs"))?)
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,60 @@
+//! `kiln serve`: the daemon. tokio runs the API, the load balancers and
+//! the fleet controller; blocking work (mounts, process starts, image
+//! unpacking) goes to `spawn_blocking`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::state::StateDir;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Where the API listens (loopback only); port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+}
+
+/// What a client needs to find the daemon: written at start, read by the CLI.
+pub const DAEMON_FILE: &str = "daemon.json";
+
+pub fn main(args: ServeArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.listen.ip().is_loopback(),
+        "--listen {}: kiln serves on loopback only",
+        args.listen
+    );
+    std::fs::create_dir_all(&state.path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args, &state.path))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(args: ServeArgs, state: &Path) -> anyhow::Result<()> {
+    let fleet = kiln_fleet::Fleet::open(state)?;
+    fleet.start().await?;
+    let token = kiln_api::token::load_or_create(state)?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let addr = listener.local_addr()?;
+    let info = serde_json::json!({ "address": addr.to_string(), "pid": std::process::id() });
+    std::fs::write(state.join(DAEMON_FILE), serde_json::to_vec_pretty(&info)?)?;
+    tracing::info!(%addr, "kiln daemon serving");
+    println!("kiln daemon listening on http://{addr}");
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    kiln_api::serve(listener, fleet.clone(), token, shutdown).await?;
+    fleet.shutdown().await;
+    let _ = std::fs::remove_file(state.join(DAEMON_FILE));
+    tracing::info!("kiln daemon stopped; instances keep running for the next start to adopt");
+    Ok(())
+}
