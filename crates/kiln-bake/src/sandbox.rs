@@ -82,6 +82,7 @@ pub(crate) fn instance(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         allow_sh: recipe.allow_sh,
+        netns: None,
     })
 }
 

@@ -11,7 +11,7 @@ use crate::bake::{BakeError, BakeObserver, BakeOptions, TestReport, file_name, s
 use crate::recipe::Recipe;
 use crate::sandbox::{Overlay, instance, run_options};
 use kiln_image::Store;
-use kiln_sandbox::ProcessSpec;
+use kiln_sandbox::instance::{InstanceSpec, RunningInstance};
 use kiln_toe::{Document, Instance};
 
 /// Starts a fresh instance of the new image, its entrypoint running, and
@@ -34,12 +34,18 @@ pub(crate) fn test_gate(
     }
     observer.event("testing a fresh instance of the new image");
     let mut overlay = Overlay::mount(store, lowers, "test")?;
-    let inst = instance(&overlay.merged(), recipe, opts)?;
+    let mut inst = instance(&overlay.merged(), recipe, opts)?;
     let log_dir = opts.log_root.join(format!("test-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&log_dir).map_err(|e| setup(&recipe.name, "test log", e))?;
     let log_path = log_dir.join("test.log");
     let entrypoint = start_entrypoint(&inst, config, &log_dir)
         .map_err(|e| setup(&recipe.name, "entrypoint", e))?;
+    // The test steps share the instance's own network, as tests on a
+    // fresh EC2 instance reach its service on localhost, and two bakes
+    // testing the same port never meet.
+    if let Some(running) = &entrypoint {
+        inst.netns = Some(PathBuf::from(format!("/proc/{}/ns/net", running.netns().pid())));
+    }
     let deadline = Some(Instant::now() + recipe.tests.timeout);
     let mut log = String::new();
     let mut failure = None;
@@ -75,11 +81,14 @@ pub(crate) fn test_gate(
             ));
         }
     }
-    if let Some(mut child) = entrypoint {
-        let _ = child.kill();
-        let _ = child.wait();
-        log.push_str("== entrypoint output\n");
-        log.push_str(&std::fs::read_to_string(log_dir.join("entrypoint.log")).unwrap_or_default());
+    if let Some(running) = entrypoint {
+        if let Err(e) = running.stop(Duration::from_secs(5)) {
+            log.push_str(&format!("== stopping the entrypoint: {e}\n"));
+        }
+        for name in ["stdout.log", "stderr.log"] {
+            log.push_str(&format!("== entrypoint {name}\n"));
+            log.push_str(&std::fs::read_to_string(log_dir.join(name)).unwrap_or_default());
+        }
     }
     drop(inst);
     overlay.unmount()?;
@@ -98,7 +107,7 @@ fn start_entrypoint(
     inst: &Instance,
     config: &ImageConfiguration,
     log_dir: &Path,
-) -> std::io::Result<Option<std::process::Child>> {
+) -> Result<Option<RunningInstance>, String> {
     let Some(c) = config.config() else {
         return Ok(None);
     };
@@ -112,28 +121,22 @@ fn start_entrypoint(
         .clone()
         .unwrap_or_default()
         .iter()
-        .filter_map(|e| {
-            e.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
+        .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
         .collect();
-    let spec = ProcessSpec {
+    let spec = InstanceSpec {
+        id: format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+        root: inst.root.host_path().to_path_buf(),
         argv,
         env,
         cwd: c.working_dir().clone().unwrap_or_else(|| "/".into()),
         hostname: inst.hostname.clone(),
+        log_dir: log_dir.to_path_buf(),
+        memory_max: None,
+        pids_max: None,
     };
-    let mut cmd = inst
-        .isolation
-        .command(inst.root.host_path(), &spec)
-        .map_err(std::io::Error::other)?;
-    let out = std::fs::File::create(log_dir.join("entrypoint.log"))?;
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
-    let child = cmd.spawn()?;
+    let running = RunningInstance::start(&spec).map_err(|e| e.to_string())?;
     // Give the service a moment to bind before the tests start knocking;
     // tests should still retry, as they would against a booting server.
     std::thread::sleep(Duration::from_millis(200));
-    Ok(Some(child))
+    Ok(Some(running))
 }

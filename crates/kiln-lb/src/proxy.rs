@@ -106,7 +106,14 @@ async fn forward(
 
     let mut failed: Vec<Arc<Backend>> = Vec::new();
     let mut last_error = None;
-    for _ in 0..MAX_ATTEMPTS {
+    // Failures on pooled connections do not use up attempts: a backend that
+    // restarted or timed out its idle connections leaves several stale ones
+    // behind, each failing once. The first such failure empties the pool, so
+    // these cost at most a few extra tries; the loop bound is a backstop.
+    for _ in 0..MAX_ATTEMPTS * 3 {
+        if failed.len() >= MAX_ATTEMPTS {
+            break;
+        }
         let lease = match table.pick(&failed) {
             Pick::Leased(lease) => lease,
             Pick::NoneInService if last_error.is_none() => {
@@ -133,41 +140,42 @@ async fn forward(
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri.clone();
         *up.headers_mut() = parts.headers.clone();
-        match sender.try_send_request(up).await {
+        let mut e = match sender.try_send_request(up).await {
             Ok(resp) => {
                 table.mark_up(&backend);
                 return relay(resp, lease, sender);
             }
-            Err(mut e) => {
-                let unsent = e.take_message();
-                let error = UpstreamError::Request {
-                    backend: backend.id.clone(),
-                    source: e.into_error(),
-                };
-                if let Some(unsent) = unsent {
-                    // Nothing reached the backend, so any request may be
-                    // repeated. A pooled connection that died while idle says
-                    // nothing about the backend; a fresh one that dies does.
-                    payload.restore(unsent.into_body());
-                    if !reused {
-                        lease.failed();
-                        failed.push(backend);
-                    }
-                } else if parts.method.is_idempotent() && payload.replayable() {
-                    // The backend may have seen the request, but repeating an
-                    // idempotent one is allowed (RFC 9110 9.2.2), and no part
-                    // of a response reached the client yet.
-                    lease.failed();
-                    failed.push(backend);
-                } else {
-                    lease.failed();
-                    warn!(error = %error, "request failed after it was sent");
-                    return local_response(StatusCode::BAD_GATEWAY, "bad gateway\n");
-                }
-                debug!(error = %error, "retrying");
-                last_error = Some(error);
-            }
+            Err(e) => e,
+        };
+        let unsent = e.take_message();
+        let sent = unsent.is_none();
+        let error = UpstreamError::Request {
+            backend: backend.id.clone(),
+            source: e.into_error(),
+        };
+        if let Some(unsent) = unsent {
+            // Nothing reached the backend, so any request may be repeated.
+            payload.restore(unsent.into_body());
+        } else if !(parts.method.is_idempotent() && payload.replayable()) {
+            // Only an idempotent request may be repeated once the backend
+            // may have seen it (RFC 9110 9.2.2).
+            lease.failed();
+            warn!(error = %error, "request failed after it was sent");
+            return local_response(StatusCode::BAD_GATEWAY, "bad gateway\n");
         }
+        if sent || !reused {
+            lease.failed();
+        }
+        if reused {
+            // A pooled connection that died says little about the backend,
+            // but its pool siblings are suspect: the next try connects anew,
+            // and only a failure then rules the backend out.
+            backend.close_idle();
+        } else {
+            failed.push(backend);
+        }
+        debug!(error = %error, "retrying");
+        last_error = Some(error);
     }
     match last_error {
         Some(e) => warn!(error = %e, "no backend could take the request"),

@@ -100,7 +100,7 @@ impl Backend {
         }
     }
 
-    fn close_idle(&self) {
+    pub(crate) fn close_idle(&self) {
         let senders = std::mem::take(&mut *lock(&self.idle));
         // Dropping the last sender of a connection closes it once idle.
         drop(senders);

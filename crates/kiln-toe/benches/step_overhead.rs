@@ -41,6 +41,7 @@ fn main() {
         workdir: "/".into(),
         env: Vec::new(),
         allow_sh: false,
+        netns: None,
     };
     let opts = RunOptions {
         log_root: dir.path().join("logs"),

@@ -37,6 +37,9 @@ pub struct Instance {
     /// Run ExecuteBash with /bin/sh when the root has no bash; only when
     /// the user asked for it.
     pub allow_sh: bool,
+    /// A network namespace (`/proc/PID/ns/net`) the steps join, to share
+    /// the network of a running instance; `None` keeps the host's.
+    pub netns: Option<PathBuf>,
 }
 
 /// Where s3:// URIs of the pipeline's artifact bucket resolve locally.

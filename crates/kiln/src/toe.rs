@@ -238,6 +238,7 @@ fn run(args: RunArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
         workdir: args.workdir.clone(),
         env: Vec::new(),
         allow_sh: args.shell == "sh",
+        netns: None,
     };
     let opts = RunOptions {
         phases: args.phases.clone(),

@@ -43,6 +43,7 @@ impl Fixture {
             workdir: "/".into(),
             env: Vec::new(),
             allow_sh,
+            netns: None,
         }
     }
 
