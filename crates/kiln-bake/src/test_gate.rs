@@ -44,7 +44,10 @@ pub(crate) fn test_gate(
     // fresh EC2 instance reach its service on localhost, and two bakes
     // testing the same port never meet.
     if let Some(running) = &entrypoint {
-        inst.netns = Some(PathBuf::from(format!("/proc/{}/ns/net", running.netns().pid())));
+        inst.netns = Some(PathBuf::from(format!(
+            "/proc/{}/ns/net",
+            running.netns().pid()
+        )));
     }
     let deadline = Some(Instant::now() + recipe.tests.timeout);
     let mut log = String::new();
@@ -121,7 +124,10 @@ fn start_entrypoint(
         .clone()
         .unwrap_or_default()
         .iter()
-        .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|e| {
+            e.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
         .collect();
     let spec = InstanceSpec {
         id: format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),

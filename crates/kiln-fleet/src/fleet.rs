@@ -142,7 +142,8 @@ impl Fleet {
     /// Blocking: adopt live instances, clean up everything else.
     fn recover(&self) -> Result<Vec<(String, InstanceState)>> {
         let mut adopted = Vec::new();
-        for i in self.db().instances(None, false)? {
+        let recorded = self.db().instances(None, false)?;
+        for i in recorded {
             let identity = kiln_sandbox::instance::InstanceIdentity {
                 pid: i.pid,
                 start_time: i.start_time,
@@ -415,7 +416,11 @@ impl Fleet {
             },
         )?;
         let deadline = Instant::now() + Duration::from_secs(120);
-        while !self.db().instances(Some(name), false)?.is_empty() && Instant::now() < deadline {
+        loop {
+            let remaining = self.db().instances(Some(name), false)?;
+            if remaining.is_empty() || Instant::now() >= deadline {
+                break;
+            }
             self.inner.wake.notify_one();
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -479,7 +484,8 @@ impl Fleet {
         let name = &group.name;
         let rollout = self.db().active_rollout(name)?;
         // Dead, lost and unhealthy instances go first.
-        for i in self.db().instances(Some(name), false)? {
+        let recorded = self.db().instances(Some(name), false)?;
+        for i in recorded {
             if self.is_busy(&i.id) {
                 continue;
             }

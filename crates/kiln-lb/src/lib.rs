@@ -205,7 +205,7 @@ impl LoadBalancer {
         };
         let in_flight_at_start = entry.in_flight();
         let deadline = tokio::time::Instant::from_std(started) + table.settings.drain_timeout;
-        let idle = entry.wait_idle(deadline).await;
+        let idle = entry.wait_quiet(deadline).await;
         if idle {
             let delay_end = tokio::time::Instant::now() + table.settings.deregistration_delay;
             tokio::time::sleep_until(delay_end.min(deadline)).await;

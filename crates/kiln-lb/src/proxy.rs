@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use crate::body::{ProxyBody, TrackedBody, UpBody};
 use crate::error::UpstreamError;
-use crate::table::{Backend, Pick, Sender, Table};
+use crate::table::{Backend, Lease, Pick, Sender, Table};
 
 /// Request bodies up to this size are buffered so that the request can be
 /// sent again to another backend; larger ones are streamed, and can only be
@@ -184,11 +184,7 @@ async fn forward(
     local_response(StatusCode::BAD_GATEWAY, "bad gateway\n")
 }
 
-fn relay(
-    resp: Response<Incoming>,
-    lease: crate::table::Lease,
-    sender: Sender,
-) -> Response<ProxyBody> {
+fn relay(resp: Response<Incoming>, lease: Lease, sender: Sender) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.append(header::VIA, VIA_KILN);

@@ -26,6 +26,13 @@ const MAX_IDLE_PER_BACKEND: usize = 256;
 /// check takes it out.
 const DOWN_FOR: Duration = Duration::from_secs(1);
 
+/// Pooled connections idle longer than this are closed rather than reused.
+/// Servers close idle keep-alive connections on their own schedule (Node.js
+/// after 5 s), and a request sent just as the server closes fails in a way
+/// that cannot be retried unless the request is idempotent; staying under
+/// the common timeouts makes that race rare.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
 pub(crate) type Sender = SendRequest<UpBody>;
 
 pub(crate) struct Backend {
@@ -40,8 +47,9 @@ pub(crate) struct Backend {
     /// Milliseconds since the table's epoch; 0 when not marked down.
     down_until_ms: AtomicU64,
     latencies: Mutex<LatencyWindow>,
-    idle: Mutex<Vec<Sender>>,
-    idle_changed: Notify,
+    /// Oldest first, each with the moment it became idle.
+    idle: Mutex<Vec<(Sender, Instant)>>,
+    quiet: Notify,
 }
 
 impl Backend {
@@ -58,7 +66,7 @@ impl Backend {
             down_until_ms: AtomicU64::new(0),
             latencies: Mutex::new(LatencyWindow::default()),
             idle: Mutex::new(Vec::new()),
-            idle_changed: Notify::new(),
+            quiet: Notify::new(),
         }
     }
 
@@ -81,7 +89,16 @@ impl Backend {
     pub(crate) fn take_idle(&self) -> Option<Sender> {
         // Most recently used first: the oldest idle connections are the
         // likeliest to have been closed by the backend meanwhile.
-        lock(&self.idle).pop()
+        let mut idle = lock(&self.idle);
+        let (sender, since) = idle.pop()?;
+        if since.elapsed() <= POOL_IDLE_TIMEOUT {
+            return Some(sender);
+        }
+        // Everything below the newest entry is older still.
+        let expired = std::mem::take(&mut *idle);
+        drop(idle);
+        drop((sender, expired));
+        None
     }
 
     pub(crate) fn put_idle(&self, sender: Sender) {
@@ -90,7 +107,7 @@ impl Backend {
         }
         let mut idle = lock(&self.idle);
         if idle.len() < MAX_IDLE_PER_BACKEND {
-            idle.push(sender);
+            idle.push((sender, Instant::now()));
         }
         drop(idle);
         // A drain or removal may have cleared the pool between the check
@@ -124,9 +141,9 @@ impl Backend {
 
     /// Waits until no request is in flight, or the deadline passes.
     /// Returns whether the backend became idle.
-    pub(crate) async fn wait_idle(&self, deadline: tokio::time::Instant) -> bool {
+    pub(crate) async fn wait_quiet(&self, deadline: tokio::time::Instant) -> bool {
         loop {
-            let changed = self.idle_changed.notified();
+            let changed = self.quiet.notified();
             tokio::pin!(changed);
             // Registering before the check closes the window in which the
             // last request could finish unseen.
@@ -163,7 +180,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if self.backend.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.backend.idle_changed.notify_waiters();
+            self.backend.quiet.notify_waiters();
         }
     }
 }

@@ -8,8 +8,8 @@
 //! time. The process tree, as the host sees it:
 //!
 //! ```text
-//! bwrap (identity.pid)          host namespaces; exits when the sandbox does
-//! └─ bwrap (identity.init_pid)  pid 1 of the instance's namespaces
+//! bwrap (identity.pid)          host namespaces; exits as soon as the main process does
+//! └─ bwrap (identity.init_pid)  pid 1 of the instance's namespaces; exits when they are empty
 //!    └─ the entrypoint          pid 2: "the main process"
 //! ```
 //!
@@ -25,11 +25,12 @@ mod procfs;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Once, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, Once, mpsc};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{Mode, OFlags};
@@ -110,7 +111,7 @@ pub enum InstanceError {
     Proc { pid: u32, error: std::io::Error },
     #[error("instance {instance}: its main process is not running")]
     NotRunning { instance: String },
-    #[error("instance {instance}: send {signal:?} to pid {pid}: {error}")]
+    #[error("instance {instance}: send signal {} to pid {pid}: {error}", .signal.as_raw())]
     Signal {
         instance: String,
         pid: u32,
@@ -119,8 +120,12 @@ pub enum InstanceError {
     },
     #[error("instance {instance}: still running {waited:?} after SIGKILL")]
     StopTimeout { instance: String, waited: Duration },
-    #[error("instance {instance}: remove cgroup: {error}")]
-    Cgroup { instance: String, error: String },
+    #[error("instance {instance}: remove cgroup {path}: {error}")]
+    Cgroup {
+        instance: String,
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 fn tail_suffix(tail: &str) -> String {
@@ -170,10 +175,14 @@ pub struct InstanceIdentity {
 pub struct RunningInstance {
     pub identity: InstanceIdentity,
     id: Option<String>,
+    /// Tells the init apart from a later process with its pid. Its
+    /// network namespace cannot: an exiting init leaves the namespace
+    /// before it is done killing and reaping the other processes in it.
+    init_start_time: u64,
     netns: NetNs,
     cgroup: Option<cgroup::Cgroup>,
     /// Set by the reaper thread of the daemon that started the instance.
-    exit: Option<Arc<OnceLock<ExitStatus>>>,
+    reaped: Option<Arc<Mutex<Reaped>>>,
 }
 
 /// cgroup v2 is mounted writable at /sys/fs/cgroup, so instances get
@@ -199,18 +208,18 @@ fn check_id(id: &str) -> Result<(), InstanceError> {
 /// The instance's cgroup, or none with a warning: limits are best effort,
 /// an instance without them is better than no instance.
 fn create_cgroup(
+    hierarchy: &cgroup::Hierarchy,
     id: &str,
     memory_max: Option<u64>,
     pids_max: Option<u64>,
 ) -> Option<cgroup::Cgroup> {
     static UNAVAILABLE: Once = Once::new();
-    let hierarchy = cgroup::Hierarchy::host();
     if !hierarchy.writable() {
         UNAVAILABLE.call_once(|| {
             tracing::warn!(
                 "cgroup v2 is not mounted writable at {} (no cgroup.controllers there): \
                  instances run without memory and pids limits",
-                cgroup::HOST_HIERARCHY
+                hierarchy.root().display()
             );
         });
         return None;
@@ -290,31 +299,72 @@ fn detach(cmd: &mut Command, cgroup_procs: Option<CString>) {
     };
 }
 
-/// Waits on the bwrap process so that it does not stay a zombie; the
-/// daemon keeps no other handle on it.
-fn spawn_reaper(
-    id: &str,
-) -> Result<(mpsc::SyncSender<Child>, Arc<OnceLock<ExitStatus>>), InstanceError> {
-    let exit = Arc::new(OnceLock::new());
-    let (give, take) = mpsc::sync_channel::<Child>(1);
-    let status = Arc::clone(&exit);
-    std::thread::Builder::new()
-        .name(format!("kiln-reap-{id}"))
-        .stack_size(REAPER_STACK)
-        .spawn(move || {
-            let Ok(mut child) = take.recv() else { return };
-            match child.wait() {
-                Ok(s) => {
-                    let _ = status.set(s);
+/// The thread that waits on a started instance's bwrap process, so that
+/// it does not stay a zombie; the daemon keeps no other handle on it.
+///
+/// bwrap exits as soon as the main process does, but the namespace's init
+/// stays until every other process in it has exited, and a daemonized
+/// child may never exit. An instance is its main process, as a container
+/// is, so the reaper then kills the init, and with it what remains.
+struct Reaper {
+    give: mpsc::SyncSender<Child>,
+    reaped: Arc<Mutex<Reaped>>,
+}
+
+/// Shared by start and the reaper under one lock, so that exactly one of
+/// them sees both the exit and the init, however the two race.
+#[derive(Debug, Default)]
+struct Reaped {
+    exit: Option<ExitStatus>,
+    /// The init's namespace (with its pid), once start has found it.
+    init: Option<NetNs>,
+}
+
+impl Reaped {
+    fn exit(reaped: &Mutex<Reaped>) -> Option<ExitStatus> {
+        reaped.lock().unwrap_or_else(|p| p.into_inner()).exit
+    }
+}
+
+impl Reaper {
+    fn spawn(id: &str) -> Result<Reaper, InstanceError> {
+        let reaped = Arc::new(Mutex::new(Reaped::default()));
+        let (give, take) = mpsc::sync_channel::<Child>(1);
+        let shared = Arc::clone(&reaped);
+        std::thread::Builder::new()
+            .name(format!("kiln-reap-{id}"))
+            .stack_size(REAPER_STACK)
+            .spawn(move || {
+                let Ok(mut child) = take.recv() else { return };
+                let status = child.wait();
+                let mut reaped = shared.lock().unwrap_or_else(|p| p.into_inner());
+                match status {
+                    Ok(s) => reaped.exit = Some(s),
+                    Err(error) => {
+                        tracing::error!(pid = child.id(), %error, "waiting for an instance's bwrap failed");
+                    }
                 }
-                Err(error) => tracing::error!(pid = child.id(), %error, "waiting for an instance's bwrap failed"),
-            }
-        })
-        .map_err(|error| InstanceError::Thread {
-            id: id.to_owned(),
-            error,
-        })?;
-    Ok((give, exit))
+                if let Some(ns) = &reaped.init {
+                    let _ = signal_in(ns, ns.pid(), Signal::KILL);
+                }
+            })
+            .map_err(|error| InstanceError::Thread {
+                id: id.to_owned(),
+                error,
+            })?;
+        Ok(Reaper { give, reaped })
+    }
+
+    /// Hands the init to the reaper, or kills it now if bwrap is already
+    /// gone.
+    fn watch_init(&self, init: &NetNs) {
+        let mut reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
+        if reaped.exit.is_some() {
+            let _ = signal_in(init, init.pid(), Signal::KILL);
+        } else if let Ok(ns) = init.try_clone() {
+            reaped.init = Some(ns);
+        }
+    }
 }
 
 /// Sleeps a little longer each time, up to `max`: answers come within a
@@ -353,19 +403,20 @@ fn wait_until(timeout: Duration, max_step: Duration, mut done: impl FnMut() -> b
     }
 }
 
+/// The namespace's pid 1.
+struct Init {
+    pid: u32,
+    start_time: u64,
+    netns: NetNs,
+}
+
 /// What start is waiting for.
 enum Progress {
     /// bwrap has not forked the namespace's init yet.
     NoInit,
     /// Init is there, the entrypoint has not been executed yet.
-    NoExec {
-        init: u32,
-        netns: NetNs,
-    },
-    Ready {
-        init: u32,
-        netns: NetNs,
-    },
+    NoExec(Init),
+    Ready(Init),
 }
 
 impl RunningInstance {
@@ -375,6 +426,14 @@ impl RunningInstance {
     /// its entrypoint has been executed. stdin is /dev/null; stdout and
     /// stderr are appended to the log directory.
     pub fn start(spec: &InstanceSpec) -> Result<RunningInstance, InstanceError> {
+        Self::start_in(spec, &cgroup::Hierarchy::host())
+    }
+
+    /// `start` with the instance's cgroup below `hierarchy`.
+    fn start_in(
+        spec: &InstanceSpec,
+        hierarchy: &cgroup::Hierarchy,
+    ) -> Result<RunningInstance, InstanceError> {
         check_id(&spec.id)?;
         let id = spec.id.as_str();
         let started = Instant::now();
@@ -414,12 +473,12 @@ impl RunningInstance {
         let stderr = open_log(id, stderr_path.clone())?;
         let stderr_offset = stderr.metadata().map(|m| m.len()).unwrap_or(0);
 
-        let (give_child, exit) = spawn_reaper(id)?;
-        let cgroup = create_cgroup(id, spec.memory_max, spec.pids_max);
+        let reaper = Reaper::spawn(id)?;
+        let cgroup = create_cgroup(hierarchy, id, spec.memory_max, spec.pids_max);
         cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         detach(&mut cmd, cgroup.as_ref().and_then(cgroup::Cgroup::procs));
         tracing::debug!(id, command = %tool::command_line(&cmd), "starting instance");
-        let child = match cmd.spawn() {
+        let mut child = match cmd.spawn() {
             Ok(child) => child,
             Err(error) => {
                 remove_cgroup(cgroup.as_ref(), id);
@@ -431,71 +490,77 @@ impl RunningInstance {
             }
         };
         let pid = child.id();
-        // Read before the reaper may reap it: unreaped, /proc/PID stays.
+        // Both taken before the reaper may reap the child, after which the
+        // pid may belong to someone else: the pidfd keeps referring to
+        // this process, for the error paths below.
         let start_time = procfs::stat(pid).ok().flatten().map(|s| s.start_time);
-        let _ = give_child.send(child);
+        let bwrap_fd = pidfd(pid).ok();
         let Some(start_time) = start_time else {
             // Only possible if /proc is unreadable; nothing to manage then.
-            kill_pid(pid);
+            let _ = child.kill();
+            let _ = reaper.give.send(child);
             remove_cgroup(cgroup.as_ref(), id);
             return Err(InstanceError::Proc {
                 pid,
                 error: std::io::Error::other("no /proc entry for a child not yet reaped"),
             });
         };
+        let _ = reaper.give.send(child);
 
         let host_netns = procfs::namespace("self", "net");
         let mut progress = Progress::NoInit;
         let mut backoff = Backoff::new(Duration::from_millis(1));
         let fail = |progress: &Progress, error: InstanceError| {
-            if let Progress::NoExec { init, netns } | Progress::Ready { init, netns } = progress
-                && netns.contains_pid(*init)
-            {
-                kill_pid(*init);
+            if let Progress::NoExec(init) | Progress::Ready(init) = progress {
+                let _ = signal_in(&init.netns, init.pid, Signal::KILL);
             }
-            kill_pid(pid);
+            if let Some(fd) = &bwrap_fd {
+                let _ = rustix::process::pidfd_send_signal(fd, Signal::KILL);
+            }
             remove_cgroup(cgroup.as_ref(), id);
             error
         };
         loop {
-            if let Some(status) = exit.get() {
+            if let Some(status) = Reaped::exit(&reaper.reaped) {
                 let error = InstanceError::ExitedAtStart {
                     id: id.to_owned(),
                     pid,
-                    status: describe(status),
+                    status: describe(&status),
                     stderr_tail: log_tail(&stderr_path, stderr_offset),
                 };
                 return Err(fail(&progress, error));
             }
             progress = match progress {
                 Progress::NoInit => find_init(pid, host_netns),
-                Progress::NoExec { init, netns } => match main_of(init, &netns) {
+                Progress::NoExec(init) => match main_of(init.pid, &init.netns) {
                     Some(main) if procfs::exe(main).is_some_and(|e| Some(e) != bwrap_exe) => {
-                        Progress::Ready { init, netns }
+                        Progress::Ready(init)
                     }
-                    _ => Progress::NoExec { init, netns },
+                    _ => Progress::NoExec(init),
                 },
-                ready @ Progress::Ready { .. } => ready,
+                ready @ Progress::Ready(_) => ready,
             };
-            if let Progress::Ready { init, netns } = progress {
+            if let Progress::Ready(init) = progress {
+                reaper.watch_init(&init.netns);
                 let identity = InstanceIdentity {
                     pid,
                     start_time,
-                    init_pid: init,
+                    init_pid: init.pid,
                 };
                 tracing::info!(
                     id,
                     pid,
-                    init_pid = init,
+                    init_pid = init.pid,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "instance started"
                 );
                 return Ok(RunningInstance {
                     identity,
                     id: Some(id.to_owned()),
-                    netns,
+                    init_start_time: init.start_time,
+                    netns: init.netns,
                     cgroup,
-                    exit: Some(exit),
+                    reaped: Some(reaper.reaped),
                 });
             }
             if started.elapsed() > START_TIMEOUT {
@@ -528,16 +593,17 @@ impl RunningInstance {
             Some(s) if !s.exited() && s.start_time == start_time => {}
             _ => return Ok(None),
         }
-        if init_pid == pid {
+        let init_start_time = if init_pid == pid {
             if procfs::innermost_pid(pid) != Some(1) {
                 return Ok(None);
             }
+            start_time
         } else {
             match procfs::stat(init_pid).map_err(proc_err(init_pid))? {
-                Some(s) if !s.exited() && s.ppid == pid => {}
+                Some(s) if !s.exited() && s.ppid == pid => s.start_time,
                 _ => return Ok(None),
             }
-        }
+        };
         let netns = match NetNs::of_pid(init_pid) {
             Ok(netns) => netns,
             Err(NetNsError::Open { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -554,9 +620,10 @@ impl RunningInstance {
         Ok(Some(RunningInstance {
             identity,
             id: cgroup.as_ref().map(|c| c.id.clone()),
+            init_start_time,
             netns,
             cgroup,
-            exit: None,
+            reaped: None,
         }))
     }
 
@@ -572,6 +639,9 @@ impl RunningInstance {
     }
 
     /// The bwrap process exists, has not exited, and is the same process.
+    /// It exits with the main process; processes that main process left
+    /// behind may still run, until the reaper of the daemon that started
+    /// the instance kills them, or `stop` does.
     pub fn is_alive(&self) -> bool {
         matches!(procfs::stat(self.identity.pid),
             Ok(Some(s)) if !s.exited() && s.start_time == self.identity.start_time)
@@ -580,16 +650,18 @@ impl RunningInstance {
     /// How the bwrap process ended, once it has; known only to the daemon
     /// that started the instance. It is the entrypoint's exit status.
     pub fn exit_status(&self) -> Option<ExitStatus> {
-        self.exit.as_ref()?.get().copied()
+        Reaped::exit(self.reaped.as_ref()?)
     }
 
     pub fn netns(&self) -> &NetNs {
         &self.netns
     }
 
-    /// SIGTERM to the main process, SIGKILL to the namespace's init after
-    /// `grace`; returns once the bwrap process is gone (at most grace +
-    /// 5 s) and the cgroup removed.
+    /// SIGTERM to the main process (the namespace's init, bwrap's, ignores
+    /// it), SIGKILL to the init after `grace`, which ends every process in
+    /// the namespace; returns once bwrap and the init are gone (at most
+    /// grace + 5 s) and the cgroup is removed. Also ends what a dead
+    /// instance left running, and stopping twice is harmless.
     pub fn stop(&self, grace: Duration) -> Result<(), InstanceError> {
         let step = Duration::from_millis(5);
         if self.is_alive() {
@@ -612,9 +684,10 @@ impl RunningInstance {
             });
         }
         if let Some(cg) = &self.cgroup {
-            cg.remove().map_err(|e| InstanceError::Cgroup {
+            cg.remove().map_err(|error| InstanceError::Cgroup {
                 instance: self.name(),
-                error: e.to_string(),
+                path: cg.path.clone(),
+                error,
             })?;
         }
         tracing::info!(instance = %self.name(), "instance stopped");
@@ -637,13 +710,11 @@ impl RunningInstance {
         }
     }
 
-    /// The namespace's init is still there: the pid is a pid 1 in this
-    /// instance's network namespace, which a reused pid cannot be.
+    /// The namespace's init has not finished exiting; while it has not,
+    /// processes of the namespace may remain.
     fn init_alive(&self) -> bool {
-        let init = self.identity.init_pid;
-        self.netns.contains_pid(init)
-            && procfs::innermost_pid(init) == Some(1)
-            && matches!(procfs::stat(init), Ok(Some(s)) if !s.exited())
+        matches!(procfs::stat(self.identity.init_pid),
+            Ok(Some(s)) if !s.exited() && s.start_time == self.init_start_time)
     }
 
     fn main_pid(&self) -> Option<u32> {
@@ -653,31 +724,13 @@ impl RunningInstance {
         main_of(self.identity.init_pid, &self.netns)
     }
 
-    /// Signals `pid` through a pidfd taken before checking it is still
-    /// this instance's, so that a pid reused in between is never hit. A
-    /// process already gone is not an error.
     fn signal(&self, pid: u32, signal: Signal) -> Result<(), InstanceError> {
-        let err = |error: Errno| InstanceError::Signal {
+        signal_in(&self.netns, pid, signal).map_err(|e| InstanceError::Signal {
             instance: self.name(),
             pid,
             signal,
-            error: error.into(),
-        };
-        let Some(raw) = Pid::from_raw(pid as i32) else {
-            return Ok(());
-        };
-        let pidfd = match rustix::process::pidfd_open(raw, PidfdFlags::empty()) {
-            Ok(fd) => fd,
-            Err(Errno::SRCH) => return Ok(()),
-            Err(e) => return Err(err(e)),
-        };
-        if !self.netns.contains_pid(pid) {
-            return Ok(());
-        }
-        match rustix::process::pidfd_send_signal(&pidfd, signal) {
-            Ok(()) | Err(Errno::SRCH) => Ok(()),
-            Err(e) => Err(err(e)),
-        }
+            error: e.into(),
+        })
     }
 }
 
@@ -692,8 +745,12 @@ fn find_init(pid: u32, host_netns: Option<(u64, u64)>) -> Progress {
         if procfs::namespace(&child.to_string(), "net") == host_netns {
             continue;
         }
-        if let Ok(netns) = NetNs::of_pid(child) {
-            return Progress::NoExec { init: child, netns };
+        if let (Ok(Some(stat)), Ok(netns)) = (procfs::stat(child), NetNs::of_pid(child)) {
+            return Progress::NoExec(Init {
+                pid: child,
+                start_time: stat.start_time,
+                netns,
+            });
         }
     }
     Progress::NoInit
@@ -708,10 +765,30 @@ fn main_of(init: u32, netns: &NetNs) -> Option<u32> {
         .find(|&c| procfs::innermost_pid(c) == Some(2) && netns.contains_pid(c))
 }
 
-/// SIGKILL on the error paths of start, where the pid was just checked.
-fn kill_pid(pid: u32) {
-    if let Some(pid) = Pid::from_raw(pid as i32) {
-        let _ = rustix::process::kill_process(pid, Signal::KILL);
+fn pidfd(pid: u32) -> rustix::io::Result<OwnedFd> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or(Errno::SRCH)?;
+    rustix::process::pidfd_open(pid, PidfdFlags::empty())
+}
+
+/// Signals `pid` if it is a process in `netns`, through a pidfd taken
+/// before that check, so that a pid reused in between is never hit. Only
+/// the instance's own processes are in its namespace. A process already
+/// gone is not an error.
+fn signal_in(netns: &NetNs, pid: u32, signal: Signal) -> rustix::io::Result<()> {
+    let fd = match pidfd(pid) {
+        Ok(fd) => fd,
+        Err(Errno::SRCH) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !netns.contains_pid(pid) {
+        return Ok(());
+    }
+    match rustix::process::pidfd_send_signal(&fd, signal) {
+        Err(Errno::SRCH) => Ok(()),
+        other => other,
     }
 }
 
@@ -813,6 +890,57 @@ mod tests {
             init_pid: me,
         };
         assert!(RunningInstance::adopt(other).unwrap().is_none());
+    }
+
+    /// A cgroup v2 mount, wherever it is: on a hybrid host the one at
+    /// /sys/fs/cgroup/unified has no controllers but joins for real.
+    fn cgroup2_mount() -> Option<PathBuf> {
+        let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+        mounts
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+            })
+            .find(|p| cgroup::Hierarchy::at(p).writable())
+    }
+
+    #[test]
+    fn the_sandbox_joins_its_cgroup_before_it_forks() {
+        let host = crate::probe::probe();
+        let Some(mount) = cgroup2_mount().filter(|_| host.root && host.bwrap.is_some()) else {
+            eprintln!("skipped: needs root, bwrap and a writable cgroup v2 mount");
+            return;
+        };
+        let t = tempfile::tempdir().unwrap();
+        crate::busybox::assemble(&t.path().join("root")).unwrap();
+        let id = format!("i-unit-{}", std::process::id());
+        let spec = InstanceSpec {
+            id: id.clone(),
+            root: t.path().join("root"),
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "sleep 1000 & exec sleep 1001".into(),
+            ],
+            cwd: "/".into(),
+            log_dir: t.path().join("logs"),
+            ..Default::default()
+        };
+        let hierarchy = cgroup::Hierarchy::at(&mount);
+        let inst = RunningInstance::start_in(&spec, &hierarchy).unwrap();
+        let group = mount.join("kiln").join(&id);
+        let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap();
+        let stop = inst.stop(Duration::ZERO);
+        let _ = std::fs::remove_dir(mount.join("kiln"));
+        stop.unwrap();
+        let procs: Vec<u32> = procs.lines().map(|l| l.parse().unwrap()).collect();
+        // bwrap, its init and the main process, all from the start.
+        for pid in [inst.identity.pid, inst.identity.init_pid] {
+            assert!(procs.contains(&pid), "{pid} not in {procs:?}");
+        }
+        assert!(procs.len() >= 3, "{procs:?}");
+        assert!(!group.exists(), "stop removes the group");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -85,6 +85,15 @@ impl NetNs {
         })
     }
 
+    /// Another handle on the same namespace.
+    pub fn try_clone(&self) -> Result<NetNs, NetNsError> {
+        let fd = self.fd.try_clone().map_err(|error| NetNsError::Open {
+            pid: self.pid,
+            error,
+        })?;
+        Ok(NetNs { fd, ..*self })
+    }
+
     /// The pid this handle was taken from.
     pub fn pid(&self) -> u32 {
         self.pid
@@ -129,8 +138,8 @@ impl NetNs {
             .fd
             .try_clone()
             .map_err(|error| NetNsError::Open { pid, error })?;
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        let (requests, incoming) = mpsc::channel::<Reply>();
+        let (entered_tx, entered_rx) = mpsc::sync_channel(1);
+        let (spares, ready) = mpsc::sync_channel::<io::Result<OwnedFd>>(SPARE_SOCKETS);
         std::thread::Builder::new()
             .name(format!("kiln-netns-{pid}"))
             .stack_size(HELPER_STACK)
@@ -139,40 +148,44 @@ impl NetNs {
                 drop(fd);
                 let failed = entered.is_err();
                 // The receiver waits for exactly this message.
-                let _ = ready_tx.send(entered);
+                let _ = entered_tx.send(entered);
                 if failed {
                     return;
                 }
-                for reply in incoming {
-                    let _ = reply.send(new_socket().map_err(Into::into));
-                }
+                // Blocks while the spares are full; ends when the last
+                // Connector is dropped.
+                while spares.send(new_socket().map_err(Into::into)).is_ok() {}
             })
             .map_err(|error| NetNsError::Thread { pid, error })?;
-        ready_rx
+        entered_rx
             .recv()
             .map_err(|_| NetNsError::ThreadPanicked { pid })??;
-        Ok(Connector { pid, requests })
+        Ok(Connector {
+            pid,
+            ready: Arc::new(Mutex::new(ready)),
+        })
     }
 }
 
-type Reply = mpsc::SyncSender<io::Result<OwnedFd>>;
+/// Sockets a connector's thread keeps made ahead, so that a connect
+/// usually takes one without waiting for the thread to wake up.
+const SPARE_SOCKETS: usize = 4;
 
-/// Connects to ports inside one network namespace through a thread that
-/// lives there. Cheap to clone; all clones share the thread.
+/// Connects to ports inside one network namespace with sockets made by a
+/// thread that lives there. Cheap to clone; all clones share the thread.
 #[derive(Debug, Clone)]
 pub struct Connector {
     pid: u32,
-    requests: mpsc::Sender<Reply>,
+    ready: Arc<Mutex<mpsc::Receiver<io::Result<OwnedFd>>>>,
 }
 
 impl Connector {
     pub fn connect(&self, port: u16, timeout: Duration) -> Result<TcpStream, NetNsError> {
         let pid = self.pid;
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.requests
-            .send(reply)
-            .map_err(|_| NetNsError::ConnectorStopped { pid })?;
-        let socket = answer
+        let socket = self
+            .ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .recv()
             .map_err(|_| NetNsError::ConnectorStopped { pid })?
             .map_err(|error| NetNsError::Socket { pid, error })?;

@@ -65,6 +65,10 @@ impl Hierarchy {
         }
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// cgroup v2 is mounted here (cgroup.controllers exists only in v2)
     /// and the mount is writable for us.
     pub fn writable(&self) -> bool {
@@ -186,7 +190,7 @@ impl Cgroup {
 
     /// Removes the group; waits a little while the killed processes of
     /// the instance are still leaving it.
-    pub fn remove(&self) -> Result<(), CgroupError> {
+    pub fn remove(&self) -> io::Result<()> {
         let started = Instant::now();
         loop {
             match std::fs::remove_dir(&self.path) {
@@ -198,7 +202,7 @@ impl Cgroup {
                 {
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                Err(e) => return Err(io_at(&self.path)(e)),
+                Err(e) => return Err(e),
             }
         }
     }

@@ -202,7 +202,11 @@ pub fn run_process(
 /// The same command, started inside a network namespace by nsenter.
 fn in_netns(command: &std::process::Command, netns: &std::path::Path) -> std::process::Command {
     let mut wrapped = std::process::Command::new("nsenter");
-    wrapped.arg(format!("--net={}", netns.display())).arg("--").arg(command.get_program()).args(command.get_args());
+    wrapped
+        .arg(format!("--net={}", netns.display()))
+        .arg("--")
+        .arg(command.get_program())
+        .args(command.get_args());
     wrapped.env_clear();
     for (k, v) in command.get_envs() {
         if let Some(v) = v {
