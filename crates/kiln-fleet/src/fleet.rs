@@ -789,7 +789,7 @@ impl Fleet {
             if let Some(lb) = &lb {
                 if drain {
                     lb.drain(&instance.id).await;
-                } else {
+                } else if lb.backends().iter().any(|b| b.id == instance.id) {
                     lb.deregister(&instance.id);
                 }
             }
