@@ -3,6 +3,7 @@
 //! rollback, and the state of all of it in one SQLite database.
 
 mod connect;
+mod control;
 pub mod db;
 pub mod fleet;
 pub mod health;

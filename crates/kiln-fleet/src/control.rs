@@ -1,0 +1,379 @@
+//! The control loop: each pass derives what to do from the database and
+//! the live instances, launches and terminates in the background, and never
+//! waits on one group while another needs attention.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::fleet::{Fleet, FleetError, Health, lock};
+use crate::model::*;
+use crate::runtime::{self, Live};
+
+type Result<T> = std::result::Result<T, FleetError>;
+
+impl Fleet {
+    pub(crate) async fn control_loop(self) {
+        loop {
+            if let Err(e) = self.reconcile_all().await {
+                tracing::error!("reconcile: {e}");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = self.inner.wake.notified() => {}
+            }
+        }
+    }
+
+    async fn reconcile_all(&self) -> Result<()> {
+        let groups = self.db().groups()?;
+        for g in groups {
+            if let Err(e) = self.reconcile(&g).await {
+                tracing::error!(group = %g.name, "reconcile: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn is_busy(&self, id: &str) -> bool {
+        lock(&self.inner.busy).contains(id)
+    }
+
+    async fn reconcile(&self, group: &Group) -> Result<()> {
+        let name = &group.name;
+        let rollout = self.db().active_rollout(name)?;
+        // Dead, lost and unhealthy instances go first.
+        let recorded = self.db().instances(Some(name), false)?;
+        for i in recorded {
+            if self.is_busy(&i.id) {
+                continue;
+            }
+            let live = lock(&self.inner.live).get(&i.id).cloned();
+            let reason = match (&live, i.state) {
+                (None, _) => Some("lost: no process"),
+                (Some(l), _) if !l.running.is_alive() => Some("its process exited"),
+                (_, InstanceState::Unhealthy) => Some("it failed its health checks"),
+                (_, InstanceState::Draining) => Some("it was draining when the daemon stopped"),
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                if i.version == group.version
+                    && rollout
+                        .as_ref()
+                        .is_some_and(|r| r.state == RolloutState::InProgress)
+                {
+                    lock(&self.inner.failed_new).insert(
+                        name.clone(),
+                        format!(
+                            "instance {} of version {} failed: {reason}",
+                            i.id, i.version
+                        ),
+                    );
+                }
+                self.terminate(&i, reason, false);
+            }
+        }
+        let instances: Vec<Instance> = self
+            .db()
+            .instances(Some(name), false)?
+            .into_iter()
+            .filter(|i| matches!(i.state, InstanceState::Pending | InstanceState::InService))
+            .collect();
+        let (new, old): (Vec<&Instance>, Vec<&Instance>) =
+            instances.iter().partition(|i| i.version == group.version);
+        let desired = group.spec.desired as usize;
+        let policy = &group.spec.rolling;
+
+        if let Some(r) = &rollout
+            && r.state == RolloutState::InProgress
+        {
+            let failure = lock(&self.inner.failed_new).remove(name);
+            let timed_out = new
+                .iter()
+                .filter(|i| i.state == InstanceState::Pending)
+                .find(|i| age(&i.created) > Duration::from_millis(policy.batch_timeout_ms));
+            let why = failure.or_else(|| {
+                timed_out.map(|i| {
+                    format!(
+                        "instance {} of version {} did not become healthy within {} ms",
+                        i.id, i.version, policy.batch_timeout_ms
+                    )
+                })
+            });
+            if let Some(why) = why {
+                tracing::warn!(group = %name, "rolling back: {why}");
+                self.rollback(name, &why)?;
+                for i in new.iter().filter(|i| i.state == InstanceState::Pending) {
+                    self.terminate(i, "rolled back", false);
+                }
+                return Ok(());
+            }
+        }
+
+        if old.is_empty() {
+            if let Some(mut r) = rollout {
+                r.state = if r.state == RolloutState::InProgress {
+                    RolloutState::Succeeded
+                } else {
+                    RolloutState::RolledBack
+                };
+                r.ended = now();
+                self.db().update_rollout(&r)?;
+                tracing::info!(group = %name, "rollout to version {} {}", r.to_version, r.state.as_str());
+            }
+            if new.len() < desired {
+                for _ in new.len()..desired {
+                    self.launch(group);
+                }
+            } else if new.len() > desired {
+                let mut surplus: Vec<&&Instance> = new.iter().collect();
+                // Pending ones first, then the newest.
+                surplus.sort_by_key(|i| {
+                    (
+                        i.state == InstanceState::InService,
+                        std::cmp::Reverse(i.created.clone()),
+                    )
+                });
+                for i in surplus.into_iter().take(new.len() - desired) {
+                    self.terminate(i, "scaled in", true);
+                }
+            }
+            return Ok(());
+        }
+
+        // Rolling: old instances that never served go at once.
+        for i in old.iter().filter(|i| i.state == InstanceState::Pending) {
+            self.terminate(i, "replaced by a rollout", false);
+        }
+        let old_serving: Vec<&&Instance> = old
+            .iter()
+            .filter(|i| i.state == InstanceState::InService)
+            .collect();
+        let new_pending = new
+            .iter()
+            .filter(|i| i.state == InstanceState::Pending)
+            .count();
+        let new_serving = new
+            .iter()
+            .filter(|i| i.state == InstanceState::InService)
+            .count();
+        if new_pending > 0 {
+            return Ok(());
+        }
+        let paused = lock(&self.inner.batch_done)
+            .get(name)
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(policy.pause_ms));
+        if paused {
+            return Ok(());
+        }
+        let batch = policy.max_batch_size.max(1) as usize;
+        let floor = (policy.min_instances_in_service as usize).max(
+            policy
+                .min_healthy_percentage
+                .map_or(0, |p| (desired * p as usize).div_ceil(100)),
+        );
+        let serving = new_serving + old_serving.len();
+        let surplus = serving.saturating_sub(desired);
+        if surplus > 0 {
+            // The new batch serves: drain as many old instances.
+            for i in old_serving.iter().take(surplus.min(batch)) {
+                self.terminate(i, "replaced by a rollout", true);
+            }
+            lock(&self.inner.batch_done).insert(name.clone(), Instant::now());
+        } else if policy.max_healthy_percentage == Some(100)
+            && serving > floor
+            && new.len() + old_serving.len() >= desired
+        {
+            // No capacity above desired: make room first, never below the floor.
+            for i in old_serving.iter().take(batch.min(serving - floor)) {
+                self.terminate(i, "replaced by a rollout", true);
+            }
+        } else {
+            // Launch before terminating, so in-service capacity never dips.
+            for _ in 0..batch.min(desired.saturating_sub(new.len())) {
+                self.launch(group);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts one instance of the group's current version, in the background.
+    pub(crate) fn launch(&self, group: &Group) {
+        let id = runtime::new_instance_id();
+        let dir = self.inner.instances_dir.join(&id);
+        let record = Instance {
+            id: id.clone(),
+            group: group.name.clone(),
+            template: group.template.clone(),
+            version: group.version,
+            state: InstanceState::Pending,
+            pid: 0,
+            start_time: 0,
+            init_pid: 0,
+            dir: dir.display().to_string(),
+            reason: String::new(),
+            created: now(),
+            updated: now(),
+        };
+        if let Err(e) = self.db().upsert_instance(&record) {
+            tracing::error!("recording instance {id}: {e}");
+            return;
+        }
+        lock(&self.inner.busy).insert(id.clone());
+        let fleet = self.clone();
+        let group = group.clone();
+        tokio::spawn(async move {
+            let template = fleet.db().template(&group.template, group.version);
+            let launched = match template {
+                Ok(template) => {
+                    let f = fleet.clone();
+                    let (id2, group2) = (id.clone(), group.clone());
+                    tokio::task::spawn_blocking(move || {
+                        runtime::launch(
+                            &f.inner.store,
+                            &f.inner.instances_dir,
+                            &id2,
+                            &group2,
+                            &template,
+                        )
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match launched {
+                Ok(live) => {
+                    let identity = live.running.identity;
+                    let mut record = record;
+                    record.pid = identity.pid;
+                    record.start_time = identity.start_time;
+                    record.init_pid = identity.init_pid;
+                    record.updated = now();
+                    let _ = fleet.db().upsert_instance(&record);
+                    lock(&fleet.inner.live).insert(id.clone(), Arc::new(live));
+                    tracing::info!(instance = %id, group = %group.name, version = group.version, "launched");
+                    lock(&fleet.inner.busy).remove(&id);
+                    fleet.attach(&id, InstanceState::Pending).await;
+                }
+                Err(e) => {
+                    tracing::error!(instance = %id, "launch failed: {e}");
+                    let _ = fleet.db().set_instance_state(
+                        &id,
+                        InstanceState::Terminated,
+                        &format!("launch failed: {e}"),
+                    );
+                    runtime::cleanup(&dir);
+                    lock(&fleet.inner.busy).remove(&id);
+                }
+            }
+            fleet.inner.wake.notify_one();
+        });
+    }
+
+    /// Registers a live instance with its load balancer and starts its
+    /// health checks.
+    pub(crate) async fn attach(&self, id: &str, state: InstanceState) {
+        let Ok(instance) = self.db().instance(id) else {
+            return;
+        };
+        let Ok(group) = self.db().group(&instance.group) else {
+            return;
+        };
+        if state == InstanceState::Draining {
+            self.terminate(&instance, "it was draining when the daemon stopped", true);
+            return;
+        }
+        let health = if state == InstanceState::InService {
+            Health::InService
+        } else {
+            Health::Pending
+        };
+        lock(&self.inner.health).insert(id.to_string(), health);
+        if let Some(lb) = self.lb(&group.name) {
+            lb.register(id);
+            lb.set_in_service(id, health == Health::InService);
+        }
+        let fleet = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move { crate::health::check_loop(fleet, id, group).await });
+    }
+
+    pub(crate) fn health_changed(&self, id: &str, group: &str, healthy: bool) {
+        let before = lock(&self.inner.health).get(id).copied();
+        let after = match (before, healthy) {
+            (Some(Health::Pending), true) => Health::InService,
+            (Some(Health::InService), true) => return,
+            (Some(_), false) => Health::Unhealthy,
+            _ => return,
+        };
+        lock(&self.inner.health).insert(id.to_string(), after);
+        let state = if after == Health::InService {
+            InstanceState::InService
+        } else {
+            InstanceState::Unhealthy
+        };
+        let reason = if healthy {
+            "passed its health checks"
+        } else {
+            "failed its health checks"
+        };
+        let _ = self.db().set_instance_state(id, state, reason);
+        if let Some(lb) = self.lb(group) {
+            lb.set_in_service(id, healthy);
+        }
+        tracing::info!(instance = %id, group = %group, "{}", state.as_str());
+        self.inner.wake.notify_one();
+    }
+
+    pub(crate) fn is_live(&self, id: &str) -> Option<Arc<Live>> {
+        lock(&self.inner.live).get(id).cloned()
+    }
+
+    /// Takes an instance out of service (draining it at the load balancer
+    /// when `drain`), stops it and removes its files, in the background.
+    pub(crate) fn terminate(&self, instance: &Instance, reason: &str, drain: bool) {
+        if !lock(&self.inner.busy).insert(instance.id.clone()) {
+            return;
+        }
+        let _ = self
+            .db()
+            .set_instance_state(&instance.id, InstanceState::Draining, reason);
+        let fleet = self.clone();
+        let instance = instance.clone();
+        let reason = reason.to_string();
+        tokio::spawn(async move {
+            let lb = fleet.lb(&instance.group);
+            if let Some(lb) = &lb {
+                if drain {
+                    lb.drain(&instance.id).await;
+                } else if lb.backends().iter().any(|b| b.id == instance.id) {
+                    lb.deregister(&instance.id);
+                }
+            }
+            let live = lock(&fleet.inner.live).remove(&instance.id);
+            lock(&fleet.inner.health).remove(&instance.id);
+            let dir = PathBuf::from(&instance.dir);
+            let _ = tokio::task::spawn_blocking(move || match live {
+                Some(live) => runtime::stop(&live, Duration::from_secs(5)),
+                None => runtime::cleanup(&dir),
+            })
+            .await;
+            let _ = fleet
+                .db()
+                .set_instance_state(&instance.id, InstanceState::Terminated, &reason);
+            tracing::info!(instance = %instance.id, group = %instance.group, "terminated: {reason}");
+            lock(&fleet.inner.busy).remove(&instance.id);
+            fleet.inner.wake.notify_one();
+        });
+    }
+}
+
+fn age(created: &str) -> Duration {
+    created
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .and_then(|t| jiff::Timestamp::now().duration_since(t).try_into().ok())
+        .unwrap_or_default()
+}
