@@ -1,17 +1,10 @@
 //! The `kiln toe` commands as a user runs them: exit codes, messages and
 //! JSON output.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn kiln(state: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("--state-dir")
-        .arg(state)
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::kiln;
+use std::path::{Path, PathBuf};
 
 fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-service.yaml")

@@ -2,35 +2,15 @@
 //! isolated instances behind the load balancer, rolling updates under load,
 //! automatic rollback, self-healing and recovery from `kill -9`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::{json, kiln, ok};
 use kiln_lb::loadgen::{self, LoadOptions};
 use serde_json::Value;
-
-fn kiln(state: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("--state-dir")
-        .arg(state)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn json(out: Output) -> Value {
-    serde_json::from_str(&ok(out)).unwrap()
-}
 
 struct Daemon {
     child: Option<Child>,

@@ -1,28 +1,12 @@
 //! `kiln bake` and `kiln images` as a user runs them, with the container
 //! and disk tools that must read what kiln writes: skopeo, umoci, qemu-img.
 
+mod common;
+
+use common::{kiln, ok};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn kiln(state: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("--state-dir")
-        .arg(state)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn tool(program: &str, args: &[&str]) -> String {
     ok(Command::new(program)
