@@ -1,0 +1,641 @@
+//! A CodeBuild buildspec (versions 0.2 and 0.1), parsed and checked with
+//! the position of every problem.
+
+use std::path::Path;
+
+use kiln_toe::error::{Collector, Diagnostics};
+use kiln_toe::yaml::{self, Node, Pos};
+use serde::Serialize;
+
+/// The shell that runs a phase's commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Shell {
+    /// `/bin/sh`, CodeBuild's default on Linux.
+    Sh,
+    Bash,
+}
+
+impl Shell {
+    /// The shell's path inside the build image.
+    pub fn path(self) -> &'static str {
+        match self {
+            Shell::Sh => "/bin/sh",
+            Shell::Bash => "/bin/bash",
+        }
+    }
+}
+
+/// What happens to the build when a phase fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum OnFailure {
+    #[default]
+    Abort,
+    Continue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhaseName {
+    Install,
+    PreBuild,
+    Build,
+    PostBuild,
+}
+
+impl PhaseName {
+    pub const ALL: [PhaseName; 4] = [
+        PhaseName::Install,
+        PhaseName::PreBuild,
+        PhaseName::Build,
+        PhaseName::PostBuild,
+    ];
+
+    /// The key in the buildspec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseName::Install => "install",
+            PhaseName::PreBuild => "pre_build",
+            PhaseName::Build => "build",
+            PhaseName::PostBuild => "post_build",
+        }
+    }
+
+    /// The name CodeBuild shows in its logs, e.g. `PRE_BUILD`.
+    pub fn upper(self) -> &'static str {
+        match self {
+            PhaseName::Install => "INSTALL",
+            PhaseName::PreBuild => "PRE_BUILD",
+            PhaseName::Build => "BUILD",
+            PhaseName::PostBuild => "POST_BUILD",
+        }
+    }
+}
+
+impl std::fmt::Display for PhaseName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Phase {
+    pub name: PhaseName,
+    pub run_as: Option<String>,
+    pub on_failure: OnFailure,
+    pub commands: Vec<String>,
+    pub finally: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Env {
+    pub shell: Shell,
+    /// Plain variables, in document order.
+    pub variables: Vec<(String, String)>,
+    /// Variable name to parameter name, resolved when the build starts.
+    pub parameter_store: Vec<(String, String)>,
+    pub exported_variables: Vec<String>,
+    pub git_credential_helper: bool,
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Env {
+            shell: Shell::Sh,
+            variables: Vec::new(),
+            parameter_store: Vec::new(),
+            exported_variables: Vec::new(),
+            git_credential_helper: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Artifacts {
+    pub files: Vec<String>,
+    pub name: Option<String>,
+    pub discard_paths: bool,
+    /// Relative to the source directory; checked not to climb out of it.
+    pub base_directory: Option<String>,
+    pub exclude_paths: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Buildspec {
+    /// `0.2`, or `0.1` (each command in its own shell).
+    pub version: String,
+    pub run_as: Option<String>,
+    pub env: Env,
+    /// The phases present, in execution order.
+    pub phases: Vec<Phase>,
+    pub artifacts: Option<Artifacts>,
+    /// Parts accepted but not acted on locally, with where they are.
+    pub notes: Vec<String>,
+}
+
+impl Buildspec {
+    pub fn phase(&self, name: PhaseName) -> Option<&Phase> {
+        self.phases.iter().find(|p| p.name == name)
+    }
+
+    /// Whether commands share one shell session (0.2) or each get their own (0.1).
+    pub fn shared_shell(&self) -> bool {
+        self.version != "0.1"
+    }
+}
+
+/// Reads and checks a buildspec file.
+pub fn load(path: &Path) -> Result<Buildspec, Diagnostics> {
+    match std::fs::read_to_string(path) {
+        Ok(src) => parse(&src, path),
+        Err(e) => {
+            let mut c = Collector::new(path);
+            c.push(Pos { line: 1, col: 1 }, "", format!("cannot read: {e}"));
+            Err(Diagnostics(c.errors))
+        }
+    }
+}
+
+/// Parses `src`; `file` names it in errors.
+pub fn parse(src: &str, file: &Path) -> Result<Buildspec, Diagnostics> {
+    let mut c = Collector::new(file);
+    let root = match yaml::parse(src) {
+        Ok(n) => n,
+        Err(e) => {
+            c.push(e.pos, "", e.message);
+            return Err(Diagnostics(c.errors));
+        }
+    };
+    let mut p = Parser {
+        c,
+        notes: Vec::new(),
+    };
+    let spec = p.buildspec(&root);
+    if p.c.errors.is_empty() {
+        Ok(Buildspec {
+            notes: p.notes,
+            ..spec
+        })
+    } else {
+        Err(Diagnostics(p.c.errors))
+    }
+}
+
+struct Parser {
+    c: Collector,
+    notes: Vec<String>,
+}
+
+fn is_var_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+impl Parser {
+    fn note(&mut self, pos: Pos, field: &str, msg: &str) {
+        let note = format!("{}:{pos}: {field}: {msg}", self.c.file().display());
+        tracing::info!("{note}");
+        self.notes.push(note);
+    }
+
+    /// The entries of a map, with unknown keys reported.
+    fn map<'a>(&mut self, node: &'a Node, field: &str, known: &[&str]) -> Vec<(&'a str, &'a Node)> {
+        let Some(entries) = node.as_map() else {
+            self.c.push(
+                node.pos,
+                field,
+                format!("must be a map, not a {}", node.kind()),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (k, v) in entries {
+            let Some(key) = k.scalar() else {
+                self.c.push(k.pos, field, "keys must be strings");
+                continue;
+            };
+            if known.contains(&key) {
+                out.push((key, v));
+            } else {
+                self.c.push(
+                    k.pos,
+                    join(field, key),
+                    format!("unknown key {key:?}; expected one of: {}", known.join(", ")),
+                );
+            }
+        }
+        out
+    }
+
+    fn string(&mut self, node: &Node, field: &str) -> Option<String> {
+        match node.scalar() {
+            Some(s) => Some(s.to_string()),
+            None => {
+                self.c.push(
+                    node.pos,
+                    field,
+                    format!("must be a string, not a {}", node.kind()),
+                );
+                None
+            }
+        }
+    }
+
+    fn strings(&mut self, node: &Node, field: &str) -> Vec<String> {
+        let Some(items) = node.as_seq() else {
+            self.c.push(
+                node.pos,
+                field,
+                format!("must be a list of strings, not a {}", node.kind()),
+            );
+            return Vec::new();
+        };
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| self.string(n, &format!("{field}[{i}]")))
+            .collect()
+    }
+
+    fn yes_no(&mut self, node: &Node, field: &str) -> bool {
+        match node.scalar() {
+            Some("yes" | "Yes" | "YES" | "true" | "True" | "TRUE") => true,
+            Some("no" | "No" | "NO" | "false" | "False" | "FALSE") => false,
+            _ => {
+                self.c.push(node.pos, field, "must be yes or no");
+                false
+            }
+        }
+    }
+
+    fn variables(&mut self, node: &Node, field: &str) -> Vec<(String, String)> {
+        let Some(entries) = node.as_map() else {
+            self.c.push(
+                node.pos,
+                field,
+                format!("must be a map, not a {}", node.kind()),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (k, v) in entries {
+            let Some(name) = k.scalar() else {
+                self.c.push(k.pos, field, "variable names must be strings");
+                continue;
+            };
+            let f = join(field, name);
+            if !is_var_name(name) {
+                self.c
+                    .push(k.pos, &f, "not a valid environment variable name");
+                continue;
+            }
+            if let Some(value) = self.string(v, &f) {
+                out.push((name.to_string(), value));
+            }
+        }
+        out
+    }
+
+    fn buildspec(&mut self, root: &Node) -> Buildspec {
+        let mut spec = Buildspec {
+            version: String::new(),
+            run_as: None,
+            env: Env::default(),
+            phases: Vec::new(),
+            artifacts: None,
+            notes: Vec::new(),
+        };
+        const KNOWN: &[&str] = &[
+            "version",
+            "run-as",
+            "env",
+            "proxy",
+            "batch",
+            "phases",
+            "reports",
+            "artifacts",
+            "cache",
+        ];
+        let entries = self.map(root, "", KNOWN);
+        if root.as_map().is_some() && root.get("version").is_none() {
+            self.c.push(
+                root.pos,
+                "version",
+                "missing; CodeBuild requires version: 0.2",
+            );
+        }
+        if root.as_map().is_some() && root.get("phases").is_none() {
+            self.c.push(
+                root.pos,
+                "phases",
+                "missing; a buildspec needs at least one phase",
+            );
+        }
+        for (key, v) in entries {
+            match key {
+                "version" => match v.scalar() {
+                    Some(s @ ("0.2" | "0.1")) => {
+                        spec.version = s.to_string();
+                        if s == "0.1" {
+                            self.note(
+                                v.pos,
+                                key,
+                                "version 0.1: every command runs in its own shell",
+                            );
+                        }
+                    }
+                    _ => self.c.push(v.pos, key, "must be 0.2 (or the older 0.1)"),
+                },
+                "run-as" => {
+                    spec.run_as = self.string(v, key);
+                    self.note(v.pos, key, "ignored: commands run as root in the sandbox");
+                }
+                "env" => spec.env = self.env(v),
+                "phases" => spec.phases = self.phases(v),
+                "artifacts" => spec.artifacts = Some(self.artifacts(v)),
+                _ => self.note(v.pos, key, "accepted and ignored on the local target"),
+            }
+        }
+        spec
+    }
+
+    fn env(&mut self, node: &Node) -> Env {
+        const KNOWN: &[&str] = &[
+            "shell",
+            "variables",
+            "parameter-store",
+            "exported-variables",
+            "secrets-manager",
+            "git-credential-helper",
+        ];
+        let mut env = Env::default();
+        for (key, v) in self.map(node, "env", KNOWN) {
+            let field = join("env", key);
+            match key {
+                "shell" => match v.scalar() {
+                    Some("bash" | "/bin/bash") => env.shell = Shell::Bash,
+                    Some("/bin/sh" | "sh") => env.shell = Shell::Sh,
+                    _ => self.c.push(v.pos, &field, "must be bash or /bin/sh"),
+                },
+                "variables" => env.variables = self.variables(v, &field),
+                "parameter-store" => env.parameter_store = self.variables(v, &field),
+                "exported-variables" => {
+                    let names = self.strings(v, &field);
+                    for (i, name) in names.iter().enumerate() {
+                        if !is_var_name(name) {
+                            let pos = v.as_seq().map_or(v.pos, |s| s[i].pos);
+                            self.c.push(
+                                pos,
+                                format!("{field}[{i}]"),
+                                "not a valid environment variable name",
+                            );
+                        }
+                    }
+                    env.exported_variables = names;
+                }
+                "secrets-manager" => self.c.push(
+                    v.pos,
+                    &field,
+                    "AWS Secrets Manager is not available on the local target; use parameter-store",
+                ),
+                "git-credential-helper" => {
+                    env.git_credential_helper = self.yes_no(v, &field);
+                    if env.git_credential_helper {
+                        self.note(
+                            v.pos,
+                            &field,
+                            "ignored: there is no credential helper locally",
+                        );
+                    }
+                }
+                _ => unreachable!("key checked against KNOWN"),
+            }
+        }
+        env
+    }
+
+    fn phases(&mut self, node: &Node) -> Vec<Phase> {
+        let known: Vec<&str> = PhaseName::ALL.iter().map(|p| p.as_str()).collect();
+        let mut phases = Vec::new();
+        for (key, v) in self.map(node, "phases", &known) {
+            let name = PhaseName::ALL
+                .into_iter()
+                .find(|p| p.as_str() == key)
+                .expect("key checked against the phase names");
+            phases.push(self.phase(name, v));
+        }
+        phases.sort_by_key(|p| p.name);
+        phases
+    }
+
+    fn phase(&mut self, name: PhaseName, node: &Node) -> Phase {
+        let base = join("phases", name.as_str());
+        let mut known = vec!["run-as", "on-failure", "commands", "finally"];
+        if name == PhaseName::Install {
+            known.push("runtime-versions");
+        }
+        let mut phase = Phase {
+            name,
+            run_as: None,
+            on_failure: OnFailure::Abort,
+            commands: Vec::new(),
+            finally: Vec::new(),
+        };
+        if node.as_map().is_some() && node.get("commands").is_none() {
+            self.c.push(
+                node.pos,
+                join(&base, "commands"),
+                "missing; every phase needs commands",
+            );
+        }
+        for (key, v) in self.map(node, &base, &known) {
+            let field = join(&base, key);
+            match key {
+                "run-as" => {
+                    phase.run_as = self.string(v, &field);
+                    self.note(
+                        v.pos,
+                        &field,
+                        "ignored: commands run as root in the sandbox",
+                    );
+                }
+                "on-failure" => match v.scalar() {
+                    Some("ABORT") => phase.on_failure = OnFailure::Abort,
+                    Some("CONTINUE") => phase.on_failure = OnFailure::Continue,
+                    _ => self.c.push(v.pos, &field, "must be ABORT or CONTINUE"),
+                },
+                "commands" => phase.commands = self.strings(v, &field),
+                "finally" => phase.finally = self.strings(v, &field),
+                "runtime-versions" => {
+                    if v.as_map().is_none() {
+                        self.c
+                            .push(v.pos, &field, "must be a map of runtime: version");
+                    }
+                    self.note(
+                        v.pos,
+                        &field,
+                        "ignored: the build image provides its runtimes",
+                    );
+                }
+                _ => unreachable!("key checked against the known keys"),
+            }
+        }
+        phase
+    }
+
+    fn artifacts(&mut self, node: &Node) -> Artifacts {
+        const KNOWN: &[&str] = &[
+            "files",
+            "name",
+            "discard-paths",
+            "base-directory",
+            "exclude-paths",
+            "enable-symlinks",
+            "s3-prefix",
+            "secondary-artifacts",
+        ];
+        let mut a = Artifacts::default();
+        if node.as_map().is_some() && node.get("files").is_none() {
+            self.c.push(node.pos, "artifacts.files", "missing");
+        }
+        for (key, v) in self.map(node, "artifacts", KNOWN) {
+            let field = join("artifacts", key);
+            match key {
+                "files" => {
+                    a.files = self.strings(v, &field);
+                    for (i, f) in a.files.iter().enumerate() {
+                        if let Some(why) = bad_relative(f) {
+                            let pos = v.as_seq().map_or(v.pos, |s| s[i].pos);
+                            self.c.push(pos, format!("{field}[{i}]"), why);
+                        }
+                    }
+                }
+                "name" => a.name = self.string(v, &field),
+                "discard-paths" => a.discard_paths = self.yes_no(v, &field),
+                "base-directory" => {
+                    a.base_directory = self.string(v, &field);
+                    if let Some(why) = a.base_directory.as_deref().and_then(bad_relative) {
+                        self.c.push(v.pos, &field, why);
+                    }
+                }
+                "exclude-paths" => a.exclude_paths = self.strings(v, &field),
+                _ => self.note(v.pos, &field, "accepted and ignored on the local target"),
+            }
+        }
+        a
+    }
+}
+
+/// Why a path from the buildspec may not be used inside the workspace.
+fn bad_relative(p: &str) -> Option<&'static str> {
+    if p.starts_with('/') {
+        Some("must be relative to the source directory")
+    } else if p.split('/').any(|s| s == "..") {
+        Some("must not contain '..'")
+    } else {
+        None
+    }
+}
+
+fn join(base: &str, key: &str) -> String {
+    if base.is_empty() {
+        key.to_string()
+    } else {
+        format!("{base}.{key}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(src: &str) -> Result<Buildspec, Diagnostics> {
+        parse(src, Path::new("buildspec.yml"))
+    }
+
+    #[test]
+    fn full_spec() {
+        let spec = p(r#"
+version: 0.2
+env:
+  shell: bash
+  variables:
+    A: "1"
+    N: 5
+  parameter-store:
+    VERSION: /demo/ImageVersion
+  exported-variables: [A, OUT]
+phases:
+  build:
+    on-failure: CONTINUE
+    commands:
+      - make
+    finally:
+      - echo done
+  install:
+    runtime-versions:
+      java: corretto17
+    commands: [true]
+artifacts:
+  files: ['**/*']
+  base-directory: dist
+  discard-paths: yes
+cache:
+  paths: ['/root/.m2/**/*']
+"#)
+        .unwrap();
+        assert_eq!(spec.env.shell, Shell::Bash);
+        assert_eq!(spec.env.variables[1], ("N".into(), "5".into()));
+        assert_eq!(spec.phases[0].name, PhaseName::Install);
+        assert_eq!(spec.phases[1].on_failure, OnFailure::Continue);
+        assert!(spec.artifacts.as_ref().unwrap().discard_paths);
+        assert_eq!(spec.notes.len(), 2, "{:?}", spec.notes);
+    }
+
+    #[test]
+    fn seed_buildspec_version_01() {
+        let spec = p("version: 0.1\nphases:\n  build:\n    commands:\n      - mvn test\nartifacts:\n  files:\n    - target/x.jar\n").unwrap();
+        assert!(!spec.shared_shell());
+    }
+
+    #[test]
+    fn errors_have_positions() {
+        let err = p("version: 0.3\nphases:\n  build:\n    comands: [x]\n    on-failure: STOP\nenv:\n  secrets-manager:\n    X: y\nartifacts:\n  files: [../etc/passwd]\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("buildspec.yml:1:10: version: must be 0.2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("buildspec.yml:4:5: phases.build.comands: unknown key"),
+            "{text}"
+        );
+        assert!(
+            text.contains("phases.build.on-failure: must be ABORT or CONTINUE"),
+            "{text}"
+        );
+        assert!(
+            text.contains("buildspec.yml:8:5: env.secrets-manager"),
+            "{text}"
+        );
+        assert!(
+            text.contains("artifacts.files[0]: must not contain '..'"),
+            "{text}"
+        );
+        assert!(text.contains("phases.build.commands: missing"), "{text}");
+    }
+
+    #[test]
+    fn wrong_types() {
+        let err = p("version: 0.2\nphases:\n  build:\n    commands: make\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("4:15: phases.build.commands: must be a list"),
+            "{err}"
+        );
+        let err = p("- a\n").unwrap_err();
+        assert!(err.to_string().contains("must be a map"), "{err}");
+        let err = p("version: [0.2\n").unwrap_err();
+        assert!(err.to_string().starts_with("buildspec.yml:"), "{err}");
+    }
+}

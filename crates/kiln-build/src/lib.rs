@@ -1,0 +1,14 @@
+//! The Build stage of kiln's pipeline: a CodeBuild-compatible
+//! `buildspec.yml` (version 0.2) run in a sandbox that can write only its
+//! workspace, and the artifacts it leaves, stored by digest.
+
+pub mod artifacts;
+pub mod buildspec;
+pub mod glob;
+pub mod run;
+
+pub use artifacts::{Artifact, ArtifactError, ArtifactSet};
+pub use buildspec::{Artifacts, Buildspec, Env, OnFailure, Phase, PhaseName, Shell, parse};
+pub use run::{
+    BuildError, BuildObserver, BuildOptions, BuildReport, NoObserver, PhaseReport, PhaseStatus, run,
+};

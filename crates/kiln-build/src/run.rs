@@ -1,0 +1,765 @@
+//! Running a buildspec: its phases in order, in a sandbox whose root
+//! filesystem is read-only and whose only writable place is the workspace.
+//!
+//! CodeBuild (0.2) runs every command of a build in one shell instance, so
+//! `cd` and exported variables carry from one command to the next and from
+//! phase to phase. Here each phase is one shell script, run in its own
+//! sandbox; the script starts by restoring the environment and working
+//! directory the previous phase saved, and ends by saving them. Variables
+//! are assigned under `set -a`, so a plain `X=1` carries over as well.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::artifacts::{self, ArtifactSet};
+use crate::buildspec::{Buildspec, OnFailure, Phase, PhaseName};
+
+/// Where the source is inside the sandbox, as on CodeBuild.
+pub const SRC_DIR: &str = "/codebuild/output/src";
+/// The phase scripts and the state carried between phases, inside the sandbox.
+const STATE_DIR: &str = "/codebuild/kiln";
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// CodeBuild's default build timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
+/// Capabilities dropped when kiln runs as real root; the same list as
+/// kiln_sandbox's Bubblewrap.
+const DROPPED_CAPS: &[&str] = &[
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_TIME",
+    "CAP_MKNOD",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_SYS_PTRACE",
+    "CAP_SYSLOG",
+    "CAP_MAC_ADMIN",
+    "CAP_MAC_OVERRIDE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_BPF",
+    "CAP_PERFMON",
+    "CAP_SYS_ADMIN",
+    "CAP_NET_ADMIN",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_SETFCAP",
+];
+
+/// Looks a parameter of kiln's parameter store up by name.
+pub type ParameterLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+pub struct BuildOptions {
+    /// The build image: a root filesystem directory, mounted read-only.
+    pub root: PathBuf,
+    /// The bubblewrap binary.
+    pub bwrap: PathBuf,
+    /// The checked-out source, copied into the workspace before the build.
+    pub source_dir: PathBuf,
+    /// A host directory for this build only; it must not hold `src` yet.
+    /// `src` (the build's source, at /codebuild/output/src) and `state`
+    /// are created in it, and they are all the build can write.
+    pub workspace: PathBuf,
+    /// Where the artifacts are copied.
+    pub output_dir: PathBuf,
+    /// CODEBUILD_* and the pipeline's source variables; they override the
+    /// buildspec's variables, as a project's environment does on CodeBuild.
+    pub env: Vec<(String, String)>,
+    /// Resolves `env.parameter-store`.
+    pub parameters: Option<Arc<ParameterLookup>>,
+    /// A CodeBuild-style log of the build, if wanted.
+    pub log_path: Option<PathBuf>,
+    /// For the whole build.
+    pub timeout: Duration,
+}
+
+impl BuildOptions {
+    /// Options with bwrap found on PATH and the default timeout.
+    pub fn new(
+        root: PathBuf,
+        source_dir: PathBuf,
+        workspace: PathBuf,
+        output_dir: PathBuf,
+    ) -> Result<BuildOptions, BuildError> {
+        let bwrap = kiln_sandbox::probe::find_on_path("bwrap").ok_or(BuildError::BwrapNotFound)?;
+        Ok(BuildOptions {
+            root,
+            bwrap,
+            source_dir,
+            workspace,
+            output_dir,
+            env: Vec::new(),
+            parameters: None,
+            log_path: None,
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("bubblewrap (bwrap) not found on PATH: install the Debian package bubblewrap")]
+    BwrapNotFound,
+    #[error("build image {root} is not a directory")]
+    NoRoot { root: PathBuf },
+    #[error("build image {root} has no {shell}, which the buildspec's env.shell asks for")]
+    NoShell { root: PathBuf, shell: String },
+    #[error("workspace {workspace} already holds a build")]
+    WorkspaceInUse { workspace: PathBuf },
+    #[error("env.parameter-store.{var}: parameter {name:?} not found in the parameter store")]
+    Parameter { var: String, name: String },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the sandbox ({bwrap}): {source}")]
+    Spawn {
+        bwrap: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BuildError + 'a {
+    move |source| BuildError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PhaseStatus {
+    Succeeded,
+    Failed,
+    TimedOut,
+    /// Not run, because an earlier phase failed.
+    Skipped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PhaseReport {
+    pub phase: PhaseName,
+    pub status: PhaseStatus,
+    /// The command that failed, and whether it was in `finally`.
+    pub failed_command: Option<String>,
+    pub in_finally: bool,
+    pub exit_code: Option<i32>,
+    /// CodeBuild's phase context, e.g. "COMMAND_EXECUTION_ERROR: ...".
+    pub message: Option<String>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BuildReport {
+    pub build_id: String,
+    pub succeeded: bool,
+    pub phases: Vec<PhaseReport>,
+    /// `env.exported-variables` that were set at the end of the build.
+    pub exported: Vec<(String, String)>,
+    /// Collected even after a failed build phase, as CodeBuild attempts
+    /// UPLOAD_ARTIFACTS then; `None` when the buildspec names none or the
+    /// build stopped before.
+    pub artifacts: Option<ArtifactSet>,
+    pub artifact_error: Option<String>,
+    /// The buildspec's notes on what was accepted and ignored.
+    pub notes: Vec<String>,
+}
+
+/// Hears about a build while it runs.
+pub trait BuildObserver {
+    fn phase_started(&mut self, _phase: PhaseName) {}
+    fn output(&mut self, _line: &str) {}
+    fn phase_finished(&mut self, _report: &PhaseReport) {}
+}
+
+/// An observer that ignores everything.
+pub struct NoObserver;
+impl BuildObserver for NoObserver {}
+
+struct Log(Option<fs::File>);
+
+impl Log {
+    fn line(&mut self, text: &str) {
+        if let Some(f) = &mut self.0 {
+            let ts = jiff::Timestamp::now().strftime("%Y/%m/%d %H:%M:%S%.3f");
+            let _ = writeln!(f, "[Container] {ts} {text}");
+        }
+    }
+
+    fn raw(&mut self, text: &str) {
+        if let Some(f) = &mut self.0 {
+            let _ = writeln!(f, "{text}");
+        }
+    }
+}
+
+/// Runs `spec` as CodeBuild would: phases install, pre_build, build and
+/// post_build in order, then the artifacts. A failing build is an `Ok`
+/// report with `succeeded: false`; `Err` means the build could not run.
+pub fn run(
+    spec: &Buildspec,
+    opts: &BuildOptions,
+    observer: &mut dyn BuildObserver,
+) -> Result<BuildReport, BuildError> {
+    if !opts.root.is_dir() {
+        return Err(BuildError::NoRoot {
+            root: opts.root.clone(),
+        });
+    }
+    let shell = spec.env.shell.path();
+    if fs::symlink_metadata(opts.root.join(&shell[1..])).is_err() {
+        return Err(BuildError::NoShell {
+            root: opts.root.clone(),
+            shell: shell.to_string(),
+        });
+    }
+    let env = environment(spec, opts)?;
+    let build_id = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "CODEBUILD_BUILD_ID")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+
+    let src = opts.workspace.join("src");
+    let state = opts.workspace.join("state");
+    if src.exists() {
+        return Err(BuildError::WorkspaceInUse {
+            workspace: opts.workspace.clone(),
+        });
+    }
+    fs::create_dir_all(&src).map_err(io("cannot create", &src))?;
+    fs::create_dir_all(state.join("exported")).map_err(io("cannot create", &state))?;
+    copy_tree(&opts.source_dir, &src)?;
+
+    let mut log = Log(match &opts.log_path {
+        Some(p) => Some(fs::File::create(p).map_err(io("cannot create the log", p))?),
+        None => None,
+    });
+    for note in &spec.notes {
+        log.line(&format!("Note: {note}"));
+    }
+
+    let deadline = Instant::now() + opts.timeout;
+    let mut reports = Vec::new();
+    let mut succeeding = true;
+    // Set when a phase fails with ABORT: what still runs afterwards.
+    let mut stop: Option<PhaseName> = None;
+    let mut timed_out = false;
+    for name in PhaseName::ALL {
+        let Some(phase) = spec.phase(name) else {
+            continue;
+        };
+        // After a failed build phase CodeBuild still runs post_build;
+        // after a failed install or pre_build it skips to the end.
+        let skip = timed_out
+            || match stop {
+                Some(PhaseName::Build) => name != PhaseName::PostBuild,
+                Some(_) => true,
+                None => false,
+            };
+        if skip {
+            reports.push(PhaseReport {
+                phase: name,
+                status: PhaseStatus::Skipped,
+                failed_command: None,
+                in_finally: false,
+                exit_code: None,
+                message: None,
+                duration_ms: 0,
+            });
+            observer.phase_finished(reports.last().expect("just pushed"));
+            continue;
+        }
+        observer.phase_started(name);
+        log.line(&format!("Entering phase {}", name.upper()));
+        let report = run_phase(
+            spec, phase, opts, &env, &state, succeeding, deadline, observer, &mut log,
+        )?;
+        log.line(&format!(
+            "Phase complete: {} State: {}",
+            name.upper(),
+            match report.status {
+                PhaseStatus::Succeeded => "SUCCEEDED",
+                PhaseStatus::Failed => "FAILED",
+                PhaseStatus::TimedOut => "TIMED_OUT",
+                PhaseStatus::Skipped => "SKIPPED",
+            }
+        ));
+        log.line(&format!(
+            "Phase context status code: {} Message: {}",
+            if report.status == PhaseStatus::Succeeded {
+                ""
+            } else {
+                "COMMAND_EXECUTION_ERROR"
+            },
+            report.message.as_deref().unwrap_or("")
+        ));
+        match report.status {
+            PhaseStatus::Succeeded | PhaseStatus::Skipped => {}
+            PhaseStatus::TimedOut => {
+                succeeding = false;
+                timed_out = true;
+            }
+            PhaseStatus::Failed => {
+                succeeding = false;
+                if phase.on_failure == OnFailure::Abort && stop.is_none() {
+                    stop = Some(name);
+                }
+            }
+        }
+        observer.phase_finished(&report);
+        reports.push(report);
+    }
+
+    let exported = read_exported(spec, &state);
+    let mut artifacts = None;
+    let mut artifact_error = None;
+    let upload = !timed_out && matches!(stop, None | Some(PhaseName::Build | PhaseName::PostBuild));
+    if let (Some(a), true) = (&spec.artifacts, upload) {
+        log.line("Entering phase UPLOAD_ARTIFACTS");
+        match artifacts::collect(&src, a, &opts.output_dir) {
+            Ok(set) => {
+                log.line(&format!(
+                    "Collected {} artifact(s), digest {}",
+                    set.files.len(),
+                    set.digest
+                ));
+                artifacts = Some(set);
+            }
+            Err(e) => {
+                log.line(&format!(
+                    "Phase context status code: CLIENT_ERROR Message: {e}"
+                ));
+                artifact_error = Some(e.to_string());
+                succeeding = false;
+            }
+        }
+    }
+    log.line(&format!(
+        "Build {}",
+        if succeeding { "SUCCEEDED" } else { "FAILED" }
+    ));
+    Ok(BuildReport {
+        build_id,
+        succeeded: succeeding,
+        phases: reports,
+        exported,
+        artifacts,
+        artifact_error,
+        notes: spec.notes.clone(),
+    })
+}
+
+/// The build's environment, lowest precedence first.
+fn environment(spec: &Buildspec, opts: &BuildOptions) -> Result<Vec<(String, String)>, BuildError> {
+    let start_ms = jiff::Timestamp::now().as_millisecond().to_string();
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), PATH.into()),
+        ("HOME".into(), "/root".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("USER".into(), "root".into()),
+        (
+            "CODEBUILD_BUILD_ID".into(),
+            format!("kiln:{}", uuid::Uuid::new_v4()),
+        ),
+        ("CODEBUILD_BUILD_NUMBER".into(), "1".into()),
+        ("CODEBUILD_START_TIME".into(), start_ms),
+        ("CODEBUILD_INITIATOR".into(), "kiln".into()),
+    ];
+    env.extend(spec.env.variables.iter().cloned());
+    for (var, name) in &spec.env.parameter_store {
+        let value = opts
+            .parameters
+            .as_ref()
+            .and_then(|lookup| lookup(name))
+            .ok_or_else(|| BuildError::Parameter {
+                var: var.clone(),
+                name: name.clone(),
+            })?;
+        env.push((var.clone(), value));
+    }
+    env.extend(opts.env.iter().cloned());
+    env.push(("CODEBUILD_SRC_DIR".into(), SRC_DIR.into()));
+    // Later entries win; keep one of each, in first-seen order.
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (k, v) in env {
+        match out.iter_mut().find(|(ok, _)| *ok == k) {
+            Some(slot) => slot.1 = v,
+            None => out.push((k, v)),
+        }
+    }
+    Ok(out)
+}
+
+/// A string as one single-quoted shell word.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The script that runs one phase.
+fn script(spec: &Buildspec, phase: &Phase, succeeding: bool) -> String {
+    let shared = spec.shared_shell();
+    let mut s = String::new();
+    s.push_str("set -a\n");
+    if shared {
+        s.push_str(&format!(
+            "if [ -f {STATE_DIR}/env ]; then . {STATE_DIR}/env; fi\n\
+             if [ -f {STATE_DIR}/cwd ]; then cd \"$(cat {STATE_DIR}/cwd)\" 2>/dev/null || cd {SRC_DIR}; fi\n"
+        ));
+    }
+    s.push_str(&format!(
+        "CODEBUILD_BUILD_SUCCEEDING={}\nrm -f {STATE_DIR}/result {STATE_DIR}/done\n__kiln_rc=0\n",
+        u8::from(succeeding)
+    ));
+    for (block, commands) in [("commands", &phase.commands), ("finally", &phase.finally)] {
+        if block == "finally" {
+            s.push_str("__kiln_rc=0\n");
+        }
+        for (i, cmd) in commands.iter().enumerate() {
+            let run = if shared {
+                format!("eval {}", quote(cmd))
+            } else {
+                format!("( eval {} )", quote(cmd))
+            };
+            s.push_str(&format!(
+                "if [ \"$__kiln_rc\" -eq 0 ]; then\n\
+                 printf '%s\\n' {}\n\
+                 {run}\n\
+                 __kiln_rc=$?\n\
+                 if [ \"$__kiln_rc\" -ne 0 ] && [ ! -f {STATE_DIR}/result ]; then printf '%s %s %s\\n' {block} {i} \"$__kiln_rc\" > {STATE_DIR}/result; fi\n\
+                 fi\n",
+                quote(&format!("[Container] Running command {cmd}")),
+            ));
+        }
+    }
+    s.push_str("unset __kiln_rc\n");
+    if shared {
+        s.push_str(&format!(
+            "export -p > {STATE_DIR}/env.new && mv {STATE_DIR}/env.new {STATE_DIR}/env\n\
+             pwd > {STATE_DIR}/cwd\n"
+        ));
+    }
+    for var in &spec.env.exported_variables {
+        s.push_str(&format!(
+            "if [ -n \"${{{var}+x}}\" ]; then printf '%s' \"${var}\" > {STATE_DIR}/exported/{var}; fi\n"
+        ));
+    }
+    s.push_str(&format!("echo ok > {STATE_DIR}/done\n"));
+    s
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_phase(
+    spec: &Buildspec,
+    phase: &Phase,
+    opts: &BuildOptions,
+    env: &[(String, String)],
+    state: &Path,
+    succeeding: bool,
+    deadline: Instant,
+    observer: &mut dyn BuildObserver,
+    log: &mut Log,
+) -> Result<PhaseReport, BuildError> {
+    let started = Instant::now();
+    let script_name = format!("{}.sh", phase.name.as_str());
+    let script_path = state.join(&script_name);
+    fs::write(&script_path, script(spec, phase, succeeding))
+        .map_err(io("cannot write", &script_path))?;
+    let mut command = sandbox_command(opts, env)?;
+    command
+        .arg(spec.env.shell.path())
+        .arg(format!("{STATE_DIR}/{script_name}"));
+    let (code, timed_out) = run_streaming(command, &opts.bwrap, deadline, observer, log)?;
+
+    let mut report = PhaseReport {
+        phase: phase.name,
+        status: PhaseStatus::Succeeded,
+        failed_command: None,
+        in_finally: false,
+        exit_code: code,
+        message: None,
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    if timed_out {
+        report.status = PhaseStatus::TimedOut;
+        report.message = Some(format!("build timed out after {:?}", opts.timeout));
+        return Ok(report);
+    }
+    let result = fs::read_to_string(state.join("result")).ok();
+    let done = state.join("done").exists();
+    if let Some(result) = result {
+        let mut parts = result.split_whitespace();
+        let block = parts.next().unwrap_or("commands");
+        let index: usize = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let rc: Option<i32> = parts.next().and_then(|s| s.parse().ok());
+        let list = if block == "finally" {
+            &phase.finally
+        } else {
+            &phase.commands
+        };
+        let cmd = list.get(index).cloned().unwrap_or_default();
+        report.status = PhaseStatus::Failed;
+        report.in_finally = block == "finally";
+        report.exit_code = rc;
+        report.message = Some(format!(
+            "Error while executing command: {cmd}. Reason: exit status {}",
+            rc.map_or("unknown".to_string(), |c| c.to_string())
+        ));
+        report.failed_command = Some(cmd);
+    } else if !done || code != Some(0) {
+        report.status = PhaseStatus::Failed;
+        report.message = Some(format!(
+            "the shell exited before the end of the phase (status {})",
+            code.map_or("signal".to_string(), |c| c.to_string())
+        ));
+    }
+    Ok(report)
+}
+
+/// bwrap with the build image read-only at `/`, the workspace's source
+/// writable at /codebuild/output/src, and scratch tmpfs at /tmp and /root.
+fn sandbox_command(opts: &BuildOptions, env: &[(String, String)]) -> Result<Command, BuildError> {
+    let mut cmd = Command::new(&opts.bwrap);
+    cmd.env_clear();
+    // The new root is bwrap's own tmpfs; the image's top-level entries are
+    // bound into it one by one, so mount points such as /codebuild need
+    // no change to the image, and `/` itself is made read-only at the end.
+    let mut entries: Vec<_> = fs::read_dir(&opts.root)
+        .map_err(io("cannot read the build image", &opts.root))?
+        .filter_map(Result::ok)
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if matches!(name, "proc" | "dev" | "tmp" | "root" | "codebuild") {
+            continue;
+        }
+        let inside = format!("/{name}");
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_symlink() {
+            let target = fs::read_link(entry.path()).map_err(io("cannot read", &entry.path()))?;
+            cmd.arg("--symlink").arg(target).arg(&inside);
+        } else {
+            cmd.arg("--ro-bind").arg(entry.path()).arg(&inside);
+        }
+    }
+    cmd.args([
+        "--tmpfs", "/tmp", "--tmpfs", "/root", "--proc", "/proc", "--dev", "/dev",
+    ]);
+    cmd.arg("--bind")
+        .arg(opts.workspace.join("src"))
+        .arg(SRC_DIR);
+    cmd.arg("--bind")
+        .arg(opts.workspace.join("state"))
+        .arg(STATE_DIR);
+    cmd.args(["--remount-ro", "/"]);
+    cmd.args([
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--hostname",
+        "kiln-build",
+    ]);
+    cmd.args([
+        "--die-with-parent",
+        "--new-session",
+        "--chdir",
+        SRC_DIR,
+        "--clearenv",
+    ]);
+    for (k, v) in env {
+        cmd.arg("--setenv").arg(k).arg(v);
+    }
+    if kiln_sandbox::exec::host_is_root() {
+        for cap in DROPPED_CAPS {
+            cmd.args(["--cap-drop", cap]);
+        }
+    } else {
+        cmd.args(["--unshare-user", "--uid", "0", "--gid", "0"]);
+    }
+    cmd.arg("--");
+    Ok(cmd)
+}
+
+enum Event {
+    Line(String),
+    Closed,
+}
+
+/// Runs `command`, streaming its output line by line, and kills it at
+/// `deadline`. Returns the exit code and whether it timed out.
+fn run_streaming(
+    mut command: Command,
+    bwrap: &Path,
+    deadline: Instant,
+    observer: &mut dyn BuildObserver,
+    log: &mut Log,
+) -> Result<(Option<i32>, bool), BuildError> {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    tracing::debug!(?command, "starting build phase");
+    let mut child = command.spawn().map_err(|source| BuildError::Spawn {
+        bwrap: bwrap.to_owned(),
+        source,
+    })?;
+    let (tx, rx) = mpsc::channel();
+    let streams: [Option<Box<dyn Read + Send>>; 2] = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ];
+    let mut open = 0;
+    for stream in streams.into_iter().flatten() {
+        open += 1;
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stream);
+            let mut buf = Vec::new();
+            while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string();
+                buf.clear();
+                if tx.send(Event::Line(line)).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Event::Closed);
+        });
+    }
+    drop(tx);
+    let mut timed_out = false;
+    while open > 0 {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(Event::Line(line)) => {
+                log.raw(&line);
+                observer.output(&line);
+            }
+            Ok(Event::Closed) => open -= 1,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if !timed_out {
+                    timed_out = true;
+                    // The sandbox dies with bwrap (--die-with-parent).
+                    let _ = child.kill();
+                }
+                // Drain what the dying processes still wrote.
+                while let Ok(ev) = rx.recv_timeout(Duration::from_secs(5)) {
+                    match ev {
+                        Event::Line(line) => log.raw(&line),
+                        Event::Closed => open -= 1,
+                    }
+                    if open == 0 {
+                        break;
+                    }
+                }
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let status = child.wait().map_err(|source| BuildError::Spawn {
+        bwrap: bwrap.to_owned(),
+        source,
+    })?;
+    Ok((status.code(), timed_out))
+}
+
+fn read_exported(spec: &Buildspec, state: &Path) -> Vec<(String, String)> {
+    spec.env
+        .exported_variables
+        .iter()
+        .filter_map(|var| {
+            fs::read(state.join("exported").join(var))
+                .ok()
+                .map(|v| (var.clone(), String::from_utf8_lossy(&v).into_owned()))
+        })
+        .collect()
+}
+
+/// Copies a source tree, keeping symlinks as symlinks and file modes.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), BuildError> {
+    for entry in fs::read_dir(from).map_err(io("cannot read the source", from))? {
+        let entry = entry.map_err(io("cannot read the source", from))?;
+        let path = entry.path();
+        let dest = to.join(entry.file_name());
+        let kind = entry.file_type().map_err(io("cannot read", &path))?;
+        if kind.is_dir() {
+            fs::create_dir_all(&dest).map_err(io("cannot create", &dest))?;
+            copy_tree(&path, &dest)?;
+        } else if kind.is_symlink() {
+            let target = fs::read_link(&path).map_err(io("cannot read", &path))?;
+            std::os::unix::fs::symlink(target, &dest).map_err(io("cannot create", &dest))?;
+        } else if kind.is_file() {
+            fs::copy(&path, &dest).map_err(io("cannot copy", &path))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_single_quotes() {
+        assert_eq!(quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn environment_precedence() {
+        let spec = crate::buildspec::parse(
+            "version: 0.2\nenv:\n  variables:\n    A: spec\n    B: spec\n  parameter-store:\n    P: /x/y\nphases:\n  build:\n    commands: [true]\n",
+            Path::new("b.yml"),
+        )
+        .unwrap();
+        let mut opts = BuildOptions {
+            root: "/".into(),
+            bwrap: "/usr/bin/bwrap".into(),
+            source_dir: "/".into(),
+            workspace: "/".into(),
+            output_dir: "/".into(),
+            env: vec![
+                ("B".into(), "caller".into()),
+                ("CODEBUILD_SRC_DIR".into(), "/x".into()),
+            ],
+            parameters: None,
+            log_path: None,
+            timeout: DEFAULT_TIMEOUT,
+        };
+        assert!(matches!(
+            environment(&spec, &opts),
+            Err(BuildError::Parameter { .. })
+        ));
+        opts.parameters = Some(Arc::new(|name: &str| {
+            (name == "/x/y").then(|| "1.0.3".to_string())
+        }));
+        let env = environment(&spec, &opts).unwrap();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("A"), Some("spec"));
+        assert_eq!(get("B"), Some("caller"));
+        assert_eq!(get("P"), Some("1.0.3"));
+        assert_eq!(get("CODEBUILD_SRC_DIR"), Some(SRC_DIR));
+    }
+}
