@@ -13,6 +13,7 @@ mod fleet_cmd;
 mod images;
 mod lineage;
 mod output;
+mod params;
 mod serve;
 mod state;
 mod toe;
@@ -56,6 +57,8 @@ enum Command {
     Groups(fleet_cmd::GroupsArgs),
     /// Instances and their logs.
     Instances(fleet_cmd::InstancesArgs),
+    /// The parameter store: versions and values with history.
+    Params(params::ParamsArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Templates(args) => fleet_cmd::templates(args, &state),
         Command::Groups(args) => fleet_cmd::groups(args, &state),
         Command::Instances(args) => fleet_cmd::instances(args, &state),
+        Command::Params(args) => params::main(args, &state),
     };
     match result {
         Ok(code) => code,

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::kiln;
+use common::{kiln, ok};
 use std::path::{Path, PathBuf};
 
 fn example() -> PathBuf {
@@ -163,4 +163,50 @@ fn bad_arguments_are_refused_with_their_reason() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("NAME=VALUE"));
+}
+
+#[test]
+fn params_keep_every_version() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(kiln(
+        dir.path(),
+        &["params", "put", "/demo/ImageVersion", "1.0.0"],
+    ));
+    assert_eq!(
+        ok(kiln(
+            dir.path(),
+            &["params", "put", "/demo/ImageVersion", "1.0.1"]
+        ))
+        .trim(),
+        "/demo/ImageVersion version 2"
+    );
+    assert_eq!(
+        ok(kiln(dir.path(), &["params", "get", "/demo/ImageVersion"])).trim(),
+        "1.0.1"
+    );
+    let history: serde_json::Value = serde_json::from_str(&ok(kiln(
+        dir.path(),
+        &[
+            "params",
+            "history",
+            "/demo/ImageVersion",
+            "--output",
+            "json",
+        ],
+    )))
+    .unwrap();
+    let values: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(values, ["1.0.0", "1.0.1"]);
+    ok(kiln(dir.path(), &["params", "rm", "/demo/ImageVersion"]));
+    let missing = kiln(dir.path(), &["params", "get", "/demo/ImageVersion"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("parameter \"/demo/ImageVersion\" does not exist")
+    );
 }
