@@ -4,6 +4,7 @@
 
 pub mod export;
 pub mod flatten;
+pub mod gc;
 pub mod import;
 pub mod store;
 pub mod tarball;

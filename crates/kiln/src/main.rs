@@ -10,6 +10,7 @@
 mod bake;
 mod client;
 mod fleet_cmd;
+mod gc;
 mod images;
 mod lineage;
 mod output;
@@ -59,6 +60,9 @@ enum Command {
     Instances(fleet_cmd::InstancesArgs),
     /// The parameter store: versions and values with history.
     Params(params::ParamsArgs),
+    /// Keep the newest images and those in use; remove the rest and every
+    /// blob nothing references.
+    Gc(gc::GcArgs),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         Command::Groups(args) => fleet_cmd::groups(args, &state),
         Command::Instances(args) => fleet_cmd::instances(args, &state),
         Command::Params(args) => params::main(args, &state),
+        Command::Gc(args) => gc::main(args, &state),
     };
     match result {
         Ok(code) => code,

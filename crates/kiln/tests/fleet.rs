@@ -348,6 +348,9 @@ fn a_killed_instance_is_replaced() {
         "{gone}"
     );
     assert_eq!(g["instances"].as_array().unwrap().len(), 2);
+    // Images a group's launch template uses survive retention.
+    let gc: Value = json(kiln(&state, &["gc", "--keep", "1", "--output", "json"]));
+    assert_eq!(gc["images"], serde_json::json!([]), "{gc}");
     daemon.destroy(&["web"]);
 }
 

@@ -363,3 +363,89 @@ fn tests_can_be_disabled_per_recipe() {
     .unwrap();
     assert_eq!(lineage["tests"], "disabled");
 }
+
+#[test]
+fn gc_keeps_the_newest_images_and_their_parents_and_frees_the_rest() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let component = dir.path().join("c.yaml");
+    for n in 1..=3 {
+        std::fs::write(
+            &component,
+            format!("name: c\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Write\n        action: CreateFile\n        inputs:\n          - path: /build-{n}\n            content: build {n}\n"),
+        )
+        .unwrap();
+        let recipe = dir.path().join("r.yaml");
+        std::fs::write(&recipe, "name: app\nversion: 1.0.0\nparent: busybox\nshell: sh\ncomponents:\n  - path: c.yaml\n").unwrap();
+        ok(kiln(&state, &["bake", recipe.to_str().unwrap()]));
+    }
+    let blobs = || {
+        std::fs::read_dir(state.join("images/oci/blobs/sha256"))
+            .unwrap()
+            .count()
+    };
+    let before = blobs();
+
+    let dry = ok(kiln(&state, &["gc", "--keep", "1", "--dry-run"]));
+    assert!(
+        dry.contains("would remove app/1.0.0/1") && dry.contains("would remove app/1.0.0/2"),
+        "{dry}"
+    );
+    assert_eq!(blobs(), before, "a dry run removes nothing");
+
+    let report: serde_json::Value = serde_json::from_str(&ok(kiln(
+        &state,
+        &["gc", "--keep", "1", "--output", "json"],
+    )))
+    .unwrap();
+    assert_eq!(
+        report["images"],
+        serde_json::json!(["app/1.0.0/1", "app/1.0.0/2"])
+    );
+    assert!(report["blobs"].as_u64().unwrap() >= 4, "{report}");
+    let left: serde_json::Value =
+        serde_json::from_str(&ok(kiln(&state, &["images", "ls", "--output", "json"]))).unwrap();
+    let names: Vec<&str> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["reference"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["busybox/1.35.0/1", "app/1.0.0/3"],
+        "the kept image's parent stays"
+    );
+    // What stays is whole: every blob matches its name, and the image exports.
+    for entry in std::fs::read_dir(state.join("images/oci/blobs/sha256")).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(
+            path.file_name().unwrap().to_str().unwrap(),
+            hex::encode(Sha256::digest(std::fs::read(&path).unwrap()))
+        );
+    }
+    assert!(blobs() < before);
+    let oci = dir.path().join("oci");
+    ok(kiln(
+        &state,
+        &[
+            "images",
+            "export",
+            "app",
+            "--format",
+            "oci",
+            oci.to_str().unwrap(),
+        ],
+    ));
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:1.0.0", oci.display()),
+            dir.path().join("bundle").to_str().unwrap(),
+        ],
+    );
+    assert!(dir.path().join("bundle/rootfs/build-3").exists());
+}

@@ -1,0 +1,67 @@
+//! `kiln gc`: retention and garbage collection of the image store.
+
+use std::collections::HashSet;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::output::{Format, print_json};
+use crate::state::StateDir;
+use kiln_image::Store;
+
+#[derive(Args)]
+pub struct GcArgs {
+    /// Images of each name to keep, newest first (every image a group's
+    /// launch template uses is kept too, and every kept image's parents).
+    #[arg(long, default_value_t = 5)]
+    keep: usize,
+    /// Say what would be removed, remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long, value_enum, default_value_t)]
+    output: Format,
+}
+
+/// Digests of the images behind every version of every launch template a
+/// group uses: rolling back must find them.
+fn in_use(state: &StateDir) -> anyhow::Result<HashSet<String>> {
+    let path = state.join("kiln.db");
+    if !path.exists() {
+        return Ok(HashSet::new());
+    }
+    let db = kiln_fleet::Db::open(&path)?;
+    let used: HashSet<String> = db.groups()?.into_iter().map(|g| g.template).collect();
+    Ok(db
+        .templates()?
+        .into_iter()
+        .filter(|t| used.contains(&t.name))
+        .map(|t| t.image_digest)
+        .collect())
+}
+
+pub fn main(args: GcArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&state.join("images"))?;
+    let _lock = store.lock()?;
+    let report = kiln_image::gc::collect(&store, args.keep, &in_use(state)?, args.dry_run)?;
+    if args.output == Format::Json {
+        print_json(&report)?;
+    } else {
+        let verb = if args.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        for image in &report.images {
+            println!("{verb} {image}");
+        }
+        println!(
+            "{verb} {} images, {} blobs ({}), {} unpacked layers, {} cache entries",
+            report.images.len(),
+            report.blobs,
+            crate::images::human(report.bytes),
+            report.layers,
+            report.cache_entries
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
