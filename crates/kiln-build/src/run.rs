@@ -8,6 +8,8 @@
 //! directory the previous phase saved, and ends by saving them. Variables
 //! are assigned under `set -a`, so a plain `X=1` carries over as well.
 
+// Capabilities dropped when kiln runs as real root: the sandbox's own list.
+use kiln_sandbox::exec::DROPPED_CAPS;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -28,30 +30,6 @@ const STATE_DIR: &str = "/codebuild/kiln";
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// CodeBuild's default build timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
-
-/// Capabilities dropped when kiln runs as real root; the same list as
-/// kiln_sandbox's Bubblewrap.
-const DROPPED_CAPS: &[&str] = &[
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_TIME",
-    "CAP_MKNOD",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_SYS_PTRACE",
-    "CAP_SYSLOG",
-    "CAP_MAC_ADMIN",
-    "CAP_MAC_OVERRIDE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_BPF",
-    "CAP_PERFMON",
-    "CAP_SYS_ADMIN",
-    "CAP_NET_ADMIN",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_SETFCAP",
-];
 
 /// Looks a parameter of kiln's parameter store up by name.
 pub type ParameterLookup = dyn Fn(&str) -> Option<String> + Send + Sync;

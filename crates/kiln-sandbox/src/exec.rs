@@ -18,7 +18,7 @@ use crate::probe;
 /// CAP_SETFCAP is dropped too although package scripts sometimes use it:
 /// bwrap 0.8 leaves the bounding set intact, so a file capability written
 /// inside the sandbox would hand any of the others back on exec.
-const DROPPED_CAPS: &[&str] = &[
+pub const DROPPED_CAPS: &[&str] = &[
     "CAP_SYS_MODULE",
     "CAP_SYS_RAWIO",
     "CAP_SYS_BOOT",

@@ -21,7 +21,10 @@
 mod cgroup;
 mod command;
 mod procfs;
+mod reaper;
 mod scan;
+
+use reaper::{Reaped, Reaper};
 
 pub use scan::processes_with_root_below;
 
@@ -32,8 +35,8 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, Once, mpsc};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{Mode, OFlags};
@@ -300,74 +303,6 @@ fn detach(cmd: &mut Command, cgroup_procs: Option<CString>) {
             Ok(())
         })
     };
-}
-
-/// The thread that waits on a started instance's bwrap process, so that
-/// it does not stay a zombie; the daemon keeps no other handle on it.
-///
-/// bwrap exits as soon as the main process does, but the namespace's init
-/// stays until every other process in it has exited, and a daemonized
-/// child may never exit. An instance is its main process, as a container
-/// is, so the reaper then kills the init, and with it what remains.
-struct Reaper {
-    give: mpsc::SyncSender<Child>,
-    reaped: Arc<Mutex<Reaped>>,
-}
-
-/// Shared by start and the reaper under one lock, so that exactly one of
-/// them sees both the exit and the init, however the two race.
-#[derive(Debug, Default)]
-struct Reaped {
-    exit: Option<ExitStatus>,
-    /// The init's namespace (with its pid), once start has found it.
-    init: Option<NetNs>,
-}
-
-impl Reaped {
-    fn exit(reaped: &Mutex<Reaped>) -> Option<ExitStatus> {
-        reaped.lock().unwrap_or_else(|p| p.into_inner()).exit
-    }
-}
-
-impl Reaper {
-    fn spawn(id: &str) -> Result<Reaper, InstanceError> {
-        let reaped = Arc::new(Mutex::new(Reaped::default()));
-        let (give, take) = mpsc::sync_channel::<Child>(1);
-        let shared = Arc::clone(&reaped);
-        std::thread::Builder::new()
-            .name(format!("kiln-reap-{id}"))
-            .stack_size(REAPER_STACK)
-            .spawn(move || {
-                let Ok(mut child) = take.recv() else { return };
-                let status = child.wait();
-                let mut reaped = shared.lock().unwrap_or_else(|p| p.into_inner());
-                match status {
-                    Ok(s) => reaped.exit = Some(s),
-                    Err(error) => {
-                        tracing::error!(pid = child.id(), %error, "waiting for an instance's bwrap failed");
-                    }
-                }
-                if let Some(ns) = &reaped.init {
-                    let _ = signal_in(ns, ns.pid(), Signal::KILL);
-                }
-            })
-            .map_err(|error| InstanceError::Thread {
-                id: id.to_owned(),
-                error,
-            })?;
-        Ok(Reaper { give, reaped })
-    }
-
-    /// Hands the init to the reaper, or kills it now if bwrap is already
-    /// gone.
-    fn watch_init(&self, init: &NetNs) {
-        let mut reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
-        if reaped.exit.is_some() {
-            let _ = signal_in(init, init.pid(), Signal::KILL);
-        } else if let Ok(ns) = init.try_clone() {
-            reaped.init = Some(ns);
-        }
-    }
 }
 
 /// Sleeps a little longer each time, up to `max`: answers come within a
