@@ -2,7 +2,7 @@
 # there. Sourced by the other scripts.
 set -euo pipefail
 
-KILN_DEBIAN_PACKAGES=(bubblewrap busybox-static util-linux curl mmdebstrap skopeo umoci e2fsprogs qemu-utils zstd)
+KILN_DEBIAN_PACKAGES=(git bubblewrap busybox-static util-linux curl mmdebstrap skopeo umoci e2fsprogs qemu-utils zstd)
 
 kiln_install_deps() {
     local missing=()

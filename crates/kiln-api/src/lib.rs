@@ -5,6 +5,7 @@
 mod error;
 mod groups;
 mod instances;
+mod pipelines;
 mod templates;
 pub mod token;
 
@@ -15,17 +16,23 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use kiln_fleet::Fleet;
+use kiln_pipeline::Pipelines;
 
 pub use error::ApiError;
 
 #[derive(Clone)]
 pub struct AppState {
     pub fleet: Fleet,
+    pub pipelines: Pipelines,
     pub token: String,
 }
 
-pub fn router(fleet: Fleet, token: String) -> Router {
-    let state = AppState { fleet, token };
+pub fn router(fleet: Fleet, pipelines: Pipelines, token: String) -> Router {
+    let state = AppState {
+        fleet,
+        pipelines,
+        token,
+    };
     Router::new()
         .route(
             "/v1/health",
@@ -46,6 +53,29 @@ pub fn router(fleet: Fleet, token: String) -> Router {
             "/v1/groups/{name}/rollback",
             axum::routing::post(groups::rollback),
         )
+        .route(
+            "/v1/pipelines",
+            get(pipelines::list).post(pipelines::create),
+        )
+        .route(
+            "/v1/pipelines/{name}",
+            get(pipelines::inspect).delete(pipelines::destroy),
+        )
+        .route(
+            "/v1/pipelines/{name}/executions",
+            axum::routing::post(pipelines::trigger),
+        )
+        .route(
+            "/v1/pipelines/{name}/hooks",
+            axum::routing::post(pipelines::hooks),
+        )
+        .route("/v1/executions", get(pipelines::executions))
+        .route("/v1/executions/{id}", get(pipelines::execution))
+        .route(
+            "/v1/executions/{id}/retry",
+            axum::routing::post(pipelines::retry),
+        )
+        .route("/v1/executions/{id}/logs", get(pipelines::logs))
         .route("/v1/instances", get(instances::list))
         .route("/v1/instances/{id}/logs", get(instances::logs))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -75,10 +105,11 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
 pub async fn serve(
     listener: tokio::net::TcpListener,
     fleet: Fleet,
+    pipelines: Pipelines,
     token: String,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(fleet, token))
+    axum::serve(listener, router(fleet, pipelines, token))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -46,6 +46,7 @@ fn main() {
         log_root: dir.path().join("logs"),
         artifacts: None,
         source_commit: None,
+        source_labels: Default::default(),
         keep_on_failure: false,
     };
     // The parent is built once, outside the measurement, as it is in use.

@@ -33,6 +33,9 @@ pub struct BakeOptions {
     pub log_root: PathBuf,
     pub artifacts: Option<kiln_toe::ArtifactStore>,
     pub source_commit: Option<String>,
+    /// More of the source's lineage (AuthorDate, BranchName, ...), as
+    /// `dev.kiln.source.KEY` labels that become a template's Source/KEY tags.
+    pub source_labels: BTreeMap<String, String>,
     /// Keep the build root of a failed component mounted for a look inside.
     pub keep_on_failure: bool,
 }
@@ -199,6 +202,7 @@ pub fn bake(
         "recipe": [&recipe.name, recipe.version.to_string(), &recipe.entrypoint, &recipe.cmd, &recipe.env, &recipe.user, recipe.port, &recipe.working_directory],
         "tests": recipe.tests.enabled,
         "source_commit": opts.source_commit,
+        "source_labels": opts.source_labels,
     }));
     if let Some(image) = store.images()?.into_iter().rev().find(|i| {
         i.name == recipe.name
@@ -508,6 +512,9 @@ fn image_config(
     }
     if let Some(commit) = &opts.source_commit {
         labels.insert(LABEL_SOURCE_COMMIT.into(), commit.clone());
+    }
+    for (k, v) in &opts.source_labels {
+        labels.insert(format!("dev.kiln.source.{k}"), v.clone());
     }
     let mut env = base.env().clone().unwrap_or_else(|| {
         vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()]

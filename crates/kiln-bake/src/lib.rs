@@ -3,7 +3,7 @@
 //! whether the new image may be deployed.
 
 pub mod bake;
-mod mounts;
+pub mod mounts;
 pub mod parent;
 pub mod recipe;
 mod sandbox;

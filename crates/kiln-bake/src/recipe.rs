@@ -85,7 +85,7 @@ pub fn load(path: &Path) -> Result<Recipe, Diagnostics> {
         c.push(e.pos, "", format!("invalid YAML: {}", e.message));
         Diagnostics(c.errors.clone())
     })?;
-    let recipe = from_node(&root, path, "", &mut c);
+    let recipe = from_node(&root, path, "", None, &mut c);
     match recipe {
         Some(r) if c.errors.is_empty() => Ok(r),
         _ => Err(Diagnostics(c.errors)),
@@ -93,8 +93,15 @@ pub fn load(path: &Path) -> Result<Recipe, Diagnostics> {
 }
 
 /// Reads a recipe from a node: a recipe file's root, or kiln.yaml's
-/// `image:` section (with `prefix` "image" for messages).
-pub fn from_node(node: &Node, path: &Path, prefix: &str, c: &mut Collector) -> Option<Recipe> {
+/// `image:` section (with `prefix` "image" for messages), where the name
+/// may be left out for `default_name`.
+pub fn from_node(
+    node: &Node,
+    path: &Path,
+    prefix: &str,
+    default_name: Option<&str>,
+    c: &mut Collector,
+) -> Option<Recipe> {
     let field = |name: &str| {
         if prefix.is_empty() {
             name.to_string()
@@ -140,16 +147,18 @@ pub fn from_node(node: &Node, path: &Path, prefix: &str, c: &mut Collector) -> O
             None => None,
         }
     };
-    let name = text("name", true, c).map(|(s, pos)| {
-        if !kiln_toe::vars::is_name(&s) {
-            c.push(
-                pos,
-                field("name"),
-                format!("{s:?} is not a valid image name (letters, digits, - and _)"),
-            );
-        }
-        s
-    });
+    let name = text("name", default_name.is_none(), c)
+        .map(|(s, pos)| {
+            if !kiln_toe::vars::is_name(&s) {
+                c.push(
+                    pos,
+                    field("name"),
+                    format!("{s:?} is not a valid image name (letters, digits, - and _)"),
+                );
+            }
+            s
+        })
+        .or(default_name.map(str::to_string));
     let version =
         text("version", false, c).and_then(|(s, pos)| match s.parse::<kiln_image::Version>() {
             Ok(v) => Some(v),

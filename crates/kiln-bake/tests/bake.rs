@@ -45,6 +45,7 @@ impl Env {
             log_root: self.path("state/logs"),
             artifacts: None,
             source_commit: Some("0123456789abcdef".into()),
+            source_labels: Default::default(),
             keep_on_failure: false,
         }
     }

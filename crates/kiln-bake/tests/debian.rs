@@ -79,6 +79,7 @@ fn a_debian_bake_installs_a_package_and_passes_its_tests() {
         log_root: dir.path().join("logs"),
         artifacts: None,
         source_commit: Some("feedface".into()),
+        source_labels: Default::default(),
         keep_on_failure: false,
     };
     let recipe = kiln_bake::recipe::load(&recipe).unwrap();

@@ -117,6 +117,8 @@ pub struct Artifacts {
     /// Relative to the source directory; checked not to climb out of it.
     pub base_directory: Option<String>,
     pub exclude_paths: Vec<String>,
+    /// `secondary-artifacts`: more artifact sets, by identifier.
+    pub secondary: std::collections::BTreeMap<String, Artifacts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -484,6 +486,10 @@ impl Parser {
     }
 
     fn artifacts(&mut self, node: &Node) -> Artifacts {
+        self.artifact_set(node, "artifacts", true)
+    }
+
+    fn artifact_set(&mut self, node: &Node, base: &str, primary: bool) -> Artifacts {
         const KNOWN: &[&str] = &[
             "files",
             "name",
@@ -496,10 +502,10 @@ impl Parser {
         ];
         let mut a = Artifacts::default();
         if node.as_map().is_some() && node.get("files").is_none() {
-            self.c.push(node.pos, "artifacts.files", "missing");
+            self.c.push(node.pos, join(base, "files"), "missing");
         }
-        for (key, v) in self.map(node, "artifacts", KNOWN) {
-            let field = join("artifacts", key);
+        for (key, v) in self.map(node, base, KNOWN) {
+            let field = join(base, key);
             match key {
                 "files" => {
                     a.files = self.strings(v, &field);
@@ -519,6 +525,32 @@ impl Parser {
                     }
                 }
                 "exclude-paths" => a.exclude_paths = self.strings(v, &field),
+                "secondary-artifacts" if primary => {
+                    let Some(entries) = v.as_map() else {
+                        self.c
+                            .push(v.pos, &field, "must be a map of artifact identifiers");
+                        continue;
+                    };
+                    for (k, set) in entries {
+                        let id = k.scalar().unwrap_or_default().to_string();
+                        let sub = join(&field, &id);
+                        if id.is_empty()
+                            || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        {
+                            self.c.push(
+                                k.pos,
+                                &sub,
+                                "an artifact identifier has only letters, digits and _",
+                            );
+                        }
+                        let parsed = self.artifact_set(set, &sub, false);
+                        a.secondary.insert(id, parsed);
+                    }
+                }
+                "secondary-artifacts" => {
+                    self.c
+                        .push(v.pos, &field, "secondary artifacts cannot nest")
+                }
                 _ => self.note(v.pos, &field, "accepted and ignored on the local target"),
             }
         }

@@ -148,6 +148,9 @@ pub struct BuildReport {
     /// UPLOAD_ARTIFACTS then; `None` when the buildspec names none or the
     /// build stopped before.
     pub artifacts: Option<ArtifactSet>,
+    /// `secondary-artifacts` by identifier, each collected into
+    /// [`secondary_dir`] of the output directory.
+    pub secondary_artifacts: std::collections::BTreeMap<String, ArtifactSet>,
     pub artifact_error: Option<String>,
     /// The buildspec's notes on what was accepted and ignored.
     pub notes: Vec<String>,
@@ -302,6 +305,7 @@ pub fn run(
 
     let exported = read_exported(spec, &state);
     let mut artifacts = None;
+    let mut secondary_artifacts = std::collections::BTreeMap::new();
     let mut artifact_error = None;
     let upload = !timed_out && matches!(stop, None | Some(PhaseName::Build | PhaseName::PostBuild));
     if let (Some(a), true) = (&spec.artifacts, upload) {
@@ -323,6 +327,25 @@ pub fn run(
                 succeeding = false;
             }
         }
+        for (id, spec) in &a.secondary {
+            match artifacts::collect(&src, spec, &secondary_dir(&opts.output_dir, id)) {
+                Ok(set) => {
+                    log.line(&format!(
+                        "Collected {} secondary artifact(s) {id}, digest {}",
+                        set.files.len(),
+                        set.digest
+                    ));
+                    secondary_artifacts.insert(id.clone(), set);
+                }
+                Err(e) => {
+                    log.line(&format!(
+                        "Phase context status code: CLIENT_ERROR Message: secondary artifacts {id}: {e}"
+                    ));
+                    artifact_error.get_or_insert(format!("secondary artifacts {id}: {e}"));
+                    succeeding = false;
+                }
+            }
+        }
     }
     log.line(&format!(
         "Build {}",
@@ -334,9 +357,18 @@ pub fn run(
         phases: reports,
         exported,
         artifacts,
+        secondary_artifacts,
         artifact_error,
         notes: spec.notes.clone(),
     })
+}
+
+/// Where the secondary artifact set `id` goes: beside the output
+/// directory, as `OUTPUT.id`.
+pub fn secondary_dir(output_dir: &Path, id: &str) -> PathBuf {
+    let mut name = output_dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{id}"));
+    output_dir.with_file_name(name)
 }
 
 /// The build's environment, lowest precedence first.

@@ -445,3 +445,68 @@ fn the_observer_hears_phases_and_output() {
         ]
     );
 }
+
+#[test]
+fn secondary_artifacts_are_collected_as_sets_of_their_own() {
+    let f = Fixture::new();
+    let report = f.run(
+        r#"
+version: 0.2
+phases:
+  build:
+    commands:
+      - mkdir -p site docs
+      - echo page > site/index.html
+      - echo manual > docs/manual.txt
+artifacts:
+  files: ['site/**/*']
+  secondary-artifacts:
+    docs:
+      base-directory: docs
+      files: ['*.txt']
+    everything:
+      files: ['**/*']
+      exclude-paths: ['site/**/*']
+"#,
+    );
+    assert!(report.succeeded, "{report:#?}\n{}", f.log());
+    let primary: Vec<&str> = report
+        .artifacts
+        .as_ref()
+        .unwrap()
+        .files
+        .iter()
+        .map(|a| a.path.as_str())
+        .collect();
+    assert_eq!(primary, ["site/index.html"]);
+    let docs = &report.secondary_artifacts["docs"];
+    assert_eq!(docs.files.len(), 1);
+    assert_eq!(docs.files[0].path, "manual.txt");
+    let docs_dir = kiln_build::run::secondary_dir(&f.out, "docs");
+    assert_eq!(
+        fs::read_to_string(docs_dir.join("manual.txt")).unwrap(),
+        "manual\n"
+    );
+    assert_ne!(docs.digest, report.artifacts.unwrap().digest);
+    let everything: Vec<&str> = report.secondary_artifacts["everything"]
+        .files
+        .iter()
+        .map(|a| a.path.as_str())
+        .collect();
+    assert!(everything.contains(&"docs/manual.txt"), "{everything:?}");
+    assert!(
+        !everything.iter().any(|p| p.starts_with("site/")),
+        "{everything:?}"
+    );
+
+    let bad = buildspec::parse(
+        "version: 0.2\nphases:\n  build:\n    commands: [true]\nartifacts:\n  files: [a]\n  secondary-artifacts:\n    bad-id:\n      files: [b]\n",
+        Path::new("buildspec.yml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        bad.contains("buildspec.yml:8:5: artifacts.secondary-artifacts.bad-id"),
+        "{bad}"
+    );
+}

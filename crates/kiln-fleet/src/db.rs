@@ -158,6 +158,19 @@ impl Db {
             .collect()
     }
 
+    /// Digests of the images behind every version of every launch template
+    /// a group uses.
+    pub fn images_in_use(&self) -> Result<std::collections::HashSet<String>> {
+        let used: std::collections::HashSet<String> =
+            self.groups()?.into_iter().map(|g| g.template).collect();
+        Ok(self
+            .templates()?
+            .into_iter()
+            .filter(|t| used.contains(&t.name))
+            .map(|t| t.image_digest)
+            .collect())
+    }
+
     pub fn delete_templates(&self, name: &str) -> Result<usize> {
         self.conn
             .execute("DELETE FROM templates WHERE name = ?1", [name])

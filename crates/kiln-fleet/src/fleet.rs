@@ -275,6 +275,24 @@ impl Fleet {
         Ok(self.db().templates()?)
     }
 
+    /// Removes every version of a launch template no group uses.
+    pub fn delete_templates(&self, name: &str) -> Result<usize> {
+        let db = self.db();
+        if let Some(g) = db.groups()?.into_iter().find(|g| g.template == name) {
+            return Err(FleetError::Invalid(format!(
+                "launch template {name} is used by group {}",
+                g.name
+            )));
+        }
+        Ok(db.delete_templates(name)?)
+    }
+
+    /// Digests of the images behind every version of every launch template
+    /// a group uses: rolling back must find them.
+    pub fn images_in_use(&self) -> Result<std::collections::HashSet<String>> {
+        Ok(self.db().images_in_use()?)
+    }
+
     pub async fn create_group(
         &self,
         name: &str,

@@ -18,12 +18,14 @@ pub struct GcReport {
     pub bytes: u64,
 }
 
-/// Removes all but the `keep` newest images of each name, except those in
-/// `in_use` (digests); then everything no remaining image references. The
-/// caller holds the store lock. With `dry_run`, only reports.
+/// Removes all but the `keep` newest images of each name (of the name
+/// `only`, if given), except those in `in_use` (digests); then everything
+/// no remaining image references. The caller holds the store lock. With
+/// `dry_run`, only reports.
 pub fn collect(
     store: &Store,
     keep: usize,
+    only: Option<&str>,
     in_use: &HashSet<String>,
     dry_run: bool,
 ) -> Result<GcReport, StoreError> {
@@ -36,8 +38,13 @@ pub fn collect(
     // The newest of each name and whatever is in use, then their parents
     // (an image's lineage stays with it), until nothing changes.
     let mut protect: HashSet<String> = in_use.clone();
-    for list in by_name.values_mut() {
+    for (name, list) in by_name.iter_mut() {
         list.sort_by_key(|i| std::cmp::Reverse((i.version, i.build)));
+        let keep = if only.is_some_and(|o| o != *name) {
+            list.len()
+        } else {
+            keep
+        };
         protect.extend(list.iter().take(keep).map(|i| i.digest()));
     }
     loop {

@@ -70,6 +70,7 @@ pub fn main(args: BakeArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
             dir: state.join("artifacts/kiln-artifacts"),
         }),
         source_commit: args.source_commit.clone(),
+        source_labels: Default::default(),
         keep_on_failure: args.keep_on_failure,
     };
     let mut observer = Lines {

@@ -22,27 +22,18 @@ pub struct GcArgs {
     output: Format,
 }
 
-/// Digests of the images behind every version of every launch template a
-/// group uses: rolling back must find them.
 fn in_use(state: &StateDir) -> anyhow::Result<HashSet<String>> {
     let path = state.join("kiln.db");
     if !path.exists() {
         return Ok(HashSet::new());
     }
-    let db = kiln_fleet::Db::open(&path)?;
-    let used: HashSet<String> = db.groups()?.into_iter().map(|g| g.template).collect();
-    Ok(db
-        .templates()?
-        .into_iter()
-        .filter(|t| used.contains(&t.name))
-        .map(|t| t.image_digest)
-        .collect())
+    Ok(kiln_fleet::Db::open(&path)?.images_in_use()?)
 }
 
 pub fn main(args: GcArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
     let store = Store::open(&state.join("images"))?;
     let _lock = store.lock()?;
-    let report = kiln_image::gc::collect(&store, args.keep, &in_use(state)?, args.dry_run)?;
+    let report = kiln_image::gc::collect(&store, args.keep, None, &in_use(state)?, args.dry_run)?;
     if args.output == Format::Json {
         print_json(&report)?;
     } else {

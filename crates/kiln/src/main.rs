@@ -9,12 +9,14 @@
 
 mod bake;
 mod client;
+mod demo;
 mod fleet_cmd;
 mod gc;
 mod images;
 mod lineage;
 mod output;
 mod params;
+mod pipeline_cmd;
 mod serve;
 mod state;
 mod toe;
@@ -63,6 +65,24 @@ enum Command {
     /// Keep the newest images and those in use; remove the rest and every
     /// blob nothing references.
     Gc(gc::GcArgs),
+    /// The whole pipeline on a sample repository: two commits, two
+    /// rollouts, with each stage's time.
+    Demo(demo::DemoArgs),
+    /// Check kiln.yaml and the buildspec and components it names.
+    Validate(pipeline_cmd::ValidateArgs),
+    /// Pipelines: create one from a repository's kiln.yaml, list, show.
+    Pipelines(pipeline_cmd::PipelinesArgs),
+    /// One pipeline execution for the repository's branch head, followed
+    /// to its end.
+    Run(pipeline_cmd::RunArgs),
+    /// Start an execution for the branch head now.
+    Trigger(pipeline_cmd::TriggerArgs),
+    /// Git hooks that trigger a pipeline on every commit or push.
+    Hooks(pipeline_cmd::HooksArgs),
+    /// Executions: list, show, logs, retry.
+    Executions(pipeline_cmd::ExecutionsArgs),
+    /// Remove everything a pipeline made, in one idempotent command.
+    Destroy(pipeline_cmd::DestroyArgs),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +109,14 @@ fn main() -> ExitCode {
         Command::Instances(args) => fleet_cmd::instances(args, &state),
         Command::Params(args) => params::main(args, &state),
         Command::Gc(args) => gc::main(args, &state),
+        Command::Demo(args) => demo::main(args, &state),
+        Command::Validate(args) => pipeline_cmd::validate(args),
+        Command::Pipelines(args) => pipeline_cmd::pipelines(args, &state),
+        Command::Run(args) => pipeline_cmd::run(args, &state),
+        Command::Trigger(args) => pipeline_cmd::trigger(args, &state),
+        Command::Hooks(args) => pipeline_cmd::hooks(args, &state),
+        Command::Executions(args) => pipeline_cmd::executions(args, &state),
+        Command::Destroy(args) => pipeline_cmd::destroy(args, &state),
     };
     match result {
         Ok(code) => code,

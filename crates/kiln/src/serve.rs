@@ -37,6 +37,8 @@ pub fn main(args: ServeArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
 async fn run(args: ServeArgs, state: &Path) -> anyhow::Result<()> {
     let fleet = kiln_fleet::Fleet::open(state)?;
     fleet.start().await?;
+    let pipelines = kiln_pipeline::Pipelines::open(state, fleet.clone())?;
+    pipelines.start().await?;
     let token = kiln_api::token::load_or_create(state)?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
@@ -52,7 +54,7 @@ async fn run(args: ServeArgs, state: &Path) -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
     };
-    kiln_api::serve(listener, fleet.clone(), token, shutdown).await?;
+    kiln_api::serve(listener, fleet.clone(), pipelines, token, shutdown).await?;
     fleet.shutdown().await;
     let _ = std::fs::remove_file(state.join(DAEMON_FILE));
     tracing::info!("kiln daemon stopped; instances keep running for the next start to adopt");

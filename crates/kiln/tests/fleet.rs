@@ -4,79 +4,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{json, kiln, ok};
+use common::{Daemon, json, kiln, mounts_below, ok};
 use kiln_lb::loadgen::{self, LoadOptions};
 use serde_json::Value;
-
-struct Daemon {
-    child: Option<Child>,
-    state: PathBuf,
-}
-
-impl Daemon {
-    fn start(state: &Path) -> Daemon {
-        let _ = std::fs::remove_file(state.join("daemon.json"));
-        let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .arg("--state-dir")
-            .arg(state)
-            .arg("serve")
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !state.join("daemon.json").exists() {
-            assert!(Instant::now() < deadline, "the daemon did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon {
-            child: Some(child),
-            state: state.to_path_buf(),
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    /// Stops the daemon and everything it started, as a test must leave nothing.
-    fn destroy(&mut self, groups: &[&str]) {
-        for g in groups {
-            let _ = kiln(&self.state, &["groups", "rm", g]);
-        }
-        if let Some(c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let mut c = c;
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Daemon {
-    /// A failed test still leaves no instance, process or mount behind.
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for p in kiln_sandbox::instance::processes_with_root_below(&self.state) {
-            for pid in [p.init_pid, p.pid] {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
-        }
-        for m in mounts_below(&self.state) {
-            let _ = Command::new("umount").args(["-l", &m]).status();
-        }
-    }
-}
 
 /// Bakes web/1.0.0, 2.0.0 (both healthy, answering "v1" / "v2") and 3.0.0
 /// (its /health is gone, so it never passes a health check).
@@ -352,15 +286,6 @@ fn a_killed_instance_is_replaced() {
     let gc: Value = json(kiln(&state, &["gc", "--keep", "1", "--output", "json"]));
     assert_eq!(gc["images"], serde_json::json!([]), "{gc}");
     daemon.destroy(&["web"]);
-}
-
-fn mounts_below(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-        .filter(|m| Path::new(m).starts_with(dir))
-        .collect()
 }
 
 #[test]

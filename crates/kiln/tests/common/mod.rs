@@ -2,8 +2,9 @@
 
 #![allow(dead_code)]
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 pub fn kiln(state: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
@@ -27,4 +28,80 @@ pub fn ok(out: Output) -> String {
 
 pub fn json(out: Output) -> serde_json::Value {
     serde_json::from_str(&ok(out)).unwrap()
+}
+
+/// `kiln serve` for one test's state directory.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub state: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(state: &Path) -> Daemon {
+        let _ = std::fs::remove_file(state.join("daemon.json"));
+        let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("--state-dir")
+            .arg(state)
+            .arg("serve")
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !state.join("daemon.json").exists() {
+            assert!(Instant::now() < deadline, "the daemon did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon {
+            child: Some(child),
+            state: state.to_path_buf(),
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Stops the daemon and everything it started, as a test must leave nothing.
+    pub fn destroy(&mut self, groups: &[&str]) {
+        for g in groups {
+            let _ = kiln(&self.state, &["groups", "rm", g]);
+        }
+        if let Some(c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let mut c = c;
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    /// A failed test still leaves no instance, process or mount behind.
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for p in kiln_sandbox::instance::processes_with_root_below(&self.state) {
+            for pid in [p.init_pid, p.pid] {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+        for m in mounts_below(&self.state) {
+            let _ = Command::new("umount").args(["-l", &m]).status();
+        }
+    }
+}
+
+pub fn mounts_below(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .collect()
 }

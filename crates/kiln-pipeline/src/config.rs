@@ -1,0 +1,627 @@
+//! kiln.yaml: one pipeline, at the root of the application's repository.
+//!
+//! ```yaml
+//! name: demo
+//! execution_mode: SUPERSEDED            # or QUEUED (CodePipeline's ExecutionMode)
+//! source: { branch: main, poll_interval: 30s }   # repository: defaults to where the pipeline was created from
+//! build: { buildspec: buildspec.yml, image: host, timeout: 60m, environment: { K: V } }
+//! version: { parameter: /demo/ImageVersion, start: 1.0.0 }
+//! image: { parent: busybox, components: [ { path: components/app.yaml } ], ... }   # a recipe, without version
+//! deploy:
+//!   group: web
+//!   capacity: { min: 0, max: 3, desired: 2 }
+//!   port: 8080
+//!   health: { path: /health, interval: 2s, timeout: 1s, healthy_threshold: 2, unhealthy_threshold: 2, grace_period: 0s }
+//!   rolling: { max_batch: 1, min_in_service: 1, pause: 5s, batch_timeout: 60s }
+//!   rollback: auto
+//!   deregistration_delay: 500ms
+//!   tags: { Team: web }
+//!   environment: { MODE: production }
+//!   timeout: 10m
+//! retention: { keep_images: 5 }
+//! triggers: { on_commit: true, schedule: "cron(0 9 * * ? *)", only_if_changed: true }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use kiln_bake::Recipe;
+use kiln_fleet::{GroupSpec, HealthCheck, RollingPolicy};
+use kiln_schedule::Schedule;
+use kiln_toe::error::{Collector, Diagnostics};
+use kiln_toe::yaml::{self, Node, Pos};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ExecutionMode {
+    Superseded,
+    Queued,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub description: String,
+    pub execution_mode: ExecutionMode,
+    pub source: SourceConfig,
+    pub build: Option<BuildConfig>,
+    pub version: VersionConfig,
+    pub image: Recipe,
+    pub deploy: Option<DeployConfig>,
+    pub keep_images: usize,
+    pub triggers: Triggers,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub repository: Option<String>,
+    pub branch: String,
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildConfig {
+    pub buildspec: String,
+    /// `host` (the host's root, read-only) or a kiln image reference.
+    pub image: String,
+    pub timeout: Duration,
+    pub environment: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VersionConfig {
+    pub parameter: String,
+    pub start: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeployConfig {
+    pub group: String,
+    pub spec: GroupSpec,
+    pub tags: BTreeMap<String, String>,
+    pub environment: BTreeMap<String, String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Triggers {
+    pub on_commit: bool,
+    pub schedule: Option<Schedule>,
+    pub only_if_changed: bool,
+}
+
+/// Reads kiln.yaml; every problem is reported with file, line, column and
+/// field.
+pub fn load(path: &Path) -> Result<Config, Diagnostics> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let mut c = Collector::new(path);
+        c.push(
+            Pos::default(),
+            "",
+            format!("cannot read the pipeline file: {e}"),
+        );
+        Diagnostics(c.errors)
+    })?;
+    parse(&text, path)
+}
+
+/// The pipeline's settings from kiln.yaml's text alone, without the files
+/// it names (component documents are checked where a checkout has them).
+pub fn settings(text: &str, path: &Path) -> Result<Config, Diagnostics> {
+    parse_with(text, path, false)
+}
+
+pub fn parse(text: &str, path: &Path) -> Result<Config, Diagnostics> {
+    parse_with(text, path, true)
+}
+
+fn parse_with(text: &str, path: &Path, files: bool) -> Result<Config, Diagnostics> {
+    let mut c = Collector::new(path);
+    let root = yaml::parse(text).map_err(|e| {
+        c.push(e.pos, "", format!("invalid YAML: {}", e.message));
+        Diagnostics(c.errors.clone())
+    })?;
+    let config = from_root(&root, path, &mut c);
+    if !files {
+        c.errors.retain(|e| {
+            !(e.field.starts_with("image.components") && e.message.contains("does not exist"))
+        });
+    }
+    match config {
+        Some(config) if c.errors.is_empty() => Ok(config),
+        _ => Err(Diagnostics(c.errors)),
+    }
+}
+
+/// A map's fields, checked against the ones it may have.
+struct Map<'a> {
+    node: &'a Node,
+    field: String,
+}
+
+impl<'a> Map<'a> {
+    fn new(node: &'a Node, field: &str, allowed: &[&str], c: &mut Collector) -> Option<Map<'a>> {
+        let Some(entries) = node.as_map() else {
+            c.push(
+                node.pos,
+                field,
+                format!("expected a map, found a {}", node.kind()),
+            );
+            return None;
+        };
+        for (k, _) in entries {
+            let key = k.scalar().unwrap_or_default();
+            if !allowed.contains(&key) {
+                c.push(
+                    k.pos,
+                    join(field, key),
+                    format!("unknown field (expected one of: {})", allowed.join(", ")),
+                );
+            }
+        }
+        Some(Map {
+            node,
+            field: field.into(),
+        })
+    }
+
+    fn get(&self, name: &str) -> Option<&'a Node> {
+        self.node.get(name).filter(|n| !n.is_null())
+    }
+
+    fn field(&self, name: &str) -> String {
+        join(&self.field, name)
+    }
+
+    fn string(&self, name: &str, c: &mut Collector) -> Option<String> {
+        let v = self.get(name)?;
+        match v.scalar() {
+            Some(s) => Some(s.to_string()),
+            None => {
+                c.push(
+                    v.pos,
+                    self.field(name),
+                    format!("expected a string, found a {}", v.kind()),
+                );
+                None
+            }
+        }
+    }
+
+    fn required(&self, name: &str, c: &mut Collector) -> Option<String> {
+        if self.get(name).is_none() {
+            c.push(self.node.pos, self.field(name), "required field is missing");
+            return None;
+        }
+        self.string(name, c)
+    }
+
+    fn bool(&self, name: &str, c: &mut Collector) -> Option<bool> {
+        let v = self.get(name)?;
+        let b = v.as_bool();
+        if b.is_none() {
+            c.push(v.pos, self.field(name), "expected true or false");
+        }
+        b
+    }
+
+    fn uint(&self, name: &str, max: u64, c: &mut Collector) -> Option<u64> {
+        let v = self.get(name)?;
+        match v.as_i64() {
+            Some(n) if n >= 0 && n as u64 <= max => Some(n as u64),
+            _ => {
+                c.push(
+                    v.pos,
+                    self.field(name),
+                    format!("expected a whole number from 0 to {max}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&self, name: &str, c: &mut Collector) -> Option<Duration> {
+        let v = self.get(name)?;
+        let d = v.scalar().and_then(parse_duration);
+        if d.is_none() {
+            c.push(
+                v.pos,
+                self.field(name),
+                "expected a duration such as 500ms, 2s, 10m or 1h",
+            );
+        }
+        d
+    }
+
+    fn strings(&self, name: &str, c: &mut Collector) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let Some(v) = self.get(name) else { return out };
+        let Some(entries) = v.as_map() else {
+            c.push(v.pos, self.field(name), "expected a map of strings");
+            return out;
+        };
+        for (k, val) in entries {
+            match (k.scalar(), val.scalar()) {
+                (Some(k), Some(val)) => {
+                    out.insert(k.to_string(), val.to_string());
+                }
+                _ => c.push(
+                    val.pos,
+                    join(&self.field(name), k.scalar().unwrap_or_default()),
+                    "expected a string value",
+                ),
+            }
+        }
+        out
+    }
+
+    fn section(&self, name: &str, allowed: &[&str], c: &mut Collector) -> Option<Map<'a>> {
+        Map::new(self.get(name)?, &self.field(name), allowed, c)
+    }
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// `500ms`, `0s`, `2s`, `10m`, `1h30m`, or a number of seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else {
+            match rest.chars().next()? {
+                's' => (Duration::from_secs(1), 1),
+                'm' => (Duration::from_secs(60), 1),
+                'h' => (Duration::from_secs(3600), 1),
+                _ => return None,
+            }
+        };
+        total += unit * u32::try_from(n).ok()?;
+        rest = &rest[len..];
+    }
+    (!t.is_empty()).then_some(total)
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+}
+
+const TOP: &[&str] = &[
+    "name",
+    "description",
+    "execution_mode",
+    "source",
+    "build",
+    "version",
+    "image",
+    "deploy",
+    "retention",
+    "triggers",
+];
+
+fn from_root(root: &Node, path: &Path, c: &mut Collector) -> Option<Config> {
+    let top = Map::new(root, "", TOP, c)?;
+    let name = top.required("name", c);
+    if let Some(n) = &name
+        && !valid_name(n)
+    {
+        c.push(
+            top.get("name").map_or(root.pos, |n| n.pos),
+            "name",
+            format!("{n:?} is not a valid pipeline name (letters, digits, - and _)"),
+        );
+    }
+    let description = top.string("description", c).unwrap_or_default();
+    let execution_mode = match top.string("execution_mode", c).as_deref() {
+        None | Some("SUPERSEDED") => ExecutionMode::Superseded,
+        Some("QUEUED") => ExecutionMode::Queued,
+        Some(other) => {
+            c.push(
+                top.get("execution_mode").map_or(root.pos, |n| n.pos),
+                "execution_mode",
+                format!("{other:?}: expected SUPERSEDED or QUEUED"),
+            );
+            ExecutionMode::Superseded
+        }
+    };
+    let source = source(&top, c);
+    let build = top
+        .section(
+            "build",
+            &["buildspec", "image", "timeout", "environment"],
+            c,
+        )
+        .map(|b| BuildConfig {
+            buildspec: b.string("buildspec", c).unwrap_or("buildspec.yml".into()),
+            image: b.string("image", c).unwrap_or("host".into()),
+            timeout: b
+                .duration("timeout", c)
+                .unwrap_or(kiln_build::run::DEFAULT_TIMEOUT),
+            environment: b.strings("environment", c),
+        });
+    let version = version(&top, name.as_deref().unwrap_or("pipeline"), c);
+    let image = match top.get("image") {
+        None => {
+            c.push(root.pos, "image", "required field is missing");
+            None
+        }
+        Some(node) => {
+            if let Some(v) = node.get("version") {
+                c.push(
+                    v.pos,
+                    "image.version",
+                    "set by the pipeline's Version stage; use version.start instead",
+                );
+            }
+            kiln_bake::recipe::from_node(node, path, "image", name.as_deref(), c)
+        }
+    };
+    let deploy = deploy(&top, c);
+    let keep_images = top
+        .section("retention", &["keep_images"], c)
+        .and_then(|r| r.uint("keep_images", 1000, c))
+        .map_or(5, |n| n as usize);
+    if keep_images == 0 {
+        c.push(
+            top.get("retention").map_or(root.pos, |n| n.pos),
+            "retention.keep_images",
+            "must keep at least 1 image",
+        );
+    }
+    let triggers = triggers(&top, c);
+    Some(Config {
+        name: name?,
+        description,
+        execution_mode,
+        source,
+        build,
+        version,
+        image: image?,
+        deploy,
+        keep_images,
+        triggers,
+    })
+}
+
+fn source(top: &Map, c: &mut Collector) -> SourceConfig {
+    let mut out = SourceConfig {
+        repository: None,
+        branch: "main".into(),
+        poll_interval: Duration::from_secs(30),
+    };
+    if let Some(s) = top.section("source", &["repository", "branch", "poll_interval"], c) {
+        out.repository = s.string("repository", c);
+        if let Some(b) = s.string("branch", c) {
+            if b.is_empty() || b.starts_with('-') || b.contains("..") || b.contains(' ') {
+                c.push(
+                    s.get("branch").map_or(s.node.pos, |n| n.pos),
+                    "source.branch",
+                    format!("{b:?} is not a valid branch name"),
+                );
+            }
+            out.branch = b;
+        }
+        if let Some(d) = s.duration("poll_interval", c) {
+            out.poll_interval = d;
+        }
+    }
+    out
+}
+
+fn version(top: &Map, name: &str, c: &mut Collector) -> VersionConfig {
+    let mut out = VersionConfig {
+        parameter: format!("/{name}/ImageVersion"),
+        start: "1.0.0".into(),
+    };
+    if let Some(v) = top.section("version", &["parameter", "start"], c) {
+        if let Some(p) = v.string("parameter", c) {
+            if !p.starts_with('/') {
+                c.push(
+                    v.get("parameter").map_or(v.node.pos, |n| n.pos),
+                    "version.parameter",
+                    "a parameter name starts with /",
+                );
+            }
+            out.parameter = p;
+        }
+        if let Some(s) = v.string("start", c) {
+            if s.parse::<kiln_image::Version>().is_err() {
+                c.push(
+                    v.get("start").map_or(v.node.pos, |n| n.pos),
+                    "version.start",
+                    format!("{s:?} is not a version of the form x.y.z"),
+                );
+            }
+            out.start = s;
+        }
+    }
+    out
+}
+
+const DEPLOY: &[&str] = &[
+    "group",
+    "capacity",
+    "port",
+    "health",
+    "rolling",
+    "rollback",
+    "deregistration_delay",
+    "tags",
+    "environment",
+    "timeout",
+];
+
+fn deploy(top: &Map, c: &mut Collector) -> Option<DeployConfig> {
+    let d = top.section("deploy", DEPLOY, c)?;
+    let group = d.required("group", c);
+    if let Some(g) = &group
+        && !valid_name(g)
+    {
+        c.push(
+            d.get("group").map_or(d.node.pos, |n| n.pos),
+            "deploy.group",
+            format!("{g:?} is not a valid group name (letters, digits, - and _)"),
+        );
+    }
+    let mut spec = GroupSpec {
+        desired: 2,
+        ..GroupSpec::default()
+    };
+    if let Some(cap) = d.section("capacity", &["min", "max", "desired"], c) {
+        spec.min = cap.uint("min", 1000, c).map_or(spec.min, |n| n as u32);
+        spec.max = cap.uint("max", 1000, c).map_or(spec.max, |n| n as u32);
+        spec.desired = cap
+            .uint("desired", 1000, c)
+            .map_or(spec.desired, |n| n as u32);
+        if spec.min > spec.desired || spec.desired > spec.max {
+            c.push(
+                cap.node.pos,
+                "deploy.capacity",
+                format!(
+                    "min {} <= desired {} <= max {} does not hold",
+                    spec.min, spec.desired, spec.max
+                ),
+            );
+        }
+    }
+    match d.uint("port", 65535, c) {
+        Some(0) => c.push(
+            d.get("port").map_or(d.node.pos, |n| n.pos),
+            "deploy.port",
+            "expected a port number from 1 to 65535",
+        ),
+        Some(p) => spec.port = p as u16,
+        None => spec.port = 8080,
+    }
+    spec.health = health(&d, c);
+    spec.rolling = rolling(&d, c);
+    if let Some(r) = d.string("rollback", c)
+        && r != "auto"
+    {
+        c.push(
+            d.get("rollback").map_or(d.node.pos, |n| n.pos),
+            "deploy.rollback",
+            format!("{r:?}: expected auto (a batch that fails health rolls the group back)"),
+        );
+    }
+    if let Some(delay) = d.duration("deregistration_delay", c) {
+        spec.deregistration_delay_ms = delay.as_millis() as u64;
+    }
+    Some(DeployConfig {
+        group: group?,
+        spec,
+        tags: d.strings("tags", c),
+        environment: d.strings("environment", c),
+        timeout: d.duration("timeout", c).unwrap_or(Duration::from_secs(600)),
+    })
+}
+
+fn health(d: &Map, c: &mut Collector) -> HealthCheck {
+    let mut h = HealthCheck::default();
+    let allowed = [
+        "path",
+        "interval",
+        "timeout",
+        "healthy_threshold",
+        "unhealthy_threshold",
+        "grace_period",
+    ];
+    let Some(m) = d.section("health", &allowed, c) else {
+        return h;
+    };
+    if let Some(p) = m.string("path", c) {
+        if !p.starts_with('/') {
+            c.push(
+                m.get("path").map_or(m.node.pos, |n| n.pos),
+                "deploy.health.path",
+                "a path starts with /",
+            );
+        }
+        h.path = p;
+    }
+    let ms = |d: Duration| d.as_millis() as u64;
+    h.interval_ms = m.duration("interval", c).map_or(h.interval_ms, ms);
+    h.timeout_ms = m.duration("timeout", c).map_or(h.timeout_ms, ms);
+    h.grace_period_ms = m.duration("grace_period", c).map_or(h.grace_period_ms, ms);
+    h.healthy_threshold = m
+        .uint("healthy_threshold", 10, c)
+        .map_or(h.healthy_threshold, |n| n.max(1) as u32);
+    h.unhealthy_threshold = m
+        .uint("unhealthy_threshold", 10, c)
+        .map_or(h.unhealthy_threshold, |n| n.max(1) as u32);
+    h
+}
+
+fn rolling(d: &Map, c: &mut Collector) -> RollingPolicy {
+    let mut r = RollingPolicy::default();
+    let allowed = ["max_batch", "min_in_service", "pause", "batch_timeout"];
+    let Some(m) = d.section("rolling", &allowed, c) else {
+        return r;
+    };
+    match m.uint("max_batch", 1000, c) {
+        Some(0) => c.push(
+            m.get("max_batch").map_or(m.node.pos, |n| n.pos),
+            "deploy.rolling.max_batch",
+            "a batch holds at least 1 instance",
+        ),
+        Some(n) => r.max_batch_size = n as u32,
+        None => {}
+    }
+    r.min_instances_in_service = m
+        .uint("min_in_service", 1000, c)
+        .map_or(r.min_instances_in_service, |n| n as u32);
+    r.pause_ms = m
+        .duration("pause", c)
+        .map_or(r.pause_ms, |d| d.as_millis() as u64);
+    r.batch_timeout_ms = m
+        .duration("batch_timeout", c)
+        .map_or(r.batch_timeout_ms, |d| d.as_millis() as u64);
+    r
+}
+
+fn triggers(top: &Map, c: &mut Collector) -> Triggers {
+    let mut t = Triggers {
+        on_commit: true,
+        ..Triggers::default()
+    };
+    let allowed = ["on_commit", "schedule", "only_if_changed"];
+    let Some(m) = top.section("triggers", &allowed, c) else {
+        return t;
+    };
+    t.on_commit = m.bool("on_commit", c).unwrap_or(true);
+    t.only_if_changed = m.bool("only_if_changed", c).unwrap_or(false);
+    if let Some(s) = m.string("schedule", c) {
+        match s.parse::<Schedule>() {
+            Ok(s) => t.schedule = Some(s),
+            Err(e) => c.push(
+                m.get("schedule").map_or(m.node.pos, |n| n.pos),
+                "triggers.schedule",
+                e.to_string(),
+            ),
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,175 @@
+use super::*;
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(text, Path::new("kiln.yaml")) {
+        Ok(_) => Vec::new(),
+        Err(d) => d.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+const MINIMAL: &str = "name: web\nimage:\n  parent: busybox\n";
+
+#[test]
+fn a_minimal_pipeline_gets_the_samples_defaults() {
+    let c = parse(MINIMAL, Path::new("kiln.yaml")).unwrap();
+    assert_eq!(c.name, "web");
+    assert_eq!(c.image.name, "web");
+    assert_eq!(c.source.branch, "main");
+    assert_eq!(c.version.parameter, "/web/ImageVersion");
+    assert_eq!(c.version.start, "1.0.0");
+    assert_eq!(c.execution_mode, ExecutionMode::Superseded);
+    assert_eq!(c.keep_images, 5);
+    assert!(c.triggers.on_commit);
+    assert!(!c.triggers.only_if_changed);
+    assert!(c.build.is_none() && c.deploy.is_none());
+}
+
+#[test]
+fn every_section_is_read() {
+    let text = r#"name: web
+execution_mode: QUEUED
+source: { repository: "https://example.com/web.git", branch: release, poll_interval: 1m }
+build: { buildspec: ci/buildspec.yml, timeout: 20m, environment: { STAGE: prod } }
+version: { parameter: /web/Version, start: 2.3.0 }
+image: { parent: "debian:bookworm", entrypoint: ["/srv/app"] }
+deploy:
+  group: web-fleet
+  capacity: { min: 1, max: 4, desired: 3 }
+  port: 9000
+  health: { path: /ready, interval: 500ms, healthy_threshold: 3 }
+  rolling: { max_batch: 2, min_in_service: 2, pause: 5s }
+  rollback: auto
+  tags: { Team: payments }
+retention: { keep_images: 2 }
+triggers: { on_commit: false, schedule: "cron(0 9 * * ? *)", only_if_changed: true }
+"#;
+    let c = parse(text, Path::new("kiln.yaml")).unwrap();
+    assert_eq!(c.execution_mode, ExecutionMode::Queued);
+    assert_eq!(
+        c.source.repository.as_deref(),
+        Some("https://example.com/web.git")
+    );
+    assert_eq!(c.source.poll_interval, Duration::from_secs(60));
+    let b = c.build.unwrap();
+    assert_eq!(b.buildspec, "ci/buildspec.yml");
+    assert_eq!(b.timeout, Duration::from_secs(1200));
+    assert_eq!(b.environment["STAGE"], "prod");
+    assert_eq!(c.version.start, "2.3.0");
+    let d = c.deploy.unwrap();
+    assert_eq!(
+        (d.spec.min, d.spec.max, d.spec.desired, d.spec.port),
+        (1, 4, 3, 9000)
+    );
+    assert_eq!(d.spec.health.interval_ms, 500);
+    assert_eq!(d.spec.health.healthy_threshold, 3);
+    assert_eq!(d.spec.rolling.max_batch_size, 2);
+    assert_eq!(d.spec.rolling.pause_ms, 5000);
+    assert_eq!(d.tags["Team"], "payments");
+    assert_eq!(c.keep_images, 2);
+    assert!(!c.triggers.on_commit && c.triggers.only_if_changed);
+    assert!(c.triggers.schedule.is_some());
+}
+
+#[test]
+fn unknown_fields_are_errors_with_line_column_and_field() {
+    let e = errors("name: web\nimage:\n  parent: busybox\ndeploy:\n  group: g\n  helth: {}\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("kiln.yaml:6:3: deploy.helth: unknown field"),
+        "{e:?}"
+    );
+    let e = errors("name: web\nimage:\n  parent: busybox\nretension: { keep_images: 2 }\n");
+    assert!(
+        e[0].starts_with("kiln.yaml:4:1: retension: unknown field"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn bad_values_name_their_field() {
+    let cases = [
+        (
+            "execution_mode: PARALLEL\n",
+            "execution_mode",
+            "SUPERSEDED or QUEUED",
+        ),
+        (
+            "triggers: { schedule: \"cron(0 9 * *)\" }\n",
+            "triggers.schedule",
+            "",
+        ),
+        (
+            "deploy: { group: g, capacity: { min: 3, desired: 1 } }\n",
+            "deploy.capacity",
+            "does not hold",
+        ),
+        (
+            "deploy: { group: g, health: { interval: soon } }\n",
+            "deploy.health.interval",
+            "duration",
+        ),
+        (
+            "deploy: { group: g, rolling: { max_batch: 0 } }\n",
+            "deploy.rolling.max_batch",
+            "at least 1",
+        ),
+        (
+            "deploy: { group: \"no spaces\" }\n",
+            "deploy.group",
+            "not a valid group name",
+        ),
+        ("deploy: { port: 80 }\n", "deploy.group", "required"),
+        (
+            "version: { parameter: Version }\n",
+            "version.parameter",
+            "starts with /",
+        ),
+        ("version: { start: one }\n", "version.start", "x.y.z"),
+        (
+            "retention: { keep_images: 0 }\n",
+            "retention.keep_images",
+            "at least 1",
+        ),
+        (
+            "source: { branch: \"a..b\" }\n",
+            "source.branch",
+            "not a valid branch",
+        ),
+    ];
+    for (extra, field, message) in cases {
+        let e = errors(&format!("{MINIMAL}{extra}"));
+        assert!(
+            e.iter()
+                .any(|e| e.contains(&format!(": {field}: ")) && e.contains(message)),
+            "{extra}: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn the_image_version_belongs_to_the_version_stage() {
+    let e = errors("name: web\nimage:\n  parent: busybox\n  version: 1.2.3\n");
+    assert!(
+        e[0].contains("image.version: set by the pipeline's Version stage"),
+        "{e:?}"
+    );
+    let e = errors("image:\n  parent: busybox\n");
+    assert!(e.iter().any(|e| e.contains("1:1: name: required")), "{e:?}");
+}
+
+#[test]
+fn durations_take_milliseconds_and_zero() {
+    assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+    assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+    assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+    assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+    assert_eq!(parse_duration("5 minutes"), None);
+    assert_eq!(parse_duration(""), None);
+}
+
+#[test]
+fn settings_do_not_need_the_component_files() {
+    let text = "name: web\nimage:\n  parent: busybox\n  components: [ { path: missing.yaml } ]\n";
+    assert!(parse(text, Path::new("kiln.yaml")).is_err());
+    assert!(settings(text, Path::new("kiln.yaml")).is_ok());
+}

@@ -1,0 +1,377 @@
+//! Pipelines and their executions, in the state directory's SQLite
+//! database beside the fleet's tables.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::model::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{what} {id} does not exist")]
+    NotFound { what: &'static str, id: String },
+}
+
+pub type Result<T> = std::result::Result<T, DbError>;
+
+pub struct Db {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS pipelines (
+    name TEXT PRIMARY KEY,
+    repository TEXT NOT NULL,
+    branch TEXT NOT NULL,
+    file TEXT NOT NULL,
+    config TEXT NOT NULL,
+    last_commit TEXT NOT NULL DEFAULT '',
+    last_poll TEXT NOT NULL DEFAULT '',
+    next_schedule TEXT NOT NULL DEFAULT '',
+    hooks TEXT NOT NULL DEFAULT '[]',
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS executions (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    pipeline TEXT NOT NULL,
+    status TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    commit_id TEXT NOT NULL DEFAULT '',
+    reason TEXT NOT NULL DEFAULT '',
+    created TEXT NOT NULL,
+    started TEXT NOT NULL DEFAULT '',
+    ended TEXT NOT NULL DEFAULT '',
+    variables TEXT NOT NULL DEFAULT '{}',
+    outputs TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS executions_by_pipeline ON executions (pipeline, seq);
+CREATE TABLE IF NOT EXISTS stages (
+    execution TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started TEXT NOT NULL DEFAULT '',
+    ended TEXT NOT NULL DEFAULT '',
+    summary TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (execution, name)
+);
+";
+
+impl Db {
+    pub fn open(path: &Path) -> Result<Db> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Db { conn })
+    }
+
+    // ---------------------------------------------------------- pipelines
+
+    pub fn upsert_pipeline(&self, p: &Pipeline) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO pipelines (name, repository, branch, file, config, hooks, created, updated)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+             ON CONFLICT(name) DO UPDATE SET repository = ?2, branch = ?3, file = ?4,
+                 config = ?5, updated = ?7",
+            params![
+                p.name,
+                p.repository,
+                p.branch,
+                p.file,
+                p.config,
+                serde_json::to_string(&p.hooks).unwrap_or_default(),
+                now()
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_pipeline_config(&self, name: &str, config: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE pipelines SET config = ?2, updated = ?3 WHERE name = ?1",
+            params![name, config, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_last_commit(&self, name: &str, commit: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE pipelines SET last_commit = ?2 WHERE name = ?1",
+            params![name, commit],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_next_schedule(&self, name: &str, at: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE pipelines SET next_schedule = ?2 WHERE name = ?1",
+            params![name, at],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_hooks(&self, name: &str, hooks: &[String]) -> Result<()> {
+        self.conn.execute(
+            "UPDATE pipelines SET hooks = ?2 WHERE name = ?1",
+            params![name, serde_json::to_string(hooks).unwrap_or_default()],
+        )?;
+        Ok(())
+    }
+
+    fn pipeline_row(row: &rusqlite::Row) -> rusqlite::Result<Pipeline> {
+        let hooks: String = row.get("hooks")?;
+        Ok(Pipeline {
+            name: row.get("name")?,
+            repository: row.get("repository")?,
+            branch: row.get("branch")?,
+            file: row.get("file")?,
+            config: row.get("config")?,
+            last_commit: row.get("last_commit")?,
+            next_schedule: row.get("next_schedule")?,
+            hooks: serde_json::from_str(&hooks).unwrap_or_default(),
+            created: row.get("created")?,
+            updated: row.get("updated")?,
+        })
+    }
+
+    pub fn pipeline(&self, name: &str) -> Result<Pipeline> {
+        self.conn
+            .query_row(
+                "SELECT * FROM pipelines WHERE name = ?1",
+                [name],
+                Self::pipeline_row,
+            )
+            .optional()?
+            .ok_or_else(|| DbError::NotFound {
+                what: "pipeline",
+                id: name.into(),
+            })
+    }
+
+    pub fn pipelines(&self) -> Result<Vec<Pipeline>> {
+        let mut stmt = self.conn.prepare("SELECT * FROM pipelines ORDER BY name")?;
+        let rows = stmt.query_map([], Self::pipeline_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Removes the pipeline and its executions' records.
+    pub fn delete_pipeline(&self, name: &str) -> Result<usize> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "DELETE FROM stages WHERE execution IN (SELECT id FROM executions WHERE pipeline = ?1)",
+            [name],
+        )?;
+        let n = tx.execute("DELETE FROM executions WHERE pipeline = ?1", [name])?;
+        tx.execute("DELETE FROM pipelines WHERE name = ?1", [name])?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    // --------------------------------------------------------- executions
+
+    pub fn insert_execution(&self, e: &Execution) -> Result<Execution> {
+        let tx = self.conn.unchecked_transaction()?;
+        let seq: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM executions WHERE pipeline = ?1",
+            [&e.pipeline],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO executions (id, seq, pipeline, status, trigger, commit_id, reason, created, variables, outputs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                e.id,
+                seq,
+                e.pipeline,
+                e.status.as_str(),
+                e.trigger,
+                e.commit_id,
+                e.reason,
+                e.created,
+                serde_json::to_string(&e.variables).unwrap_or_default(),
+                serde_json::to_string(&e.outputs).unwrap_or_default(),
+            ],
+        )?;
+        for (i, name) in STAGES.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO stages (execution, position, name, status) VALUES (?1, ?2, ?3, ?4)",
+                params![e.id, i as i64, name, StageStatus::Pending.as_str()],
+            )?;
+        }
+        tx.commit()?;
+        self.execution(&e.id)
+    }
+
+    fn execution_row(row: &rusqlite::Row) -> rusqlite::Result<Execution> {
+        let variables: String = row.get("variables")?;
+        let outputs: String = row.get("outputs")?;
+        let status: String = row.get("status")?;
+        Ok(Execution {
+            id: row.get("id")?,
+            seq: row.get("seq")?,
+            pipeline: row.get("pipeline")?,
+            status: ExecutionStatus::parse(&status),
+            trigger: row.get("trigger")?,
+            commit_id: row.get("commit_id")?,
+            reason: row.get("reason")?,
+            created: row.get("created")?,
+            started: row.get("started")?,
+            ended: row.get("ended")?,
+            variables: serde_json::from_str(&variables).unwrap_or_default(),
+            outputs: serde_json::from_str(&outputs).unwrap_or_default(),
+            stages: Vec::new(),
+        })
+    }
+
+    fn stages(&self, id: &str) -> Result<Vec<Stage>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT * FROM stages WHERE execution = ?1 ORDER BY position")?;
+        let rows = stmt.query_map([id], |row| {
+            let status: String = row.get("status")?;
+            Ok(Stage {
+                name: row.get("name")?,
+                status: StageStatus::parse(&status),
+                started: row.get("started")?,
+                ended: row.get("ended")?,
+                summary: row.get("summary")?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// An execution by id, or by an unambiguous prefix of it.
+    pub fn execution(&self, id: &str) -> Result<Execution> {
+        let mut stmt = self.conn.prepare(
+            "SELECT * FROM executions WHERE id = ?1 OR id LIKE ?2 ORDER BY id = ?1 DESC LIMIT 2",
+        )?;
+        let pattern = format!("{}%", id.replace(['%', '_'], ""));
+        let found: Vec<Execution> = stmt
+            .query_map(params![id, pattern], Self::execution_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut e = match found.as_slice() {
+            [one] => one.clone(),
+            [first, _] if first.id == id => first.clone(),
+            _ => {
+                return Err(DbError::NotFound {
+                    what: "execution",
+                    id: id.into(),
+                });
+            }
+        };
+        e.stages = self.stages(&e.id)?;
+        Ok(e)
+    }
+
+    /// Executions, newest first.
+    pub fn executions(&self, pipeline: Option<&str>, limit: usize) -> Result<Vec<Execution>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT * FROM executions WHERE ?1 IS NULL OR pipeline = ?1
+             ORDER BY created DESC, seq DESC LIMIT ?2",
+        )?;
+        let list: Vec<Execution> = stmt
+            .query_map(params![pipeline, limit as i64], Self::execution_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        list.into_iter()
+            .map(|mut e| {
+                e.stages = self.stages(&e.id)?;
+                Ok(e)
+            })
+            .collect()
+    }
+
+    pub fn executions_with_status(&self, status: ExecutionStatus) -> Result<Vec<Execution>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT * FROM executions WHERE status = ?1 ORDER BY seq")?;
+        let list: Vec<Execution> = stmt
+            .query_map([status.as_str()], Self::execution_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(list)
+    }
+
+    pub fn set_execution(&self, id: &str, status: ExecutionStatus, reason: &str) -> Result<()> {
+        let ended = if status.is_final() {
+            now()
+        } else {
+            String::new()
+        };
+        self.conn.execute(
+            "UPDATE executions SET status = ?2, reason = ?3, ended = ?4,
+                 started = CASE WHEN started = '' AND ?2 = 'InProgress' THEN ?5 ELSE started END
+             WHERE id = ?1",
+            params![id, status.as_str(), reason, ended, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_outputs(
+        &self,
+        id: &str,
+        variables: &BTreeMap<String, BTreeMap<String, String>>,
+        outputs: &Outputs,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE executions SET variables = ?2, outputs = ?3, commit_id = ?4 WHERE id = ?1",
+            params![
+                id,
+                serde_json::to_string(variables).unwrap_or_default(),
+                serde_json::to_string(outputs).unwrap_or_default(),
+                outputs.commit,
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_stage(
+        &self,
+        id: &str,
+        stage: &str,
+        status: StageStatus,
+        summary: &str,
+    ) -> Result<()> {
+        let t = now();
+        self.conn.execute(
+            "UPDATE stages SET status = ?3, summary = ?4,
+                 started = CASE WHEN ?3 = 'InProgress' THEN ?5 WHEN started = '' THEN ?5 ELSE started END,
+                 ended = CASE WHEN ?3 IN ('InProgress', 'Pending') THEN '' ELSE ?5 END
+             WHERE execution = ?1 AND name = ?2",
+            params![id, stage, status.as_str(), summary, t],
+        )?;
+        Ok(())
+    }
+}
+
+pub fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+/// What one stage hands to the next; kept so that a retry resumes with
+/// the same inputs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Outputs {
+    pub commit: String,
+    /// The artifact set's digest and where it is.
+    pub artifact_digest: String,
+    pub artifact_dir: String,
+    /// The digest of everything the bake depends on.
+    pub inputs_digest: String,
+    pub version: String,
+    pub image: String,
+    pub image_digest: String,
+    pub template_version: u32,
+    /// Per stage, the time the user's own commands took (build phases,
+    /// component steps), to tell kiln's overhead from theirs.
+    pub commands_ms: BTreeMap<String, u64>,
+    /// Run every stage, even if only_if_changed finds nothing changed.
+    pub force: bool,
+}

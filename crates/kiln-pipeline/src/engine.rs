@@ -1,0 +1,258 @@
+//! One execution, stage by stage. It runs on a blocking thread; the
+//! database records every transition, so that a restarted daemon knows
+//! where each execution stopped.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use crate::db::Db;
+use crate::model::{Execution, ExecutionStatus, STAGES, StageStatus};
+use crate::stages::{Env, Outcome, Run, StageLog};
+
+/// What the engine asks its owner between stages.
+pub trait Control: Sync {
+    /// The pipeline is being destroyed: stop before the next stage.
+    fn cancelled(&self, pipeline: &str) -> bool;
+    fn db(&self) -> std::sync::MutexGuard<'_, Db>;
+}
+
+pub fn log_path(env: &Env, e: &Execution, stage: &str) -> PathBuf {
+    env.execution_dir(&e.pipeline, &e.id)
+        .join(format!("{stage}.log"))
+}
+
+fn lock(db: &Mutex<Db>) -> std::sync::MutexGuard<'_, Db> {
+    db.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub struct Shared {
+    pub db: Mutex<Db>,
+    pub cancelled: Mutex<std::collections::HashSet<String>>,
+}
+
+impl Control for Shared {
+    fn cancelled(&self, pipeline: &str) -> bool {
+        self.cancelled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(pipeline)
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Db> {
+        lock(&self.db)
+    }
+}
+
+/// Runs execution `id` from its first stage that has not succeeded.
+pub fn execute(env: &Env, control: &dyn Control, id: &str) {
+    if let Err(e) = try_execute(env, control, id) {
+        tracing::error!(execution = id, error = %e, "execution could not run");
+        let _ = control
+            .db()
+            .set_execution(id, ExecutionStatus::Failed, &e.to_string());
+    }
+}
+
+fn try_execute(env: &Env, control: &dyn Control, id: &str) -> Result<(), crate::db::DbError> {
+    let execution = control.db().execution(id)?;
+    let pipeline = control.db().pipeline(&execution.pipeline)?;
+    let dir = env.execution_dir(&pipeline.name, &execution.id);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        control.db().set_execution(
+            id,
+            ExecutionStatus::Failed,
+            &format!("{}: {e}", dir.display()),
+        )?;
+        return Ok(());
+    }
+    control
+        .db()
+        .set_execution(id, ExecutionStatus::InProgress, "")?;
+    let mut run = Run {
+        env,
+        pipeline: &pipeline,
+        execution: &execution,
+        dir,
+        vars: execution.variables.clone(),
+        out: execution.outputs.clone(),
+        config: None,
+    };
+    let first = execution
+        .stages
+        .iter()
+        .position(|s| !matches!(s.status, StageStatus::Succeeded | StageStatus::Skipped))
+        .unwrap_or(STAGES.len());
+    let mut skip_rest: Option<String> = None;
+    for (i, stage) in STAGES.iter().enumerate().skip(first) {
+        if control.cancelled(&pipeline.name) {
+            return stop(
+                control,
+                &execution,
+                i,
+                ExecutionStatus::Stopped,
+                "the pipeline is being destroyed",
+            );
+        }
+        if i > 0
+            && i < STAGES.len() - 1
+            && let Some(newer) = newer_waiting(control, &execution)?
+        {
+            return stop(
+                control,
+                &execution,
+                i,
+                ExecutionStatus::Superseded,
+                &format!("superseded by execution #{newer}, before stage {stage}"),
+            );
+        }
+        if let Some(why) = &skip_rest {
+            control
+                .db()
+                .set_stage(id, stage, StageStatus::Skipped, why)?;
+            continue;
+        }
+        control
+            .db()
+            .set_stage(id, stage, StageStatus::InProgress, "")?;
+        let path = log_path(env, &execution, stage);
+        let mut log = StageLog::open(path.clone());
+        let result = match *stage {
+            "Source" => run.source(&mut log),
+            "Build" => run.build(&path),
+            "Version" => match only_if_changed(control, &mut run) {
+                Ok(Some(why)) => {
+                    log.line(&why);
+                    skip_rest = Some(why.clone());
+                    Ok(Outcome::Skipped(why))
+                }
+                Ok(None) => run.version(&mut log),
+                Err(e) => Err(e),
+            },
+            "Bake" => run.bake(&mut log),
+            _ => run.deploy(&mut log),
+        };
+        control.db().set_outputs(id, &run.vars, &run.out)?;
+        if *stage == "Source" && result.is_ok() {
+            // Triggers and settings follow kiln.yaml as the branch has it now.
+            let file = run.dir.join("source").join(&pipeline.file);
+            if let Ok(text) = std::fs::read_to_string(file) {
+                control.db().set_pipeline_config(&pipeline.name, &text)?;
+            }
+        }
+        match result {
+            Ok(Outcome::Done(summary)) => {
+                log.line(&format!("stage {stage} succeeded: {summary}"));
+                control
+                    .db()
+                    .set_stage(id, stage, StageStatus::Succeeded, &summary)?;
+            }
+            Ok(Outcome::Skipped(why)) => {
+                control
+                    .db()
+                    .set_stage(id, stage, StageStatus::Skipped, &why)?;
+            }
+            Err(message) => {
+                let mut log = StageLog::open(path);
+                log.line(&format!("stage {stage} failed: {message}"));
+                control
+                    .db()
+                    .set_stage(id, stage, StageStatus::Failed, &message)?;
+                return stop(
+                    control,
+                    &execution,
+                    i + 1,
+                    ExecutionStatus::Failed,
+                    &format!("stage {stage} failed: {message}"),
+                );
+            }
+        }
+    }
+    control
+        .db()
+        .set_execution(id, ExecutionStatus::Succeeded, "")?;
+    // A succeeded execution is never retried, so its checkout can go.
+    let _ = std::fs::remove_dir_all(run.dir.join("source"));
+    retention(env, control, &run);
+    Ok(())
+}
+
+/// Ends the execution with `status`; stages from `from` on were not run.
+fn stop(
+    control: &dyn Control,
+    e: &Execution,
+    from: usize,
+    status: ExecutionStatus,
+    reason: &str,
+) -> Result<(), crate::db::DbError> {
+    let db = control.db();
+    for stage in STAGES.iter().skip(from) {
+        db.set_stage(&e.id, stage, StageStatus::Cancelled, "")?;
+    }
+    db.set_execution(&e.id, status, reason)
+}
+
+/// In SUPERSEDED mode, a newer execution waiting for this pipeline.
+fn newer_waiting(control: &dyn Control, e: &Execution) -> Result<Option<i64>, crate::db::DbError> {
+    let db = control.db();
+    let pipeline = db.pipeline(&e.pipeline)?;
+    let mode = crate::config::settings(&pipeline.config, std::path::Path::new(&pipeline.file))
+        .map(|c| c.execution_mode)
+        .unwrap_or(crate::config::ExecutionMode::Superseded);
+    if mode != crate::config::ExecutionMode::Superseded {
+        return Ok(None);
+    }
+    Ok(db
+        .executions_with_status(ExecutionStatus::Pending)?
+        .into_iter()
+        .filter(|p| p.pipeline == e.pipeline && p.seq > e.seq)
+        .map(|p| p.seq)
+        .max())
+}
+
+/// triggers.only_if_changed: why the rest is skipped, if nothing the bake
+/// depends on changed since an execution that baked it.
+fn only_if_changed(control: &dyn Control, run: &mut Run) -> Result<Option<String>, String> {
+    let wanted = run.config()?.triggers.only_if_changed && !run.out.force;
+    let earlier = control
+        .db()
+        .executions(Some(&run.pipeline.name), 100)
+        .map_err(|e| e.to_string())?;
+    // The digest is recorded either way, for the next execution to compare.
+    let since = run.unchanged_since(&earlier)?;
+    Ok(match since {
+        Some(seq) if wanted => Some(format!(
+            "only_if_changed: nothing the bake depends on changed since execution #{seq} ({})",
+            run.out.inputs_digest
+        )),
+        _ => None,
+    })
+}
+
+/// retention.keep_images: the newest images of this pipeline's recipe,
+/// plus every image a group's launch template uses.
+fn retention(env: &Env, control: &dyn Control, run: &Run) {
+    let Some(config) = &run.config else { return };
+    let _ = control;
+    let store = match kiln_image::Store::open(&env.state.join("images")) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "retention skipped");
+            return;
+        }
+    };
+    let in_use = env.fleet.images_in_use().unwrap_or_default();
+    let Ok(_lock) = store.lock() else { return };
+    match kiln_image::gc::collect(
+        &store,
+        config.keep_images,
+        Some(&config.image.name),
+        &in_use,
+        false,
+    ) {
+        Ok(report) if !report.images.is_empty() => {
+            tracing::info!(pipeline = %run.pipeline.name, removed = ?report.images, "retention removed images");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "retention failed"),
+    }
+}

@@ -1,0 +1,612 @@
+//! The daemon's side of pipelines: registering them, the triggers (commit
+//! polling, schedules, hooks through `kiln trigger`), one execution at a
+//! time per pipeline, and recovery after a crash.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::config::{self, Config, ExecutionMode};
+use crate::db::{Db, DbError};
+use crate::engine::{self, Control, Shared};
+use crate::git::{GitError, Mirror};
+use crate::model::*;
+use crate::stages::Env;
+use kiln_fleet::Fleet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+pub type Result<T> = std::result::Result<T, PipelineError>;
+
+#[derive(Clone)]
+pub struct Pipelines {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    env: Env,
+    shared: Shared,
+    wake: Notify,
+    running: Mutex<HashSet<String>>,
+    polled: Mutex<HashMap<String, Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What started an execution, named as CodePipeline's trigger types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Trigger {
+    /// The pipeline was created.
+    #[serde(rename = "CreatePipeline")]
+    Create,
+    /// `kiln trigger`, `kiln run`.
+    #[serde(rename = "StartPipelineExecution")]
+    Manual,
+    /// Polling found a new commit on the branch.
+    #[serde(rename = "PollForSourceChanges")]
+    Poll,
+    /// A git hook (`kiln hooks install`).
+    Webhook,
+    /// triggers.schedule.
+    #[serde(rename = "CloudWatchEvent")]
+    Schedule,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Create => "CreatePipeline",
+            Trigger::Manual => "StartPipelineExecution",
+            Trigger::Poll => "PollForSourceChanges",
+            Trigger::Webhook => "Webhook",
+            Trigger::Schedule => "CloudWatchEvent",
+        }
+    }
+}
+
+/// What `kiln destroy` removed.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct DestroyReport {
+    pub pipeline: String,
+    pub existed: bool,
+    pub group: Option<String>,
+    pub templates: usize,
+    pub images: Vec<String>,
+    pub artifacts: bool,
+    pub parameters: Vec<String>,
+    pub executions: usize,
+    pub hooks: Vec<String>,
+}
+
+impl Pipelines {
+    pub fn open(state: &Path, fleet: Fleet) -> Result<Pipelines> {
+        let db = Db::open(&state.join("kiln.db"))?;
+        Ok(Pipelines {
+            inner: Arc::new(Inner {
+                env: Env {
+                    state: state.to_path_buf(),
+                    fleet,
+                    handle: tokio::runtime::Handle::current(),
+                },
+                shared: Shared {
+                    db: Mutex::new(db),
+                    cancelled: Mutex::new(HashSet::new()),
+                },
+                wake: Notify::new(),
+                running: Mutex::new(HashSet::new()),
+                polled: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Db> {
+        self.inner.shared.db()
+    }
+
+    /// Settles what a stopped daemon left, then starts the trigger loop.
+    pub async fn start(&self) -> Result<()> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.recover())
+            .await
+            .map_err(|e| PipelineError::Io(e.to_string()))??;
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                me.tick().await;
+                tokio::select! {
+                    _ = me.inner.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// An execution that was running when the daemon died failed at the
+    /// stage it was in; the image store drops what a cut-off bake left.
+    fn recover(&self) -> Result<()> {
+        let store = kiln_image::Store::open(&self.inner.env.state.join("images"))
+            .map_err(|e| PipelineError::Io(e.to_string()))?;
+        if let Ok(_lock) = store.lock() {
+            for m in kiln_bake::mounts::unmount_below(&store.dir().join("tmp")) {
+                tracing::warn!(mount = %m.display(), "unmounted what an interrupted bake left");
+            }
+            let _ = store.clean_temp();
+        }
+        let _ = std::fs::remove_dir_all(self.inner.env.state.join("artifacts/tmp"));
+        let stale = self
+            .db()
+            .executions_with_status(ExecutionStatus::InProgress)?;
+        for e in stale {
+            let e = self.db().execution(&e.id)?;
+            let stage = e
+                .stages
+                .iter()
+                .find(|s| s.status == StageStatus::InProgress)
+                .map(|s| s.name.clone())
+                .unwrap_or_else(|| "Source".into());
+            let why = format!(
+                "the daemon stopped during stage {stage}; `kiln executions retry {}` resumes from it",
+                e.id
+            );
+            let db = self.db();
+            db.set_stage(&e.id, &stage, StageStatus::Failed, "the daemon stopped")?;
+            let after = STAGES.iter().position(|s| *s == stage).unwrap_or(0) + 1;
+            for s in STAGES.iter().skip(after) {
+                db.set_stage(&e.id, s, StageStatus::Cancelled, "")?;
+            }
+            db.set_execution(&e.id, ExecutionStatus::Failed, &why)?;
+            let _ = std::fs::remove_dir_all(
+                self.inner
+                    .env
+                    .execution_dir(&e.pipeline, &e.id)
+                    .join("build"),
+            );
+            tracing::warn!(execution = %e.id, %stage, "execution cut off by a daemon stop marked failed");
+        }
+        Ok(())
+    }
+
+    async fn tick(&self) {
+        let pipelines = match self.db().pipelines() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read pipelines");
+                return;
+            }
+        };
+        for p in pipelines {
+            let Ok(config) = config::settings(&p.config, Path::new(&p.file)) else {
+                continue;
+            };
+            self.poll(&p, &config);
+            self.schedule(&p, &config);
+            self.dispatch(&p.name);
+        }
+    }
+
+    /// on_commit: fetch every poll_interval; a new head starts an execution.
+    fn poll(&self, p: &Pipeline, config: &Config) {
+        if !config.triggers.on_commit {
+            return;
+        }
+        {
+            let mut polled = lock(&self.inner.polled);
+            let due = polled
+                .get(&p.name)
+                .is_none_or(|t| t.elapsed() >= config.source.poll_interval);
+            if !due {
+                return;
+            }
+            // Far in the future while the fetch runs, so that only one runs.
+            polled.insert(p.name.clone(), Instant::now() + Duration::from_secs(3600));
+        }
+        let me = self.clone();
+        let p = p.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = me.inner.env.mirror(&p).fetch();
+            lock(&me.inner.polled).insert(p.name.clone(), Instant::now());
+            match result {
+                Ok(head) if head != p.last_commit => {
+                    if let Err(e) = me.enqueue(&p.name, Trigger::Poll, &head, false) {
+                        tracing::error!(pipeline = %p.name, error = %e, "cannot start an execution");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(pipeline = %p.name, error = %e, "polling the source failed")
+                }
+            }
+        });
+    }
+
+    /// triggers.schedule: an execution at every time the expression names.
+    fn schedule(&self, p: &Pipeline, config: &Config) {
+        let Some(schedule) = &config.triggers.schedule else {
+            return;
+        };
+        let now = jiff::Timestamp::now();
+        let next: Option<jiff::Timestamp> = p.next_schedule.parse().ok();
+        let due = next.is_some_and(|n| n <= now);
+        if next.is_none() || due {
+            let following = schedule
+                .next_after(now)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            let _ = self.db().set_next_schedule(&p.name, &following);
+        }
+        if due && let Err(e) = self.enqueue(&p.name, Trigger::Schedule, "", false) {
+            tracing::error!(pipeline = %p.name, error = %e, "cannot start a scheduled execution");
+        }
+    }
+
+    /// Starts the next waiting execution if none is running.
+    fn dispatch(&self, pipeline: &str) {
+        if lock(&self.inner.running).contains(pipeline) {
+            return;
+        }
+        let waiting = match self.db().executions_with_status(ExecutionStatus::Pending) {
+            Ok(w) => w,
+            Err(_) => return,
+        };
+        let Some(next) = waiting.into_iter().find(|e| e.pipeline == pipeline) else {
+            return;
+        };
+        lock(&self.inner.running).insert(pipeline.to_string());
+        let me = self.clone();
+        let name = pipeline.to_string();
+        tokio::task::spawn_blocking(move || {
+            engine::execute(&me.inner.env, &me.inner.shared, &next.id);
+            lock(&me.inner.running).remove(&name);
+            me.inner.wake.notify_one();
+        });
+    }
+
+    /// A new execution waiting for its turn. In SUPERSEDED mode it replaces
+    /// any execution still waiting.
+    fn enqueue(
+        &self,
+        pipeline: &str,
+        trigger: Trigger,
+        commit: &str,
+        force: bool,
+    ) -> Result<Execution> {
+        let trigger = trigger.as_str();
+        let db = self.db();
+        let p = db.pipeline(pipeline)?;
+        let mode = config::settings(&p.config, Path::new(&p.file))
+            .map(|c| c.execution_mode)
+            .unwrap_or(ExecutionMode::Superseded);
+        if !commit.is_empty() {
+            db.set_last_commit(pipeline, commit)?;
+        }
+        let e = db.insert_execution(&Execution {
+            id: uuid::Uuid::new_v4().to_string(),
+            seq: 0,
+            pipeline: pipeline.into(),
+            status: ExecutionStatus::Pending,
+            trigger: trigger.into(),
+            commit_id: commit.into(),
+            reason: String::new(),
+            created: now(),
+            started: String::new(),
+            ended: String::new(),
+            variables: Default::default(),
+            outputs: Outputs {
+                force,
+                ..Outputs::default()
+            },
+            stages: Vec::new(),
+        })?;
+        if mode == ExecutionMode::Superseded {
+            for older in db.executions_with_status(ExecutionStatus::Pending)? {
+                if older.pipeline == pipeline && older.seq < e.seq {
+                    for s in STAGES {
+                        db.set_stage(&older.id, s, StageStatus::Cancelled, "")?;
+                    }
+                    db.set_execution(
+                        &older.id,
+                        ExecutionStatus::Superseded,
+                        &format!("superseded by execution #{} before it started", e.seq),
+                    )?;
+                }
+            }
+        }
+        drop(db);
+        tracing::info!(pipeline, execution = %e.id, trigger, "execution queued");
+        self.inner.wake.notify_one();
+        Ok(e)
+    }
+
+    // ---------------------------------------------------------------- API
+
+    /// Registers (or refreshes) the pipeline whose kiln.yaml is in
+    /// `repository` on `branch`; with `start`, its first execution starts,
+    /// as CodePipeline starts one when a pipeline is created.
+    pub fn create(
+        &self,
+        repository: &str,
+        branch: Option<&str>,
+        file: &str,
+        start: bool,
+    ) -> Result<(Pipeline, Option<Execution>)> {
+        let repository = crate::git::normalize(repository);
+        let staging = self
+            .inner
+            .env
+            .state
+            .join("pipelines")
+            .join(format!(".new-{}", uuid::Uuid::new_v4()));
+        let result = self.read_config(&staging, &repository, branch, file);
+        let _ = std::fs::remove_dir_all(&staging);
+        let (config, text, head, branch) = result?;
+        let pipeline = Pipeline {
+            name: config.name.clone(),
+            repository: config
+                .source
+                .repository
+                .as_deref()
+                .map(crate::git::normalize)
+                .unwrap_or(repository),
+            branch,
+            file: file.into(),
+            config: text,
+            last_commit: String::new(),
+            next_schedule: String::new(),
+            hooks: Vec::new(),
+            created: now(),
+            updated: now(),
+        };
+        self.db().upsert_pipeline(&pipeline)?;
+        let execution = if start {
+            Some(self.enqueue(&pipeline.name, Trigger::Create, &head, false)?)
+        } else {
+            self.db().set_last_commit(&pipeline.name, &head)?;
+            None
+        };
+        Ok((self.db().pipeline(&pipeline.name)?, execution))
+    }
+
+    fn read_config(
+        &self,
+        staging: &Path,
+        repository: &str,
+        branch: Option<&str>,
+        file: &str,
+    ) -> Result<(Config, String, String, String)> {
+        let mut branch = branch.unwrap_or("main").to_string();
+        let explicit = branch.clone();
+        for _ in 0..2 {
+            let mirror = Mirror::new(staging.join("repo.git"), repository, &branch);
+            let head = mirror.fetch()?;
+            let checkout = staging.join("checkout");
+            let _ = std::fs::remove_dir_all(&checkout);
+            mirror.checkout(&head, &checkout)?;
+            let text = std::fs::read_to_string(checkout.join(file)).map_err(|e| {
+                PipelineError::Config(format!("{repository} branch {branch}: {file}: {e}"))
+            })?;
+            // Checked in the checkout, so that the files it names are found;
+            // errors name the file as the repository has it.
+            let config = config::parse(&text, &checkout.join(file)).map_err(|d| {
+                PipelineError::Config(
+                    d.to_string()
+                        .replace(&format!("{}/", checkout.display()), ""),
+                )
+            })?;
+            if config.source.branch == branch || explicit != "main" {
+                return Ok((config, text, head, branch));
+            }
+            branch = config.source.branch.clone();
+        }
+        Err(PipelineError::Config(format!(
+            "{file}: source.branch: the branch {branch} names a different branch again"
+        )))
+    }
+
+    pub fn pipelines(&self) -> Result<Vec<Pipeline>> {
+        Ok(self.db().pipelines()?)
+    }
+
+    pub fn pipeline(&self, name: &str) -> Result<Pipeline> {
+        Ok(self.db().pipeline(name)?)
+    }
+
+    /// `kiln trigger`: an execution for the branch head as it is now.
+    pub fn trigger(&self, name: &str, trigger: Trigger, force: bool) -> Result<Execution> {
+        let p = self.db().pipeline(name)?;
+        let head = self.inner.env.mirror(&p).fetch()?;
+        self.enqueue(name, trigger, &head, force)
+    }
+
+    /// Resumes a failed or stopped execution from the stage where it
+    /// stopped, with the same source and the outputs of the stages before.
+    pub fn retry(&self, id: &str) -> Result<Execution> {
+        let db = self.db();
+        let e = db.execution(id)?;
+        if !matches!(e.status, ExecutionStatus::Failed | ExecutionStatus::Stopped) {
+            return Err(PipelineError::Conflict(format!(
+                "execution {} is {}; only a failed or stopped execution can be retried",
+                e.id,
+                e.status.as_str()
+            )));
+        }
+        if !self
+            .inner
+            .env
+            .execution_dir(&e.pipeline, &e.id)
+            .join("source")
+            .exists()
+            && e.stage("Source")
+                .is_some_and(|s| s.status == StageStatus::Succeeded)
+        {
+            return Err(PipelineError::Conflict(format!(
+                "execution {}'s checkout is gone; start a new execution with `kiln trigger {}`",
+                e.id, e.pipeline
+            )));
+        }
+        for s in &e.stages {
+            if matches!(s.status, StageStatus::Failed | StageStatus::Cancelled) {
+                db.set_stage(&e.id, &s.name, StageStatus::Pending, "")?;
+            }
+        }
+        db.set_execution(&e.id, ExecutionStatus::Pending, "retry")?;
+        drop(db);
+        self.inner.wake.notify_one();
+        Ok(self.db().execution(&e.id)?)
+    }
+
+    /// Records the hook files `kiln hooks install` wrote, for destroy.
+    pub fn add_hooks(&self, name: &str, files: &[PathBuf]) -> Result<Pipeline> {
+        let db = self.db();
+        let mut hooks = db.pipeline(name)?.hooks;
+        for f in files {
+            let f = f.display().to_string();
+            if !hooks.contains(&f) {
+                hooks.push(f);
+            }
+        }
+        db.set_hooks(name, &hooks)?;
+        Ok(db.pipeline(name)?)
+    }
+
+    /// Removes everything the pipeline made: its group and instances, the
+    /// launch template, the images of its recipe, its artifacts, its
+    /// version parameter, its executions with their logs, and its hooks.
+    /// Destroying what does not exist succeeds and removes nothing.
+    pub async fn destroy(&self, name: &str) -> Result<DestroyReport> {
+        let mut report = DestroyReport {
+            pipeline: name.into(),
+            ..Default::default()
+        };
+        let Ok(p) = self.db().pipeline(name) else {
+            return Ok(report);
+        };
+        report.existed = true;
+        lock(&self.inner.shared.cancelled).insert(name.to_string());
+        let result = self.destroy_inner(&p, &mut report).await;
+        lock(&self.inner.shared.cancelled).remove(name);
+        result.map(|_| report)
+    }
+
+    async fn destroy_inner(&self, p: &Pipeline, report: &mut DestroyReport) -> Result<()> {
+        // A running execution stops at its next stage boundary.
+        while lock(&self.inner.running).contains(&p.name) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let config = config::settings(&p.config, Path::new(&p.file)).ok();
+        let env = &self.inner.env;
+        if let Some(deploy) = config.as_ref().and_then(|c| c.deploy.as_ref()) {
+            if env.fleet.group(&deploy.group).is_ok() {
+                env.fleet
+                    .delete_group(&deploy.group)
+                    .await
+                    .map_err(|e| PipelineError::Io(format!("group {}: {e}", deploy.group)))?;
+                report.group = Some(deploy.group.clone());
+            }
+            report.templates = env
+                .fleet
+                .delete_templates(&deploy.group)
+                .map_err(|e| PipelineError::Io(e.to_string()))?;
+        }
+        let me = self.clone();
+        let p2 = p.clone();
+        let config2 = config.clone();
+        let blocking = tokio::task::spawn_blocking(move || me.destroy_files(&p2, config2.as_ref()))
+            .await
+            .map_err(|e| PipelineError::Io(e.to_string()))??;
+        report.images = blocking.0;
+        report.parameters = blocking.1;
+        report.hooks = blocking.2;
+        report.artifacts = blocking.3;
+        report.executions = self.db().delete_pipeline(&p.name)?;
+        let _ = std::fs::remove_dir_all(env.pipeline_dir(&p.name));
+        lock(&self.inner.polled).remove(&p.name);
+        Ok(())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn destroy_files(
+        &self,
+        p: &Pipeline,
+        config: Option<&Config>,
+    ) -> Result<(Vec<String>, Vec<String>, Vec<String>, bool)> {
+        let env = &self.inner.env;
+        let mut images = Vec::new();
+        if let Some(c) = config {
+            let store = kiln_image::Store::open(&env.state.join("images"))
+                .map_err(|e| PipelineError::Io(e.to_string()))?;
+            let in_use = env.fleet.images_in_use().unwrap_or_default();
+            let _lock = store.lock().map_err(|e| PipelineError::Io(e.to_string()))?;
+            images = kiln_image::gc::collect(&store, 0, Some(&c.image.name), &in_use, false)
+                .map_err(|e| PipelineError::Io(e.to_string()))?
+                .images;
+        }
+        let mut parameters = Vec::new();
+        if let Some(c) = config {
+            let mut params = kiln_params::Params::open(&env.state.join("kiln.db"))
+                .map_err(|e| PipelineError::Io(e.to_string()))?;
+            if params.remove(&c.version.parameter).is_ok() {
+                parameters.push(c.version.parameter.clone());
+            }
+        }
+        let mut hooks = Vec::new();
+        for h in &p.hooks {
+            if crate::git::uninstall_hook(Path::new(h)).unwrap_or(false) {
+                hooks.push(h.clone());
+            }
+        }
+        let artifacts = env.artifacts_dir().join(&p.name);
+        let had_artifacts = artifacts.exists();
+        let _ = std::fs::remove_dir_all(&artifacts);
+        Ok((images, parameters, hooks, had_artifacts))
+    }
+}
+
+impl Pipelines {
+    /// Executions, newest first.
+    pub fn executions(&self, pipeline: Option<&str>, limit: usize) -> Result<Vec<Execution>> {
+        Ok(self.db().executions(pipeline, limit)?)
+    }
+
+    pub fn execution(&self, id: &str) -> Result<Execution> {
+        Ok(self.db().execution(id)?)
+    }
+
+    /// A stage's log from byte `offset` on.
+    pub fn log(&self, id: &str, stage: &str, offset: u64) -> Result<(String, u64)> {
+        let e = self.db().execution(id)?;
+        read_log(&engine::log_path(&self.inner.env, &e, stage), offset)
+    }
+}
+
+/// Reads a log file from `offset`; a missing file is an empty log.
+pub fn read_log(path: &Path, offset: u64) -> Result<(String, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Ok((String::new(), offset));
+    };
+    f.seek(SeekFrom::Start(offset))
+        .map_err(|e| PipelineError::Io(e.to_string()))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)
+        .map_err(|e| PipelineError::Io(e.to_string()))?;
+    let next = offset + buf.len() as u64;
+    Ok((String::from_utf8_lossy(&buf).into_owned(), next))
+}

@@ -1,0 +1,142 @@
+//! Pipelines and executions as the API shows them. Statuses are
+//! CodePipeline's.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::db::{Outputs, now};
+
+/// The stages of every kiln pipeline, in order.
+pub const STAGES: [&str; 5] = ["Source", "Build", "Version", "Bake", "Deploy"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pipeline {
+    pub name: String,
+    pub repository: String,
+    pub branch: String,
+    /// kiln.yaml's path in the repository.
+    pub file: String,
+    /// kiln.yaml as the last execution read it.
+    pub config: String,
+    pub last_commit: String,
+    pub next_schedule: String,
+    /// Hook files `kiln hooks install` wrote.
+    pub hooks: Vec<String>,
+    pub created: String,
+    pub updated: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecutionStatus {
+    /// Waiting for the execution before it to finish.
+    Pending,
+    InProgress,
+    Succeeded,
+    Failed,
+    /// A newer execution overtook it (execution mode SUPERSEDED).
+    Superseded,
+    Stopped,
+}
+
+impl ExecutionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionStatus::Pending => "Pending",
+            ExecutionStatus::InProgress => "InProgress",
+            ExecutionStatus::Succeeded => "Succeeded",
+            ExecutionStatus::Failed => "Failed",
+            ExecutionStatus::Superseded => "Superseded",
+            ExecutionStatus::Stopped => "Stopped",
+        }
+    }
+
+    pub fn parse(s: &str) -> ExecutionStatus {
+        match s {
+            "Pending" => ExecutionStatus::Pending,
+            "InProgress" => ExecutionStatus::InProgress,
+            "Succeeded" => ExecutionStatus::Succeeded,
+            "Superseded" => ExecutionStatus::Superseded,
+            "Stopped" => ExecutionStatus::Stopped,
+            _ => ExecutionStatus::Failed,
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, ExecutionStatus::Pending | ExecutionStatus::InProgress)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StageStatus {
+    Pending,
+    InProgress,
+    Succeeded,
+    Failed,
+    /// Not needed: no build section, no deploy section, or nothing the
+    /// bake depends on changed (only_if_changed).
+    Skipped,
+    /// Not reached, because the execution stopped before it.
+    Cancelled,
+}
+
+impl StageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageStatus::Pending => "Pending",
+            StageStatus::InProgress => "InProgress",
+            StageStatus::Succeeded => "Succeeded",
+            StageStatus::Failed => "Failed",
+            StageStatus::Skipped => "Skipped",
+            StageStatus::Cancelled => "Cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> StageStatus {
+        match s {
+            "Pending" => StageStatus::Pending,
+            "InProgress" => StageStatus::InProgress,
+            "Succeeded" => StageStatus::Succeeded,
+            "Skipped" => StageStatus::Skipped,
+            "Cancelled" => StageStatus::Cancelled,
+            _ => StageStatus::Failed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    pub name: String,
+    pub status: StageStatus,
+    pub started: String,
+    pub ended: String,
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Execution {
+    pub id: String,
+    /// 1, 2, ... within the pipeline.
+    pub seq: i64,
+    pub pipeline: String,
+    pub status: ExecutionStatus,
+    /// What started it: commit, schedule, manual, retry.
+    pub trigger: String,
+    pub commit_id: String,
+    /// Why it failed, stopped or was superseded.
+    pub reason: String,
+    pub created: String,
+    pub started: String,
+    pub ended: String,
+    /// Output variables by namespace: SourceVariables, BuildVariables,
+    /// VersionVariables, BakeVariables, DeployVariables.
+    pub variables: BTreeMap<String, BTreeMap<String, String>>,
+    pub outputs: Outputs,
+    pub stages: Vec<Stage>,
+}
+
+impl Execution {
+    pub fn stage(&self, name: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+}
