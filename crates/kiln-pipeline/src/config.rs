@@ -256,6 +256,12 @@ impl<'a> Map<'a> {
         out
     }
 
+    /// An error at the field `name` (or at the map, if it is missing).
+    fn fail(&self, name: &str, message: impl Into<String>, c: &mut Collector) {
+        let pos = self.get(name).map_or(self.node.pos, |n| n.pos);
+        c.push(pos, self.field(name), message.into());
+    }
+
     fn section(&self, name: &str, allowed: &[&str], c: &mut Collector) -> Option<Map<'a>> {
         Map::new(self.get(name)?, &self.field(name), allowed, c)
     }
@@ -325,10 +331,10 @@ fn from_root(root: &Node, path: &Path, c: &mut Collector) -> Option<Config> {
     if let Some(n) = &name
         && !valid_name(n)
     {
-        c.push(
-            top.get("name").map_or(root.pos, |n| n.pos),
+        top.fail(
             "name",
             format!("{n:?} is not a valid pipeline name (letters, digits, - and _)"),
+            c,
         );
     }
     let description = top.string("description", c).unwrap_or_default();
@@ -336,10 +342,10 @@ fn from_root(root: &Node, path: &Path, c: &mut Collector) -> Option<Config> {
         None | Some("SUPERSEDED") => ExecutionMode::Superseded,
         Some("QUEUED") => ExecutionMode::Queued,
         Some(other) => {
-            c.push(
-                top.get("execution_mode").map_or(root.pos, |n| n.pos),
+            top.fail(
                 "execution_mode",
                 format!("{other:?}: expected SUPERSEDED or QUEUED"),
+                c,
             );
             ExecutionMode::Superseded
         }
@@ -377,16 +383,13 @@ fn from_root(root: &Node, path: &Path, c: &mut Collector) -> Option<Config> {
         }
     };
     let deploy = deploy(&top, c);
-    let keep_images = top
-        .section("retention", &["keep_images"], c)
-        .and_then(|r| r.uint("keep_images", 1000, c))
-        .map_or(5, |n| n as usize);
-    if keep_images == 0 {
-        c.push(
-            top.get("retention").map_or(root.pos, |n| n.pos),
-            "retention.keep_images",
-            "must keep at least 1 image",
-        );
+    let mut keep_images = 5;
+    if let Some(r) = top.section("retention", &["keep_images"], c) {
+        match r.uint("keep_images", 1000, c) {
+            Some(0) => r.fail("keep_images", "must keep at least 1 image", c),
+            Some(n) => keep_images = n as usize,
+            None => {}
+        }
     }
     let triggers = triggers(&top, c);
     Some(Config {
@@ -413,11 +416,7 @@ fn source(top: &Map, c: &mut Collector) -> SourceConfig {
         out.repository = s.string("repository", c);
         if let Some(b) = s.string("branch", c) {
             if b.is_empty() || b.starts_with('-') || b.contains("..") || b.contains(' ') {
-                c.push(
-                    s.get("branch").map_or(s.node.pos, |n| n.pos),
-                    "source.branch",
-                    format!("{b:?} is not a valid branch name"),
-                );
+                s.fail("branch", format!("{b:?} is not a valid branch name"), c);
             }
             out.branch = b;
         }
@@ -436,20 +435,16 @@ fn version(top: &Map, name: &str, c: &mut Collector) -> VersionConfig {
     if let Some(v) = top.section("version", &["parameter", "start"], c) {
         if let Some(p) = v.string("parameter", c) {
             if !p.starts_with('/') {
-                c.push(
-                    v.get("parameter").map_or(v.node.pos, |n| n.pos),
-                    "version.parameter",
-                    "a parameter name starts with /",
-                );
+                v.fail("parameter", "a parameter name starts with /", c);
             }
             out.parameter = p;
         }
         if let Some(s) = v.string("start", c) {
             if s.parse::<kiln_image::Version>().is_err() {
-                c.push(
-                    v.get("start").map_or(v.node.pos, |n| n.pos),
-                    "version.start",
+                v.fail(
+                    "start",
                     format!("{s:?} is not a version of the form x.y.z"),
+                    c,
                 );
             }
             out.start = s;
@@ -477,10 +472,10 @@ fn deploy(top: &Map, c: &mut Collector) -> Option<DeployConfig> {
     if let Some(g) = &group
         && !valid_name(g)
     {
-        c.push(
-            d.get("group").map_or(d.node.pos, |n| n.pos),
-            "deploy.group",
+        d.fail(
+            "group",
             format!("{g:?} is not a valid group name (letters, digits, - and _)"),
+            c,
         );
     }
     let mut spec = GroupSpec {
@@ -505,11 +500,7 @@ fn deploy(top: &Map, c: &mut Collector) -> Option<DeployConfig> {
         }
     }
     match d.uint("port", 65535, c) {
-        Some(0) => c.push(
-            d.get("port").map_or(d.node.pos, |n| n.pos),
-            "deploy.port",
-            "expected a port number from 1 to 65535",
-        ),
+        Some(0) => d.fail("port", "expected a port number from 1 to 65535", c),
         Some(p) => spec.port = p as u16,
         None => spec.port = 8080,
     }
@@ -518,10 +509,10 @@ fn deploy(top: &Map, c: &mut Collector) -> Option<DeployConfig> {
     if let Some(r) = d.string("rollback", c)
         && r != "auto"
     {
-        c.push(
-            d.get("rollback").map_or(d.node.pos, |n| n.pos),
-            "deploy.rollback",
+        d.fail(
+            "rollback",
             format!("{r:?}: expected auto (a batch that fails health rolls the group back)"),
+            c,
         );
     }
     if let Some(delay) = d.duration("deregistration_delay", c) {
@@ -551,11 +542,7 @@ fn health(d: &Map, c: &mut Collector) -> HealthCheck {
     };
     if let Some(p) = m.string("path", c) {
         if !p.starts_with('/') {
-            c.push(
-                m.get("path").map_or(m.node.pos, |n| n.pos),
-                "deploy.health.path",
-                "a path starts with /",
-            );
+            m.fail("path", "a path starts with /", c);
         }
         h.path = p;
     }
@@ -579,11 +566,7 @@ fn rolling(d: &Map, c: &mut Collector) -> RollingPolicy {
         return r;
     };
     match m.uint("max_batch", 1000, c) {
-        Some(0) => c.push(
-            m.get("max_batch").map_or(m.node.pos, |n| n.pos),
-            "deploy.rolling.max_batch",
-            "a batch holds at least 1 instance",
-        ),
+        Some(0) => m.fail("max_batch", "a batch holds at least 1 instance", c),
         Some(n) => r.max_batch_size = n as u32,
         None => {}
     }
@@ -613,11 +596,7 @@ fn triggers(top: &Map, c: &mut Collector) -> Triggers {
     if let Some(s) = m.string("schedule", c) {
         match s.parse::<Schedule>() {
             Ok(s) => t.schedule = Some(s),
-            Err(e) => c.push(
-                m.get("schedule").map_or(m.node.pos, |n| n.pos),
-                "triggers.schedule",
-                e.to_string(),
-            ),
+            Err(e) => m.fail("schedule", e.to_string(), c),
         }
     }
     t

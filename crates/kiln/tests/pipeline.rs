@@ -108,6 +108,16 @@ image:
     )
 }
 
+/// A pipeline that deploys to group `name`, whose instances serve /app
+/// (the artifact) with busybox httpd on port 8080.
+fn serving_yaml(name: &str, deploy: &str) -> String {
+    kiln_yaml(name, &format!("deploy:\n  group: {name}\n  port: 8080\n  deregistration_delay: 100ms\n{deploy}"))
+        .replace(
+            "  tests: { enabled: false }",
+            "  tests: { enabled: false }\n  entrypoint: [\"/bin/sh\", \"-c\", \"exec httpd -f -p 8080 -h /app\"]",
+        )
+}
+
 fn execution(state: &Path, id: &str) -> Value {
     json(kiln(state, &["executions", "show", id, "--output", "json"]))
 }
@@ -316,13 +326,9 @@ fn demo_rolls_out_a_second_commit_without_a_failed_request_and_destroy_leaves_no
 fn a_newer_commit_supersedes_waiting_and_running_executions() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    let yaml = kiln_yaml(
+    let yaml = serving_yaml(
         "quick",
-        "deploy:\n  group: quick\n  capacity: { min: 1, max: 2, desired: 1 }\n  port: 8080\n  health: { path: /VERSION, interval: 200ms }\n  deregistration_delay: 100ms\n",
-    )
-    .replace(
-        "  tests: { enabled: false }",
-        "  tests: { enabled: false }\n  entrypoint: [\"/bin/sh\", \"-c\", \"exec httpd -f -p 8080 -h /app\"]",
+        "  capacity: { min: 1, max: 2, desired: 1 }\n  health: { path: /VERSION, interval: 200ms }\n",
     );
     let slow_build = BUILDSPEC.replace(
         "      - mkdir -p out",
@@ -728,13 +734,9 @@ fn queued_executions_all_run_in_order_and_polling_finds_new_commits() {
 fn a_failed_rollout_fails_deploy_and_the_previous_version_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    let yaml = kiln_yaml(
+    let yaml = serving_yaml(
         "guarded",
-        "deploy:\n  group: guarded\n  capacity: { min: 1, max: 3, desired: 2 }\n  port: 8080\n  health: { path: /health, interval: 200ms }\n  rolling: { max_batch: 1, min_in_service: 1, batch_timeout: 3s }\n  deregistration_delay: 100ms\n",
-    )
-    .replace(
-        "  tests: { enabled: false }",
-        "  tests: { enabled: false }\n  entrypoint: [\"/bin/sh\", \"-c\", \"exec httpd -f -p 8080 -h /app\"]",
+        "  capacity: { min: 1, max: 3, desired: 2 }\n  health: { path: /health, interval: 200ms }\n  rolling: { max_batch: 1, min_in_service: 1, batch_timeout: 3s }\n",
     );
     // A VERSION of "broken" builds a site without /health.
     let buildspec = BUILDSPEC.replace(
