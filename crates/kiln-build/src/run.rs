@@ -56,6 +56,9 @@ pub struct BuildOptions {
     pub log_path: Option<PathBuf>,
     /// For the whole build.
     pub timeout: Duration,
+    /// Host directories the build must not see, such as kiln's own state
+    /// (its API token and parameters): each is covered by an empty tmpfs.
+    pub hidden: Vec<PathBuf>,
 }
 
 impl BuildOptions {
@@ -77,6 +80,7 @@ impl BuildOptions {
             parameters: None,
             log_path: None,
             timeout: DEFAULT_TIMEOUT,
+            hidden: Vec::new(),
         })
     }
 }
@@ -576,6 +580,11 @@ fn sandbox_command(opts: &BuildOptions, env: &[(String, String)]) -> Result<Comm
     cmd.arg("--bind")
         .arg(opts.workspace.join("state"))
         .arg(STATE_DIR);
+    for dir in &opts.hidden {
+        if dir.is_dir() {
+            cmd.arg("--tmpfs").arg(dir);
+        }
+    }
     cmd.args(["--remount-ro", "/"]);
     cmd.args([
         "--unshare-pid",

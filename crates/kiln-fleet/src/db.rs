@@ -158,15 +158,33 @@ impl Db {
             .collect()
     }
 
-    /// Digests of the images behind every version of every launch template
-    /// a group uses.
+    /// Digests of the images a group needs: those of its current template
+    /// version and of the version before it (what a rollback returns to),
+    /// and both sides of a rollout under way.
     pub fn images_in_use(&self) -> Result<std::collections::HashSet<String>> {
-        let used: std::collections::HashSet<String> =
-            self.groups()?.into_iter().map(|g| g.template).collect();
+        let mut wanted = std::collections::HashSet::new();
+        for g in self.groups()? {
+            wanted.insert((g.template.clone(), g.version));
+            let rollouts = self.rollouts(&g.name)?;
+            if let Some(r) = rollouts.iter().rev().find(|r| {
+                r.to_version == g.version && r.state != crate::model::RolloutState::RolledBack
+            }) {
+                wanted.insert((g.template.clone(), r.from_version));
+            }
+            for r in rollouts.iter().filter(|r| {
+                matches!(
+                    r.state,
+                    crate::model::RolloutState::InProgress | crate::model::RolloutState::RollingBack
+                )
+            }) {
+                wanted.insert((g.template.clone(), r.from_version));
+                wanted.insert((g.template.clone(), r.to_version));
+            }
+        }
         Ok(self
             .templates()?
             .into_iter()
-            .filter(|t| used.contains(&t.name))
+            .filter(|t| wanted.contains(&(t.name.clone(), t.version)))
             .map(|t| t.image_digest)
             .collect())
     }

@@ -207,6 +207,11 @@ impl Run<'_> {
                 .map(|p| p.value)
         }));
         opts.log_path = Some(log_path.to_path_buf());
+        // The API token, the parameters and other pipelines' files are
+        // kiln's, not the build's.
+        if let Ok(state) = std::fs::canonicalize(&self.env.state) {
+            opts.hidden.push(state);
+        }
         opts.timeout = build.timeout;
         let report = kiln_build::run(&spec, &opts, &mut kiln_build::NoObserver);
         let _ = std::fs::remove_dir_all(&workspace);

@@ -11,8 +11,9 @@ use kiln_image::Store;
 
 #[derive(Args)]
 pub struct GcArgs {
-    /// Images of each name to keep, newest first (every image a group's
-    /// launch template uses is kept too, and every kept image's parents).
+    /// Images of each name to keep, newest first (the images of each
+    /// group's current and previous template version are kept too, and
+    /// every kept image's parents).
     #[arg(long, default_value_t = 5)]
     keep: usize,
     /// Say what would be removed, remove nothing.

@@ -388,7 +388,9 @@ fn a_newer_commit_supersedes_waiting_and_running_executions() {
 
 #[test]
 fn a_failed_build_stops_at_build_and_retry_resumes_from_it() {
-    let tmp = tempfile::tempdir().unwrap();
+    // Outside /tmp (a tmpfs in the build sandbox anyway), so that the build
+    // would see the state directory if kiln did not hide it.
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let state = tmp.path().join("state");
     let buildspec = BUILDSPEC
         .replace(
@@ -397,7 +399,10 @@ fn a_failed_build_stops_at_build_and_retry_resumes_from_it() {
         )
         .replace(
             "      - cp VERSION out/VERSION",
-            "      - cp VERSION out/VERSION\n      - test -n \"$TOKEN\"",
+            &format!(
+                "      - cp VERSION out/VERSION\n      - test -n \"$TOKEN\"\n      - test ! -e {}/api-token",
+                state.display()
+            ),
         );
     let repo = Repo::new(
         tmp.path().join("app"),
@@ -654,7 +659,7 @@ fn queued_executions_all_run_in_order_and_polling_finds_new_commits() {
 
     let yaml = kiln_yaml(
         "inorder",
-        "execution_mode: QUEUED\ntriggers: { on_commit: true }\n",
+        "execution_mode: QUEUED\ntriggers: { on_commit: true }\nretention: { keep_images: 2 }\n",
     )
     .replace("poll_interval: 1h", "poll_interval: 1s")
     .replace(
@@ -706,6 +711,11 @@ fn queued_executions_all_run_in_order_and_polling_finds_new_commits() {
         "toolchain-1"
     );
 
+    // retention.keep_images: the two newest images of the recipe remain.
+    let images = ok(kiln(&state, &["images", "ls"]));
+    assert!(!images.contains("inorder/1.0.0/"), "{images}");
+    assert!(images.contains("inorder/1.0.1/1") && images.contains("inorder/1.0.2/1"), "{images}");
+
     // A commit nobody announces is found by polling.
     let polled = repo.commit("VERSION", "v4\n", "v4");
     wait_for(
@@ -736,7 +746,7 @@ fn a_failed_rollout_fails_deploy_and_the_previous_version_keeps_serving() {
     let state = tmp.path().join("state");
     let yaml = serving_yaml(
         "guarded",
-        "  capacity: { min: 1, max: 3, desired: 2 }\n  health: { path: /health, interval: 200ms }\n  rolling: { max_batch: 1, min_in_service: 1, batch_timeout: 3s }\n",
+        "  capacity: { min: 1, max: 3, desired: 2 }\n  health: { path: /health, interval: 200ms }\n  rolling: { max_batch: 1, min_in_service: 1, batch_timeout: 3s }\nretention: { keep_images: 1 }\n",
     );
     // A VERSION of "broken" builds a site without /health.
     let buildspec = BUILDSPEC.replace(
@@ -782,6 +792,18 @@ fn a_failed_rollout_fails_deploy_and_the_previous_version_keeps_serving() {
         &["groups", "inspect", "guarded", "--output", "json"],
     ));
     assert_eq!(group["version"], 1, "{group}");
+
+    // Fixed: the group rolls from version 1 to 3. Retention keeps the
+    // newest image and the one the previous template version uses, for a
+    // rollback; the image whose rollout failed goes.
+    repo.commit("VERSION", "fixed\n", "fix the health check");
+    let id = trigger(&state, "guarded");
+    assert_eq!(finished(&state, &id)["status"], "Succeeded");
+    assert_eq!(page(&format!("{url}/VERSION")), "fixed\n");
+    let images = ok(kiln(&state, &["images", "ls"]));
+    assert!(images.contains("guarded/1.0.2/1"), "{images}");
+    assert!(images.contains("guarded/1.0.0/1"), "{images}");
+    assert!(!images.contains("guarded/1.0.1/1"), "{images}");
     ok(kiln(&state, &["destroy", "guarded", "--yes"]));
     daemon.destroy(&[]);
 }
