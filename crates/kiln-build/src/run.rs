@@ -766,6 +766,7 @@ mod tests {
             parameters: None,
             log_path: None,
             timeout: DEFAULT_TIMEOUT,
+            hidden: Vec::new(),
         };
         assert!(matches!(
             environment(&spec, &opts),

@@ -174,7 +174,8 @@ impl Db {
             for r in rollouts.iter().filter(|r| {
                 matches!(
                     r.state,
-                    crate::model::RolloutState::InProgress | crate::model::RolloutState::RollingBack
+                    crate::model::RolloutState::InProgress
+                        | crate::model::RolloutState::RollingBack
                 )
             }) {
                 wanted.insert((g.template.clone(), r.from_version));

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
 
 use crate::model::*;
 
@@ -348,30 +347,4 @@ impl Db {
         )?;
         Ok(())
     }
-}
-
-pub fn now() -> String {
-    jiff::Timestamp::now().to_string()
-}
-
-/// What one stage hands to the next; kept so that a retry resumes with
-/// the same inputs.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Outputs {
-    pub commit: String,
-    /// The artifact set's digest and where it is.
-    pub artifact_digest: String,
-    pub artifact_dir: String,
-    /// The digest of everything the bake depends on.
-    pub inputs_digest: String,
-    pub version: String,
-    pub image: String,
-    pub image_digest: String,
-    pub template_version: u32,
-    /// Per stage, the time the user's own commands took (build phases,
-    /// component steps), to tell kiln's overhead from theirs.
-    pub commands_ms: BTreeMap<String, u64>,
-    /// Run every stage, even if only_if_changed finds nothing changed.
-    pub force: bool,
 }

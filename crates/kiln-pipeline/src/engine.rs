@@ -172,7 +172,7 @@ fn try_execute(env: &Env, control: &dyn Control, id: &str) -> Result<(), crate::
         .set_execution(id, ExecutionStatus::Succeeded, "")?;
     // A succeeded execution is never retried, so its checkout can go.
     let _ = std::fs::remove_dir_all(run.dir.join("source"));
-    retention(env, control, &run);
+    retention(env, &run);
     Ok(())
 }
 
@@ -230,9 +230,8 @@ fn only_if_changed(control: &dyn Control, run: &mut Run) -> Result<Option<String
 
 /// retention.keep_images: the newest images of this pipeline's recipe,
 /// plus every image a group's launch template uses.
-fn retention(env: &Env, control: &dyn Control, run: &Run) {
+fn retention(env: &Env, run: &Run) {
     let Some(config) = &run.config else { return };
-    let _ = control;
     let store = match kiln_image::Store::open(&env.state.join("images")) {
         Ok(s) => s,
         Err(e) => {

@@ -56,9 +56,10 @@ fn text(dir: Option<&Path>, args: &[&str]) -> Result<String> {
 /// A repository as the user names it: a URL stays as it is, a local path
 /// becomes absolute so that the daemon finds it from anywhere.
 pub fn normalize(repository: &str) -> String {
-    if repository.contains("://") || repository.contains('@') {
+    if repository.contains("://") {
         return repository.to_string();
     }
+    // user@host:path is git's scp-like syntax unless such a path exists here.
     std::fs::canonicalize(repository)
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| repository.to_string())

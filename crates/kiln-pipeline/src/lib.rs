@@ -13,5 +13,5 @@ pub mod stages;
 pub mod vars;
 
 pub use config::{Config, ExecutionMode};
-pub use manager::{DestroyReport, PipelineError, Pipelines, Trigger, read_log};
+pub use manager::{DestroyReport, PipelineError, Pipelines, read_log};
 pub use model::*;

@@ -50,37 +50,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// What started an execution, named as CodePipeline's trigger types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Trigger {
-    /// The pipeline was created.
-    #[serde(rename = "CreatePipeline")]
-    Create,
-    /// `kiln trigger`, `kiln run`.
-    #[serde(rename = "StartPipelineExecution")]
-    Manual,
-    /// Polling found a new commit on the branch.
-    #[serde(rename = "PollForSourceChanges")]
-    Poll,
-    /// A git hook (`kiln hooks install`).
-    Webhook,
-    /// triggers.schedule.
-    #[serde(rename = "CloudWatchEvent")]
-    Schedule,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Create => "CreatePipeline",
-            Trigger::Manual => "StartPipelineExecution",
-            Trigger::Poll => "PollForSourceChanges",
-            Trigger::Webhook => "Webhook",
-            Trigger::Schedule => "CloudWatchEvent",
-        }
-    }
-}
-
 /// What `kiln destroy` removed.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct DestroyReport {
@@ -288,9 +257,22 @@ impl Pipelines {
         commit: &str,
         force: bool,
     ) -> Result<Execution> {
-        let trigger = trigger.as_str();
         let db = self.db();
         let p = db.pipeline(pipeline)?;
+        // A hook and the poller may both see a new commit; it runs once.
+        if matches!(trigger, Trigger::Poll | Trigger::Webhook) && !commit.is_empty() {
+            let same = db.executions(Some(pipeline), 50)?.into_iter().find(|e| {
+                e.commit_id == commit
+                    && !matches!(
+                        e.status,
+                        ExecutionStatus::Superseded | ExecutionStatus::Stopped
+                    )
+            });
+            if let Some(e) = same {
+                return Ok(e);
+            }
+        }
+        let trigger = trigger.as_str();
         let mode = config::settings(&p.config, Path::new(&p.file))
             .map(|c| c.execution_mode)
             .unwrap_or(ExecutionMode::Superseded);
@@ -338,8 +320,8 @@ impl Pipelines {
     // ---------------------------------------------------------------- API
 
     /// Registers (or refreshes) the pipeline whose kiln.yaml is in
-    /// `repository` on `branch`; with `start`, its first execution starts,
-    /// as CodePipeline starts one when a pipeline is created.
+    /// `repository` on `branch`; with `start`, an execution starts, as
+    /// CodePipeline starts one when a pipeline is created.
     pub fn create(
         &self,
         repository: &str,
@@ -374,9 +356,15 @@ impl Pipelines {
             created: now(),
             updated: now(),
         };
+        let existed = self.db().pipeline(&pipeline.name).is_ok();
         self.db().upsert_pipeline(&pipeline)?;
         let execution = if start {
-            Some(self.enqueue(&pipeline.name, Trigger::Create, &head, false)?)
+            let trigger = if existed {
+                Trigger::Manual
+            } else {
+                Trigger::Create
+            };
+            Some(self.enqueue(&pipeline.name, trigger, &head, false)?)
         } else {
             self.db().set_last_commit(&pipeline.name, &head)?;
             None
@@ -527,55 +515,46 @@ impl Pipelines {
         }
         let me = self.clone();
         let p2 = p.clone();
-        let config2 = config.clone();
-        let blocking = tokio::task::spawn_blocking(move || me.destroy_files(&p2, config2.as_ref()))
+        let files = tokio::task::spawn_blocking(move || me.destroy_files(&p2, config.as_ref()))
             .await
             .map_err(|e| PipelineError::Io(e.to_string()))??;
-        report.images = blocking.0;
-        report.parameters = blocking.1;
-        report.hooks = blocking.2;
-        report.artifacts = blocking.3;
+        report.images = files.images;
+        report.parameters = files.parameters;
+        report.hooks = files.hooks;
+        report.artifacts = files.artifacts;
         report.executions = self.db().delete_pipeline(&p.name)?;
         let _ = std::fs::remove_dir_all(env.pipeline_dir(&p.name));
         lock(&self.inner.polled).remove(&p.name);
         Ok(())
     }
 
-    #[allow(clippy::type_complexity)]
-    fn destroy_files(
-        &self,
-        p: &Pipeline,
-        config: Option<&Config>,
-    ) -> Result<(Vec<String>, Vec<String>, Vec<String>, bool)> {
+    /// Images, parameters, hooks and artifacts, as parts of a report.
+    fn destroy_files(&self, p: &Pipeline, config: Option<&Config>) -> Result<DestroyReport> {
         let env = &self.inner.env;
-        let mut images = Vec::new();
+        let mut report = DestroyReport::default();
         if let Some(c) = config {
             let store = kiln_image::Store::open(&env.state.join("images"))
                 .map_err(|e| PipelineError::Io(e.to_string()))?;
             let in_use = env.fleet.images_in_use().unwrap_or_default();
             let _lock = store.lock().map_err(|e| PipelineError::Io(e.to_string()))?;
-            images = kiln_image::gc::collect(&store, 0, Some(&c.image.name), &in_use, false)
+            report.images = kiln_image::gc::collect(&store, 0, Some(&c.image.name), &in_use, false)
                 .map_err(|e| PipelineError::Io(e.to_string()))?
                 .images;
-        }
-        let mut parameters = Vec::new();
-        if let Some(c) = config {
             let mut params = kiln_params::Params::open(&env.state.join("kiln.db"))
                 .map_err(|e| PipelineError::Io(e.to_string()))?;
             if params.remove(&c.version.parameter).is_ok() {
-                parameters.push(c.version.parameter.clone());
+                report.parameters.push(c.version.parameter.clone());
             }
         }
-        let mut hooks = Vec::new();
         for h in &p.hooks {
             if crate::git::uninstall_hook(Path::new(h)).unwrap_or(false) {
-                hooks.push(h.clone());
+                report.hooks.push(h.clone());
             }
         }
         let artifacts = env.artifacts_dir().join(&p.name);
-        let had_artifacts = artifacts.exists();
+        report.artifacts = artifacts.exists();
         let _ = std::fs::remove_dir_all(&artifacts);
-        Ok((images, parameters, hooks, had_artifacts))
+        Ok(report)
     }
 }
 

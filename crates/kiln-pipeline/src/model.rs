@@ -5,8 +5,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::db::{Outputs, now};
-
 /// The stages of every kiln pipeline, in order.
 pub const STAGES: [&str; 5] = ["Source", "Build", "Version", "Bake", "Deploy"];
 
@@ -139,4 +137,61 @@ impl Execution {
     pub fn stage(&self, name: &str) -> Option<&Stage> {
         self.stages.iter().find(|s| s.name == name)
     }
+}
+
+/// What started an execution, named as CodePipeline's trigger types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Trigger {
+    /// The pipeline was created.
+    #[serde(rename = "CreatePipeline")]
+    Create,
+    /// `kiln trigger`, `kiln run`.
+    #[serde(rename = "StartPipelineExecution")]
+    Manual,
+    /// Polling found a new commit on the branch.
+    #[serde(rename = "PollForSourceChanges")]
+    Poll,
+    /// A git hook (`kiln hooks install`).
+    Webhook,
+    /// triggers.schedule.
+    #[serde(rename = "CloudWatchEvent")]
+    Schedule,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Create => "CreatePipeline",
+            Trigger::Manual => "StartPipelineExecution",
+            Trigger::Poll => "PollForSourceChanges",
+            Trigger::Webhook => "Webhook",
+            Trigger::Schedule => "CloudWatchEvent",
+        }
+    }
+}
+
+pub fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+/// What one stage hands to the next; kept so that a retry resumes with
+/// the same inputs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Outputs {
+    pub commit: String,
+    /// The artifact set's digest and where it is.
+    pub artifact_digest: String,
+    pub artifact_dir: String,
+    /// The digest of everything the bake depends on.
+    pub inputs_digest: String,
+    pub version: String,
+    pub image: String,
+    pub image_digest: String,
+    pub template_version: u32,
+    /// Per stage, the time the user's own commands took (build phases,
+    /// component steps), to tell kiln's overhead from theirs.
+    pub commands_ms: BTreeMap<String, u64>,
+    /// Run every stage, even if only_if_changed finds nothing changed.
+    pub force: bool,
 }

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::config::{self, Config};
-use crate::db::Outputs;
 use crate::git::Mirror;
-use crate::model::{Execution, Pipeline};
+use crate::model::{Execution, Outputs, Pipeline};
 use crate::vars::{Variables, substitute, substitute_known};
 use kiln_fleet::{Fleet, GroupUpdate, RolloutState, TemplateSpec};
 

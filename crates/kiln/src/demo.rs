@@ -164,10 +164,14 @@ impl Daemon {
         std::fs::create_dir_all(&state.path)?;
         let _ = std::fs::remove_file(state.join(crate::serve::DAEMON_FILE));
         let log = std::fs::File::create(state.join("demo-daemon.log"))?;
+        // Its own process group: Ctrl-C reaches the demo, which destroys
+        // the pipeline through the daemon before stopping it.
+        use std::os::unix::process::CommandExt;
         let child = Command::new(std::env::current_exe()?)
             .arg("--state-dir")
             .arg(&state.path)
             .arg("serve")
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
