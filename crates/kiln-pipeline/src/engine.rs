@@ -9,13 +9,6 @@ use crate::db::Db;
 use crate::model::{Execution, ExecutionStatus, STAGES, StageStatus};
 use crate::stages::{Env, Outcome, Run, StageLog};
 
-/// What the engine asks its owner between stages.
-pub trait Control: Sync {
-    /// The pipeline is being destroyed: stop before the next stage.
-    fn cancelled(&self, pipeline: &str) -> bool;
-    fn db(&self) -> std::sync::MutexGuard<'_, Db>;
-}
-
 pub fn log_path(env: &Env, e: &Execution, stage: &str) -> PathBuf {
     env.execution_dir(&e.pipeline, &e.id)
         .join(format!("{stage}.log"))
@@ -25,26 +18,30 @@ fn lock(db: &Mutex<Db>) -> std::sync::MutexGuard<'_, Db> {
     db.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What executions share with the daemon: the database, and the
+/// pipelines being destroyed.
 pub struct Shared {
     pub db: Mutex<Db>,
     pub cancelled: Mutex<std::collections::HashSet<String>>,
 }
 
-impl Control for Shared {
-    fn cancelled(&self, pipeline: &str) -> bool {
+impl Shared {
+    /// The pipeline is being destroyed: its execution stops before the
+    /// next stage.
+    pub fn cancelled(&self, pipeline: &str) -> bool {
         self.cancelled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(pipeline)
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, Db> {
+    pub fn db(&self) -> std::sync::MutexGuard<'_, Db> {
         lock(&self.db)
     }
 }
 
 /// Runs execution `id` from its first stage that has not succeeded.
-pub fn execute(env: &Env, control: &dyn Control, id: &str) {
+pub fn execute(env: &Env, control: &Shared, id: &str) {
     if let Err(e) = try_execute(env, control, id) {
         tracing::error!(execution = id, error = %e, "execution could not run");
         let _ = control
@@ -53,7 +50,7 @@ pub fn execute(env: &Env, control: &dyn Control, id: &str) {
     }
 }
 
-fn try_execute(env: &Env, control: &dyn Control, id: &str) -> Result<(), crate::db::DbError> {
+fn try_execute(env: &Env, control: &Shared, id: &str) -> Result<(), crate::db::DbError> {
     let execution = control.db().execution(id)?;
     let pipeline = control.db().pipeline(&execution.pipeline)?;
     let dir = env.execution_dir(&pipeline.name, &execution.id);
@@ -152,6 +149,9 @@ fn try_execute(env: &Env, control: &dyn Control, id: &str) -> Result<(), crate::
                     .set_stage(id, stage, StageStatus::Skipped, &why)?;
             }
             Err(message) => {
+                // Files in the checkout are named as the repository has them.
+                let checkout = format!("{}/", run.dir.join("source").display());
+                let message = message.replace(&checkout, "");
                 let mut log = StageLog::open(path);
                 log.line(&format!("stage {stage} failed: {message}"));
                 control
@@ -178,7 +178,7 @@ fn try_execute(env: &Env, control: &dyn Control, id: &str) -> Result<(), crate::
 
 /// Ends the execution with `status`; stages from `from` on were not run.
 fn stop(
-    control: &dyn Control,
+    control: &Shared,
     e: &Execution,
     from: usize,
     status: ExecutionStatus,
@@ -192,7 +192,7 @@ fn stop(
 }
 
 /// In SUPERSEDED mode, a newer execution waiting for this pipeline.
-fn newer_waiting(control: &dyn Control, e: &Execution) -> Result<Option<i64>, crate::db::DbError> {
+fn newer_waiting(control: &Shared, e: &Execution) -> Result<Option<i64>, crate::db::DbError> {
     let db = control.db();
     let pipeline = db.pipeline(&e.pipeline)?;
     let mode = crate::config::settings(&pipeline.config, std::path::Path::new(&pipeline.file))
@@ -211,7 +211,7 @@ fn newer_waiting(control: &dyn Control, e: &Execution) -> Result<Option<i64>, cr
 
 /// triggers.only_if_changed: why the rest is skipped, if nothing the bake
 /// depends on changed since an execution that baked it.
-fn only_if_changed(control: &dyn Control, run: &mut Run) -> Result<Option<String>, String> {
+fn only_if_changed(control: &Shared, run: &mut Run) -> Result<Option<String>, String> {
     let wanted = run.config()?.triggers.only_if_changed && !run.out.force;
     let earlier = control
         .db()
@@ -229,7 +229,7 @@ fn only_if_changed(control: &dyn Control, run: &mut Run) -> Result<Option<String
 }
 
 /// retention.keep_images: the newest images of this pipeline's recipe,
-/// plus every image a group's launch template uses.
+/// plus those of every group's current and previous template version.
 fn retention(env: &Env, run: &Run) {
     let Some(config) = &run.config else { return };
     let store = match kiln_image::Store::open(&env.state.join("images")) {

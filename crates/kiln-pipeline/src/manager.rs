@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 
 use crate::config::{self, Config, ExecutionMode};
 use crate::db::{Db, DbError};
-use crate::engine::{self, Control, Shared};
+use crate::engine::{self, Shared};
 use crate::git::{GitError, Mirror};
 use crate::model::*;
 use crate::stages::Env;

@@ -821,3 +821,52 @@ fn a_failed_rollout_fails_deploy_and_the_previous_version_keeps_serving() {
     ok(kiln(&state, &["destroy", "guarded", "--yes"]));
     daemon.destroy(&[]);
 }
+
+#[test]
+fn an_invalid_kiln_yaml_is_refused_at_create_and_fails_a_commit_at_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let repo = Repo::new(
+        tmp.path().join("app"),
+        &kiln_yaml("strict", "deploy: { group: strict, prot: 8080 }\n"),
+        BUILDSPEC,
+        &component(0),
+    );
+    let mut daemon = Daemon::start(&state);
+    let out = kiln(&state, &["pipelines", "create", repo.dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("kiln.yaml:11:26: deploy.prot: unknown field"),
+        "{err}"
+    );
+    assert!(!err.contains(tmp.path().to_str().unwrap()), "{err}");
+
+    repo.commit("kiln.yaml", &kiln_yaml("strict", ""), "valid");
+    ok(kiln(
+        &state,
+        &[
+            "pipelines",
+            "create",
+            repo.dir.to_str().unwrap(),
+            "--no-start",
+        ],
+    ));
+    repo.commit(
+        "kiln.yaml",
+        &kiln_yaml("strict", "triggers: { schedule: \"cron(61 * * * ? *)\" }\n"),
+        "a bad schedule",
+    );
+    let id = trigger(&state, "strict");
+    let e = finished(&state, &id);
+    assert_eq!(e["status"], "Failed");
+    assert_eq!(stage(&e, "Source")["status"], "Failed");
+    let reason = e["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("stage Source failed: kiln.yaml:11:"),
+        "{reason}"
+    );
+    assert!(reason.contains("triggers.schedule"), "{reason}");
+    ok(kiln(&state, &["destroy", "strict", "--yes"]));
+    daemon.destroy(&[]);
+}
