@@ -95,7 +95,10 @@ impl Db {
 
     pub fn set_pipeline_config(&self, name: &str, config: &str) -> Result<()> {
         self.conn.execute(
-            "UPDATE pipelines SET config = ?2, updated = ?3 WHERE name = ?1",
+            // A changed schedule is computed afresh.
+            "UPDATE pipelines SET config = ?2, updated = ?3,
+                 next_schedule = CASE WHEN config = ?2 THEN next_schedule ELSE '' END
+             WHERE name = ?1",
             params![name, config, now()],
         )?;
         Ok(())

@@ -570,6 +570,13 @@ impl Pipelines {
 
     /// A stage's log from byte `offset` on.
     pub fn log(&self, id: &str, stage: &str, offset: u64) -> Result<(String, u64)> {
+        // The name becomes part of a path: only the stages' own names.
+        if !STAGES.contains(&stage) {
+            return Err(PipelineError::Config(format!(
+                "{stage:?} is not a stage (expected one of: {})",
+                STAGES.join(", ")
+            )));
+        }
         let e = self.db().execution(id)?;
         read_log(&engine::log_path(&self.inner.env, &e, stage), offset)
     }

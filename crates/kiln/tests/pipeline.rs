@@ -440,6 +440,13 @@ fn a_failed_build_stops_at_build_and_retry_resumes_from_it() {
         &["executions", "logs", &id, "--stage", "Build"],
     ));
     assert!(log.contains("/retry/Token"), "{log}");
+    // Stage names only: the log endpoint reads no other file.
+    let out = kiln(
+        &state,
+        &["executions", "logs", &id, "--stage", "../../../../kiln"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a stage"));
     let source_started = stage(&failed, "Source")["started"].clone();
 
     ok(kiln(
