@@ -282,9 +282,16 @@ fn a_killed_instance_is_replaced() {
         "{gone}"
     );
     assert_eq!(g["instances"].as_array().unwrap().len(), 2);
-    // Images a group's launch template uses survive retention.
+    // Retention keeps the newest image (3.0.0) and the one the group's
+    // current template version uses (1.0.0); template version 2 is neither
+    // the group's current nor its previous one, so its image goes.
     let gc: Value = json(kiln(&state, &["gc", "--keep", "1", "--output", "json"]));
-    assert_eq!(gc["images"], serde_json::json!([]), "{gc}");
+    assert_eq!(gc["images"], serde_json::json!(["web/2.0.0/1"]), "{gc}");
+    let images = ok(kiln(&state, &["images", "ls"]));
+    assert!(
+        images.contains("web/1.0.0/1") && images.contains("web/3.0.0/1"),
+        "{images}"
+    );
     daemon.destroy(&["web"]);
 }
 
