@@ -170,8 +170,17 @@ fn try_execute(env: &Env, control: &Shared, id: &str) -> Result<(), crate::db::D
     control
         .db()
         .set_execution(id, ExecutionStatus::Succeeded, "")?;
-    // A succeeded execution is never retried, so its checkout can go.
+    // Only the latest execution's failure can be retried, as in
+    // CodePipeline; the checkouts kept for older ones can go, and so can
+    // this one's.
     let _ = std::fs::remove_dir_all(run.dir.join("source"));
+    for older in control.db().executions(Some(&pipeline.name), 1000)? {
+        if older.seq < execution.seq && older.status.is_final() {
+            let _ = std::fs::remove_dir_all(
+                env.execution_dir(&pipeline.name, &older.id).join("source"),
+            );
+        }
+    }
     retention(env, &run);
     Ok(())
 }

@@ -428,6 +428,16 @@ impl Pipelines {
     pub fn retry(&self, id: &str) -> Result<Execution> {
         let db = self.db();
         let e = db.execution(id)?;
+        if let Some(newer) = db
+            .executions(Some(&e.pipeline), 1000)?
+            .into_iter()
+            .find(|n| n.seq > e.seq && n.status == ExecutionStatus::Succeeded)
+        {
+            return Err(PipelineError::Conflict(format!(
+                "execution #{} succeeded after {} (#{}); only the latest failure can be retried: start a new execution with `kiln trigger {}`",
+                newer.seq, e.id, e.seq, e.pipeline
+            )));
+        }
         if !matches!(e.status, ExecutionStatus::Failed | ExecutionStatus::Stopped) {
             return Err(PipelineError::Conflict(format!(
                 "execution {} is {}; only a failed or stopped execution can be retried",

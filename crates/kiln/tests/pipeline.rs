@@ -467,6 +467,23 @@ fn a_failed_build_stops_at_build_and_retry_resumes_from_it() {
         !all_logs.contains("s3cr3t-value"),
         "a secret reached the logs"
     );
+    // Once a later execution has succeeded, an older failure is history.
+    ok(kiln(&state, &["params", "rm", "/retry/Token"]));
+    let second = trigger(&state, "retry");
+    assert_eq!(finished(&state, &second)["status"], "Failed");
+    ok(kiln(
+        &state,
+        &["params", "put", "/retry/Token", "s3cr3t-value"],
+    ));
+    let third = trigger(&state, "retry");
+    assert_eq!(finished(&state, &third)["status"], "Succeeded");
+    let out = kiln(&state, &["executions", "retry", &second]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("only the latest failure can be retried"),
+        "{err}"
+    );
     ok(kiln(&state, &["destroy", "retry", "--yes"]));
     daemon.destroy(&[]);
 }
