@@ -235,6 +235,43 @@ fn finish(client: &Client, id: &str, follow: bool, output: Format) -> anyhow::Re
     })
 }
 
+/// Stage lines on stderr; on a terminal, a spinner for the stage running.
+struct StageProgress {
+    terminal: bool,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl StageProgress {
+    fn line(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn running(&mut self, stage: &str) {
+        if !self.terminal {
+            self.line(&format!("==> {stage:<8} InProgress"));
+            return;
+        }
+        self.done();
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.set_message(format!("{stage} in progress"));
+        bar.enable_steady_tick(Duration::from_millis(100));
+        self.bar = Some(bar);
+    }
+
+    fn done(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 /// Polls an execution until it ends, printing stage transitions and,
 /// with `logs`, each stage's log as it grows.
 pub fn follow_execution(
@@ -246,6 +283,10 @@ pub fn follow_execution(
 ) -> anyhow::Result<Value> {
     let mut shown: Vec<(String, String)> = Vec::new();
     let mut offsets = std::collections::HashMap::<String, u64>::new();
+    let mut progress = StageProgress {
+        terminal: std::io::stderr().is_terminal(),
+        bar: None,
+    };
     loop {
         let e = client.get(&format!("/v1/executions/{id}"))?;
         if print {
@@ -257,26 +298,31 @@ pub fn follow_execution(
                     let chunk = client.get(&format!(
                         "/v1/executions/{id}/logs?stage={name}&offset={offset}"
                     ))?;
-                    let text = chunk["text"].as_str().unwrap_or_default();
-                    if !text.is_empty() {
-                        for line in text.lines() {
-                            eprintln!("    {name:<7}| {line}");
-                        }
+                    for line in chunk["text"].as_str().unwrap_or_default().lines() {
+                        progress.line(&format!("    {name:<7}| {line}"));
                     }
                     *offset = chunk["next_offset"].as_u64().unwrap_or(*offset);
                 }
-                if !shown.contains(&(name.clone(), status.clone())) && status != "Pending" {
-                    let summary = stage["summary"].as_str().unwrap_or_default();
-                    eprintln!("==> {name:<8} {status:<11} {summary}");
-                    shown.push((name, status));
+                if status == "Pending" || shown.contains(&(name.clone(), status.clone())) {
+                    continue;
                 }
+                if status == "InProgress" {
+                    progress.running(&name);
+                } else {
+                    progress.done();
+                    let summary = stage["summary"].as_str().unwrap_or_default();
+                    progress.line(&format!("==> {name:<8} {status:<11} {summary}"));
+                }
+                shown.push((name, status));
             }
         }
         let status = e["status"].as_str().unwrap_or_default();
         if stop() {
+            progress.done();
             return Ok(e);
         }
         if !matches!(status, "Pending" | "InProgress") {
+            progress.done();
             if print {
                 let reason = e["reason"].as_str().unwrap_or_default();
                 eprintln!(

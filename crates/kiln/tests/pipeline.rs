@@ -512,15 +512,14 @@ fn a_schedule_with_only_if_changed_bakes_once_for_unchanged_inputs() {
     );
     let repo = Repo::new(tmp.path().join("app"), &yaml, BUILDSPEC, &component(0));
     let mut daemon = Daemon::start(&state);
-    ok(kiln(
+    // A URL, as for a remote repository.
+    let url = format!("file://{}", repo.dir.display());
+    ok(kiln(&state, &["pipelines", "create", &url, "--no-start"]));
+    let p = json(kiln(
         &state,
-        &[
-            "pipelines",
-            "create",
-            repo.dir.to_str().unwrap(),
-            "--no-start",
-        ],
+        &["pipelines", "show", "nightly", "--output", "json"],
     ));
+    assert_eq!(p["repository"], url.as_str());
     wait_for("the next scheduled time", Duration::from_secs(10), || {
         let p = json(kiln(
             &state,
@@ -548,6 +547,10 @@ fn a_schedule_with_only_if_changed_bakes_once_for_unchanged_inputs() {
     for s in ["Version", "Bake", "Deploy"] {
         assert_eq!(stage(&list[1], s)["status"], "Skipped", "{}", list[1]);
     }
+    assert_eq!(
+        list[0]["variables"]["SourceVariables"]["RepositoryName"],
+        "app"
+    );
     assert!(
         stage(&list[1], "Version")["summary"]
             .as_str()
