@@ -413,6 +413,8 @@ impl Run<'_> {
             artifacts: Some(kiln_toe::ArtifactStore {
                 bucket: ARTIFACT_BUCKET.into(),
                 dir: self.env.artifacts_dir(),
+                // Another pipeline's artifacts are not this bake's to read.
+                prefix: format!("{}/", self.pipeline.name),
             }),
             source_commit: Some(self.out.commit.clone()),
             source_labels: source

@@ -47,6 +47,9 @@ pub struct Instance {
 pub struct ArtifactStore {
     pub bucket: String,
     pub dir: PathBuf,
+    /// Only keys below this prefix are reachable (a pipeline's own
+    /// `PIPELINE/`); empty for the whole bucket.
+    pub prefix: String,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -587,6 +587,45 @@ fn s3_uris_resolve_to_the_artifact_bucket_only() {
 }
 
 #[test]
+fn a_prefix_keeps_a_pipeline_to_its_own_artifacts() {
+    let f = Fixture::with_bash();
+    for (dir, content) in [("mine/1", "ours"), ("theirs/1", "not ours")] {
+        let d = f.dir.path().join("artifacts").join(dir);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("file"), content).unwrap();
+    }
+    let mut opts = f.options();
+    if let Some(store) = &mut opts.artifacts {
+        store.prefix = "mine/".into();
+    }
+    let yaml = doc(r#"
+  - name: build
+    steps:
+      - name: Own
+        action: S3Download
+        inputs:
+          - source: s3://kiln-artifacts/mine/1/file
+            destination: /own
+      - name: Other
+        action: S3Download
+        onFailure: Continue
+        inputs:
+          - source: s3://kiln-artifacts/theirs/1/file
+            destination: /other
+"#);
+    let e = f.run_with(&yaml, &f.instance(false), &opts);
+    assert_eq!(step(&e, "build", "Own").status, Status::Success);
+    assert_eq!(f.file("/own"), "ours");
+    let other = step(&e, "build", "Other");
+    assert_eq!(other.status, Status::Failed);
+    assert!(
+        other.failure_message.contains("s3://kiln-artifacts/mine/"),
+        "{}",
+        other.failure_message
+    );
+}
+
+#[test]
 fn web_download_checks_the_checksum_and_creates_folders() {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -68,6 +68,7 @@ pub fn main(args: BakeArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
         artifacts: Some(kiln_toe::ArtifactStore {
             bucket: "kiln-artifacts".into(),
             dir: state.join("artifacts/kiln-artifacts"),
+            prefix: String::new(),
         }),
         source_commit: args.source_commit.clone(),
         source_labels: Default::default(),

@@ -155,7 +155,7 @@ impl Daemon {
         if let Ok(c) = Client::connect(state)
             && c.get("/v1/health").is_ok()
         {
-            eprintln!(
+            say!(
                 "==> using the kiln daemon already running for {}",
                 state.path.display()
             );
@@ -183,7 +183,7 @@ impl Daemon {
             if let Ok(c) = Client::connect(state)
                 && c.get("/v1/health").is_ok()
             {
-                eprintln!(
+                say!(
                     "==> started a kiln daemon (log: {})",
                     state.join("demo-daemon.log").display()
                 );
@@ -305,7 +305,7 @@ fn timings(e: &Value) -> Value {
 }
 
 fn print_timings(label: &str, t: &Value, commit_to_serving: f64) {
-    eprintln!("    {label}: commit to serving {commit_to_serving:.2}s");
+    say!("    {label}: commit to serving {commit_to_serving:.2}s");
     for s in t["stages"].as_array().into_iter().flatten() {
         let name = s["name"].as_str().unwrap_or_default();
         let commands = s["commands_seconds"]
@@ -317,7 +317,7 @@ fn print_timings(label: &str, t: &Value, commit_to_serving: f64) {
                 )
             })
             .unwrap_or_default();
-        eprintln!(
+        say!(
             "      {name:<8} {:>6.2}s {}{commands}",
             s["seconds"].as_f64().unwrap_or(0.0),
             s["status"].as_str().unwrap_or_default()
@@ -333,14 +333,14 @@ pub fn main(args: DemoArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
         std::env::current_dir()?.join(&args.dir)
     };
     write_repo(&dir)?;
-    eprintln!("==> wrote the sample repository to {}", dir.display());
+    say!("==> wrote the sample repository to {}", dir.display());
     let (mut daemon, client) = Daemon::ensure(state)?;
     let result = run(&args, &dir, &client, state);
     let interrupted = stopping();
     if !args.keep {
-        eprintln!("==> cleaning up: kiln destroy demo");
+        say!("==> cleaning up: kiln destroy demo");
         if let Err(e) = client.send("DELETE", "/v1/pipelines/demo", None) {
-            eprintln!("warning: {e:#}");
+            say!("warning: {e:#}");
         }
         daemon.stop();
     } else if daemon.child.is_some() {
@@ -359,7 +359,7 @@ pub fn main(args: DemoArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
             })
         }
         Err(e) if interrupted => {
-            eprintln!("interrupted: {e:#}");
+            say!("interrupted: {e:#}");
             Ok(ExitCode::from(130))
         }
         Err(e) => Err(e),
@@ -379,7 +379,7 @@ fn run(args: &DemoArgs, dir: &Path, client: &Client, state: &StateDir) -> anyhow
         .as_str()
         .context("the daemon started no execution")?
         .to_string();
-    eprintln!("==> pipeline demo created; execution #1 runs the first commit");
+    say!("==> pipeline demo created; execution #1 runs the first commit");
     let first = follow_until(client, &id)?;
     let cold = first_commit.elapsed().as_secs_f64();
     anyhow::ensure!(
@@ -392,8 +392,8 @@ fn run(args: &DemoArgs, dir: &Path, client: &Client, state: &StateDir) -> anyhow
         .as_str()
         .unwrap_or_default()
         .to_string();
-    eprintln!("==> serving at {url}/");
-    eprintln!("{}", page(&format!("{url}/")).trim());
+    say!("==> serving at {url}/");
+    say!("{}", page(&format!("{url}/")).trim());
 
     // The post-commit hook triggers the next execution as the commit lands.
     let exe = std::env::current_exe()?;
@@ -407,7 +407,7 @@ fn run(args: &DemoArgs, dir: &Path, client: &Client, state: &StateDir) -> anyhow
     let load = Load::start(&format!("{url}/"));
     let second_start = Instant::now();
     let commit = second_commit(dir)?;
-    eprintln!(
+    say!(
         "==> committed {} (\"A new greeting\"); the hook triggers execution #2 while requests run against {url}",
         &commit[..12]
     );
@@ -422,8 +422,8 @@ fn run(args: &DemoArgs, dir: &Path, client: &Client, state: &StateDir) -> anyhow
         second["status"],
         second["reason"]
     );
-    eprintln!("==> {ok} requests during the rollout, {failed} failed");
-    eprintln!("{}", page(&format!("{url}/")).trim());
+    say!("==> {ok} requests during the rollout, {failed} failed");
+    say!("{}", page(&format!("{url}/")).trim());
     let report = json!({
         "url": url,
         "repository": dir.display().to_string(),
@@ -431,12 +431,12 @@ fn run(args: &DemoArgs, dir: &Path, client: &Client, state: &StateDir) -> anyhow
         "warm": { "commit_to_serving_seconds": warm, "execution": timings(&second) },
         "requests_during_rollout": { "ok": ok, "failed": failed },
     });
-    eprintln!("==> timings");
+    say!("==> timings");
     print_timings("first commit (cold)", &report["cold"]["execution"], cold);
     print_timings("second commit (warm)", &report["warm"]["execution"], warm);
     let wait = !args.exit && std::io::stdin().is_terminal();
     if wait {
-        eprintln!(
+        say!(
             "==> the demo group serves at {url}/ ; try `kiln executions ls` in another terminal. Ctrl-C stops everything."
         );
         while !stopping() {

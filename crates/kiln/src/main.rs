@@ -7,6 +7,15 @@
 //! the load balancer will run on tokio, with blocking work (processes,
 //! tar, hashing, copying trees) in `spawn_blocking`.
 
+/// `eprintln!` that never panics: when stderr is a pipe that went away
+/// (`kiln demo | tee` and Ctrl-C), clean-up still runs.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod bake;
 mod client;
 mod demo;

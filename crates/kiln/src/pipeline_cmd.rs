@@ -245,7 +245,7 @@ impl StageProgress {
     fn line(&self, text: &str) {
         match &self.bar {
             Some(bar) => bar.println(text),
-            None => eprintln!("{text}"),
+            None => say!("{text}"),
         }
     }
 
@@ -325,7 +325,7 @@ pub fn follow_execution(
             progress.done();
             if print {
                 let reason = e["reason"].as_str().unwrap_or_default();
-                eprintln!(
+                say!(
                     "execution #{} {status}{}",
                     e["seq"],
                     if reason.is_empty() {

@@ -251,6 +251,7 @@ fn run(args: RunArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
         artifacts: Some(kiln_toe::ArtifactStore {
             bucket: args.artifact_bucket.clone(),
             dir: state.join("artifacts").join(&args.artifact_bucket),
+            prefix: String::new(),
         }),
         deadline: None,
     };

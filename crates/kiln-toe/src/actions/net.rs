@@ -167,6 +167,12 @@ fn store_path(ctx: &Ctx, uri: &str) -> Result<(PathBuf, String), ActionError> {
             "{uri}: the key may not hold `..` or start with `/`"
         )));
     }
+    if !key.starts_with(&store.prefix) {
+        return Err(fail(format!(
+            "{uri}: only keys below s3://{}/{} are this pipeline's",
+            store.bucket, store.prefix
+        )));
+    }
     Ok((store.dir.clone(), key.to_string()))
 }
 

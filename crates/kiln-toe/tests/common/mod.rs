@@ -53,6 +53,7 @@ impl Fixture {
             artifacts: Some(ArtifactStore {
                 bucket: "kiln-artifacts".into(),
                 dir: self.dir.path().join("artifacts"),
+                prefix: String::new(),
             }),
             ..Default::default()
         }
