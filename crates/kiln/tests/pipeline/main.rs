@@ -1,0 +1,10 @@
+//! Pipelines as a user runs them: a git repository with kiln.yaml, the
+//! daemon, commits, executions stage by stage, and `kiln destroy`.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod support;
+
+mod demo;
+mod executions;
+mod recovery;

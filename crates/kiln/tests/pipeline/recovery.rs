@@ -1,0 +1,154 @@
+//! Failures and their way back: a build that fails and is retried, and a
+//! daemon killed in the middle of a bake.
+
+use std::time::Duration;
+
+use super::common::*;
+use super::support::*;
+
+#[test]
+fn a_failed_build_stops_at_build_and_retry_resumes_from_it() {
+    // Outside /tmp (a tmpfs in the build sandbox anyway), so that the build
+    // would see the state directory if kiln did not hide it.
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let api_token = tmp.path().join("state/api-token");
+    let buildspec = BUILDSPEC
+        .replace(
+            "phases:",
+            "env:\n  parameter-store:\n    TOKEN: /retry/Token\nphases:",
+        )
+        .replace(
+            "      - cp VERSION out/VERSION",
+            &format!(
+                "      - cp VERSION out/VERSION\n      - test -n \"$TOKEN\"\n      - test ! -e {}",
+                api_token.display()
+            ),
+        );
+    let s = Setup::in_dir(tmp, &kiln_yaml("retry", ""), &buildspec, &component(0));
+    let state = &s.state;
+    let created = s.create(&[]);
+    let id = created["execution"]["id"].as_str().unwrap().to_string();
+    let failed = finished(state, &id);
+    assert_eq!(failed["status"], "Failed");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("stage Build failed"),
+        "{failed}"
+    );
+    assert_eq!(stage(&failed, "Build")["status"], "Failed");
+    for s in ["Version", "Bake", "Deploy"] {
+        assert_eq!(stage(&failed, s)["status"], "Cancelled");
+    }
+    let log = ok(kiln(
+        state,
+        &["executions", "logs", &id, "--stage", "Build"],
+    ));
+    assert!(log.contains("/retry/Token"), "{log}");
+    // Stage names only: the log endpoint reads no other file.
+    let out = kiln(
+        state,
+        &["executions", "logs", &id, "--stage", "../../../../kiln"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a stage"));
+    let source_started = stage(&failed, "Source")["started"].clone();
+
+    ok(kiln(
+        state,
+        &["params", "put", "/retry/Token", "s3cr3t-value"],
+    ));
+    let out = kiln(state, &["executions", "retry", &id, "--follow"]);
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{text}");
+    let done = execution(state, &id);
+    assert_eq!(done["status"], "Succeeded");
+    // Resumed at Build: Source ran once, with the same commit.
+    assert_eq!(stage(&done, "Source")["started"], source_started);
+    assert_eq!(stage(&done, "Bake")["status"], "Succeeded");
+    assert_eq!(done["variables"]["BakeVariables"]["Image"], "retry/1.0.0/1");
+    let all_logs = ok(kiln(state, &["executions", "logs", &id]));
+    assert!(
+        !all_logs.contains("s3cr3t-value"),
+        "a secret reached the logs"
+    );
+    // Once a later execution has succeeded, an older failure is history.
+    ok(kiln(state, &["params", "rm", "/retry/Token"]));
+    let second = trigger(state, "retry");
+    assert_eq!(finished(state, &second)["status"], "Failed");
+    ok(kiln(
+        state,
+        &["params", "put", "/retry/Token", "s3cr3t-value"],
+    ));
+    let third = trigger(state, "retry");
+    assert_eq!(finished(state, &third)["status"], "Succeeded");
+    let out = kiln(state, &["executions", "retry", &second]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("only the latest failure can be retried"),
+        "{err}"
+    );
+    s.finish("retry");
+}
+
+#[test]
+fn a_daemon_killed_during_a_bake_leaves_a_failed_execution_and_no_partial_image() {
+    let mut s = Setup::new(&kiln_yaml("crash", ""), BUILDSPEC, &component(4));
+    let state = s.state.clone();
+    let created = s.create(&[]);
+    let id = created["execution"]["id"].as_str().unwrap().to_string();
+    wait_for("the bake's slow step", Duration::from_secs(60), || {
+        let log = ok(kiln(
+            &state,
+            &["executions", "logs", &id, "--stage", "Bake"],
+        ));
+        log.contains("Success build/Download")
+    });
+    s.daemon.kill9();
+    // The bake's sandbox dies with the daemon.
+    wait_for(
+        "the bake's processes to end",
+        Duration::from_secs(10),
+        || kiln_sandbox::instance::processes_with_root_below(&state).is_empty(),
+    );
+
+    s.daemon = Daemon::start(&state);
+    let e = execution(&state, &id);
+    assert_eq!(e["status"], "Failed", "{e}");
+    assert!(
+        e["reason"]
+            .as_str()
+            .unwrap()
+            .contains("daemon stopped during stage Bake"),
+        "{e}"
+    );
+    assert_eq!(stage(&e, "Bake")["status"], "Failed");
+    let images = ok(kiln(&state, &["images", "ls"]));
+    assert!(!images.contains("crash/"), "{images}");
+    assert!(
+        mounts_below(&state).is_empty(),
+        "{:?}",
+        mounts_below(&state)
+    );
+    let tmp_entries: Vec<_> = std::fs::read_dir(state.join("images/tmp"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(tmp_entries.is_empty(), "{tmp_entries:?}");
+
+    // Retry resumes at Bake, with the version handed out once.
+    let out = kiln(&state, &["executions", "retry", &id, "--follow"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e = execution(&state, &id);
+    assert_eq!(e["variables"]["BakeVariables"]["Image"], "crash/1.0.0/1");
+    assert_eq!(
+        ok(kiln(&state, &["params", "get", "/crash/ImageVersion"])).trim(),
+        "1.0.1"
+    );
+    s.finish("crash");
+}
