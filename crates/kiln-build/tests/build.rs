@@ -346,42 +346,10 @@ fn a_build_is_killed_at_its_timeout() {
     );
 }
 
-/// Copies a host binary and the libraries ldd names into `root`.
-fn copy_with_libs(binary: &Path, root: &Path) {
-    let out = std::process::Command::new("ldd")
-        .arg(binary)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut files = vec![binary.to_path_buf()];
-    for line in text.lines() {
-        let path = line
-            .split("=>")
-            .nth(1)
-            .unwrap_or(line)
-            .split_whitespace()
-            .next()
-            .unwrap_or("");
-        if path.starts_with('/') {
-            files.push(PathBuf::from(path));
-        }
-    }
-    for file in files {
-        let real = fs::canonicalize(&file).unwrap();
-        for target in [file.clone(), real.clone()] {
-            let dest = root.join(target.strip_prefix("/").unwrap());
-            fs::create_dir_all(dest.parent().unwrap()).unwrap();
-            if fs::symlink_metadata(&dest).is_err() {
-                fs::copy(&real, &dest).unwrap();
-            }
-        }
-    }
-}
-
 #[test]
 fn bash_carries_state_across_phases_too() {
     let f = Fixture::new();
-    copy_with_libs(Path::new("/bin/bash"), &f.root);
+    kiln_sandbox::busybox::add_host_program(&f.root, Path::new("/bin/bash")).unwrap();
     let report = f.run(
         r#"
 version: 0.2

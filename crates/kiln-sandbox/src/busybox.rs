@@ -183,6 +183,44 @@ pub fn assemble(dest: &Path) -> Result<(), BusyboxError> {
     Ok(())
 }
 
+/// Copies a dynamically linked host program into `root` with every
+/// library `ldd` says it loads, each at its own path (a symlinked name and
+/// its target both), so that a busybox root can run a host tool such as
+/// bash. Files already in the root stay as they are.
+pub fn add_host_program(root: &Path, program: &Path) -> std::io::Result<()> {
+    let out = Command::new("ldd").arg(program).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut files = vec![program.to_path_buf()];
+    for line in text.lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
+        // "/lib64/ld-linux-x86-64.so.2 (0x...)".
+        let path = line
+            .split("=>")
+            .nth(1)
+            .unwrap_or(line)
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
+        if path.starts_with('/') {
+            files.push(PathBuf::from(path));
+        }
+    }
+    for file in files {
+        let real = std::fs::canonicalize(&file)?;
+        for name in [&file, &real] {
+            let relative = name.strip_prefix("/").unwrap_or(name);
+            let dest = root.join(relative);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            if std::fs::symlink_metadata(&dest).is_err() {
+                std::fs::copy(&real, &dest)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,6 @@ use kiln_toe::{Instance, Quiet, RunOptions};
 // The test suites' root set-up: busybox plus the host's bash.
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::copy_with_libs;
 
 fn main() {
     let steps: usize = std::env::args()
@@ -23,7 +22,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let root_dir = dir.path().join("root");
     kiln_sandbox::busybox::assemble(&root_dir).unwrap();
-    copy_with_libs(Path::new("/bin/bash"), &root_dir);
+    kiln_sandbox::busybox::add_host_program(&root_dir, Path::new("/bin/bash")).unwrap();
 
     let mut yaml =
         String::from("name: bench\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n");

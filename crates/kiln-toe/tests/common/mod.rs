@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use kiln_sandbox::{Bubblewrap, Root};
@@ -27,7 +26,7 @@ impl Fixture {
     /// A busybox root with the host's /bin/bash and the libraries it links.
     pub fn with_bash() -> Fixture {
         let f = Fixture::busybox();
-        copy_with_libs(Path::new("/bin/bash"), &f.root_dir);
+        kiln_sandbox::busybox::add_host_program(&f.root_dir, Path::new("/bin/bash")).unwrap();
         f
     }
 
@@ -78,35 +77,6 @@ impl Fixture {
 
     pub fn file(&self, in_root: &str) -> String {
         std::fs::read_to_string(self.root_dir.join(in_root.trim_start_matches('/'))).unwrap()
-    }
-}
-
-/// Copies an ELF binary and everything `ldd` says it loads into `root`.
-pub fn copy_with_libs(binary: &Path, root: &Path) {
-    let out = Command::new("ldd").arg(binary).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut files = vec![binary.to_path_buf()];
-    for line in text.lines() {
-        let path = line
-            .split("=>")
-            .nth(1)
-            .unwrap_or(line)
-            .split_whitespace()
-            .next()
-            .unwrap_or("");
-        if path.starts_with('/') {
-            files.push(PathBuf::from(path));
-        }
-    }
-    for f in files {
-        let real = std::fs::canonicalize(&f).unwrap();
-        for target in [f.clone(), real.clone()] {
-            let dest = root.join(target.strip_prefix("/").unwrap());
-            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-            if std::fs::symlink_metadata(&dest).is_err() {
-                std::fs::copy(&real, &dest).unwrap();
-            }
-        }
     }
 }
 
