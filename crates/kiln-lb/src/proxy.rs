@@ -190,7 +190,7 @@ fn relay(resp: Response<Incoming>, lease: Lease, sender: Sender) -> Response<Pro
     parts.headers.append(header::VIA, VIA_KILN);
     Response::from_parts(
         parts,
-        ProxyBody::Upstream(TrackedBody::new(body, lease, sender)),
+        ProxyBody::Stream(TrackedBody::new(body, lease, sender)),
     )
 }
 
