@@ -307,12 +307,22 @@ impl Db {
             String::new()
         };
         self.conn.execute(
-            "UPDATE executions SET status = ?2, reason = ?3, ended = ?4,
-                 started = CASE WHEN started = '' AND ?2 = 'InProgress' THEN ?5 ELSE started END
-             WHERE id = ?1",
-            params![id, status.as_str(), reason, ended, now()],
+            "UPDATE executions SET status = ?2, reason = ?3, ended = ?4 WHERE id = ?1",
+            params![id, status.as_str(), reason, ended],
         )?;
         Ok(())
+    }
+
+    /// Moves a waiting execution to InProgress; false if it is no longer
+    /// waiting (superseded meanwhile, or already taken).
+    pub fn claim(&self, id: &str) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE executions SET status = 'InProgress', reason = '',
+                 started = CASE WHEN started = '' THEN ?2 ELSE started END
+             WHERE id = ?1 AND status = 'Pending'",
+            params![id, now()],
+        )?;
+        Ok(n == 1)
     }
 
     pub fn set_outputs(

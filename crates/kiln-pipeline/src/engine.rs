@@ -51,6 +51,9 @@ pub fn execute(env: &Env, control: &Shared, id: &str) {
 }
 
 fn try_execute(env: &Env, control: &Shared, id: &str) -> Result<(), crate::db::DbError> {
+    if !control.db().claim(id)? {
+        return Ok(());
+    }
     let execution = control.db().execution(id)?;
     let pipeline = control.db().pipeline(&execution.pipeline)?;
     let dir = env.execution_dir(&pipeline.name, &execution.id);
@@ -62,9 +65,6 @@ fn try_execute(env: &Env, control: &Shared, id: &str) -> Result<(), crate::db::D
         )?;
         return Ok(());
     }
-    control
-        .db()
-        .set_execution(id, ExecutionStatus::InProgress, "")?;
     let mut run = Run {
         env,
         pipeline: &pipeline,

@@ -98,7 +98,9 @@ impl Pipelines {
         let me = self.clone();
         tokio::spawn(async move {
             loop {
-                me.tick().await;
+                // The database and the schedule arithmetic are blocking work.
+                let ticker = me.clone();
+                let _ = tokio::task::spawn_blocking(move || ticker.tick()).await;
                 tokio::select! {
                     _ = me.inner.wake.notified() => {}
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -153,9 +155,18 @@ impl Pipelines {
         Ok(())
     }
 
-    async fn tick(&self) {
-        let pipelines = match self.db().pipelines() {
-            Ok(p) => p,
+    /// Polls, fires schedules and starts waiting executions, once for
+    /// every pipeline.
+    fn tick(&self) {
+        let read = || -> Result<_> {
+            let db = self.db();
+            Ok((
+                db.pipelines()?,
+                db.executions_with_status(ExecutionStatus::Pending)?,
+            ))
+        };
+        let (pipelines, waiting) = match read() {
+            Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read pipelines");
                 return;
@@ -167,7 +178,10 @@ impl Pipelines {
             };
             self.poll(&p, &config);
             self.schedule(&p, &config);
-            self.dispatch(&p.name);
+            // Oldest first: QUEUED runs in order; SUPERSEDED has one waiting.
+            if let Some(next) = waiting.iter().find(|e| e.pipeline == p.name) {
+                self.dispatch(next);
+            }
         }
     }
 
@@ -189,7 +203,7 @@ impl Pipelines {
         }
         let me = self.clone();
         let p = p.clone();
-        tokio::task::spawn_blocking(move || {
+        self.inner.env.handle.spawn_blocking(move || {
             let result = me.inner.env.mirror(&p).fetch();
             lock(&me.inner.polled).insert(p.name.clone(), Instant::now());
             match result {
@@ -226,23 +240,15 @@ impl Pipelines {
         }
     }
 
-    /// Starts the next waiting execution if none is running.
-    fn dispatch(&self, pipeline: &str) {
-        if lock(&self.inner.running).contains(pipeline) {
+    /// Starts `next` unless its pipeline is running an execution already.
+    fn dispatch(&self, next: &Execution) {
+        if !lock(&self.inner.running).insert(next.pipeline.clone()) {
             return;
         }
-        let waiting = match self.db().executions_with_status(ExecutionStatus::Pending) {
-            Ok(w) => w,
-            Err(_) => return,
-        };
-        let Some(next) = waiting.into_iter().find(|e| e.pipeline == pipeline) else {
-            return;
-        };
-        lock(&self.inner.running).insert(pipeline.to_string());
         let me = self.clone();
-        let name = pipeline.to_string();
-        tokio::task::spawn_blocking(move || {
-            engine::execute(&me.inner.env, &me.inner.shared, &next.id);
+        let (name, id) = (next.pipeline.clone(), next.id.clone());
+        self.inner.env.handle.spawn_blocking(move || {
+            engine::execute(&me.inner.env, &me.inner.shared, &id);
             lock(&me.inner.running).remove(&name);
             me.inner.wake.notify_one();
         });
