@@ -332,12 +332,15 @@ impl Db {
         outputs: &Outputs,
     ) -> Result<()> {
         self.conn.execute(
-            "UPDATE executions SET variables = ?2, outputs = ?3, commit_id = ?4 WHERE id = ?1",
+            // commit_id is the trigger's commit until Source resolves it.
+            "UPDATE executions SET variables = ?2, outputs = ?3,
+                 commit_id = CASE WHEN ?4 = '' THEN commit_id ELSE ?4 END
+             WHERE id = ?1",
             params![
                 id,
                 serde_json::to_string(variables).unwrap_or_default(),
                 serde_json::to_string(outputs).unwrap_or_default(),
-                outputs.commit,
+                variable(variables, "SourceVariables", "CommitId").unwrap_or_default(),
             ],
         )?;
         Ok(())

@@ -137,6 +137,11 @@ impl Execution {
     pub fn stage(&self, name: &str) -> Option<&Stage> {
         self.stages.iter().find(|s| s.name == name)
     }
+
+    /// A variable, e.g. `var("BakeVariables", "Image")`.
+    pub fn var(&self, namespace: &str, name: &str) -> Option<&str> {
+        variable(&self.variables, namespace, name)
+    }
 }
 
 /// What started an execution, named as CodePipeline's trigger types.
@@ -174,24 +179,25 @@ pub fn now() -> String {
     jiff::Timestamp::now().to_string()
 }
 
-/// What one stage hands to the next; kept so that a retry resumes with
-/// the same inputs.
+/// What an execution keeps beside its variables (which carry what each
+/// stage hands to the next: the commit, artifacts, version, image).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Outputs {
-    pub commit: String,
-    /// The artifact set's digest and where it is.
-    pub artifact_digest: String,
-    pub artifact_dir: String,
-    /// The digest of everything the bake depends on.
+    /// The digest of everything the bake depends on (only_if_changed).
     pub inputs_digest: String,
-    pub version: String,
-    pub image: String,
-    pub image_digest: String,
-    pub template_version: u32,
     /// Per stage, the time the user's own commands took (build phases,
     /// component steps), to tell kiln's overhead from theirs.
     pub commands_ms: BTreeMap<String, u64>,
     /// Run every stage, even if only_if_changed finds nothing changed.
     pub force: bool,
+}
+
+/// A variable of `vars` by namespace and name.
+pub fn variable<'a>(
+    vars: &'a BTreeMap<String, BTreeMap<String, String>>,
+    namespace: &str,
+    name: &str,
+) -> Option<&'a str> {
+    vars.get(namespace)?.get(name).map(String::as_str)
 }

@@ -97,6 +97,14 @@ impl Run<'_> {
         self.dir.join("source")
     }
 
+    /// A variable an earlier stage set; a stage that needs one that is
+    /// missing fails saying so.
+    fn var(&self, namespace: &str, name: &str) -> Result<String, String> {
+        crate::model::variable(&self.vars, namespace, name)
+            .map(str::to_string)
+            .ok_or_else(|| format!("{namespace}.{name} is not set: an earlier stage did not run"))
+    }
+
     /// kiln.yaml from this execution's checkout (a retry reads it again).
     pub fn config(&mut self) -> Result<&Config, String> {
         if self.config.is_none() {
@@ -114,10 +122,8 @@ impl Run<'_> {
         ));
         let head = mirror.fetch().map_err(|e| e.to_string())?;
         // A commit trigger names its commit; a retry keeps the one it had.
-        let commit = [&self.out.commit, &self.execution.commit_id]
-            .into_iter()
-            .find(|c| !c.is_empty())
-            .cloned()
+        let commit = Some(self.execution.commit_id.clone())
+            .filter(|c| !c.is_empty())
             .unwrap_or(head);
         let dest = self.source_dir();
         let _ = std::fs::remove_dir_all(&dest);
@@ -128,7 +134,6 @@ impl Run<'_> {
             vars.get("CommitMessage").map(String::as_str).unwrap_or("")
         ));
         self.vars.insert("SourceVariables".into(), vars);
-        self.out.commit = commit.clone();
         self.config = None;
         let pipeline = self.pipeline;
         let config = self.config()?;
@@ -176,7 +181,7 @@ impl Run<'_> {
         let mut opts =
             kiln_build::BuildOptions::new(root, source, workspace.clone(), tmp_out.clone())
                 .map_err(|e| e.to_string())?;
-        let commit = self.out.commit.clone();
+        let commit = self.var("SourceVariables", "CommitId")?;
         opts.env = vec![
             (
                 "CODEBUILD_BUILD_ID".into(),
@@ -253,8 +258,6 @@ impl Run<'_> {
                 format!("s3://{ARTIFACT_BUCKET}/{key}"),
             );
             vars.insert("ArtifactDigest".into(), set.digest.clone());
-            self.out.artifact_digest = set.digest.clone();
-            self.out.artifact_dir = self.env.artifacts_dir().join(&key).display().to_string();
         } else {
             let _ = std::fs::remove_dir_all(&tmp_out);
         }
@@ -365,7 +368,7 @@ impl Run<'_> {
             .find(|e| {
                 e.id != self.execution.id
                     && e.outputs.inputs_digest == digest
-                    && !e.outputs.image.is_empty()
+                    && e.var("BakeVariables", "Image").is_some()
                     && e.status == crate::model::ExecutionStatus::Succeeded
             })
             .map(|e| e.seq))
@@ -389,17 +392,15 @@ impl Run<'_> {
                 ("Parameter".into(), v.parameter.clone()),
             ]),
         );
-        self.out.version = version.clone();
         Ok(Outcome::Done(version))
     }
 
     pub fn bake(&mut self, log: &mut StageLog) -> StageResult {
         let mut recipe = self.recipe(true)?;
-        recipe.version = self
-            .out
-            .version
+        let version = self.var("VersionVariables", "Version")?;
+        recipe.version = version
             .parse()
-            .map_err(|e| format!("version {}: {e}", self.out.version))?;
+            .map_err(|e| format!("version {version}: {e}"))?;
         let store =
             kiln_image::Store::open(&self.env.state.join("images")).map_err(|e| e.to_string())?;
         let source = self
@@ -416,7 +417,7 @@ impl Run<'_> {
                 // Another pipeline's artifacts are not this bake's to read.
                 prefix: format!("{}/", self.pipeline.name),
             }),
-            source_commit: Some(self.out.commit.clone()),
+            source_commit: source.get("CommitId").cloned(),
             source_labels: source
                 .into_iter()
                 .filter(|(k, _)| k != "CommitId" && k != "CommitMessage")
@@ -444,8 +445,6 @@ impl Run<'_> {
                 ("ImageDigest".into(), report.digest.clone()),
             ]),
         );
-        self.out.image = report.image.clone();
-        self.out.image_digest = report.digest.clone();
         // Again now that the parent is surely in the store, so that the
         // next only_if_changed comparison sees the parent's digest.
         self.out.inputs_digest = self.inputs_digest()?;
@@ -465,7 +464,7 @@ impl Run<'_> {
         tags.insert("Pipeline".into(), self.pipeline.name.clone());
         tags.insert("ExecutionId".into(), self.execution.id.clone());
         let spec = TemplateSpec {
-            image: self.out.image_digest.clone(),
+            image: self.var("BakeVariables", "ImageDigest")?,
             env: deploy.environment.clone(),
             tags,
             ..TemplateSpec::default()
@@ -477,7 +476,6 @@ impl Run<'_> {
             "launch template {} version {} for {}",
             template.name, template.version, template.image
         ));
-        self.out.template_version = template.version;
         let group = deploy.group.clone();
         let started = Instant::now();
         let deadline = started + deploy.timeout;
