@@ -92,7 +92,7 @@ fn try_execute(env: &Env, control: &Shared, id: &str) -> Result<(), crate::db::D
         }
         if i > 0
             && i < STAGES.len() - 1
-            && let Some(newer) = newer_waiting(control, &execution)?
+            && let Some(newer) = newer_waiting(control, &mut run)?
         {
             return stop(
                 control,
@@ -200,17 +200,19 @@ fn stop(
     db.set_execution(&e.id, status, reason)
 }
 
-/// In SUPERSEDED mode, a newer execution waiting for this pipeline.
-fn newer_waiting(control: &Shared, e: &Execution) -> Result<Option<i64>, crate::db::DbError> {
-    let db = control.db();
-    let pipeline = db.pipeline(&e.pipeline)?;
-    let mode = crate::config::settings(&pipeline.config, std::path::Path::new(&pipeline.file))
+/// In SUPERSEDED mode (this execution's kiln.yaml says), a newer
+/// execution waiting for the same pipeline.
+fn newer_waiting(control: &Shared, run: &mut Run) -> Result<Option<i64>, crate::db::DbError> {
+    let mode = run
+        .config()
         .map(|c| c.execution_mode)
         .unwrap_or(crate::config::ExecutionMode::Superseded);
     if mode != crate::config::ExecutionMode::Superseded {
         return Ok(None);
     }
-    Ok(db
+    let e = run.execution;
+    Ok(control
+        .db()
         .executions_with_status(ExecutionStatus::Pending)?
         .into_iter()
         .filter(|p| p.pipeline == e.pipeline && p.seq > e.seq)
