@@ -85,7 +85,7 @@ pub fn load(path: &Path) -> Result<Recipe, Diagnostics> {
         c.push(e.pos, "", format!("invalid YAML: {}", e.message));
         Diagnostics(c.errors.clone())
     })?;
-    let recipe = from_node(&root, path, "", None, &mut c);
+    let recipe = from_node(&root, path, "", None, true, &mut c);
     match recipe {
         Some(r) if c.errors.is_empty() => Ok(r),
         _ => Err(Diagnostics(c.errors)),
@@ -94,12 +94,14 @@ pub fn load(path: &Path) -> Result<Recipe, Diagnostics> {
 
 /// Reads a recipe from a node: a recipe file's root, or kiln.yaml's
 /// `image:` section (with `prefix` "image" for messages), where the name
-/// may be left out for `default_name`.
+/// may be left out for `default_name`. With `check_files`, each component
+/// document must exist beside `path`.
 pub fn from_node(
     node: &Node,
     path: &Path,
     prefix: &str,
     default_name: Option<&str>,
+    check_files: bool,
     c: &mut Collector,
 ) -> Option<Recipe> {
     let field = |name: &str| {
@@ -227,7 +229,13 @@ pub fn from_node(
     });
     let tests = tests(node.get("tests"), &field("tests"), c);
     let base = path.parent().unwrap_or(Path::new("."));
-    let components = components(node.get("components"), &field("components"), base, c);
+    let components = components(
+        node.get("components"),
+        &field("components"),
+        base,
+        check_files,
+        c,
+    );
     Some(Recipe {
         path: path.to_path_buf(),
         name: name?,
@@ -338,7 +346,13 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         .filter(|d| !d.is_zero())
 }
 
-fn components(node: Option<&Node>, field: &str, base: &Path, c: &mut Collector) -> Vec<Component> {
+fn components(
+    node: Option<&Node>,
+    field: &str,
+    base: &Path,
+    check_files: bool,
+    c: &mut Collector,
+) -> Vec<Component> {
     let Some(node) = node else { return Vec::new() };
     let Some(items) = node.as_seq() else {
         c.push(
@@ -373,7 +387,7 @@ fn components(node: Option<&Node>, field: &str, base: &Path, c: &mut Collector) 
             continue;
         };
         let full = base.join(path);
-        if !full.is_file() {
+        if check_files && !full.is_file() {
             c.push(
                 item.get("path").map_or(item.pos, |n| n.pos),
                 format!("{here}.path"),

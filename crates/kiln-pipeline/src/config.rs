@@ -122,12 +122,7 @@ fn parse_with(text: &str, path: &Path, files: bool) -> Result<Config, Diagnostic
         c.push(e.pos, "", format!("invalid YAML: {}", e.message));
         Diagnostics(c.errors.clone())
     })?;
-    let config = from_root(&root, path, &mut c);
-    if !files {
-        c.errors.retain(|e| {
-            !(e.field.starts_with("image.components") && e.message.contains("does not exist"))
-        });
-    }
+    let config = from_root(&root, path, files, &mut c);
     match config {
         Some(config) if c.errors.is_empty() => Ok(config),
         _ => Err(Diagnostics(c.errors)),
@@ -325,7 +320,7 @@ const TOP: &[&str] = &[
     "triggers",
 ];
 
-fn from_root(root: &Node, path: &Path, c: &mut Collector) -> Option<Config> {
+fn from_root(root: &Node, path: &Path, files: bool, c: &mut Collector) -> Option<Config> {
     let top = Map::new(root, "", TOP, c)?;
     let name = top.required("name", c);
     if let Some(n) = &name
@@ -379,7 +374,7 @@ fn from_root(root: &Node, path: &Path, c: &mut Collector) -> Option<Config> {
                     "set by the pipeline's Version stage; use version.start instead",
                 );
             }
-            kiln_bake::recipe::from_node(node, path, "image", name.as_deref(), c)
+            kiln_bake::recipe::from_node(node, path, "image", name.as_deref(), files, c)
         }
     };
     let deploy = deploy(&top, c);
