@@ -343,8 +343,13 @@ impl Pipelines {
             .join("pipelines")
             .join(format!(".new-{}", uuid::Uuid::new_v4()));
         let result = self.read_config(&staging, &repository, branch, file);
-        let _ = std::fs::remove_dir_all(&staging);
-        let (config, text, head, branch) = result?;
+        let (config, text, head, branch) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
         let pipeline = Pipeline {
             name: config.name.clone(),
             repository: config
@@ -362,6 +367,16 @@ impl Pipelines {
             created: now(),
             updated: now(),
         };
+        // The mirror fetched to read kiln.yaml becomes the pipeline's, so
+        // that its first execution does not fetch everything again.
+        let mirror = self.inner.env.mirror(&pipeline).dir;
+        if !mirror.exists()
+            && let Some(parent) = mirror.parent()
+        {
+            let _ = std::fs::create_dir_all(parent)
+                .and_then(|_| std::fs::rename(staging.join("repo.git"), &mirror));
+        }
+        let _ = std::fs::remove_dir_all(&staging);
         let existed = self.db().pipeline(&pipeline.name).is_ok();
         self.db().upsert_pipeline(&pipeline)?;
         let execution = if start {
