@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use oci_spec::image::{ConfigBuilder, Descriptor, HistoryBuilder, ImageConfiguration, MediaType};
@@ -14,11 +13,14 @@ use crate::parent::{self, ParentError, ParentRef};
 use crate::recipe::Recipe;
 use crate::sandbox::{Overlay, instance, run_options};
 use crate::test_gate::test_gate;
-use kiln_image::import::{self, ImportError};
-use kiln_image::store::{ANNOTATION_RECIPE_KEY, ANNOTATION_TEST_LOG, CachedLayer, StoreError};
+use crate::types::{
+    BakeError, BakeObserver, BakeOptions, BakeReport, ComponentFailure, ComponentReport,
+    TestReport, file_name, setup,
+};
+use kiln_image::import;
+use kiln_image::store::{ANNOTATION_RECIPE_KEY, ANNOTATION_TEST_LOG, CachedLayer};
 use kiln_image::{ImageRecord, Status, Store};
-use kiln_sandbox::Isolation;
-use kiln_toe::{Diagnostics, Document, Observer};
+use kiln_toe::Document;
 
 pub const LABEL_VERSION: &str = "dev.kiln.image.version";
 pub const LABEL_RECIPE: &str = "dev.kiln.recipe.digest";
@@ -26,93 +28,6 @@ pub const LABEL_PARENT: &str = "dev.kiln.parent";
 pub const LABEL_PARENT_DIGEST: &str = "dev.kiln.parent.digest";
 pub const LABEL_SOURCE_COMMIT: &str = "dev.kiln.source.commit";
 pub const ANNOTATION_TESTS: &str = "dev.kiln.image.tests";
-
-pub struct BakeOptions {
-    pub isolation: Arc<dyn Isolation>,
-    /// Where each component run's `TOE_...` log directory goes.
-    pub log_root: PathBuf,
-    pub artifacts: Option<kiln_toe::ArtifactStore>,
-    pub source_commit: Option<String>,
-    /// More of the source's lineage (AuthorDate, BranchName, ...), as
-    /// `dev.kiln.source.KEY` labels that become a template's Source/KEY tags.
-    pub source_labels: BTreeMap<String, String>,
-    /// Keep the build root of a failed component mounted for a look inside.
-    pub keep_on_failure: bool,
-}
-
-/// Progress of a bake, and the steps of the components it runs.
-pub trait BakeObserver: Observer {
-    fn event(&mut self, message: &str);
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct ComponentReport {
-    pub path: PathBuf,
-    pub cached: bool,
-    pub layer: String,
-    pub size: u64,
-    pub seconds: f64,
-    pub log: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase", tag = "result")]
-pub enum TestReport {
-    Disabled,
-    /// No component has a test phase.
-    None,
-    Passed {
-        log: String,
-    },
-    Failed {
-        log: String,
-        message: String,
-    },
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct BakeReport {
-    pub image: String,
-    pub digest: String,
-    pub status: Status,
-    /// Nothing changed: the image is the one an earlier bake made.
-    pub unchanged: bool,
-    pub components: Vec<ComponentReport>,
-    pub tests: TestReport,
-    pub seconds: f64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum BakeError {
-    #[error(transparent)]
-    Document(#[from] Diagnostics),
-    #[error(transparent)]
-    Parent(#[from] ParentError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Import(#[from] ImportError),
-    #[error("component {component}: {what}: {error}")]
-    Setup {
-        component: String,
-        what: &'static str,
-        error: String,
-    },
-    #[error(transparent)]
-    Component(Box<ComponentFailure>),
-}
-
-/// A component step that failed during build or validate.
-#[derive(Debug, thiserror::Error)]
-#[error("component {component}: phase {phase}, step {step} failed: {message}\n  log: {log}{}", kept.as_ref().map(|k| format!("\n  build root kept at {k} (unmount it with `umount {k}` when done)")).unwrap_or_default())]
-pub struct ComponentFailure {
-    pub component: String,
-    pub phase: String,
-    pub step: String,
-    pub message: String,
-    pub log: String,
-    pub kept: Option<String>,
-}
 
 fn hash(parts: &serde_json::Value) -> String {
     hex::encode(Sha256::digest(parts.to_string().as_bytes()))
@@ -377,23 +292,9 @@ pub fn bake(
     })
 }
 
-pub(crate) fn setup(component: &str, what: &'static str, e: impl std::fmt::Display) -> BakeError {
-    BakeError::Setup {
-        component: component.to_string(),
-        what,
-        error: e.to_string(),
-    }
-}
-
 fn short(digest: &str) -> &str {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
     &hex[..hex.len().min(12)]
-}
-
-pub(crate) fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 /// Unmounts what a killed bake left mounted and clears its temporary files.

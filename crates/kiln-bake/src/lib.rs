@@ -8,6 +8,8 @@ pub mod parent;
 pub mod recipe;
 mod sandbox;
 mod test_gate;
+pub mod types;
 
-pub use bake::{BakeError, BakeObserver, BakeOptions, BakeReport, TestReport, bake};
+pub use bake::bake;
 pub use recipe::Recipe;
+pub use types::{BakeError, BakeObserver, BakeOptions, BakeReport, TestReport};

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::bake::{BakeError, BakeOptions, setup};
 use crate::recipe::Recipe;
+use crate::types::{BakeError, BakeOptions, setup};
 use kiln_image::Store;
 use kiln_sandbox::{OverlayMount, Root};
 use kiln_toe::{Instance, RunOptions};

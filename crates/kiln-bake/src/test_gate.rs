@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use oci_spec::image::ImageConfiguration;
 
-use crate::bake::{BakeError, BakeObserver, BakeOptions, TestReport, file_name, setup};
 use crate::recipe::Recipe;
 use crate::sandbox::{Overlay, instance, run_options};
+use crate::types::{BakeError, BakeObserver, BakeOptions, TestReport, file_name, setup};
 use kiln_image::Store;
 use kiln_sandbox::instance::{InstanceSpec, RunningInstance};
 use kiln_toe::{Document, Instance};
