@@ -14,6 +14,8 @@ pub enum DbError {
         path: String,
         error: rusqlite::Error,
     },
+    #[error("state database {path}: cannot make it private: {error}")]
+    Private { path: String, error: std::io::Error },
     #[error("state database: {what} {id:?} does not exist")]
     NotFound { what: &'static str, id: String },
     #[error("state database: {what} {id:?} already exists")]
@@ -63,6 +65,10 @@ impl Db {
             path: shown.clone(),
             error,
         };
+        kiln_sandbox::private::secret_file(path).map_err(|error| DbError::Private {
+            path: shown.clone(),
+            error,
+        })?;
         let conn = Connection::open(path).map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql)?;

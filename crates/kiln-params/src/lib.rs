@@ -13,6 +13,8 @@ pub enum ParamError {
         path: String,
         error: rusqlite::Error,
     },
+    #[error("parameter store {path}: cannot make it private: {error}")]
+    Private { path: String, error: std::io::Error },
     #[error("parameter {0:?} does not exist")]
     NotFound(String),
     #[error(
@@ -59,6 +61,10 @@ impl Params {
             path: shown.clone(),
             error,
         };
+        kiln_sandbox::private::secret_file(path).map_err(|error| ParamError::Private {
+            path: shown.clone(),
+            error,
+        })?;
         let conn = Connection::open(path).map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql)?;

@@ -10,6 +10,7 @@ pub mod exec;
 pub mod instance;
 pub mod netns;
 pub mod overlay;
+pub mod private;
 pub mod probe;
 pub mod rootfs;
 pub mod tool;

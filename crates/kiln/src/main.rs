@@ -108,6 +108,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let state = state::StateDir::resolve(cli.state_dir.as_deref());
+    // Checking documents needs no state; `kiln toe run` creates it itself.
+    if !matches!(cli.command, Command::Validate(_) | Command::Toe(_))
+        && let Err(e) = state.create()
+    {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Toe(args) => toe::main(args, &state),
         Command::Bake(args) => bake::main(args, &state),

@@ -23,6 +23,14 @@ impl StateDir {
         StateDir { path }
     }
 
+    /// Creates the directory private to its owner (0700), or checks and
+    /// tightens an existing one; other local users must not read kiln's
+    /// database, token and logs, nor run the setuid files of its images.
+    pub fn create(&self) -> anyhow::Result<()> {
+        kiln_sandbox::private::state_dir(&self.path)?;
+        Ok(())
+    }
+
     pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
         self.path.join(p)
     }

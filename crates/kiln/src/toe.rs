@@ -204,6 +204,7 @@ fn prepare_root(args: &RunArgs, state: &StateDir, id: &str) -> anyhow::Result<Pr
 }
 
 fn run(args: RunArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
+    state.create()?;
     let mut documents = Vec::new();
     let mut problems = Vec::new();
     for path in &args.documents {

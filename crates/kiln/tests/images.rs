@@ -449,3 +449,139 @@ fn gc_keeps_the_newest_images_and_their_parents_and_frees_the_rest() {
     );
     assert!(dir.path().join("bundle/rootfs/build-3").exists());
 }
+
+/// Runs `argv` as the user nobody, as another local user would. setpriv
+/// keeps root's capabilities until its own exec, so a shell in between
+/// is what runs `argv` with none.
+fn as_nobody(argv: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["/bin/sh", "-c", "exec \"$@\"", "sh"])
+        .args(argv)
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .mode()
+        & 0o7777
+}
+
+/// Every file below `dir` with a setuid or setgid bit.
+fn setid_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            out.extend(setid_files(&entry.path()));
+        } else if kind.is_file() && mode(&entry.path()) & 0o6000 != 0 {
+            out.push(entry.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn another_user_can_read_nothing_in_the_state_dir_and_run_nothing_kiln_made() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test runs commands as another user and must run as root"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // Other users may walk up to the state directory, as to /var/lib.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    std::fs::write(
+        dir.path().join("suid.yaml"),
+        "name: suid\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Shell\n        action: ExecuteBash\n        inputs:\n          commands: [\"cp /bin/busybox /bin/rootshell\", \"chmod 6755 /bin/rootshell\"]\n",
+    )
+    .unwrap();
+    let recipe = dir.path().join("recipe.yaml");
+    std::fs::write(
+        &recipe,
+        "name: suid\nversion: 1.0.0\nparent: busybox\nshell: sh\ncomponents:\n  - path: suid.yaml\ntests: { enabled: false }\n",
+    )
+    .unwrap();
+    ok(kiln(&state, &["bake", recipe.to_str().unwrap()]));
+    ok(kiln(
+        &state,
+        &["params", "put", "/app/DbPassword", "hunter2"],
+    ));
+
+    assert_eq!(mode(&state), 0o700);
+    for db in ["kiln.db", "kiln.db-wal", "kiln.db-shm"] {
+        let p = state.join(db);
+        if db == "kiln.db" || p.exists() {
+            assert_eq!(mode(&p), 0o600, "{db}");
+        }
+    }
+    let setid = setid_files(&state);
+    assert!(
+        setid.iter().any(|p| p.ends_with("bin/rootshell")),
+        "the baked setuid file is somewhere in the store: {setid:?}"
+    );
+    for file in &setid {
+        let out = as_nobody(&[file.to_str().unwrap(), "true"]);
+        assert!(
+            !out.status.success(),
+            "nobody ran {} from kiln's state",
+            file.display()
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "{}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let db = state.join("kiln.db");
+    for argv in [
+        ["ls", state.to_str().unwrap()],
+        ["cat", db.to_str().unwrap()],
+    ] {
+        let out = as_nobody(&argv);
+        assert!(!out.status.success(), "nobody could {argv:?}");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("hunter2"),
+            "{argv:?}"
+        );
+    }
+}
+
+#[test]
+fn a_state_dir_an_older_kiln_left_readable_is_made_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::write(state.join("kiln.db"), "").unwrap();
+    for (p, m) in [(&state, 0o755), (&state.join("kiln.db"), 0o644)] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap();
+    }
+    ok(kiln(&state, &["params", "put", "/app/Key", "v"]));
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("kiln.db")), 0o600);
+
+    // A shared directory that is not kiln's is refused, and left as it was.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("notes.txt"), "mine").unwrap();
+    std::fs::set_permissions(
+        &shared,
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    let out = kiln(&shared, &["params", "ls"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("readable by other users"), "{err}");
+    assert_eq!(mode(&shared), 0o1777);
+    assert!(!shared.join("kiln.db").exists());
+}
