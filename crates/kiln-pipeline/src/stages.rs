@@ -18,6 +18,10 @@ use kiln_fleet::{Fleet, GroupUpdate, RolloutState, TemplateSpec};
 /// The artifact bucket's name in S3Download sources: s3://kiln-artifacts/...
 pub const ARTIFACT_BUCKET: &str = "kiln-artifacts";
 
+/// The namespaces of Version and the stages after it: what they hold
+/// comes out of an execution, not into its bake's inputs.
+const OWN_NAMESPACES: &[&str] = &["VersionVariables", "BakeVariables", "DeployVariables"];
+
 /// What a stage needs from the daemon.
 #[derive(Clone)]
 pub struct Env {
@@ -298,18 +302,18 @@ impl Run<'_> {
         Ok(key)
     }
 
-    /// The recipe the bake runs: kiln.yaml's image with this execution's
-    /// variables in its component parameters.
-    fn recipe(&mut self, all_set: bool) -> Result<kiln_bake::Recipe, String> {
-        let vars = self.vars.clone();
+    /// The recipe the bake runs: kiln.yaml's image with `vars` in its
+    /// component parameters; with `all_set` false, references to
+    /// namespaces missing from `vars` stay as written.
+    fn recipe(&mut self, vars: &Variables, all_set: bool) -> Result<kiln_bake::Recipe, String> {
         let source = self.source_dir();
         let mut recipe = self.config()?.image.clone();
         for c in &mut recipe.components {
             for value in c.parameters.values_mut() {
                 let replaced = if all_set {
-                    substitute(value, &vars)
+                    substitute(value, vars)
                 } else {
-                    substitute_known(value, &vars)
+                    substitute_known(value, vars)
                 };
                 *value = replaced.map_err(|e| {
                     let shown = c.path.strip_prefix(&source).unwrap_or(&c.path);
@@ -323,8 +327,20 @@ impl Run<'_> {
     /// The digest of everything the bake depends on: the recipe with its
     /// parameters, each component document, the artifacts and the parent
     /// (by digest when kiln already has it).
+    ///
+    /// It is the same before Version as after Bake: the namespaces that
+    /// Version and the stages after it set hold this execution's own
+    /// values (a new version every time), not inputs, so references to
+    /// them count as written. Otherwise a parameter that takes
+    /// `#{VersionVariables.Version}` would make every execution differ.
     fn inputs_digest(&mut self) -> Result<String, String> {
-        let recipe = self.recipe(false)?;
+        let inputs: Variables = self
+            .vars
+            .iter()
+            .filter(|(ns, _)| !OWN_NAMESPACES.contains(&ns.as_str()))
+            .map(|(ns, v)| (ns.clone(), v.clone()))
+            .collect();
+        let recipe = self.recipe(&inputs, false)?;
         let store =
             kiln_image::Store::open(&self.env.state.join("images")).map_err(|e| e.to_string())?;
         let parent = recipe
@@ -396,7 +412,8 @@ impl Run<'_> {
     }
 
     pub fn bake(&mut self, log: &mut StageLog) -> StageResult {
-        let mut recipe = self.recipe(true)?;
+        let vars = self.vars.clone();
+        let mut recipe = self.recipe(&vars, true)?;
         let version = self.var("VersionVariables", "Version")?;
         recipe.version = version
             .parse()
