@@ -52,7 +52,7 @@ pub struct BuildOptions {
     pub env: Vec<(String, String)>,
     /// Resolves `env.parameter-store`.
     pub parameters: Option<Arc<ParameterLookup>>,
-    /// A CodeBuild-style log of the build, if wanted.
+    /// A CodeBuild-style log of the build, if wanted; appended to.
     pub log_path: Option<PathBuf>,
     /// For the whole build.
     pub timeout: Duration,
@@ -228,7 +228,14 @@ pub fn run(
     copy_tree(&opts.source_dir, &src)?;
 
     let mut log = Log(match &opts.log_path {
-        Some(p) => Some(fs::File::create(p).map_err(io("cannot create the log", p))?),
+        // Appended to: a retried build keeps the failed attempt's output.
+        Some(p) => Some(
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(io("cannot create the log", p))?,
+        ),
         None => None,
     });
     for note in &spec.notes {

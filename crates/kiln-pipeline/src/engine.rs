@@ -112,7 +112,13 @@ fn try_execute(env: &Env, control: &Shared, id: &str) -> Result<(), crate::db::D
             .db()
             .set_stage(id, stage, StageStatus::InProgress, "")?;
         let path = log_path(env, &execution, stage);
+        let retried = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
         let mut log = StageLog::open(path.clone());
+        if retried {
+            log.line(&format!(
+                "retry: stage {stage} runs again; the earlier attempt's log is above"
+            ));
+        }
         let result = match *stage {
             "Source" => run.source(&mut log),
             "Build" => run.build(&path),

@@ -12,6 +12,9 @@ fn a_failed_build_stops_at_build_and_retry_resumes_from_it() {
     // would see the state directory if kiln did not hide it.
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let api_token = tmp.path().join("state/api-token");
+    // The host's root is the build's, read-only: a file the test makes
+    // lets the second attempt's command pass where the first one failed.
+    let ready = tmp.path().join("ready");
     let buildspec = BUILDSPEC
         .replace(
             "phases:",
@@ -20,8 +23,9 @@ fn a_failed_build_stops_at_build_and_retry_resumes_from_it() {
         .replace(
             "      - cp VERSION out/VERSION",
             &format!(
-                "      - cp VERSION out/VERSION\n      - test -n \"$TOKEN\"\n      - test ! -e {}",
-                api_token.display()
+                "      - cp VERSION out/VERSION\n      - test -n \"$TOKEN\"\n      - test ! -e {}\n      - test -e {} || {{ echo \"attempt output, not ready yet\"; exit 3; }}",
+                api_token.display(),
+                ready.display()
             ),
         );
     let s = Setup::in_dir(tmp, &kiln_yaml("retry", ""), &buildspec, &component(0));
@@ -59,6 +63,11 @@ fn a_failed_build_stops_at_build_and_retry_resumes_from_it() {
         state,
         &["params", "put", "/retry/Token", "s3cr3t-value"],
     ));
+    // The second attempt fails at a command, with output of its own.
+    let out = kiln(state, &["executions", "retry", &id, "--follow"]);
+    assert!(!out.status.success());
+    assert_eq!(stage(&execution(state, &id), "Build")["status"], "Failed");
+    std::fs::write(&ready, "").unwrap();
     let out = kiln(state, &["executions", "retry", &id, "--follow"]);
     let text = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "{text}");
@@ -68,6 +77,27 @@ fn a_failed_build_stops_at_build_and_retry_resumes_from_it() {
     assert_eq!(stage(&done, "Source")["started"], source_started);
     assert_eq!(stage(&done, "Bake")["status"], "Succeeded");
     assert_eq!(done["variables"]["BakeVariables"]["Image"], "retry/1.0.0/1");
+    // Every attempt's log stays, in order: a retry overwrites none.
+    let log = ok(kiln(
+        state,
+        &["executions", "logs", &id, "--stage", "Build"],
+    ));
+    let attempts: Vec<&str> = log.split("retry: stage Build runs again").collect();
+    assert_eq!(attempts.len(), 3, "three attempts: {log}");
+    assert!(attempts[0].contains("/retry/Token\" not found"), "{log}");
+    assert!(
+        attempts[1].contains("attempt output, not ready yet"),
+        "{log}"
+    );
+    assert!(
+        attempts[1].contains("Phase complete: BUILD State: FAILED"),
+        "{log}"
+    );
+    assert!(!attempts[2].contains("State: FAILED"), "{log}");
+    assert!(
+        attempts[2].contains("Phase complete: BUILD State: SUCCEEDED"),
+        "{log}"
+    );
     let all_logs = ok(kiln(state, &["executions", "logs", &id]));
     assert!(
         !all_logs.contains("s3cr3t-value"),
