@@ -43,19 +43,25 @@ pub enum ImportError {
     Tar(#[from] tarball::TarError),
     #[error("{source_name}: {why}")]
     Invalid { source_name: String, why: String },
-    #[error("{source_name}: {layer}: {field} is {expected}, but the layer's content is {actual}")]
-    Mismatch {
-        source_name: String,
-        layer: String,
-        field: String,
-        expected: String,
-        actual: String,
-    },
+    #[error(transparent)]
+    Mismatch(Box<LayerMismatch>),
     #[error("{path}: {error}")]
     Io {
         path: PathBuf,
         error: std::io::Error,
     },
+}
+
+/// A layer whose content is not what the image says it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {layer}: {field} is {expected}, but the layer's content is {actual}")]
+pub struct LayerMismatch {
+    pub source_name: String,
+    pub layer: String,
+    /// Where the image gives the digest (a manifest or config field).
+    pub field: String,
+    pub expected: String,
+    pub actual: String,
 }
 
 type Result<T> = std::result::Result<T, ImportError>;
@@ -224,13 +230,13 @@ pub fn unpack_layer(store: &Store, digest: &str, diff_id: &str) -> Result<PathBu
         &opts,
     )?;
     if extracted.diff_id != diff_id {
-        return Err(ImportError::Mismatch {
+        return Err(ImportError::Mismatch(Box::new(LayerMismatch {
             source_name: format!("image store {}", store.dir().display()),
             layer: format!("layer {digest}"),
             field: "its diff_id".into(),
             expected: diff_id.into(),
             actual: extracted.diff_id,
-        });
+        })));
     }
     to_overlay_form(tmp.path())?;
     let dir = store.put_unpacked_layer(tmp.path(), diff_id)?;

@@ -238,11 +238,18 @@ impl Scene {
         inside.remove(&self.store.dir().join("lock"));
         let mut before = self.inside.clone();
         before.remove(&self.store.dir().join("lock"));
-        assert_eq!(inside, before, "the failed import left something in the store");
+        assert_eq!(
+            inside, before,
+            "the failed import left something in the store"
+        );
         assert!(!err.contains(SECRET), "the secret is in the error: {err}");
         assert!(err.len() < 1000, "a long error: {} bytes", err.len());
         for (path, seen) in &inside {
-            assert!(!seen.contains(SECRET), "the secret is in {}", path.display());
+            assert!(
+                !seen.contains(SECRET),
+                "the secret is in {}",
+                path.display()
+            );
         }
         assert!(self.store.images().unwrap().is_empty());
         err
@@ -298,15 +305,26 @@ fn well_formed_archives_import_with_their_layers_checked() {
     let image = s.docker(&path).unwrap();
     assert_eq!(s.hello(&image), "hi");
 
-    let members = oci_members(&[zstd::encode_all(&layer("oci")[..], 3).unwrap()], &[digest(&layer("oci"))], |_| {});
+    let members = oci_members(
+        &[zstd::encode_all(&layer("oci")[..], 3).unwrap()],
+        &[digest(&layer("oci"))],
+        |_| {},
+    );
     let path = s.write("ok-oci.tar", &oci_archive(&members));
     let image = s.oci_archive(&path).unwrap();
     assert_eq!(s.hello(&image), "oci");
     assert_eq!(
-        s.store.manifest(&image).unwrap().layers()[0].media_type().to_string(),
+        s.store.manifest(&image).unwrap().layers()[0]
+            .media_type()
+            .to_string(),
         "application/vnd.oci.image.layer.v1.tar+zstd"
     );
-    assert_eq!(std::fs::read_dir(s.store.dir().join("tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(s.store.dir().join("tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -332,7 +350,7 @@ fn diff_ids_that_are_paths_are_refused_before_any_path_is_made() {
         );
         assert!(!s.base.path().join("x").exists());
 
-        let members = oci_members(&[l.clone()], &[bad.to_owned()], |_| {});
+        let members = oci_members(std::slice::from_ref(&l), &[bad.to_owned()], |_| {});
         let dir = s.base.path().join("layout");
         for (name, data) in &members {
             let p = dir.join(name);
@@ -347,7 +365,10 @@ fn diff_ids_that_are_paths_are_refused_before_any_path_is_made() {
         );
         let path = s.write("evil-oci.tar", &oci_archive(&members));
         let err = s.refused(s.oci_archive(&path));
-        assert!(err.contains("oci-archive:") && err.contains("rootfs.diff_ids[0]"), "{err}");
+        assert!(
+            err.contains("oci-archive:") && err.contains("rootfs.diff_ids[0]"),
+            "{err}"
+        );
     }
 }
 
@@ -360,7 +381,9 @@ fn an_index_digest_that_is_a_path_names_the_file_and_field() {
     let path = s.write("evil-index.tar", &oci_archive(&members));
     let err = s.refused(s.oci_archive(&path));
     assert!(
-        err.contains("index.json: manifests[0].digest: \"sha256:../../etc/passwd\" is not a sha256 digest"),
+        err.contains(
+            "index.json: manifests[0].digest: \"sha256:../../etc/passwd\" is not a sha256 digest"
+        ),
         "{err}"
     );
     assert!(!err.contains("serde"), "{err}");
@@ -371,7 +394,11 @@ fn a_layer_whose_content_is_not_its_id_is_refused() {
     let mut s = Scene::new();
     let real = layer("real");
     let claimed = digest(&layer("claimed"));
-    let tar = docker_archive(&[("abc/layer.tar", &real)], &[claimed.clone()], &[]);
+    let tar = docker_archive(
+        &[("abc/layer.tar", &real)],
+        std::slice::from_ref(&claimed),
+        &[],
+    );
     let path = s.write("mismatch.tar", &tar);
     let err = s.refused(s.docker(&path));
     assert!(
@@ -384,7 +411,7 @@ fn a_layer_whose_content_is_not_its_id_is_refused() {
 
     // An OCI blob stored under another blob's digest.
     let good = layer("good");
-    let mut members = oci_members(&[good.clone()], &[digest(&good)], |_| {});
+    let mut members = oci_members(std::slice::from_ref(&good), &[digest(&good)], |_| {});
     let blob = members
         .iter_mut()
         .find(|(n, _)| n.ends_with(&digest(&good)[7..]))
@@ -416,20 +443,29 @@ fn a_symlinked_layer_tar_never_reads_the_host_file() {
         );
         let path = s.write("symlink.tar", &tar);
         let err = s.refused(s.docker(&path));
-        assert!(err.contains("entry abc/layer.tar: symlink to"), "{link}: {err}");
+        assert!(
+            err.contains("entry abc/layer.tar: symlink to"),
+            "{link}: {err}"
+        );
     }
     // A manifest naming a path outside the archive.
-    for name in [secret.to_owned(), format!("../../{}", secret.trim_start_matches('/'))] {
+    for name in [
+        secret.to_owned(),
+        format!("../../{}", secret.trim_start_matches('/')),
+    ] {
         let tar = docker_archive(&[(&name, b"")], std::slice::from_ref(&diff_id), &[]);
         let path = s.write("outside.tar", &tar);
         let err = s.refused(s.docker(&path));
-        assert!(err.contains("is not a plain relative path inside the archive"), "{err}");
+        assert!(
+            err.contains("is not a plain relative path inside the archive"),
+            "{err}"
+        );
     }
     // A symlink planted where the member is read is resolved below the
     // archive's directory by the kernel: an OCI layout directory given as
     // it is (not extracted by kiln) with its blob linked to the secret.
     let l = layer("hi");
-    let members = oci_members(&[l.clone()], &[digest(&l)], |_| {});
+    let members = oci_members(std::slice::from_ref(&l), &[digest(&l)], |_| {});
     let dir = s.base.path().join("layout");
     for (name, data) in &members {
         let p = dir.join(name);
@@ -478,7 +514,7 @@ fn a_decompression_bomb_is_stopped_and_leaves_nothing() {
     assert!(started.elapsed().as_secs() < 60);
 
     // An explicit size limit stops it too, and the OCI path the same way.
-    let members = oci_members(&[bomb.clone()], &[digest(b"unused")], |_| {});
+    let members = oci_members(std::slice::from_ref(&bomb), &[digest(b"unused")], |_| {});
     let path = s.write("bomb-oci.tar", &oci_archive(&members));
     let limits = ExtractLimits {
         max_size: 8 << 20,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifestBuilder, MediaType};
 use sha2::{Digest as _, Sha256};
 
-use super::{ANNOTATION_SOURCE, IMPORTED_VERSION, ImportError, Result, invalid, io};
+use super::{ANNOTATION_SOURCE, IMPORTED_VERSION, ImportError, LayerMismatch, Result, invalid, io};
 use crate::store::{ImageRecord, Status, Store, digest_hex, parse_digest};
 use crate::tarball::{self, Compression, ExtractLimits, ExtractOptions};
 
@@ -90,13 +90,13 @@ impl<'s> Stage<'s> {
     }
 
     fn mismatch(&self, layer: &str, expected: &Expected<'_>, actual: &str) -> ImportError {
-        ImportError::Mismatch {
+        ImportError::Mismatch(Box::new(LayerMismatch {
             source_name: self.source_name.clone(),
             layer: layer.to_owned(),
             field: expected.field.clone(),
             expected: expected.digest.to_owned(),
             actual: actual.to_owned(),
-        }
+        }))
     }
 
     /// Copies the layer `file` (named `layer` in errors) to a temporary
