@@ -238,3 +238,42 @@ fn archives_of_members_refuse_absolute_symlinks() {
         std::path::Path::new("/etc/shadow")
     );
 }
+
+#[test]
+fn a_pax_size_record_moves_the_framing_and_the_guard_follows_it() {
+    // A pax `size` record overrides the next header's size field (here 0):
+    // were the framing not followed, the bomb's header after the file would
+    // be taken for data, and the tar crate would read its record whole.
+    let record = "12 size=512\n";
+    let mut tar = header(b"PaxHeader", EntryType::XHeader, record.len() as u64).to_vec();
+    tar.extend_from_slice(record.as_bytes());
+    tar.resize(1024, 0);
+    tar.extend_from_slice(&header(b"file", EntryType::Regular, 0));
+    tar.extend_from_slice(&[b'x'; 512]);
+    let fine = {
+        let mut t = tar.clone();
+        t.resize(t.len() + 1024, 0);
+        t
+    };
+    let target = tempfile::tempdir().unwrap();
+    extract(
+        &fine[..],
+        target.path(),
+        "pax.tar",
+        &ExtractOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(target.path().join("file")).unwrap(),
+        [b'x'; 512]
+    );
+
+    let offset = tar.len() as u64;
+    let bomb = io::Cursor::new(tar).chain(record_bomb(EntryType::GNULongName, 1 << 30));
+    let (limit, _, read) = refused(bomb, ExtractLimits::default());
+    assert!(
+        matches!(limit, LimitExceeded::HeaderRecord { offset: o, .. } if o == offset),
+        "{limit}"
+    );
+    assert!(read <= 1 << 20, "{read}");
+}
