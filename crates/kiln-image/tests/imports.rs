@@ -565,3 +565,44 @@ fn the_store_refuses_ids_that_are_not_digests() {
     // `/etc` is a directory, and was once taken for an unpacked layer.
     assert!(s.store.unpacked_layer("/etc").is_none());
 }
+
+#[test]
+fn archives_written_by_skopeo_import() {
+    // skopeo's docker archives link each legacy `ID/layer.tar` to the
+    // layer (`../HEX.tar`): links inside the archive are followed.
+    let s = Scene::new();
+    let (a, b) = (layer("bottom"), layer("top"));
+    let layout = s.base.path().join("layout");
+    for (name, data) in oci_members(&[a.clone(), b.clone()], &[digest(&a), digest(&b)], |_| {}) {
+        let p = layout.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+    for dest in ["docker-archive", "oci-archive"] {
+        let path = s.base.path().join(format!("{dest}.tar"));
+        let out = std::process::Command::new("skopeo")
+            .args(["copy", "--quiet"])
+            .arg(format!("oci:{}", layout.display()))
+            .arg(format!("{dest}:{}", path.display()))
+            .output()
+            .expect("skopeo runs (install the Debian package skopeo)");
+        assert!(
+            out.status.success(),
+            "skopeo: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let image = match dest {
+            "docker-archive" => s.docker(&path),
+            _ => s.oci_archive(&path),
+        }
+        .unwrap_or_else(|e| panic!("{dest}: {e}"));
+        assert_eq!(s.hello(&image), "top", "{dest}");
+    }
+    let listing = std::process::Command::new("tar")
+        .arg("-tvf")
+        .arg(s.base.path().join("docker-archive.tar"))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("layer.tar -> ../"), "{listing}");
+}
