@@ -277,3 +277,66 @@ fn a_pax_size_record_moves_the_framing_and_the_guard_follows_it() {
     );
     assert!(read <= 1 << 20, "{read}");
 }
+
+/// A GNU sparse entry: 512 bytes of `x` at offset 0, then a hole up to
+/// `real_size`, the hole's end given in an extension block.
+fn sparse(real_size: u64) -> Vec<u8> {
+    let mut h = Header::new_gnu();
+    h.as_old_mut().name[..6].copy_from_slice(b"sparse");
+    h.set_entry_type(EntryType::GNUSparse);
+    h.set_size(512);
+    h.set_mode(0o644);
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.sparse[0].set_offset(0);
+    gnu.sparse[0].set_length(512);
+    gnu.set_real_size(real_size);
+    gnu.set_is_extended(true);
+    h.set_cksum();
+    let mut ext = tar::GnuExtSparseHeader::new();
+    ext.sparse_mut()[0].set_offset(real_size);
+    ext.sparse_mut()[0].set_length(0);
+    let mut tar = h.as_bytes().to_vec();
+    tar.extend_from_slice(ext.as_bytes());
+    tar.extend_from_slice(&[b'x'; 512]);
+    tar
+}
+
+#[test]
+fn sparse_files_count_what_they_write_and_their_extension_blocks_are_framed() {
+    // 1 TiB of holes from a 1.5 KiB tar: the bytes written give it away.
+    let limits = ExtractLimits {
+        ratio_floor: 1 << 20,
+        ..ExtractLimits::default()
+    };
+    let (limit, msg, _) = refused(&sparse(1 << 40)[..], limits);
+    assert!(
+        matches!(limit, LimitExceeded::Ratio { written, .. } if written < 4 << 20),
+        "{msg}"
+    );
+    // A small one extracts; a bomb after its extension block is seen.
+    let mut tar = sparse(4096);
+    let target = tempfile::tempdir().unwrap();
+    let mut fine = tar.clone();
+    fine.resize(fine.len() + 1024, 0);
+    extract(
+        &fine[..],
+        target.path(),
+        "sparse.tar",
+        &ExtractOptions::default(),
+    )
+    .unwrap();
+    let data = std::fs::read(target.path().join("sparse")).unwrap();
+    assert_eq!(
+        (data.len(), &data[..512], data[4095]),
+        (4096, &[b'x'; 512][..], 0)
+    );
+    let offset = tar.len() as u64;
+    tar.extend_from_slice(&header(b"././@LongLink", EntryType::GNULongName, 1 << 30));
+    let bomb = io::Cursor::new(tar).chain(io::repeat(b'a').take(1 << 30));
+    let (limit, _, read) = refused(bomb, ExtractLimits::default());
+    assert!(
+        matches!(limit, LimitExceeded::HeaderRecord { offset: o, .. } if o == offset),
+        "{limit}"
+    );
+    assert!(read <= 1 << 20, "{read}");
+}
