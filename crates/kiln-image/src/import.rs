@@ -13,8 +13,6 @@ pub use archive::{import_docker_archive, import_oci_archive, import_oci_dir};
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read};
-
-use stage::Temp;
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::{
@@ -25,6 +23,7 @@ use oci_spec::image::{
 use crate::store::{ImageRecord, Status, Store, StoreError, parse_digest};
 use crate::tarball::{self, Compression, ExtractLimits, ExtractOptions, LayerInfo};
 use crate::version::Version;
+use stage::Temp;
 
 pub const ANNOTATION_SOURCE: &str = "dev.kiln.image.source";
 

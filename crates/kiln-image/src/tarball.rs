@@ -6,7 +6,9 @@
 //! call on a directory descriptor that the kernel resolved below the target
 //! with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`: an entry can never
 //! be written through a symlink, whoever created that symlink, and never
-//! outside the target.
+//! outside the target. What an archive may cost is bounded too: header
+//! records the tar crate holds in memory, the bytes written, and how far a
+//! compressed stream expands ([`ExtractLimits`]).
 
 mod beneath;
 mod create;
