@@ -21,21 +21,23 @@ use tar::{EntryType, Header};
 const SECRET: &str = "kiln-test-secret-7f3a9c";
 
 /// A tar of the given members; a member is a file, a symlink (`->` in the
-/// name, target after it) or a directory (name ending in `/`).
+/// name, target after it), a hardlink (`=>`) or a directory (name ending
+/// in `/`).
 fn archive(members: &[(&str, &[u8])]) -> Vec<u8> {
     let mut bytes = Vec::new();
     for (name, data) in members {
         let mut h = Header::new_gnu();
-        let (name, link) = match name.split_once(" -> ") {
-            Some((n, l)) => (n, Some(l)),
-            None => (*name, None),
+        let (name, link) = match (name.split_once(" -> "), name.split_once(" => ")) {
+            (Some((n, l)), _) => (n, Some((l, EntryType::Symlink))),
+            (_, Some((n, l))) => (n, Some((l, EntryType::Link))),
+            _ => (*name, None),
         };
         let old = h.as_old_mut();
         old.name[..name.len()].copy_from_slice(name.as_bytes());
         let (kind, size) = match link {
-            Some(l) => {
+            Some((l, kind)) => {
                 old.linkname[..l.len()].copy_from_slice(l.as_bytes());
-                (EntryType::Symlink, 0)
+                (kind, 0)
             }
             None if name.ends_with('/') => (EntryType::Directory, 0),
             None => (EntryType::Regular, data.len()),
@@ -445,6 +447,24 @@ fn a_symlinked_layer_tar_never_reads_the_host_file() {
         let err = s.refused(s.docker(&path));
         assert!(
             err.contains("entry abc/layer.tar: symlink to"),
+            "{link}: {err}"
+        );
+    }
+    // Hardlinks in the archive link only its own members.
+    let hex = "0".repeat(64);
+    for link in [
+        secret.to_owned(),
+        format!("../../{}", secret.trim_start_matches('/')),
+    ] {
+        let tar = docker_archive(
+            &[(&format!("{hex}.tar"), b"")],
+            std::slice::from_ref(&diff_id),
+            &[(&format!("{hex}.tar => {link}"), b"")],
+        );
+        let path = s.write("hardlink.tar", &tar);
+        let err = s.refused(s.docker(&path));
+        assert!(
+            err.contains(&format!("entry {hex}.tar: hardlink to")),
             "{link}: {err}"
         );
     }
