@@ -284,20 +284,22 @@ impl Store {
 
     pub fn manifest(&self, image: &ImageRecord) -> Result<ImageManifest> {
         let data = self.read_blob(&image.digest())?;
-        ImageManifest::from_reader(&data[..])
-            .map_err(|e| self.corrupt(&format!("manifest {}", image.digest()), e))
+        serde_json::from_slice::<ImageManifest>(&data)
+            .map_err(|e| self.corrupt(&format!("manifest {}", image.digest()), shorten_err(e)))
     }
 
     pub fn config(&self, manifest: &ImageManifest) -> Result<ImageConfiguration> {
         let digest = manifest.config().digest().to_string();
         let data = self.read_blob(&digest)?;
-        ImageConfiguration::from_reader(&data[..])
-            .map_err(|e| self.corrupt(&format!("config {digest}"), e))
+        serde_json::from_slice::<ImageConfiguration>(&data)
+            .map_err(|e| self.corrupt(&format!("config {digest}"), shorten_err(e)))
     }
 
     fn read_index(&self) -> Result<ImageIndex> {
-        ImageIndex::from_file(self.layout().join("index.json"))
-            .map_err(|e| self.corrupt("index.json", e))
+        let path = self.layout().join("index.json");
+        let data = fs::read(&path).map_err(|e| self.io("read index.json", e))?;
+        serde_json::from_slice::<ImageIndex>(&data)
+            .map_err(|e| self.corrupt("index.json", shorten_err(e)))
     }
 
     fn write_index(&self, index: &ImageIndex) -> Result<()> {
@@ -514,6 +516,12 @@ pub fn digest_hex(d: &str) -> Result<&str> {
             digest: crate::tarball::shorten(d),
         }),
     }
+}
+
+/// A parser's message says where (line and column) and what; it may quote
+/// the document, so it is kept short.
+fn shorten_err(e: serde_json::Error) -> String {
+    crate::tarball::shorten(&e.to_string())
 }
 
 pub fn parse_digest(d: &str) -> Result<Digest> {

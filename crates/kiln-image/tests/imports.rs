@@ -584,6 +584,21 @@ fn the_store_refuses_ids_that_are_not_digests() {
     }
     // `/etc` is a directory, and was once taken for an unpacked layer.
     assert!(s.store.unpacked_layer("/etc").is_none());
+
+    // The store's own index, tampered with, says where it is wrong.
+    let index = s.store.layout().join("index.json");
+    std::fs::write(
+        &index,
+        r#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:../../etc/passwd","size":1}]}"#,
+    )
+    .unwrap();
+    let err = s.store.images().unwrap_err().to_string();
+    assert!(
+        err.contains("index.json is corrupt")
+            && err.contains("line 1")
+            && !err.contains("serde failed"),
+        "{err}"
+    );
 }
 
 #[test]
