@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use kiln_image::import::{self, ImportError};
+use kiln_image::tarball::ExtractLimits;
 use kiln_image::{ImageRecord, Store, Version};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,15 +119,19 @@ pub fn resolve(
         }
         ParentRef::Busybox => busybox(store, progress).map_err(imp),
         ParentRef::Debian(suite) => debian(store, suite, text, progress),
-        ParentRef::Rootfs(path) => {
-            import::import_rootfs_tar(store, path, &format!("rootfs-{}", file_name(path)))
-                .map_err(imp)
-        }
+        ParentRef::Rootfs(path) => import::import_rootfs_tar(
+            store,
+            path,
+            &format!("rootfs-{}", file_name(path)),
+            &limits(text)?,
+        )
+        .map_err(imp),
         ParentRef::Oci { dir, tag } => import::import_oci_dir(
             store,
             dir,
             tag.as_deref(),
             &format!("oci-{}", file_name(dir)),
+            &limits(text)?,
         )
         .map_err(imp),
         ParentRef::OciArchive { path, tag } => import::import_oci_archive(
@@ -134,13 +139,26 @@ pub fn resolve(
             path,
             tag.as_deref(),
             &format!("oci-{}", file_name(path)),
+            &limits(text)?,
         )
         .map_err(imp),
-        ParentRef::DockerArchive(path) => {
-            import::import_docker_archive(store, path, &format!("docker-{}", file_name(path)))
-                .map_err(imp)
-        }
+        ParentRef::DockerArchive(path) => import::import_docker_archive(
+            store,
+            path,
+            &format!("docker-{}", file_name(path)),
+            &limits(text)?,
+        )
+        .map_err(imp),
     }
+}
+
+/// The bounds on an imported parent: the defaults of [`ExtractLimits`],
+/// overridden by the `KILN_IMPORT_*` environment variables.
+fn limits(parent: &str) -> Result<ExtractLimits, ParentError> {
+    ExtractLimits::from_env().map_err(|why| ParentError::Build {
+        parent: parent.to_string(),
+        why,
+    })
 }
 
 /// The busybox parent, keyed by the host busybox binary's digest so that

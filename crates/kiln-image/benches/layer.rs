@@ -199,6 +199,7 @@ fn time_extract(dir: &Path) -> Duration {
         whiteouts: false,
         allow_devices: true,
         preserve_owners: rustix::process::geteuid().is_root(),
+        ..Default::default()
     };
     let started = Instant::now();
     extract(&blob[..], t.path(), "bench layer", &opts).expect("extract");

@@ -18,16 +18,18 @@ pub fn flatten(store: &Store, image: &ImageRecord) -> Result<PathBuf, ImportErro
         path: dir.clone(),
         error,
     })?;
-    // The store's own layers are trusted as far as devices go: they came
-    // from its bakes or passed the safe extractor once already.
+    // The store's own layers are trusted as far as devices and size go:
+    // they came from its bakes or passed the safe extractor once already.
     let opts = ExtractOptions {
         whiteouts: true,
         allow_devices: true,
         preserve_owners: rustix::process::geteuid().is_root(),
+        members_only: false,
+        limits: tarball::ExtractLimits::trusted(),
     };
     for layer in manifest.layers() {
         let digest = layer.digest().to_string();
-        let path = store.blob_path(&digest);
+        let path = store.blob_path(&digest)?;
         let file = File::open(&path).map_err(|error| ImportError::Io {
             path: path.clone(),
             error,

@@ -1,7 +1,14 @@
 //! Bringing images into the store: a root filesystem tree (busybox,
 //! mmdebstrap), a rootfs tarball, an OCI layout or archive, and what
 //! `docker save` writes. Every archive is extracted with the safe
-//! extractor, and every layer is kept unpacked in overlayfs form.
+//! extractor within its limits, every layer is checked against its digests
+//! while it is extracted, and kept unpacked in overlayfs form.
+
+mod archive;
+mod member;
+mod stage;
+
+pub use archive::{import_docker_archive, import_oci_archive, import_oci_dir};
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -9,13 +16,14 @@ use std::io::{BufReader, BufWriter, Read};
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::{
-    ConfigBuilder, Descriptor, ImageConfiguration, ImageConfigurationBuilder, ImageIndex,
-    ImageManifest, ImageManifestBuilder, MediaType, RootFsBuilder,
+    ConfigBuilder, Descriptor, ImageConfiguration, ImageConfigurationBuilder, ImageManifest,
+    ImageManifestBuilder, MediaType, RootFsBuilder,
 };
 
-use crate::store::{ImageRecord, Status, Store, StoreError, parse_digest, sha256_hex};
-use crate::tarball::{self, Compression, ExtractOptions, LayerInfo};
+use crate::store::{ImageRecord, Status, Store, StoreError, parse_digest};
+use crate::tarball::{self, Compression, ExtractLimits, ExtractOptions, LayerInfo};
 use crate::version::Version;
+use stage::Temp;
 
 pub const ANNOTATION_SOURCE: &str = "dev.kiln.image.source";
 
@@ -34,11 +42,25 @@ pub enum ImportError {
     Tar(#[from] tarball::TarError),
     #[error("{source_name}: {why}")]
     Invalid { source_name: String, why: String },
+    #[error(transparent)]
+    Mismatch(Box<LayerMismatch>),
     #[error("{path}: {error}")]
     Io {
         path: PathBuf,
         error: std::io::Error,
     },
+}
+
+/// A layer whose content is not what the image says it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {layer}: {field} is {expected}, but the layer's content is {actual}")]
+pub struct LayerMismatch {
+    pub source_name: String,
+    pub layer: String,
+    /// Where the image gives the digest (a manifest or config field).
+    pub field: String,
+    pub expected: String,
+    pub actual: String,
 }
 
 type Result<T> = std::result::Result<T, ImportError>;
@@ -88,15 +110,16 @@ pub fn write_layer(
     dir: &Path,
     overlay_upper: bool,
 ) -> Result<(Descriptor, LayerInfo)> {
-    let tmp = store.temp_path("layer");
-    let file = File::create(&tmp).map_err(io(&tmp))?;
+    let tmp = Temp::file(store, "layer");
+    let file = File::create(tmp.path()).map_err(io(tmp.path()))?;
     let info = tarball::create_layer(
         dir,
         BufWriter::with_capacity(1 << 20, file),
         Compression::Zstd,
         overlay_upper,
     )?;
-    store.put_blob_file(&tmp, &info.digest)?;
+    store.put_blob_file(tmp.path(), &info.digest)?;
+    tmp.keep();
     let descriptor = Descriptor::new(
         MediaType::ImageLayerZstd,
         info.size,
@@ -181,23 +204,43 @@ pub fn unpack_layers(store: &Store, manifest: &ImageManifest) -> Result<Vec<Path
 }
 
 /// The unpacked form of one layer blob, extracted the first time it is
-/// needed. The caller holds the store lock.
+/// needed and checked against `diff_id`. The caller holds the store lock.
 pub fn unpack_layer(store: &Store, digest: &str, diff_id: &str) -> Result<PathBuf> {
     if let Some(dir) = store.unpacked_layer(diff_id) {
         return Ok(dir);
     }
-    let blob = store.blob_path(digest);
-    let tmp = store.temp_path("unpack");
-    fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    store.layer_dir(diff_id)?;
+    let blob = store.blob_path(digest)?;
+    let tmp = Temp::dir(store, "unpack")?;
     let file = File::open(&blob).map_err(io(&blob))?;
     let opts = ExtractOptions {
         whiteouts: false,
         allow_devices: false,
         preserve_owners: rustix::process::geteuid().is_root(),
+        members_only: false,
+        // The store's blobs passed the limits when they were imported, or
+        // a bake made them.
+        limits: ExtractLimits::trusted(),
     };
-    tarball::extract(BufReader::with_capacity(1 << 20, file), &tmp, digest, &opts)?;
-    to_overlay_form(&tmp)?;
-    Ok(store.put_unpacked_layer(&tmp, diff_id)?)
+    let extracted = tarball::extract(
+        BufReader::with_capacity(1 << 20, file),
+        tmp.path(),
+        digest,
+        &opts,
+    )?;
+    if extracted.diff_id != diff_id {
+        return Err(ImportError::Mismatch(Box::new(LayerMismatch {
+            source_name: format!("image store {}", store.dir().display()),
+            layer: format!("layer {digest}"),
+            field: "its diff_id".into(),
+            expected: diff_id.into(),
+            actual: extracted.diff_id,
+        })));
+    }
+    to_overlay_form(tmp.path())?;
+    let dir = store.put_unpacked_layer(tmp.path(), diff_id)?;
+    tmp.keep();
+    Ok(dir)
 }
 
 /// Converts OCI whiteout files into overlayfs's own form, so that the
@@ -242,29 +285,38 @@ pub fn to_overlay_form(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A rootfs tarball (`rootfs:PATH.tar`), extracted safely and stored as
-/// one layer. Imports of the same tarball are found again by its digest.
-pub fn import_rootfs_tar(store: &Store, tar: &Path, name: &str) -> Result<ImageRecord> {
+/// A rootfs tarball (`rootfs:PATH.tar`), extracted safely within `limits`
+/// and stored as one layer. Imports of the same tarball are found again by
+/// its digest.
+pub fn import_rootfs_tar(
+    store: &Store,
+    tar: &Path,
+    name: &str,
+    limits: &ExtractLimits,
+) -> Result<ImageRecord> {
     let digest = file_digest(tar)?;
     let source = format!("rootfs:sha256:{digest}");
     if let Some(found) = find_by_source(store, &source)? {
         return Ok(found);
     }
-    let tree = store.temp_path("rootfs");
-    fs::create_dir_all(&tree).map_err(io(&tree))?;
+    let tree = Temp::dir(store, "rootfs")?;
     let file = File::open(tar).map_err(io(tar))?;
     let opts = ExtractOptions {
         whiteouts: true,
         allow_devices: false,
         preserve_owners: rustix::process::geteuid().is_root(),
+        members_only: false,
+        limits: *limits,
     };
     tarball::extract(
         BufReader::with_capacity(1 << 20, file),
-        &tree,
-        &tar.display().to_string(),
+        tree.path(),
+        &format!("rootfs:{}", tar.display()),
         &opts,
     )?;
-    image_from_tree(store, &tree, name, IMPORTED_VERSION, &source)
+    let image = image_from_tree(store, tree.path(), name, IMPORTED_VERSION, &source)?;
+    tree.keep();
+    Ok(image)
 }
 
 fn file_digest(path: &Path) -> Result<String> {
@@ -280,156 +332,4 @@ fn file_digest(path: &Path) -> Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex::encode(hasher.finalize()))
-}
-
-/// An image of an OCI layout directory (`oci:DIR[:TAG]`): blobs are copied
-/// in after their digests are checked.
-pub fn import_oci_dir(
-    store: &Store,
-    layout: &Path,
-    tag: Option<&str>,
-    name: &str,
-) -> Result<ImageRecord> {
-    let source_name = format!("oci:{}", layout.display());
-    let index = ImageIndex::from_file(layout.join("index.json"))
-        .map_err(|e| invalid(&source_name, e.to_string()))?;
-    let manifests = index.manifests();
-    let chosen = match tag {
-        Some(t) => manifests.iter().find(|d| {
-            d.annotations()
-                .as_ref()
-                .and_then(|a| a.get("org.opencontainers.image.ref.name"))
-                .map(String::as_str)
-                == Some(t)
-        }),
-        None if manifests.len() == 1 => manifests.first(),
-        None => {
-            return Err(invalid(
-                &source_name,
-                "the layout holds several images: name one with oci:DIR:TAG",
-            ));
-        }
-    };
-    let Some(manifest_desc) = chosen else {
-        return Err(invalid(
-            &source_name,
-            format!("no image tagged {:?}", tag.unwrap_or_default()),
-        ));
-    };
-    let source = format!("oci:{}", manifest_desc.digest());
-    if let Some(found) = find_by_source(store, &source)? {
-        return Ok(found);
-    }
-    let blob = |d: &Descriptor| -> Result<Vec<u8>> {
-        let digest = d.digest().to_string();
-        let path = layout.join("blobs").join(digest.replace(':', "/"));
-        let data = fs::read(&path).map_err(io(&path))?;
-        if format!("sha256:{}", sha256_hex(&data)) != digest {
-            return Err(invalid(
-                &source_name,
-                format!("blob {digest} does not match its digest"),
-            ));
-        }
-        Ok(data)
-    };
-    let manifest_bytes = blob(manifest_desc)?;
-    let manifest = ImageManifest::from_reader(&manifest_bytes[..])
-        .map_err(|e| invalid(&source_name, e.to_string()))?;
-    let config_bytes = blob(manifest.config())?;
-    let config = ImageConfiguration::from_reader(&config_bytes[..])
-        .map_err(|e| invalid(&source_name, e.to_string()))?;
-    let mut layers = Vec::new();
-    for layer in manifest.layers() {
-        let data = blob(layer)?;
-        let stored = store.put_blob(layer.media_type().clone(), &data)?;
-        layers.push(stored);
-    }
-    finish_image(store, &config, layers, name, IMPORTED_VERSION, &source)
-}
-
-/// An OCI archive (`oci-archive:PATH[:TAG]`): a tarred layout.
-pub fn import_oci_archive(
-    store: &Store,
-    archive: &Path,
-    tag: Option<&str>,
-    name: &str,
-) -> Result<ImageRecord> {
-    let dir = store.temp_path("oci-archive");
-    fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let file = File::open(archive).map_err(io(archive))?;
-    tarball::extract(
-        BufReader::new(file),
-        &dir,
-        &archive.display().to_string(),
-        &ExtractOptions::default(),
-    )?;
-    let result = import_oci_dir(store, &dir, tag, name);
-    let _ = fs::remove_dir_all(&dir);
-    result
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct DockerManifest {
-    config: String,
-    layers: Vec<String>,
-}
-
-/// What `docker save` writes (`docker-archive:PATH`): its layers are tars,
-/// its config the image configuration.
-pub fn import_docker_archive(store: &Store, archive: &Path, name: &str) -> Result<ImageRecord> {
-    let source_name = format!("docker-archive:{}", archive.display());
-    let digest = file_digest(archive)?;
-    let source = format!("docker-archive:sha256:{digest}");
-    if let Some(found) = find_by_source(store, &source)? {
-        return Ok(found);
-    }
-    let dir = store.temp_path("docker-archive");
-    fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let file = File::open(archive).map_err(io(archive))?;
-    tarball::extract(
-        BufReader::new(file),
-        &dir,
-        &archive.display().to_string(),
-        &ExtractOptions::default(),
-    )?;
-    let result = (|| {
-        let manifest_path = dir.join("manifest.json");
-        let text = fs::read(&manifest_path).map_err(io(&manifest_path))?;
-        let manifests: Vec<DockerManifest> = serde_json::from_slice(&text)
-            .map_err(|e| invalid(&source_name, format!("manifest.json: {e}")))?;
-        let [manifest] = manifests.as_slice() else {
-            return Err(invalid(
-                &source_name,
-                "the archive holds several images; save one at a time",
-            ));
-        };
-        let inside = |p: &str| -> Result<PathBuf> {
-            if Path::new(p)
-                .components()
-                .any(|c| !matches!(c, std::path::Component::Normal(_)))
-            {
-                return Err(invalid(&source_name, format!("{p} leaves the archive")));
-            }
-            Ok(dir.join(p))
-        };
-        let config_path = inside(&manifest.config)?;
-        let config_bytes = fs::read(&config_path).map_err(io(&config_path))?;
-        let config = ImageConfiguration::from_reader(&config_bytes[..])
-            .map_err(|e| invalid(&source_name, format!("config: {e}")))?;
-        let mut layers = Vec::new();
-        for layer in &manifest.layers {
-            let path = inside(layer)?;
-            let data = fs::read(&path).map_err(io(&path))?;
-            let media = match Compression::detect(&data[..data.len().min(8)]) {
-                Compression::Gzip => MediaType::ImageLayerGzip,
-                Compression::Zstd => MediaType::ImageLayerZstd,
-                Compression::None => MediaType::ImageLayer,
-            };
-            layers.push(store.put_blob(media, &data)?);
-        }
-        finish_image(store, &config, layers, name, IMPORTED_VERSION, &source)
-    })();
-    let _ = fs::remove_dir_all(&dir);
-    result
 }

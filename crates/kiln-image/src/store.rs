@@ -54,6 +54,8 @@ pub enum StoreError {
     Ambiguous { reference: String, matches: String },
     #[error("{reference:?} is not an image reference: {why}")]
     BadReference { reference: String, why: String },
+    #[error("{digest:?} is not a sha256 digest (sha256: and 64 lowercase hex digits)")]
+    BadDigest { digest: String },
     #[error("image {image} is {status}: its tests did not pass, so it cannot be deployed")]
     NotDeployable { image: String, status: Status },
 }
@@ -231,20 +233,21 @@ impl Store {
         })
     }
 
-    pub fn blob_path(&self, digest: &str) -> PathBuf {
-        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-        self.layout().join("blobs/sha256").join(hex)
+    /// Where the blob `digest` lives; refused unless `digest` is a sha256
+    /// digest, so that no name from an image can reach another path.
+    pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
+        Ok(self.layout().join("blobs/sha256").join(digest_hex(digest)?))
     }
 
     pub fn has_blob(&self, digest: &str) -> bool {
-        self.blob_path(digest).is_file()
+        self.blob_path(digest).is_ok_and(|p| p.is_file())
     }
 
     /// Stores `data` as a blob; returns its descriptor.
     pub fn put_blob(&self, media_type: MediaType, data: &[u8]) -> Result<Descriptor> {
         let digest = format!("sha256:{}", sha256_hex(data));
         if !self.has_blob(&digest) {
-            self.write_atomic(&self.blob_path(&digest), data)?;
+            self.write_atomic(&self.blob_path(&digest)?, data)?;
         }
         Ok(Descriptor::new(
             media_type,
@@ -256,9 +259,10 @@ impl Store {
     /// Publishes a finished file from [`Store::temp_path`] as the blob
     /// `digest`, which the caller computed while writing it.
     pub fn put_blob_file(&self, tmp: &Path, digest: &str) -> Result<()> {
+        let path = self.blob_path(digest)?;
         let publish = || -> io::Result<()> {
             File::open(tmp)?.sync_all()?;
-            fs::rename(tmp, self.blob_path(digest))?;
+            fs::rename(tmp, &path)?;
             File::open(self.layout().join("blobs/sha256"))?.sync_all()
         };
         publish().map_err(|e| self.io(format!("publish blob {digest}"), e))
@@ -266,7 +270,7 @@ impl Store {
 
     pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
         let mut data = Vec::new();
-        File::open(self.blob_path(digest))
+        File::open(self.blob_path(digest)?)
             .and_then(|mut f| f.read_to_end(&mut data))
             .map_err(|e| self.io(format!("read blob {digest}"), e))?;
         if sha256_hex(&data) != digest.strip_prefix("sha256:").unwrap_or(digest) {
@@ -280,20 +284,22 @@ impl Store {
 
     pub fn manifest(&self, image: &ImageRecord) -> Result<ImageManifest> {
         let data = self.read_blob(&image.digest())?;
-        ImageManifest::from_reader(&data[..])
-            .map_err(|e| self.corrupt(&format!("manifest {}", image.digest()), e))
+        serde_json::from_slice::<ImageManifest>(&data)
+            .map_err(|e| self.corrupt(&format!("manifest {}", image.digest()), shorten_err(e)))
     }
 
     pub fn config(&self, manifest: &ImageManifest) -> Result<ImageConfiguration> {
         let digest = manifest.config().digest().to_string();
         let data = self.read_blob(&digest)?;
-        ImageConfiguration::from_reader(&data[..])
-            .map_err(|e| self.corrupt(&format!("config {digest}"), e))
+        serde_json::from_slice::<ImageConfiguration>(&data)
+            .map_err(|e| self.corrupt(&format!("config {digest}"), shorten_err(e)))
     }
 
     fn read_index(&self) -> Result<ImageIndex> {
-        ImageIndex::from_file(self.layout().join("index.json"))
-            .map_err(|e| self.corrupt("index.json", e))
+        let path = self.layout().join("index.json");
+        let data = fs::read(&path).map_err(|e| self.io("read index.json", e))?;
+        serde_json::from_slice::<ImageIndex>(&data)
+            .map_err(|e| self.corrupt("index.json", shorten_err(e)))
     }
 
     fn write_index(&self, index: &ImageIndex) -> Result<()> {
@@ -447,22 +453,22 @@ impl Store {
     }
 
     /// The unpacked form of a layer, in overlayfs form, extracted once and
-    /// shared; `None` if it is not unpacked yet.
+    /// shared; `None` if it is not unpacked yet (or `diff_id` is no digest).
     pub fn unpacked_layer(&self, diff_id: &str) -> Option<PathBuf> {
-        let dir = self.layer_dir(diff_id);
+        let dir = self.layer_dir(diff_id).ok()?;
         dir.is_dir().then_some(dir)
     }
 
-    pub fn layer_dir(&self, diff_id: &str) -> PathBuf {
-        self.dir
-            .join("layers")
-            .join(diff_id.strip_prefix("sha256:").unwrap_or(diff_id))
+    /// Where the unpacked form of `diff_id` lives; refused unless it is a
+    /// sha256 digest.
+    pub fn layer_dir(&self, diff_id: &str) -> Result<PathBuf> {
+        Ok(self.dir.join("layers").join(digest_hex(diff_id)?))
     }
 
     /// Publishes a directory prepared under the temporary directory as the
     /// unpacked form of `diff_id`. The caller holds the lock.
     pub fn put_unpacked_layer(&self, prepared: &Path, diff_id: &str) -> Result<PathBuf> {
-        let dir = self.layer_dir(diff_id);
+        let dir = self.layer_dir(diff_id)?;
         if dir.is_dir() {
             let _ = fs::remove_dir_all(prepared);
             return Ok(dir);
@@ -493,7 +499,33 @@ pub struct CachedLayer {
     pub media_type: String,
 }
 
+/// The 64 hex digits of a `sha256:` digest. Every digest and diff_id an
+/// image names passes here before it becomes part of a path: anything else
+/// (`/etc`, `sha256:../../x`, upper case, other algorithms) is refused.
+pub fn digest_hex(d: &str) -> Result<&str> {
+    match d.strip_prefix("sha256:") {
+        Some(hex)
+            if hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
+            Ok(hex)
+        }
+        _ => Err(StoreError::BadDigest {
+            digest: crate::tarball::shorten(d),
+        }),
+    }
+}
+
+/// A parser's message says where (line and column) and what; it may quote
+/// the document, so it is kept short.
+fn shorten_err(e: serde_json::Error) -> String {
+    crate::tarball::shorten(&e.to_string())
+}
+
 pub fn parse_digest(d: &str) -> Result<Digest> {
+    digest_hex(d)?;
     d.parse::<Digest>().map_err(|e| StoreError::BadReference {
         reference: d.into(),
         why: e.to_string(),

@@ -6,11 +6,15 @@
 //! call on a directory descriptor that the kernel resolved below the target
 //! with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`: an entry can never
 //! be written through a symlink, whoever created that symlink, and never
-//! outside the target.
+//! outside the target. What an archive may cost is bounded too: header
+//! records the tar crate holds in memory, the bytes written, and how far a
+//! compressed stream expands ([`ExtractLimits`]).
 
 mod beneath;
 mod create;
 mod extract;
+mod framing;
+mod limits;
 mod path;
 
 #[cfg(test)]
@@ -21,6 +25,10 @@ use std::path::PathBuf;
 
 pub use create::create_layer;
 pub use extract::extract;
+pub use limits::{
+    ENV_MAX_HEADER_RECORD, ENV_MAX_RATIO, ENV_MAX_SIZE, ENV_RATIO_FLOOR, ExtractLimits,
+    LimitExceeded,
+};
 
 /// How a layer's tar stream is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +72,21 @@ pub struct ExtractOptions {
     pub allow_devices: bool,
     /// Give entries the uid and gid the archive lists (needs root).
     pub preserve_owners: bool,
+    /// For archives of files (an OCI or docker archive), not of a root
+    /// filesystem: symlinks with an absolute target are refused, since only
+    /// a root filesystem gives them a meaning inside the target.
+    pub members_only: bool,
+    pub limits: ExtractLimits,
+}
+
+/// What [`extract`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extracted {
+    /// `sha256:<hex>` of the whole uncompressed stream (a layer's diff_id).
+    pub diff_id: String,
+    /// Its size in bytes.
+    pub size: u64,
+    pub compression: Compression,
 }
 
 /// What a layer written by [`create_layer`] is, for its descriptor and the
@@ -91,6 +114,11 @@ pub enum TarError {
     /// Decompression or the tar framing failed outside any one entry.
     #[error("{archive}: read: {error}")]
     Read { archive: String, error: io::Error },
+    #[error("{archive}: refused: {limit}")]
+    Limit {
+        archive: String,
+        limit: LimitExceeded,
+    },
     #[error("{archive}: entry {entry}: {problem}")]
     Entry {
         archive: String,
@@ -117,6 +145,8 @@ pub enum EntryProblem {
     LeavesTarget,
     #[error("symlink to {target} leaves the target")]
     SymlinkLeavesTarget { target: String },
+    #[error("symlink to the absolute path {target}: members of this archive link only inside it")]
+    SymlinkAbsolute { target: String },
     #[error("hardlink to the absolute path {target}")]
     HardlinkAbsolute { target: String },
     #[error("hardlink to {target} leaves the target")]
@@ -149,6 +179,17 @@ impl TarError {
     }
 }
 
-fn sha256_digest(hash: &[u8]) -> String {
+/// At most [`SHOWN`] characters of a name from an archive or an image, for
+/// error messages: names can be as long as an archive makes them.
+pub fn shorten(name: &str) -> String {
+    match name.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}…", &name[..cut]),
+        None => name.to_owned(),
+    }
+}
+
+const SHOWN: usize = 200;
+
+pub(crate) fn sha256_digest(hash: &[u8]) -> String {
     format!("sha256:{}", hex::encode(hash))
 }

@@ -225,6 +225,7 @@ fn everything() -> ExtractOptions {
         whiteouts: true,
         allow_devices: false,
         preserve_owners: true,
+        ..Default::default()
     }
 }
 

@@ -12,8 +12,10 @@ use rustix::io::Errno;
 use tar::EntryType;
 
 use super::beneath::{list_dir, open_beneath, parent_problem, remove_tree, replacing};
+use super::framing::Framed;
+use super::limits::{Counted, Meter};
 use super::path::{display, join, normalize, split, symlink_stays_inside};
-use super::{Compression, EntryProblem, ExtractOptions, TarError};
+use super::{Compression, EntryProblem, ExtractOptions, Extracted, TarError};
 
 const READ_BUFFER: usize = 256 * 1024;
 const OPAQUE: &[u8] = b".wh..wh..opq";
@@ -29,15 +31,19 @@ const WHITEOUT: &[u8] = b".wh.";
 /// whose relative target climbs above the target (absolute targets are
 /// read as inside the target, as after `chroot`, and are allowed), hardlinks
 /// to absolute, outside or missing paths, any path whose parent is a
-/// symlink, and device nodes unless `opts.allow_devices`. Nothing is ever
-/// written outside `target`, but a refused archive may leave a partial tree
-/// in it, so callers extract into a fresh directory.
+/// symlink, device nodes unless `opts.allow_devices`, absolute symlinks
+/// when `opts.members_only`, and streams past `opts.limits`. Nothing is
+/// ever written outside `target`, but a refused archive may leave a partial
+/// tree in it, so callers extract into a fresh directory.
+///
+/// Returns the digest of the whole uncompressed stream (the diff_id of a
+/// layer), read to its end.
 pub fn extract(
     reader: impl Read,
     target: &Path,
     archive: &str,
     opts: &ExtractOptions,
-) -> Result<(), TarError> {
+) -> Result<Extracted, TarError> {
     let root = rfs::open(
         target,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -48,16 +54,42 @@ pub fn extract(
         target: target.to_owned(),
         error: e.into(),
     })?;
+    let meter = Meter::new(opts.limits);
+    let result = extract_metered(reader, root, archive, opts, &meter);
+    // A bound the stream ran into explains whatever error it caused, which
+    // the tar crate or the entry that was being written may have rewrapped.
+    if let Some(limit) = meter.take_hit() {
+        return Err(TarError::Limit {
+            archive: archive.to_owned(),
+            limit,
+        });
+    }
+    let extracted = result?;
+    tracing::debug!(archive, target = %target.display(), "extracted");
+    Ok(extracted)
+}
+
+fn extract_metered(
+    reader: impl Read,
+    root: OwnedFd,
+    archive: &str,
+    opts: &ExtractOptions,
+    meter: &Meter,
+) -> Result<Extracted, TarError> {
     let read_err = |error| TarError::Read {
         archive: archive.to_owned(),
         error,
     };
 
-    let mut reader = reader;
+    let mut reader = Counted {
+        inner: reader,
+        meter,
+    };
     let mut magic = [0u8; 4];
     let got = read_prefix(&mut reader, &mut magic).map_err(read_err)?;
+    let compression = Compression::detect(&magic[..got]);
     let stream = (&magic[..got]).chain(reader);
-    let decoded: Box<dyn Read + '_> = match Compression::detect(&magic[..got]) {
+    let decoded: Box<dyn Read + '_> = match compression {
         Compression::None => Box::new(stream),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
             READ_BUFFER,
@@ -70,11 +102,15 @@ pub fn extract(
     };
     // Headers are read 512 bytes at a time; without a buffer each would be
     // a syscall or a call into the decompressor.
-    let mut tar = tar::Archive::new(BufReader::with_capacity(READ_BUFFER, decoded));
+    let mut tar = tar::Archive::new(BufReader::with_capacity(
+        READ_BUFFER,
+        Framed::new(decoded, meter),
+    ));
 
     let mut x = Extractor {
         archive,
         opts,
+        meter,
         root,
         dirs: Vec::new(),
         layer_paths: HashSet::new(),
@@ -87,8 +123,17 @@ pub fn extract(
             .map_err(|problem| x.refuse(&raw, problem))?;
     }
     x.finish_dirs()?;
-    tracing::debug!(archive, target = %target.display(), "extracted");
-    Ok(())
+    // The tar crate stops at the first end-of-archive block; the diff_id
+    // covers the whole stream, so the rest (more zero blocks, padding) is
+    // read and hashed too, still within the limits.
+    let mut rest = tar.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(read_err)?;
+    let framed = rest.into_inner();
+    Ok(Extracted {
+        diff_id: framed.digest(),
+        size: meter.stream.get(),
+        compression,
+    })
 }
 
 /// Fills `buf` unless the stream ends first; returns how much it holds.
@@ -188,6 +233,7 @@ struct DirMeta {
 struct Extractor<'a> {
     archive: &'a str,
     opts: &'a ExtractOptions,
+    meter: &'a Meter,
     root: OwnedFd,
     dirs: Vec<DirMeta>,
     /// Paths this archive created: whiteouts hide only what lower layers
@@ -274,6 +320,11 @@ impl Extractor<'_> {
             }
             EntryType::Symlink => {
                 let target = entry.link_name_bytes().unwrap_or_default().into_owned();
+                if self.opts.members_only && target.first() == Some(&b'/') {
+                    return Err(EntryProblem::SymlinkAbsolute {
+                        target: display(&target),
+                    });
+                }
                 if !symlink_stays_inside(&path, &target) {
                     return Err(EntryProblem::SymlinkLeavesTarget {
                         target: display(&target),
@@ -444,6 +495,12 @@ impl Extractor<'_> {
                     });
                 }
             };
+            // Sparse entries write more than the stream holds.
+            Meter::add(&self.meter.written, n);
+            self.meter.check().map_err(|error| EntryProblem::Io {
+                op: "write file",
+                error,
+            })?;
             file.write_all(&self.buf[..n])
                 .map_err(|error| EntryProblem::Io {
                     op: "write file",

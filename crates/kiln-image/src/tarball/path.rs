@@ -79,9 +79,10 @@ pub(super) fn symlink_stays_inside(link: &[u8], target: &[u8]) -> bool {
     true
 }
 
-/// For error messages: archives may hold names that are not UTF-8.
+/// For error messages: archives may hold names that are not UTF-8, and
+/// names of any length.
 pub(super) fn display(p: &[u8]) -> String {
-    String::from_utf8_lossy(p).into_owned()
+    super::shorten(&String::from_utf8_lossy(p))
 }
 
 #[cfg(test)]

@@ -229,6 +229,7 @@ fn all_options() -> ExtractOptions {
         whiteouts: true,
         allow_devices: true,
         preserve_owners: true,
+        ..Default::default()
     }
 }
 
@@ -579,6 +580,7 @@ fn overlay_upper_becomes_a_layer_with_whiteouts() {
         whiteouts: false,
         allow_devices: false,
         preserve_owners: true,
+        ..Default::default()
     };
     extract(&layer1[..], &dst, "layer1", &base).unwrap();
     let over = ExtractOptions {

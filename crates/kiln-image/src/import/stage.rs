@@ -1,0 +1,285 @@
+//! An import in progress: every layer is copied, hashed and extracted under
+//! the store's temporary directory and checked against the digests the
+//! image gives it; only when every layer passed are the blobs, unpacked
+//! layers and the image record published. A failed import leaves nothing:
+//! its temporary files go when the stage is dropped, and what a failed
+//! publication already moved into the store is taken out again.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifestBuilder, MediaType};
+use sha2::{Digest as _, Sha256};
+
+use super::{ANNOTATION_SOURCE, IMPORTED_VERSION, ImportError, LayerMismatch, Result, invalid, io};
+use crate::store::{ImageRecord, Status, Store, digest_hex, parse_digest};
+use crate::tarball::{self, Compression, ExtractLimits, ExtractOptions};
+
+/// A temporary path under the store, removed on drop unless published.
+pub(super) struct Temp(Option<PathBuf>);
+
+impl Temp {
+    /// A path for a file the caller creates.
+    pub fn file(store: &Store, what: &str) -> Temp {
+        Temp(Some(store.temp_path(what)))
+    }
+
+    pub fn dir(store: &Store, what: &str) -> Result<Temp> {
+        let path = store.temp_path(what);
+        fs::create_dir_all(&path).map_err(io(&path))?;
+        Ok(Temp(Some(path)))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0
+            .as_deref()
+            .expect("a temporary path is used before it is kept")
+    }
+
+    /// Leaves the path to its new owner (it was renamed away).
+    pub fn keep(mut self) -> PathBuf {
+        self.0.take().expect("kept once")
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = match fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => fs::remove_dir_all(&path),
+                Ok(_) => fs::remove_file(&path),
+                Err(_) => Ok(()),
+            };
+        }
+    }
+}
+
+struct Staged {
+    blob: Temp,
+    dir: Temp,
+    digest: String,
+    size: u64,
+    media_type: MediaType,
+    diff_id: String,
+}
+
+pub(super) struct Stage<'s> {
+    store: &'s Store,
+    source_name: String,
+    /// What the remaining layers may still expand to.
+    limits: ExtractLimits,
+    layers: Vec<Staged>,
+}
+
+/// Which digest a layer must have, and where the image says so.
+pub(super) struct Expected<'a> {
+    pub digest: &'a str,
+    pub field: String,
+}
+
+impl<'s> Stage<'s> {
+    pub fn new(store: &'s Store, source_name: &str, limits: &ExtractLimits) -> Stage<'s> {
+        Stage {
+            store,
+            source_name: source_name.to_owned(),
+            limits: *limits,
+            layers: Vec::new(),
+        }
+    }
+
+    fn mismatch(&self, layer: &str, expected: &Expected<'_>, actual: &str) -> ImportError {
+        ImportError::Mismatch(Box::new(LayerMismatch {
+            source_name: self.source_name.clone(),
+            layer: layer.to_owned(),
+            field: expected.field.clone(),
+            expected: expected.digest.to_owned(),
+            actual: actual.to_owned(),
+        }))
+    }
+
+    /// Copies the layer `file` (named `layer` in errors) to a temporary
+    /// blob while extracting it, and checks the blob against `blob` (when
+    /// the image names the blob's digest) and the uncompressed stream
+    /// against `diff_id`.
+    pub fn layer(
+        &mut self,
+        layer: &str,
+        file: File,
+        blob: Option<Expected<'_>>,
+        diff_id: Expected<'_>,
+    ) -> Result<()> {
+        let bad =
+            |field: &str, e: crate::StoreError| invalid(&self.source_name, format!("{field}: {e}"));
+        digest_hex(diff_id.digest).map_err(|e| bad(&diff_id.field, e))?;
+        if let Some(b) = &blob {
+            digest_hex(b.digest).map_err(|e| bad(&b.field, e))?;
+        }
+        let blob_tmp = Temp::file(self.store, "blob");
+        let out = File::create(blob_tmp.path()).map_err(io(blob_tmp.path()))?;
+        let mut tee = Tee {
+            inner: file,
+            hasher: Sha256::new(),
+            out: BufWriter::with_capacity(1 << 20, out),
+            size: 0,
+        };
+        let dir = Temp::dir(self.store, "unpack")?;
+        let opts = ExtractOptions {
+            whiteouts: false,
+            allow_devices: false,
+            preserve_owners: rustix::process::geteuid().is_root(),
+            members_only: false,
+            limits: self.limits,
+        };
+        let shown = format!("{}: {layer}", self.source_name);
+        let extracted = tarball::extract(&mut tee, dir.path(), &shown, &opts)?;
+        // The decompressor may stop before the end of the blob; the blob's
+        // digest covers all of it.
+        io::copy(&mut tee, &mut io::sink()).map_err(io(blob_tmp.path()))?;
+        tee.out.flush().map_err(io(blob_tmp.path()))?;
+        let digest = tarball::sha256_digest(&tee.hasher.finalize());
+        if let Some(b) = &blob
+            && b.digest != digest
+        {
+            return Err(self.mismatch(layer, b, &digest));
+        }
+        if extracted.diff_id != diff_id.digest {
+            return Err(self.mismatch(layer, &diff_id, &extracted.diff_id));
+        }
+        self.limits.max_size = self.limits.max_size.saturating_sub(extracted.size);
+        super::to_overlay_form(dir.path())?;
+        self.layers.push(Staged {
+            blob: blob_tmp,
+            dir,
+            digest,
+            size: tee.size,
+            media_type: match extracted.compression {
+                Compression::Gzip => MediaType::ImageLayerGzip,
+                Compression::Zstd => MediaType::ImageLayerZstd,
+                Compression::None => MediaType::ImageLayer,
+            },
+            diff_id: diff_id.digest.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// Publishes the staged layers, `config` and a manifest, then the image
+    /// record; on failure takes out again what it put in.
+    pub fn publish(
+        self,
+        config: &ImageConfiguration,
+        name: &str,
+        source: &str,
+    ) -> Result<ImageRecord> {
+        let mut published = Published {
+            store: self.store,
+            blobs: Vec::new(),
+            layers: Vec::new(),
+        };
+        let record = published.publish(self.layers, config, name, source)?;
+        published.blobs.clear();
+        published.layers.clear();
+        Ok(record)
+    }
+}
+
+/// What a publication moved into the store, taken out again on drop
+/// unless it finished.
+struct Published<'s> {
+    store: &'s Store,
+    blobs: Vec<PathBuf>,
+    layers: Vec<PathBuf>,
+}
+
+impl Published<'_> {
+    fn publish(
+        &mut self,
+        staged: Vec<Staged>,
+        config: &ImageConfiguration,
+        name: &str,
+        source: &str,
+    ) -> Result<ImageRecord> {
+        let store = self.store;
+        let mut descriptors = Vec::new();
+        for layer in staged {
+            if !store.has_blob(&layer.digest) {
+                store.put_blob_file(layer.blob.path(), &layer.digest)?;
+                layer.blob.keep();
+                self.blobs.push(store.blob_path(&layer.digest)?);
+            }
+            if store.unpacked_layer(&layer.diff_id).is_none() {
+                let dir = store.put_unpacked_layer(layer.dir.path(), &layer.diff_id)?;
+                layer.dir.keep();
+                self.layers.push(dir);
+            }
+            descriptors.push(Descriptor::new(
+                layer.media_type,
+                layer.size,
+                parse_digest(&layer.digest)?,
+            ));
+        }
+        let config_json =
+            serde_json::to_vec(config).map_err(|e| invalid("config", e.to_string()))?;
+        let config_desc = self.put_blob(MediaType::ImageConfig, &config_json)?;
+        let manifest = ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageManifest)
+            .config(config_desc)
+            .layers(descriptors)
+            .build()
+            .map_err(|e| invalid("manifest", e.to_string()))?;
+        let manifest_json =
+            serde_json::to_vec(&manifest).map_err(|e| invalid("manifest", e.to_string()))?;
+        let manifest_desc = self.put_blob(MediaType::ImageManifest, &manifest_json)?;
+        let build = store.next_build(name, IMPORTED_VERSION)?;
+        let extra = HashMap::from([(ANNOTATION_SOURCE.to_string(), source.to_string())]);
+        Ok(store.add_image(
+            manifest_desc,
+            name,
+            IMPORTED_VERSION,
+            build,
+            Status::Available,
+            extra,
+        )?)
+    }
+
+    fn put_blob(&mut self, media_type: MediaType, data: &[u8]) -> Result<Descriptor> {
+        let digest = format!("sha256:{}", crate::store::sha256_hex(data));
+        let new = !self.store.has_blob(&digest);
+        let descriptor = self.store.put_blob(media_type, data)?;
+        if new {
+            self.blobs.push(self.store.blob_path(&digest)?);
+        }
+        Ok(descriptor)
+    }
+}
+
+impl Drop for Published<'_> {
+    fn drop(&mut self) {
+        for blob in &self.blobs {
+            let _ = fs::remove_file(blob);
+        }
+        for layer in &self.layers {
+            let _ = fs::remove_dir_all(layer);
+        }
+    }
+}
+
+/// Hashes and copies what is read through it.
+struct Tee {
+    inner: File,
+    hasher: Sha256,
+    out: BufWriter<File>,
+    size: u64,
+}
+
+impl Read for Tee {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.out.write_all(&buf[..n])?;
+        self.size += n as u64;
+        Ok(n)
+    }
+}
