@@ -439,6 +439,53 @@ mod tests {
         assert_eq!(stdout(&sh(root.path(), "(echo forked) | cat")), "forked\n");
     }
 
+    /// perl's `syscall` reaches the system calls busybox has no applet
+    /// for. Bogus arguments would give EFAULT or EINVAL, a working
+    /// keyring an id, a clone into a new user namespace a child: EPERM
+    /// can only come from the filter.
+    #[test]
+    fn seccomp_refuses_keyrings_io_uring_file_handles_and_odd_personalities() {
+        let root = busybox_root();
+        crate::busybox::add_host_program(root.path(), Path::new("/usr/bin/perl")).unwrap();
+        let script = r#"
+            for my $c ([250, 0, -3, 0], [425, 1, 0], [303, -100, 0, 0, 0, 0], [135, 0x0040000],
+                       [56, 0x10000011, 0, 0, 0, 0]) {
+                my ($nr, @args) = @$c;
+                my $r = syscall($nr, @args);
+                print "$nr ", ($r == -1 ? $! + 0 : "ok"), "\n";
+            }
+        "#;
+        let out = stdout(&run_in(root.path(), &["perl", "-e", script]));
+        assert_eq!(out, "250 1\n425 1\n303 1\n135 1\n56 1\n");
+        // The usual personalities still work.
+        assert_eq!(
+            stdout(&run_in(root.path(), &["linux32", "uname", "-m"])),
+            "i686\n"
+        );
+    }
+
+    /// An x32 system call number would slip past a list of x86_64 ones;
+    /// the filter kills the process instead of answering.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn seccomp_kills_x32_system_calls() {
+        use std::os::unix::process::ExitStatusExt;
+        let root = busybox_root();
+        crate::busybox::add_host_program(root.path(), Path::new("/usr/bin/perl")).unwrap();
+        let out = run_in(
+            root.path(),
+            &["perl", "-e", "syscall(0x40000000 | 39); print qq(alive)"],
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+        // bwrap's init reports its child's death by a signal as 128 + it.
+        let sigsys = 31;
+        assert!(
+            out.status.signal() == Some(sigsys) || out.status.code() == Some(128 + sigsys),
+            "{:?}",
+            out.status
+        );
+    }
+
     #[test]
     fn bad_specs_are_refused_with_the_root_named() {
         let bwrap = Bubblewrap::with_path("/usr/bin/bwrap".into());
