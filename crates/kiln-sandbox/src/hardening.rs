@@ -75,6 +75,11 @@ pub const MASKED_PATHS: &[&str] = &[
 pub enum HardeningError {
     #[error("cannot hand the seccomp filter to bwrap through a memfd: {0}")]
     Seccomp(std::io::Error),
+    #[error(
+        "/proc/sys is missing on this host, so a sandbox's /proc/sys could not be made \
+         read-only: mount /proc"
+    )]
+    NoProcSys,
     #[error("cannot check whether {path} exists on this host: {error}")]
     Probe {
         path: PathBuf,
@@ -99,8 +104,14 @@ pub fn apply(cmd: &mut Command, mounts: Mounts<'_>) -> Result<(), HardeningError
     for path in READ_ONLY_PATHS {
         // The source is resolved on the host: its procfs answers each
         // reader for the reader's own namespaces, as the sandbox's would.
-        if exists_on_host(path, mounts)?.is_some() {
-            cmd.args(["--ro-bind", path, path]);
+        match exists_on_host(path, mounts)? {
+            Some(_) => {
+                cmd.args(["--ro-bind", path, path]);
+            }
+            // The one that matters most is never skipped: a sandbox would
+            // get a writable one from its own procfs.
+            None if *path == "/proc/sys" => return Err(HardeningError::NoProcSys),
+            None => {}
         }
     }
     for path in MASKED_PATHS {
