@@ -295,6 +295,13 @@ pub(crate) fn attach(cmd: &mut Command) -> std::io::Result<()> {
         &fd,
         SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
     )?;
+    // Above stdio: a daemon started with fd 0 closed would get the memfd
+    // as 0, where the child's own stdin is put before bwrap runs.
+    let fd = if fd.as_raw_fd() < 3 {
+        rustix::io::fcntl_dupfd_cloexec(&fd, 3)?
+    } else {
+        fd
+    };
     cmd.arg("--seccomp").arg(fd.as_raw_fd().to_string());
     // SAFETY: the closure runs in the forked child before exec, where only
     // async-signal-safe work is allowed: two plain system calls through
