@@ -8,7 +8,8 @@
 //! directory the previous phase saved, and ends by saving them. Variables
 //! are assigned under `set -a`, so a plain `X=1` carries over as well.
 
-// Capabilities dropped when kiln runs as real root: the sandbox's own list.
+// The security defaults every sandbox shares (read-only and masked kernel
+// interfaces, capabilities, seccomp).
 use kiln_sandbox::hardening::{self, HardeningError, Mounts};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};

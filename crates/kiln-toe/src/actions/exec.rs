@@ -206,7 +206,6 @@ pub fn run_process(
     })
 }
 
-/// The same command, started inside a network namespace by nsenter.
 fn kill(pid: u32) {
     if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
         // The sandbox dies with its bubblewrap parent (--die-with-parent),
