@@ -239,6 +239,40 @@ fn a_failed_build_step_leaves_no_image_and_names_the_step() {
     assert!(kiln_bake_mounts(store.dir()).is_empty());
 }
 
+/// Writes the host's own core_pattern back: if the sandbox let it
+/// through, the step would succeed without changing the host.
+const WRITE_CORE_PATTERN: &str =
+    r#"v=$(cat /proc/sys/kernel/core_pattern) && echo "$v" > /proc/sys/kernel/core_pattern"#;
+
+#[test]
+fn a_component_writing_a_sysctl_fails_the_bake() {
+    let env = Env::new();
+    let host = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    env.write(
+        "hostile.yaml",
+        &component(
+            "hostile",
+            &format!("            - '{WRITE_CORE_PATTERN}'"),
+            "            - true",
+        ),
+    );
+    let err = env
+        .bake(&recipe(&env, &["hostile.yaml"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("hostile.yaml")
+            && err.contains("phase build, step Build failed")
+            && err.contains("/proc/sys/kernel/core_pattern: Read-only file system"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap(),
+        host
+    );
+    assert!(env.store().resolve("app").is_err());
+}
+
 #[test]
 fn keep_on_failure_keeps_the_build_root_mounted() {
     let env = Env::new();

@@ -8,8 +8,9 @@
 //! directory the previous phase saved, and ends by saving them. Variables
 //! are assigned under `set -a`, so a plain `X=1` carries over as well.
 
-// Capabilities dropped when kiln runs as real root: the sandbox's own list.
-use kiln_sandbox::exec::DROPPED_CAPS;
+// The security defaults every sandbox shares (read-only and masked kernel
+// interfaces, capabilities, seccomp).
+use kiln_sandbox::hardening::{self, HardeningError, Mounts};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -102,6 +103,11 @@ pub enum BuildError {
         what: &'static str,
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("cannot prepare the sandbox of build image {root}: {source}")]
+    Hardening {
+        root: PathBuf,
+        source: HardeningError,
     },
     #[error("cannot start the sandbox ({bwrap}): {source}")]
     Spawn {
@@ -561,6 +567,9 @@ fn sandbox_command(opts: &BuildOptions, env: &[(String, String)]) -> Result<Comm
         .filter_map(Result::ok)
         .collect();
     entries.sort_by_key(|e| e.file_name());
+    // The image's /sys, if bound: a build on the host's own root sees the
+    // host's sysfs there, read-only, and its masked paths must be hidden.
+    let mut sys = None;
     for entry in entries {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
@@ -575,6 +584,9 @@ fn sandbox_command(opts: &BuildOptions, env: &[(String, String)]) -> Result<Comm
             let target = fs::read_link(entry.path()).map_err(io("cannot read", &entry.path()))?;
             cmd.arg("--symlink").arg(target).arg(&inside);
         } else {
+            if name == "sys" {
+                sys = Some(entry.path());
+            }
             cmd.arg("--ro-bind").arg(entry.path()).arg(&inside);
         }
     }
@@ -592,6 +604,16 @@ fn sandbox_command(opts: &BuildOptions, env: &[(String, String)]) -> Result<Comm
             cmd.arg("--tmpfs").arg(dir);
         }
     }
+    hardening::apply(
+        &mut cmd,
+        Mounts {
+            sys: sys.as_deref(),
+        },
+    )
+    .map_err(|source| BuildError::Hardening {
+        root: opts.root.clone(),
+        source,
+    })?;
     cmd.args(["--remount-ro", "/"]);
     cmd.args([
         "--unshare-pid",
@@ -609,13 +631,6 @@ fn sandbox_command(opts: &BuildOptions, env: &[(String, String)]) -> Result<Comm
     ]);
     for (k, v) in env {
         cmd.arg("--setenv").arg(k).arg(v);
-    }
-    if kiln_sandbox::exec::host_is_root() {
-        for cap in DROPPED_CAPS {
-            cmd.args(["--cap-drop", cap]);
-        }
-    } else {
-        cmd.args(["--unshare-user", "--uid", "0", "--gid", "0"]);
     }
     cmd.arg("--");
     Ok(cmd)

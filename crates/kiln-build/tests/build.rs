@@ -478,3 +478,84 @@ artifacts:
         "{bad}"
     );
 }
+
+/// Writes the host's own core_pattern back: if the sandbox let it
+/// through, the command would succeed without changing the host.
+const WRITE_CORE_PATTERN: &str =
+    r#"v=$(cat /proc/sys/kernel/core_pattern) && echo "$v" > /proc/sys/kernel/core_pattern"#;
+
+fn core_pattern() -> String {
+    fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap()
+}
+
+#[test]
+fn a_build_cannot_write_a_sysctl_or_make_namespaces() {
+    let f = Fixture::new();
+    let host = core_pattern();
+    let report = f.run(&format!(
+        r#"
+version: 0.2
+phases:
+  build:
+    on-failure: CONTINUE
+    commands:
+      - '{WRITE_CORE_PATTERN}'
+  post_build:
+    commands:
+      - grep '^Seccomp:' /proc/self/status > result
+      - echo keys $(wc -c < /proc/keys) >> result
+      - if unshare -U true; then echo unshare allowed >> result; else echo unshare refused >> result; fi
+"#
+    ));
+    assert_eq!(
+        phase(&report, PhaseName::Build).status,
+        PhaseStatus::Failed,
+        "the sysctl write got through"
+    );
+    assert!(f.log().contains("Read-only file system"), "{}", f.log());
+    assert_eq!(core_pattern(), host);
+    assert_eq!(
+        phase(&report, PhaseName::PostBuild).status,
+        PhaseStatus::Succeeded
+    );
+    assert_eq!(f.src("result"), "Seccomp:\t2\nkeys 0\nunshare refused\n");
+}
+
+/// A build on the host's own root sees the host's sysfs, read-only: its
+/// firmware tables are masked there, and /proc/sys is as read-only as in
+/// an image.
+#[test]
+fn a_build_on_the_host_root_sees_no_firmware_and_no_writable_sysctl() {
+    let f = Fixture::new();
+    let host_firmware = fs::read_dir("/sys/firmware")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(
+        host_firmware > 0,
+        "this host has no /sys/firmware entries to mask"
+    );
+    let mut opts = f.options();
+    opts.root = PathBuf::from("/");
+    let host = core_pattern();
+    let report = f.run_with(
+        &format!(
+            r#"
+version: 0.2
+phases:
+  build:
+    commands:
+      - echo firmware $(ls -A /sys/firmware | wc -l) > result
+      - if {WRITE_CORE_PATTERN}; then echo sysctl written >> result; else echo sysctl refused >> result; fi
+"#
+        ),
+        &opts,
+    );
+    assert_eq!(
+        phase(&report, PhaseName::Build).status,
+        PhaseStatus::Succeeded,
+        "{}",
+        f.log()
+    );
+    assert_eq!(f.src("result"), "firmware 0\nsysctl refused\n");
+    assert_eq!(core_pattern(), host);
+}

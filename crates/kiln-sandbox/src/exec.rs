@@ -6,39 +6,15 @@
 //! a minimal /dev, and (when kiln runs as root) lose the capabilities that
 //! reach past the root filesystem: loading modules, raw devices, mounting,
 //! tracing host processes, changing the clock. What `apt-get` and `dpkg`
-//! need (chown, setuid, reading any file in the root) stays.
+//! need (chown, setuid, reading any file in the root) stays. The kernel
+//! interfaces they could still reach are made read-only or masked, and a
+//! seccomp filter closes the system calls around them (hardening.rs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::hardening::{self, HardeningError, Mounts};
 use crate::probe;
-
-/// Capabilities dropped from a sandbox running as real root.
-///
-/// CAP_SETFCAP is dropped too although package scripts sometimes use it:
-/// bwrap 0.8 leaves the bounding set intact, so a file capability written
-/// inside the sandbox would hand any of the others back on exec.
-pub const DROPPED_CAPS: &[&str] = &[
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_TIME",
-    "CAP_MKNOD",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_SYS_PTRACE",
-    "CAP_SYSLOG",
-    "CAP_MAC_ADMIN",
-    "CAP_MAC_OVERRIDE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_BPF",
-    "CAP_PERFMON",
-    "CAP_SYS_ADMIN",
-    "CAP_NET_ADMIN",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_SETFCAP",
-];
 
 /// PATH inside the sandbox when the spec sets none, as container runtimes do.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -63,6 +39,11 @@ pub enum ExecError {
     RootMissing {
         root: PathBuf,
         error: std::io::Error,
+    },
+    #[error("cannot prepare the sandbox of root {root}: {source}")]
+    Hardening {
+        root: PathBuf,
+        source: HardeningError,
     },
     #[error("cannot run {argv0} in root {root}: {what} contains a NUL byte")]
     NulByte {
@@ -172,8 +153,25 @@ impl Bubblewrap {
     }
 }
 
-impl Isolation for Bubblewrap {
-    fn command(&self, root: &Path, spec: &ProcessSpec) -> Result<Command, ExecError> {
+/// What sets the sandboxes built here apart from each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A component step or bake command: the host's network, and it dies
+    /// with the kiln process that waits for it.
+    Step,
+    /// An instance: a network namespace of its own, where bwrap brings up
+    /// lo, and it outlives the daemon that started it.
+    Instance,
+}
+
+impl Bubblewrap {
+    /// The command of an instance: the same sandbox as `command`'s, with a
+    /// private network namespace and not tied to the life of its parent.
+    pub fn instance_command(&self, root: &Path, spec: &ProcessSpec) -> Result<Command, ExecError> {
+        self.build(root, spec, Role::Instance)
+    }
+
+    fn build(&self, root: &Path, spec: &ProcessSpec, role: Role) -> Result<Command, ExecError> {
         self.check(root, spec)?;
         let cwd = if spec.cwd.starts_with('/') {
             spec.cwd.clone()
@@ -188,13 +186,27 @@ impl Isolation for Bubblewrap {
         let mut cmd = Command::new(&self.path);
         // bwrap itself needs no environment; the sandbox's comes from --setenv.
         cmd.env_clear();
+        // First, where instance::command::sandbox_root looks for it.
         cmd.arg("--bind").arg(root).arg("/");
         cmd.args(["--proc", "/proc", "--dev", "/dev"]);
+        // No sysfs is mounted: the image's /sys is a plain directory.
+        hardening::apply(&mut cmd, Mounts { sys: None }).map_err(|source| {
+            ExecError::Hardening {
+                root: root.to_owned(),
+                source,
+            }
+        })?;
         cmd.args(["--unshare-pid", "--unshare-ipc", "--unshare-uts"]);
+        if role == Role::Instance {
+            cmd.arg("--unshare-net");
+        }
         cmd.args(["--hostname", hostname]);
+        if role == Role::Step {
+            cmd.arg("--die-with-parent");
+        }
         // --new-session stops a sandboxed process from pushing keystrokes
         // into kiln's terminal with TIOCSTI.
-        cmd.args(["--die-with-parent", "--new-session"]);
+        cmd.arg("--new-session");
         cmd.args(["--chdir", &cwd, "--clearenv"]);
         for (k, v) in &spec.env {
             cmd.args(["--setenv", k, v]);
@@ -202,15 +214,14 @@ impl Isolation for Bubblewrap {
         if !spec.env.iter().any(|(k, _)| k == "PATH") {
             cmd.args(["--setenv", "PATH", DEFAULT_PATH]);
         }
-        if host_is_root() {
-            for cap in DROPPED_CAPS {
-                cmd.args(["--cap-drop", cap]);
-            }
-        } else {
-            cmd.args(["--unshare-user", "--uid", "0", "--gid", "0"]);
-        }
         cmd.arg("--").args(&spec.argv);
         Ok(cmd)
+    }
+}
+
+impl Isolation for Bubblewrap {
+    fn command(&self, root: &Path, spec: &ProcessSpec) -> Result<Command, ExecError> {
+        self.build(root, spec, Role::Step)
     }
 
     fn name(&self) -> &'static str {
@@ -336,9 +347,7 @@ mod tests {
 
     #[test]
     fn dangerous_capabilities_are_dropped_for_root() {
-        if !host_is_root() {
-            return;
-        }
+        assert!(host_is_root(), "the sandbox tests run as root");
         let root = busybox_root();
         let out = sh(root.path(), "mknod /tmp/null c 1 3");
         assert!(!out.status.success(), "mknod should be denied");
@@ -346,6 +355,135 @@ mod tests {
         assert!(!out.status.success(), "mount should be denied");
         // chown is what package managers need, so it stays.
         stdout(&sh(root.path(), "touch /tmp/f && chown 65534:65534 /tmp/f"));
+    }
+
+    /// The host's own value is written back, so that a sandbox that lets
+    /// the write through is caught without changing the host.
+    const WRITE_CORE_PATTERN: &str =
+        "v=$(cat /proc/sys/kernel/core_pattern) && echo \"$v\" > /proc/sys/kernel/core_pattern";
+
+    #[test]
+    fn sysctls_and_kernel_interfaces_are_read_only() {
+        let root = busybox_root();
+        let host = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+        let out = sh(root.path(), WRITE_CORE_PATTERN);
+        assert!(!out.status.success(), "a sysctl write got through");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap(),
+            host
+        );
+        // Files are only opened for writing, never written: sysrq-trigger
+        // would act on any key.
+        for path in hardening::READ_ONLY_PATHS {
+            let Ok(meta) = std::fs::metadata(path) else {
+                continue;
+            };
+            let script = if meta.is_dir() {
+                format!("touch {path}/x")
+            } else {
+                format!(": > {path}")
+            };
+            let out = sh(root.path(), &script);
+            assert!(!out.status.success(), "{path} is writable");
+        }
+    }
+
+    #[test]
+    fn masked_paths_read_empty() {
+        let root = busybox_root();
+        let mut checked = 0;
+        for path in hardening::MASKED_PATHS
+            .iter()
+            .filter(|p| p.starts_with("/proc/"))
+        {
+            let Ok(meta) = std::fs::metadata(path) else {
+                continue;
+            };
+            checked += 1;
+            let script = if meta.is_dir() {
+                format!("ls -A {path} | wc -c; ! touch {path}/x 2>/dev/null")
+            } else {
+                format!("wc -c < {path}")
+            };
+            assert_eq!(stdout(&sh(root.path(), &script)).trim(), "0", "{path}");
+        }
+        // /proc/keys and /proc/timer_list exist on every kernel kiln runs on.
+        assert!(
+            checked >= 2,
+            "only {checked} masked paths exist on this host"
+        );
+    }
+
+    #[test]
+    fn seccomp_refuses_new_namespaces() {
+        let root = busybox_root();
+        let status = stdout(&sh(root.path(), "grep '^Seccomp:' /proc/self/status"));
+        assert_eq!(status.split_whitespace().nth(1), Some("2"), "{status}");
+        // A user namespace would hand back every capability inside it;
+        // without the filter `unshare -U` succeeds here.
+        for script in ["unshare -U true", "unshare -n true"] {
+            let out = sh(root.path(), script);
+            assert!(!out.status.success(), "{script} succeeded");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // Threads and forks still work: clone without namespace flags.
+        assert_eq!(stdout(&sh(root.path(), "(echo forked) | cat")), "forked\n");
+    }
+
+    /// perl's `syscall` reaches the system calls busybox has no applet
+    /// for. Bogus arguments would give EFAULT or EINVAL, a working
+    /// keyring an id, a clone into a new user namespace a child: EPERM
+    /// can only come from the filter.
+    #[test]
+    fn seccomp_refuses_keyrings_io_uring_file_handles_and_odd_personalities() {
+        let root = busybox_root();
+        crate::busybox::add_host_program(root.path(), Path::new("/usr/bin/perl")).unwrap();
+        let script = r#"
+            for my $c ([250, 0, -3, 0], [425, 1, 0], [303, -100, 0, 0, 0, 0], [135, 0x0040000],
+                       [56, 0x10000011, 0, 0, 0, 0]) {
+                my ($nr, @args) = @$c;
+                my $r = syscall($nr, @args);
+                print "$nr ", ($r == -1 ? $! + 0 : "ok"), "\n";
+            }
+        "#;
+        let out = stdout(&run_in(root.path(), &["perl", "-e", script]));
+        assert_eq!(out, "250 1\n425 1\n303 1\n135 1\n56 1\n");
+        // The usual personalities still work.
+        assert_eq!(
+            stdout(&run_in(root.path(), &["linux32", "uname", "-m"])),
+            "i686\n"
+        );
+    }
+
+    /// An x32 system call number would slip past a list of x86_64 ones;
+    /// the filter kills the process instead of answering.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn seccomp_kills_x32_system_calls() {
+        use std::os::unix::process::ExitStatusExt;
+        let root = busybox_root();
+        crate::busybox::add_host_program(root.path(), Path::new("/usr/bin/perl")).unwrap();
+        let out = run_in(
+            root.path(),
+            &["perl", "-e", "syscall(0x40000000 | 39); print qq(alive)"],
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+        // bwrap's init reports its child's death by a signal as 128 + it.
+        let sigsys = 31;
+        assert!(
+            out.status.signal() == Some(sigsys) || out.status.code() == Some(128 + sigsys),
+            "{:?}",
+            out.status
+        );
     }
 
     #[test]

@@ -43,7 +43,7 @@ use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal};
 
-use crate::exec::{Bubblewrap, ExecError, Isolation, ProcessSpec};
+use crate::exec::{Bubblewrap, ExecError, ProcessSpec};
 use crate::netns::{NetNs, NetNsError};
 use crate::tool;
 
@@ -75,11 +75,6 @@ pub enum InstanceError {
     },
     #[error("instance {id}: {source}")]
     Exec { id: String, source: ExecError },
-    #[error(
-        "instance {id}: the bake sandbox passes bwrap option {option}, which the instance \
-         launcher does not know (teach instance/command.rs its arity)"
-    )]
-    UnknownBwrapOption { id: String, option: String },
     #[error("instance {id}: log file {path}: {error}")]
     Log {
         id: String,
@@ -393,13 +388,7 @@ impl RunningInstance {
             cwd: spec.cwd.clone(),
             hostname: spec.hostname.clone(),
         };
-        let sandbox = bwrap.command(&root, &process).map_err(exec_err)?;
-        let mut cmd = command::for_instance(&sandbox).map_err(|option| {
-            InstanceError::UnknownBwrapOption {
-                id: id.to_owned(),
-                option,
-            }
-        })?;
+        let mut cmd = bwrap.instance_command(&root, &process).map_err(exec_err)?;
 
         std::fs::create_dir_all(&spec.log_dir).map_err(|error| InstanceError::Log {
             id: id.to_owned(),

@@ -7,15 +7,18 @@
 
 pub mod busybox;
 pub mod exec;
+pub mod hardening;
 pub mod instance;
 pub mod netns;
 pub mod overlay;
 pub mod private;
 pub mod probe;
 pub mod rootfs;
+pub mod seccomp;
 pub mod tool;
 
 pub use exec::{Bubblewrap, ExecError, Isolation, ProcessSpec};
+pub use hardening::HardeningError;
 pub use instance::{
     InstanceError, InstanceIdentity, InstanceSpec, RunningInstance, processes_with_root_below,
 };

@@ -60,6 +60,30 @@ impl NetNsError {
     }
 }
 
+/// Makes `cmd` start in the network namespace at `path` (such as
+/// /proc/PID/ns/net): its child enters it between fork and exec. Unlike
+/// wrapping the command in nsenter, this keeps the command itself, with
+/// what it hands its child (the sandbox's seccomp memfd).
+#[allow(unsafe_code)]
+pub fn enter_in_child(cmd: &mut std::process::Command, path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let ns: OwnedFd = std::fs::File::open(path)?.into();
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe work is allowed: one setns system call through
+    // rustix on an fd the closure owns (opened close-on-exec before the
+    // fork), whose error becomes an io::Error without allocating.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::thread::move_into_link_name_space(
+                ns.as_fd(),
+                Some(LinkNameSpaceType::Network),
+            )?;
+            Ok(())
+        })
+    };
+    Ok(())
+}
+
 /// A handle on a network namespace, kept open by fd: the namespace stays
 /// the same one even when the process it was taken from exits and its pid
 /// is reused.

@@ -613,3 +613,43 @@ fn instances_survive_a_killed_daemon() {
     assert!(!guard.get().is_alive());
     assert!(!pid_exists(identity.init_pid));
 }
+
+/// A deployed application is as confined as a build step: the host's own
+/// core_pattern written back (so a sandbox that let it through changes
+/// nothing) is refused, /proc/keys reads empty, seccomp is on and a user
+/// namespace cannot be made.
+#[test]
+fn an_instance_cannot_write_a_sysctl_or_make_namespaces() {
+    assert!(can_run(), "instances need root, overlayfs and bwrap");
+    let fx = Fixture::new();
+    let host = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    let script = r#"
+        v=$(cat /proc/sys/kernel/core_pattern)
+        if echo "$v" > /proc/sys/kernel/core_pattern; then echo sysctl written; else echo sysctl refused; fi
+        grep '^Seccomp:' /proc/self/status
+        echo keys $(wc -c < /proc/keys)
+        if unshare -U true; then echo unshare allowed; else echo unshare refused; fi
+        echo done
+    "#;
+    let app = format!("({script}) > /var/tmp/probe 2>/var/tmp/probe.err; exec sleep 99000");
+    let inst = fx.start("probe", &["/bin/sh", "-c", &app]);
+    let probe = inst.upper.join("var/tmp/probe");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            std::fs::read_to_string(&probe).is_ok_and(|s| s.ends_with("done\n"))
+        }),
+        "the probe never finished: {:?}",
+        std::fs::read_to_string(&probe)
+    );
+    let stderr = std::fs::read_to_string(inst.upper.join("var/tmp/probe.err")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&probe).unwrap(),
+        "sysctl refused\nSeccomp:\t2\nkeys 0\nunshare refused\ndone\n",
+        "{stderr}"
+    );
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap(),
+        host
+    );
+}

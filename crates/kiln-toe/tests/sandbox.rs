@@ -267,3 +267,108 @@ fn overlay_mode_leaves_the_lower_root_byte_for_byte_unchanged() {
         &whiteout.file_type()
     ));
 }
+
+/// Writes the host's own core_pattern back: if the sandbox let it
+/// through, the step would succeed without changing the host.
+const WRITE_CORE_PATTERN: &str =
+    r#"v=$(cat /proc/sys/kernel/core_pattern) && echo "$v" > /proc/sys/kernel/core_pattern"#;
+
+fn core_pattern() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap()
+}
+
+/// A network namespace of its own, held by a sleeping process, as the
+/// bake's test gate runs test steps in the instance's namespace.
+struct Netns(std::process::Child);
+
+impl Netns {
+    fn new() -> Netns {
+        let child = std::process::Command::new("unshare")
+            .args(["--net", "sleep", "60"])
+            .spawn()
+            .unwrap();
+        let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+        let path = format!("/proc/{}/ns/net", child.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read_link(&path).ok().as_ref() == Some(&own) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "unshare never entered its namespace"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Netns(child)
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        format!("/proc/{}/ns/net", self.0.id()).into()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn hostile_steps() -> String {
+    doc(&format!(
+        r#"
+      - name: Sysctl
+        action: ExecuteBash
+        onFailure: Continue
+        inputs:
+          commands: ['{WRITE_CORE_PATTERN}']
+      - name: Probe
+        action: ExecuteBash
+        inputs:
+          commands:
+            - grep '^Seccomp:' /proc/self/status
+            - echo keys $(wc -c < /proc/keys)
+            - if unshare -U true; then echo unshare allowed; else echo unshare refused; fi
+            - echo links $(ls /sys/class/net 2>/dev/null; cat /proc/net/dev | grep -c ':')
+"#
+    ))
+}
+
+#[test]
+fn a_step_cannot_write_a_sysctl_or_make_namespaces() {
+    let f = Fixture::with_bash();
+    let host = core_pattern();
+    let e = f.run_doc(&hostile_steps());
+    let sysctl = step(&e, "build", "Sysctl");
+    assert_eq!(
+        sysctl.status,
+        Status::Failed,
+        "the sysctl write got through"
+    );
+    assert_eq!(core_pattern(), host);
+    let probe = step(&e, "build", "Probe");
+    assert_eq!(probe.status, Status::Success, "{}", probe.failure_message);
+    let out = outputs(probe)[0]["stdout"].as_str().unwrap().to_string();
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(out.contains("keys 0"), "/proc/keys is not masked: {out}");
+    assert!(out.contains("unshare refused"), "{out}");
+}
+
+/// The test gate's path: steps in another network namespace keep every
+/// protection of the sandbox.
+#[test]
+fn a_step_in_an_instances_network_keeps_the_sandbox() {
+    let f = Fixture::with_bash();
+    let netns = Netns::new();
+    let mut instance = f.instance(false);
+    instance.netns = Some(netns.path());
+    let host = core_pattern();
+    let e = f.run_with(&hostile_steps(), &instance, &f.options());
+    assert_eq!(step(&e, "build", "Sysctl").status, Status::Failed);
+    assert_eq!(core_pattern(), host);
+    let probe = step(&e, "build", "Probe");
+    assert_eq!(probe.status, Status::Success, "{}", probe.failure_message);
+    let out = outputs(probe)[0]["stdout"].as_str().unwrap().to_string();
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(out.contains("unshare refused"), "{out}");
+    // Only lo: the namespace is the one given, not the host's.
+    assert!(out.contains("links 1"), "{out}");
+}

@@ -78,7 +78,14 @@ pub fn run_process(
         .command(instance.root.host_path(), &spec)
         .map_err(|e| fail(e.to_string()))?;
     if let Some(netns) = &instance.netns {
-        command = in_netns(&command, netns);
+        // In the child itself rather than through nsenter, which would
+        // rebuild the command and lose the seccomp filter it hands bwrap.
+        kiln_sandbox::netns::enter_in_child(&mut command, netns).map_err(|e| {
+            fail(format!(
+                "cannot open the network namespace {}: {e}",
+                netns.display()
+            ))
+        })?;
     }
     command
         .stdin(Stdio::null())
@@ -197,23 +204,6 @@ pub fn run_process(
         stdout,
         stderr,
     })
-}
-
-/// The same command, started inside a network namespace by nsenter.
-fn in_netns(command: &std::process::Command, netns: &std::path::Path) -> std::process::Command {
-    let mut wrapped = std::process::Command::new("nsenter");
-    wrapped
-        .arg(format!("--net={}", netns.display()))
-        .arg("--")
-        .arg(command.get_program())
-        .args(command.get_args());
-    wrapped.env_clear();
-    for (k, v) in command.get_envs() {
-        if let Some(v) = v {
-            wrapped.env(k, v);
-        }
-    }
-    wrapped
 }
 
 fn kill(pid: u32) {
