@@ -140,4 +140,24 @@ async fn a_connection_that_never_finishes_its_headers_is_closed() {
         "closed after {waited:?}"
     );
     answered_within(lb.local_addr(), Duration::from_secs(2)).await;
+
+    // A keep-alive connection left idle after its response closes as well.
+    let mut idle = TcpStream::connect(lb.local_addr()).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = vec![0u8; 1024];
+    let n = idle.read(&mut response).await.unwrap();
+    assert!(response[..n].starts_with(b"HTTP/1.1 200"));
+    let answered = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest))
+        .await
+        .expect("the idle keep-alive connection is closed")
+        .ok();
+    assert!(
+        answered.elapsed() >= Duration::from_millis(400),
+        "closed after {:?}",
+        answered.elapsed()
+    );
 }
