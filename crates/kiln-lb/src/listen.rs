@@ -10,6 +10,9 @@
 //! been idle longest (no request in progress) is closed to make room, so
 //! that clients holding sockets cannot lock out one that sends a request.
 //! When every connection is busy with a request, the new one is closed.
+//! All the servers of a process together (the API and every group's
+//! balancer) also keep at most half of its open-file limit, evicting the
+//! same way when they reach it.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -37,9 +40,20 @@ use tracing::{debug, warn};
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The share of the process's file descriptors one server may hold in
-/// client connections: the rest stay for the database, logs, backends
-/// and the other servers of the same process.
+/// client connections, and (`ALL_SERVERS_SHARE`) all the servers of the
+/// process together (the API and every group's load balancer): the rest
+/// stay for the database, logs, images and backend connections.
 const FD_SHARE: u64 = 4;
+const ALL_SERVERS_SHARE: u64 = 2;
+
+/// Client connections open in this process, across every server.
+static OPEN_IN_PROCESS: AtomicUsize = AtomicUsize::new(0);
+
+fn soft_fd_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
+}
 
 /// How slow and how many clients a server tolerates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +63,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Client connections open at once (see the module's documentation for
     /// what happens at the cap). Lowered to a quarter of the process's
-    /// file-descriptor limit when that is smaller.
+    /// file-descriptor limit when that is smaller; and all servers of the
+    /// process together keep at most half of it.
     pub max_connections: usize,
 }
 
@@ -57,10 +72,7 @@ impl Limits {
     /// `max_connections` as it applies in this process: at most a quarter of
     /// the soft RLIMIT_NOFILE, and at least one.
     pub fn effective_max_connections(&self) -> usize {
-        let fds = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-            .current
-            .unwrap_or(u64::MAX);
-        let share = usize::try_from(fds / FD_SHARE).unwrap_or(usize::MAX);
+        let share = usize::try_from(soft_fd_limit() / FD_SHARE).unwrap_or(usize::MAX);
         self.max_connections.min(share).max(1)
     }
 }
@@ -69,7 +81,8 @@ impl Limits {
 struct Conn {
     /// Requests whose response has not been sent completely.
     busy: AtomicUsize,
-    /// When it last became idle, in milliseconds since the server started.
+    /// When it last became idle, in microseconds since the server started;
+    /// ties go to the older connection (the smaller id).
     idle_since: AtomicU64,
     close: Notify,
 }
@@ -82,27 +95,30 @@ struct Registry {
 
 impl Registry {
     fn now(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Makes room for one more connection; None when every open one is
+    /// Makes room for one more connection, within this server's cap and
+    /// the process's budget; None when every connection of this server is
     /// busy and the new one must be turned away.
-    fn admit(&self, max: usize) -> Option<(u64, Arc<Conn>)> {
+    fn admit(&self, max: usize, budget: usize) -> Option<(u64, Arc<Conn>)> {
         let mut open = self.lock();
-        if open.len() >= max {
+        if open.len() >= max || OPEN_IN_PROCESS.load(Ordering::Acquire) >= budget {
             let oldest_idle = open
                 .iter()
                 .filter(|(_, c)| c.busy.load(Ordering::Acquire) == 0)
-                .min_by_key(|(_, c)| c.idle_since.load(Ordering::Acquire))
+                .min_by_key(|(id, c)| (c.idle_since.load(Ordering::Acquire), **id))
                 .map(|(id, _)| *id)?;
             if let Some(evicted) = open.remove(&oldest_idle) {
+                OPEN_IN_PROCESS.fetch_sub(1, Ordering::AcqRel);
                 evicted.close.notify_one();
             }
         }
+        OPEN_IN_PROCESS.fetch_add(1, Ordering::AcqRel);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn {
             busy: AtomicUsize::new(0),
@@ -111,6 +127,25 @@ impl Registry {
         });
         open.insert(id, conn.clone());
         Some((id, conn))
+    }
+
+    fn release(&self, id: u64) {
+        if self.lock().remove(&id).is_some() {
+            OPEN_IN_PROCESS.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A connection's place in the registry, given back when its task ends,
+/// however it ends (also when aborted at shutdown).
+struct Admitted {
+    id: u64,
+    registry: Arc<Registry>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.registry.release(self.id);
     }
 }
 
@@ -187,6 +222,7 @@ pub async fn serve<H, F, B>(
         }
     };
     let max = limits.effective_max_connections();
+    let budget = usize::try_from(soft_fd_limit() / ALL_SERVERS_SHARE).unwrap_or(usize::MAX);
     debug!(%local, max_connections = max, header_read_timeout = ?limits.header_read_timeout, "serving");
     let registry = Arc::new(Registry {
         started: Instant::now(),
@@ -212,7 +248,7 @@ pub async fn serve<H, F, B>(
                         continue;
                     }
                 };
-                let Some((id, conn)) = registry.admit(max) else {
+                let Some((id, conn)) = registry.admit(max, budget) else {
                     debug!(%local, %client, max, "every connection is busy; closing the new one");
                     continue;
                 };
@@ -229,8 +265,9 @@ pub async fn serve<H, F, B>(
                     }
                 });
                 let served = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-                let registry = registry.clone();
+                let admitted = Admitted { id, registry: registry.clone() };
                 connections.spawn(async move {
+                    let _admitted = admitted;
                     tokio::select! {
                         result = served => {
                             if let Err(e) = result {
@@ -241,7 +278,6 @@ pub async fn serve<H, F, B>(
                             debug!(%client, "closed an idle connection to make room for a new one");
                         }
                     }
-                    registry.lock().remove(&id);
                 });
             }
             // Reaps finished connection tasks so the set does not grow.
@@ -256,4 +292,62 @@ pub async fn serve<H, F, B>(
         warn!(%local, ?grace, "connections still open after the grace period; closing them");
     }
     connections.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The process budget is one counter: tests that move it take turns.
+    static COUNTER: Mutex<()> = Mutex::new(());
+
+    fn registry() -> Arc<Registry> {
+        Arc::new(Registry {
+            started: Instant::now(),
+            next_id: AtomicU64::new(0),
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    #[test]
+    fn at_the_cap_the_longest_idle_connection_makes_room_and_busy_ones_stay() {
+        let _turn = COUNTER.lock().unwrap_or_else(PoisonError::into_inner);
+        let reg = registry();
+        let (a, conn_a) = reg.admit(2, usize::MAX).unwrap();
+        let (b, conn_b) = reg.admit(2, usize::MAX).unwrap();
+        // b went idle after a request; a never sent one and is older.
+        drop(Busy::new(conn_b.clone(), reg.clone()));
+        let (c, conn_c) = reg.admit(2, usize::MAX).unwrap();
+        let open: Vec<u64> = reg.lock().keys().copied().collect();
+        assert!(!open.contains(&a) && open.contains(&b) && open.contains(&c));
+        drop(conn_a);
+        // Both busy: the new one is turned away and nothing is closed.
+        let _busy = (
+            Busy::new(conn_b, reg.clone()),
+            Busy::new(conn_c, reg.clone()),
+        );
+        assert!(reg.admit(2, usize::MAX).is_none());
+        assert_eq!(reg.lock().len(), 2);
+        reg.release(b);
+        reg.release(c);
+    }
+
+    #[test]
+    fn the_process_budget_caps_every_server_together() {
+        let _turn = COUNTER.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = OPEN_IN_PROCESS.load(Ordering::Acquire);
+        let (first, second) = (registry(), registry());
+        let admitted = first.admit(100, before + 1).map(|(id, _)| Admitted {
+            id,
+            registry: first.clone(),
+        });
+        assert!(admitted.is_some());
+        // The other server has nothing idle to give up: turned away.
+        assert!(second.admit(100, before + 1).is_none());
+        drop(admitted);
+        assert_eq!(OPEN_IN_PROCESS.load(Ordering::Acquire), before);
+        let (id, _) = second.admit(100, before + 1).unwrap();
+        second.release(id);
+        assert_eq!(OPEN_IN_PROCESS.load(Ordering::Acquire), before);
+    }
 }
