@@ -173,7 +173,7 @@ impl Drop for Busy {
 }
 
 /// A response body that keeps its connection marked busy until sent.
-pub struct Guarded<B> {
+struct Guarded<B> {
     inner: B,
     _busy: Busy,
 }
