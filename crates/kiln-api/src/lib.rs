@@ -1,6 +1,8 @@
-//! The daemon's HTTP API, on loopback, in JSON. Reading is open to anyone
-//! who can reach the port; every call that changes state needs the token
-//! created at first start (`Authorization: Bearer TOKEN`).
+//! The daemon's HTTP API, on loopback, in JSON. Every call needs one of the
+//! tokens created at first start (`Authorization: Bearer TOKEN`): reads too,
+//! because every local user and every build step can reach the port, and
+//! template environments, execution variables and logs are not theirs to
+//! read. The read-only token allows GET and HEAD.
 
 mod error;
 mod groups;
@@ -9,29 +11,44 @@ mod pipelines;
 mod templates;
 pub mod token;
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use kiln_fleet::Fleet;
+use kiln_lb::Limits;
 use kiln_pipeline::Pipelines;
 
 pub use error::ApiError;
+use token::{Access, Tokens};
 
 #[derive(Clone)]
 pub struct AppState {
     pub fleet: Fleet,
     pub pipelines: Pipelines,
-    pub token: String,
+    pub tokens: Tokens,
 }
 
-pub fn router(fleet: Fleet, pipelines: Pipelines, token: String) -> Router {
+/// The API's clients are the CLI and scripts on this machine: their
+/// headers arrive at once, and a few hundred connections are plenty; the
+/// longest-idle one makes room for a new one past the cap.
+pub const LIMITS: Limits = Limits {
+    header_read_timeout: Duration::from_secs(10),
+    max_connections: 256,
+};
+
+/// How long requests in flight may take to finish once the daemon stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+pub fn router(fleet: Fleet, pipelines: Pipelines, tokens: Tokens) -> Router {
     let state = AppState {
         fleet,
         pipelines,
-        token,
+        tokens,
     };
     Router::new()
         .route(
@@ -82,34 +99,49 @@ pub fn router(fleet: Fleet, pipelines: Pipelines, token: String) -> Router {
         .with_state(state)
 }
 
-/// Every method but GET and HEAD changes state and needs the token.
+/// Every call needs a token; only the full one changes state.
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if matches!(*request.method(), Method::GET | Method::HEAD) {
-        return next.run(request).await;
-    }
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given.is_some_and(|t| token::constant_time_eq(t.as_bytes(), state.token.as_bytes())) {
-        return next.run(request).await;
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    match given.and_then(|t| state.tokens.access(t)) {
+        Some(Access::Full) => next.run(request).await,
+        Some(Access::ReadOnly) if reads => next.run(request).await,
+        Some(Access::ReadOnly) => refuse(
+            StatusCode::FORBIDDEN,
+            "this token only reads (the state directory's api-token-read file); this call changes state and needs the token in the api-token file",
+        ),
+        None => refuse(
+            StatusCode::UNAUTHORIZED,
+            "every call needs an API token: send Authorization: Bearer TOKEN with the token in the state directory's api-token file (or api-token-read to read only)",
+        ),
     }
-    let body = axum::Json(
-        serde_json::json!({ "error": "this call changes state and needs the API token: Authorization: Bearer TOKEN (the token is in the state directory's api-token file)" }),
-    );
-    (StatusCode::UNAUTHORIZED, body).into_response()
 }
 
-/// Serves the API until `shutdown` completes.
+fn refuse(status: StatusCode, message: &str) -> Response {
+    let mut response =
+        (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+/// Serves the API until `shutdown` completes, with `limits` on slow and
+/// idle clients (see [`LIMITS`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    fleet: Fleet,
-    pipelines: Pipelines,
-    token: String,
+    app: Router,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(fleet, pipelines, token))
-        .with_graceful_shutdown(shutdown)
-        .await
+) {
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let handler = move |_client, request| hyper::service::Service::call(&service, request);
+    kiln_lb::listen::serve(listener, limits, handler, shutdown, SHUTDOWN_GRACE).await;
 }

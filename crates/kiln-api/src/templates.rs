@@ -7,8 +7,15 @@ use kiln_fleet::{Template, TemplateSpec};
 
 use crate::{ApiError, AppState};
 
+/// Secret values are never sent: not to readers, not even to the creator.
 pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<Template>>, ApiError> {
-    Ok(Json(s.fleet.templates()?))
+    Ok(Json(
+        s.fleet
+            .templates()?
+            .into_iter()
+            .map(Template::masked)
+            .collect(),
+    ))
 }
 
 #[derive(serde::Deserialize)]
@@ -26,5 +33,5 @@ pub async fn create(
     let t = tokio::task::spawn_blocking(move || fleet.create_template(&body.name, body.spec))
         .await
         .map_err(|e| ApiError(kiln_fleet::FleetError::Invalid(e.to_string())))??;
-    Ok((StatusCode::CREATED, Json(t)))
+    Ok((StatusCode::CREATED, Json(t.masked())))
 }

@@ -449,6 +449,7 @@ mod tests {
         let db = Db::open(&dir.path().join("kiln.db")).unwrap();
         let spec = TemplateSpec {
             image: "web/1.0.0".into(),
+            secrets: [("DB_PASSWORD".to_string(), "hunter2".to_string())].into(),
             ..Default::default()
         };
         let t = Template {
@@ -463,6 +464,10 @@ mod tests {
         db.insert_template(&t).unwrap();
         assert_eq!(db.next_template_version("web").unwrap(), 2);
         assert_eq!(db.template("web", 1).unwrap(), t);
+        // Stored as given (instances need it), masked for listings.
+        let masked = db.template("web", 1).unwrap().masked();
+        assert_eq!(masked.spec.secrets["DB_PASSWORD"], SECRET_MASK);
+        assert!(!serde_json::to_string(&masked).unwrap().contains("hunter2"));
         let g = Group {
             name: "web".into(),
             template: "web".into(),

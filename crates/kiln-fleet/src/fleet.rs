@@ -230,6 +230,11 @@ impl Fleet {
                 "{name:?} is not a valid template name (letters, digits, - and _)"
             )));
         }
+        if let Some(key) = spec.secrets.keys().find(|k| spec.env.contains_key(*k)) {
+            return Err(FleetError::Invalid(format!(
+                "launch template {name}: {key} is both in env and in secrets; give it once"
+            )));
+        }
         let image = self.inner.store.resolve_deployable(&spec.image)?;
         let manifest = self.inner.store.manifest(&image)?;
         let labels = self

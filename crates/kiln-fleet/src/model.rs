@@ -19,6 +19,11 @@ pub struct TemplateSpec {
     pub cmd: Option<Vec<String>>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values are secret, as an ECS task
+    /// definition's `secrets`: instances receive them like `env`, every
+    /// listing shows [`SECRET_MASK`] instead (see [`Template::masked`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
     /// Bytes of memory (cgroup memory.max).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_max: Option<u64>,
@@ -27,6 +32,9 @@ pub struct TemplateSpec {
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
 }
+
+/// What listings show in place of a secret's value.
+pub const SECRET_MASK: &str = "***";
 
 /// One version of a launch template.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +49,16 @@ pub struct Template {
     /// Version and the image's Source/* tags.
     pub tags: BTreeMap<String, String>,
     pub created: String,
+}
+
+impl Template {
+    /// The template as anyone listing it may see it: secret values masked.
+    pub fn masked(mut self) -> Template {
+        for value in self.spec.secrets.values_mut() {
+            *value = SECRET_MASK.to_string();
+        }
+        self
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

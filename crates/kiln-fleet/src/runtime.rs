@@ -121,6 +121,7 @@ pub fn launch(
             .spec
             .env
             .iter()
+            .chain(&template.spec.secrets)
             .map(|(k, v)| (k.clone(), v.clone())),
     );
     env.extend([

@@ -20,9 +20,9 @@
 
 mod body;
 mod error;
+pub mod listen;
 pub mod loadgen;
 mod proxy;
-mod server;
 mod table;
 
 use std::future::Future;
@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
+pub use listen::Limits;
 use table::Table;
 
 /// Opens a connection to a backend; implemented by the fleet (it connects
@@ -48,7 +49,7 @@ pub trait Connector: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send + '_>>;
 }
 
-/// Timing of drains and connections.
+/// Timing of drains and connections, and what clients may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
     /// How long a drained backend stays registered after its last request
@@ -61,6 +62,9 @@ pub struct Settings {
     /// The longest the connector may take to produce a connection; after
     /// that the request is retried on another backend.
     pub connect_timeout: Duration,
+    /// Header-read timeout (also the keep-alive idle timeout) and the cap
+    /// on client connections.
+    pub client_limits: Limits,
 }
 
 impl Default for Settings {
@@ -69,6 +73,12 @@ impl Default for Settings {
             deregistration_delay: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
+            // An ALB's idle timeout is 60 s; headers come much faster than
+            // that from any client that means to send a request.
+            client_limits: Limits {
+                header_read_timeout: Duration::from_secs(30),
+                max_connections: 4096,
+            },
         }
     }
 }
@@ -152,11 +162,17 @@ impl LoadBalancer {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
         let addr = listener.local_addr()?;
         let table = Arc::new(Table::new(connector, settings));
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(server::serve(
+        let (stop, mut stopped) = watch::channel(false);
+        let routes = table.clone();
+        let handler = move |client, req| proxy::handle(routes.clone(), addr, client, req);
+        // A dropped sender (every handle gone) also stops the listener.
+        // The guard `wait_for` returns is not Send; drop it at once.
+        let stopping = async move { drop(stopped.wait_for(|stopped| *stopped).await) };
+        let task = tokio::spawn(listen::serve(
             listener,
-            table.clone(),
-            stopped,
+            settings.client_limits,
+            handler,
+            stopping,
             settings.drain_timeout,
         ));
         Ok(LoadBalancer {

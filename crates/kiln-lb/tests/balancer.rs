@@ -17,6 +17,7 @@ fn quick() -> Settings {
         deregistration_delay: Duration::from_millis(100),
         drain_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(1),
+        ..Settings::default()
     }
 }
 

@@ -1,5 +1,6 @@
 //! The CLI's side of the API: finds the daemon through the state
-//! directory and sends the token with every change.
+//! directory and sends a token with every call. The full token
+//! (`api-token`) when this user can read it, else the read-only one.
 
 use anyhow::{Context, bail};
 use serde_json::Value;
@@ -26,8 +27,9 @@ impl Client {
         let address = info["address"]
             .as_str()
             .context("daemon.json has no address")?;
-        let token = std::fs::read_to_string(state.join("api-token"))
-            .ok()
+        let token = [kiln_api::token::FILE, kiln_api::token::READ_FILE]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(state.join(f)).ok())
             .map(|t| t.trim().to_string());
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -58,9 +60,16 @@ impl Client {
         Ok(value)
     }
 
+    fn auth(&self) -> String {
+        format!("Bearer {}", self.token.as_deref().unwrap_or_default())
+    }
+
     pub fn get(&self, path: &str) -> anyhow::Result<Value> {
         Self::answer(
-            self.agent.get(format!("{}{path}", self.base)).call(),
+            self.agent
+                .get(format!("{}{path}", self.base))
+                .header("Authorization", &self.auth())
+                .call(),
             &format!("GET {path}"),
         )
     }
@@ -74,7 +83,7 @@ impl Client {
 
     pub fn send(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
-        let auth = format!("Bearer {}", self.token.clone().unwrap_or_default());
+        let auth = self.auth();
         let what = format!("{method} {path}");
         let resp = match (method, body) {
             ("DELETE", _) => self

@@ -21,6 +21,27 @@ fn pairs(items: &[String], what: &str) -> anyhow::Result<serde_json::Map<String,
         .collect()
 }
 
+/// `--secret` values: KEY=VALUE, or KEY with the value from the environment.
+fn secret_pairs(items: &[String]) -> anyhow::Result<serde_json::Map<String, Value>> {
+    items
+        .iter()
+        .map(|item| {
+            let (key, value) = match item.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (
+                    item.clone(),
+                    std::env::var(item).map_err(|_| {
+                        anyhow::anyhow!(
+                            "--secret {item}: no KEY=VALUE, and kiln's environment has no {item}"
+                        )
+                    })?,
+                ),
+            };
+            Ok((key, Value::String(value)))
+        })
+        .collect()
+}
+
 #[derive(Args)]
 pub struct TemplatesArgs {
     #[command(subcommand)]
@@ -39,6 +60,11 @@ enum TemplatesCommand {
         entrypoint: Option<Vec<String>>,
         #[arg(long = "env")]
         env: Vec<String>,
+        /// An environment variable whose value listings mask, as KEY=VALUE,
+        /// or KEY alone to take the value from kiln's own environment (so
+        /// that it never appears on a command line).
+        #[arg(long = "secret")]
+        secrets: Vec<String>,
         #[arg(long)]
         memory_max: Option<u64>,
         #[arg(long)]
@@ -62,12 +88,13 @@ pub fn templates(args: TemplatesArgs, state: &StateDir) -> anyhow::Result<ExitCo
             image,
             entrypoint,
             env,
+            secrets,
             memory_max,
             pids_max,
             tags,
             output,
         } => {
-            let body = json!({ "name": name, "image": image, "entrypoint": entrypoint, "env": pairs(&env, "env")?, "memory_max": memory_max, "pids_max": pids_max, "tags": pairs(&tags, "tag")? });
+            let body = json!({ "name": name, "image": image, "entrypoint": entrypoint, "env": pairs(&env, "env")?, "secrets": secret_pairs(&secrets)?, "memory_max": memory_max, "pids_max": pids_max, "tags": pairs(&tags, "tag")? });
             let t = client.send("POST", "/v1/templates", Some(strip_nulls(body)))?;
             if output == Format::Json {
                 print_json(&t)?;

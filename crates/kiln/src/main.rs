@@ -94,6 +94,24 @@ enum Command {
     Destroy(pipeline_cmd::DestroyArgs),
 }
 
+/// Raises the soft limit on open files to the hard one: the daemon holds a
+/// descriptor per client connection and per backend connection, and the
+/// common default of 1,024 is what a thousand idle clients exhausted. The
+/// servers' connection caps stay at a fraction of the raised limit.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "raising the open-file limit to its hard limit");
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = std::env::var("KILN_LOG").unwrap_or_else(|_| {
@@ -107,6 +125,7 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .init();
+    raise_fd_limit();
     let state = state::StateDir::resolve(cli.state_dir.as_deref());
     // Checking documents needs no state; `kiln toe run` creates it itself.
     if !matches!(cli.command, Command::Validate(_) | Command::Toe(_))

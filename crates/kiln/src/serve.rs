@@ -39,13 +39,19 @@ async fn run(args: ServeArgs, state: &Path) -> anyhow::Result<()> {
     fleet.start().await?;
     let pipelines = kiln_pipeline::Pipelines::open(state, fleet.clone())?;
     pipelines.start().await?;
-    let token = kiln_api::token::load_or_create(state)?;
+    let tokens = kiln_api::token::Tokens::load_or_create(state)?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     let info = serde_json::json!({ "address": addr.to_string(), "pid": std::process::id() });
     std::fs::write(state.join(DAEMON_FILE), serde_json::to_vec_pretty(&info)?)?;
     tracing::info!(%addr, "kiln daemon serving");
     println!("kiln daemon listening on http://{addr}");
+    // Where the tokens are, never what they are.
+    println!(
+        "API tokens: {} (every call), {} (read only)",
+        state.join(kiln_api::token::FILE).display(),
+        state.join(kiln_api::token::READ_FILE).display()
+    );
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("a SIGTERM handler");
@@ -54,7 +60,8 @@ async fn run(args: ServeArgs, state: &Path) -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
     };
-    kiln_api::serve(listener, fleet.clone(), pipelines, token, shutdown).await?;
+    let app = kiln_api::router(fleet.clone(), pipelines, tokens);
+    kiln_api::serve(listener, app, kiln_api::LIMITS, shutdown).await;
     fleet.shutdown().await;
     let _ = std::fs::remove_file(state.join(DAEMON_FILE));
     tracing::info!("kiln daemon stopped; instances keep running for the next start to adopt");

@@ -1,0 +1,353 @@
+//! The HTTP/1.1 accept loop the load balancer and the daemon's API share,
+//! with the limits that keep a server answering when clients connect and
+//! then say nothing, or send their headers a byte at a time.
+//!
+//! Two limits: a connection must deliver each request's headers within
+//! `header_read_timeout` (counted from its start, and from the end of the
+//! previous response on a keep-alive connection, so idle keep-alive
+//! connections close after it too); and at most `max_connections` are open
+//! at once. At the cap, a new connection does not wait: the one that has
+//! been idle longest (no request in progress) is closed to make room, so
+//! that clients holding sockets cannot lock out one that sends a request.
+//! When every connection is busy with a request, the new one is closed.
+//! All the servers of a process together (the API and every group's
+//! balancer) also keep at most half of its open-file limit, evicting the
+//! same way when they reach it.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+/// Pause after a failed accept: the usual cause is running out of file
+/// descriptors, and retrying at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The share of the process's file descriptors one server may hold in
+/// client connections, and (`ALL_SERVERS_SHARE`) all the servers of the
+/// process together (the API and every group's load balancer): the rest
+/// stay for the database, logs, images and backend connections.
+const FD_SHARE: u64 = 4;
+const ALL_SERVERS_SHARE: u64 = 2;
+
+/// Client connections open in this process, across every server.
+static OPEN_IN_PROCESS: AtomicUsize = AtomicUsize::new(0);
+
+fn soft_fd_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
+}
+
+/// How slow and how many clients a server tolerates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The longest a client may take to send a request's headers, and the
+    /// longest a keep-alive connection stays open between requests.
+    pub header_read_timeout: Duration,
+    /// Client connections open at once (see the module's documentation for
+    /// what happens at the cap). Lowered to a quarter of the process's
+    /// file-descriptor limit when that is smaller; and all servers of the
+    /// process together keep at most half of it.
+    pub max_connections: usize,
+}
+
+impl Limits {
+    /// `max_connections` as it applies in this process: at most a quarter of
+    /// the soft RLIMIT_NOFILE, and at least one.
+    pub fn effective_max_connections(&self) -> usize {
+        let share = usize::try_from(soft_fd_limit() / FD_SHARE).unwrap_or(usize::MAX);
+        self.max_connections.min(share).max(1)
+    }
+}
+
+/// One client connection, as the cap sees it.
+struct Conn {
+    /// Requests whose response has not been sent completely.
+    busy: AtomicUsize,
+    /// When it last became idle, in microseconds since the server started;
+    /// ties go to the older connection (the smaller id).
+    idle_since: AtomicU64,
+    close: Notify,
+}
+
+struct Registry {
+    started: Instant,
+    next_id: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<Conn>>>,
+}
+
+impl Registry {
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes room for one more connection, within this server's cap and
+    /// the process's budget; None when every connection of this server is
+    /// busy and the new one must be turned away.
+    fn admit(&self, max: usize, budget: usize) -> Option<(u64, Arc<Conn>)> {
+        let mut open = self.lock();
+        if open.len() >= max || OPEN_IN_PROCESS.load(Ordering::Acquire) >= budget {
+            let oldest_idle = open
+                .iter()
+                .filter(|(_, c)| c.busy.load(Ordering::Acquire) == 0)
+                .min_by_key(|(id, c)| (c.idle_since.load(Ordering::Acquire), **id))
+                .map(|(id, _)| *id)?;
+            if let Some(evicted) = open.remove(&oldest_idle) {
+                OPEN_IN_PROCESS.fetch_sub(1, Ordering::AcqRel);
+                evicted.close.notify_one();
+            }
+        }
+        OPEN_IN_PROCESS.fetch_add(1, Ordering::AcqRel);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn {
+            busy: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(self.now()),
+            close: Notify::new(),
+        });
+        open.insert(id, conn.clone());
+        Some((id, conn))
+    }
+
+    fn release(&self, id: u64) {
+        if self.lock().remove(&id).is_some() {
+            OPEN_IN_PROCESS.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A connection's place in the registry, given back when its task ends,
+/// however it ends (also when aborted at shutdown).
+struct Admitted {
+    id: u64,
+    registry: Arc<Registry>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.registry.release(self.id);
+    }
+}
+
+/// Marks a connection busy from the moment its request's headers arrived
+/// until its response has been sent (or abandoned).
+struct Busy {
+    conn: Arc<Conn>,
+    registry: Arc<Registry>,
+}
+
+impl Busy {
+    fn new(conn: Arc<Conn>, registry: Arc<Registry>) -> Busy {
+        conn.busy.fetch_add(1, Ordering::AcqRel);
+        Busy { conn, registry }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.conn
+            .idle_since
+            .store(self.registry.now(), Ordering::Release);
+        self.conn.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its connection marked busy until sent.
+struct Guarded<B> {
+    inner: B,
+    _busy: Busy,
+}
+
+impl<B: Body + Unpin> Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Serves HTTP/1.1 on `listener` until `stop` completes, then lets requests
+/// in flight finish for up to `grace` and closes what remains. `handler`
+/// answers one request from the given client address.
+pub async fn serve<H, F, B>(
+    listener: TcpListener,
+    limits: Limits,
+    handler: H,
+    stop: impl Future<Output = ()>,
+    grace: Duration,
+) where
+    H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let local = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(e) => {
+            warn!(error = %e, "listener has no local address");
+            return;
+        }
+    };
+    let max = limits.effective_max_connections();
+    let budget = usize::try_from(soft_fd_limit() / ALL_SERVERS_SHARE).unwrap_or(usize::MAX);
+    debug!(%local, max_connections = max, header_read_timeout = ?limits.header_read_timeout, "serving");
+    let registry = Arc::new(Registry {
+        started: Instant::now(),
+        next_id: AtomicU64::new(0),
+        open: Mutex::new(HashMap::new()),
+    });
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => {
+                let (stream, client) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        warn!(%local, error = %e, "accepting a connection");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
+                let Some((id, conn)) = registry.admit(max, budget) else {
+                    debug!(%local, %client, max, "every connection is busy; closing the new one");
+                    continue;
+                };
+                if let Err(e) = stream.set_nodelay(true) {
+                    debug!(%client, error = %e, "setting TCP_NODELAY");
+                }
+                let (handler, reg, c) = (handler.clone(), registry.clone(), conn.clone());
+                let service = service_fn(move |req| {
+                    let busy = Busy::new(c.clone(), reg.clone());
+                    let answer = handler(client, req);
+                    async move {
+                        let resp = answer.await?;
+                        Ok::<_, Infallible>(resp.map(|inner| Guarded { inner, _busy: busy }))
+                    }
+                });
+                let served = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                let admitted = Admitted { id, registry: registry.clone() };
+                connections.spawn(async move {
+                    let _admitted = admitted;
+                    tokio::select! {
+                        result = served => {
+                            if let Err(e) = result {
+                                debug!(%client, error = %e, "client connection ended");
+                            }
+                        }
+                        () = conn.close.notified() => {
+                            debug!(%client, "closed an idle connection to make room for a new one");
+                        }
+                    }
+                });
+            }
+            // Reaps finished connection tasks so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(%local, ?grace, "connections still open after the grace period; closing them");
+    }
+    connections.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The process budget is one counter: tests that move it take turns.
+    static COUNTER: Mutex<()> = Mutex::new(());
+
+    fn registry() -> Arc<Registry> {
+        Arc::new(Registry {
+            started: Instant::now(),
+            next_id: AtomicU64::new(0),
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    #[test]
+    fn at_the_cap_the_longest_idle_connection_makes_room_and_busy_ones_stay() {
+        let _turn = COUNTER.lock().unwrap_or_else(PoisonError::into_inner);
+        let reg = registry();
+        let (a, conn_a) = reg.admit(2, usize::MAX).unwrap();
+        let (b, conn_b) = reg.admit(2, usize::MAX).unwrap();
+        // b went idle after a request; a never sent one and is older.
+        drop(Busy::new(conn_b.clone(), reg.clone()));
+        let (c, conn_c) = reg.admit(2, usize::MAX).unwrap();
+        let open: Vec<u64> = reg.lock().keys().copied().collect();
+        assert!(!open.contains(&a) && open.contains(&b) && open.contains(&c));
+        drop(conn_a);
+        // Both busy: the new one is turned away and nothing is closed.
+        let _busy = (
+            Busy::new(conn_b, reg.clone()),
+            Busy::new(conn_c, reg.clone()),
+        );
+        assert!(reg.admit(2, usize::MAX).is_none());
+        assert_eq!(reg.lock().len(), 2);
+        reg.release(b);
+        reg.release(c);
+    }
+
+    #[test]
+    fn the_process_budget_caps_every_server_together() {
+        let _turn = COUNTER.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = OPEN_IN_PROCESS.load(Ordering::Acquire);
+        let (first, second) = (registry(), registry());
+        let admitted = first.admit(100, before + 1).map(|(id, _)| Admitted {
+            id,
+            registry: first.clone(),
+        });
+        assert!(admitted.is_some());
+        // The other server has nothing idle to give up: turned away.
+        assert!(second.admit(100, before + 1).is_none());
+        drop(admitted);
+        assert_eq!(OPEN_IN_PROCESS.load(Ordering::Acquire), before);
+        let (id, _) = second.admit(100, before + 1).unwrap();
+        second.release(id);
+        assert_eq!(OPEN_IN_PROCESS.load(Ordering::Acquire), before);
+    }
+}
