@@ -179,7 +179,7 @@ impl TarError {
     }
 }
 
-/// At most [`SHOWN`] characters of a name from an archive or an image, for
+/// At most 200 characters of a name from an archive or an image, for
 /// error messages: names can be as long as an archive makes them.
 pub fn shorten(name: &str) -> String {
     match name.char_indices().nth(SHOWN) {
