@@ -43,7 +43,11 @@ async fn run(args: ServeArgs, state: &Path) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     let info = serde_json::json!({ "address": addr.to_string(), "pid": std::process::id() });
-    std::fs::write(state.join(DAEMON_FILE), serde_json::to_vec_pretty(&info)?)?;
+    // Written whole under another name, then renamed: a client that finds
+    // the file reads all of it, never a half-written one.
+    let partial = state.join(format!("{DAEMON_FILE}.partial"));
+    std::fs::write(&partial, serde_json::to_vec_pretty(&info)?)?;
+    std::fs::rename(&partial, state.join(DAEMON_FILE))?;
     tracing::info!(%addr, "kiln daemon serving");
     println!("kiln daemon listening on http://{addr}");
     // Where the tokens are, never what they are.

@@ -109,7 +109,7 @@ fn overlay_mode_keeps_the_root_and_reports_the_upper_directory() {
     kiln_sandbox::busybox::assemble(&root).unwrap();
     let upper = dir.path().join("changes");
     let out = kiln(
-        dir.path(),
+        &dir.path().join("state"),
         &[
             "toe",
             "run",
