@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::yaml::Pos;
 
 /// One problem in a document: where it is, which field, and what is wrong.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocError {
     pub file: PathBuf,
     pub pos: Pos,
