@@ -46,7 +46,9 @@ struct RunArgs {
     /// Component documents, run in this order (also comma-separated).
     #[arg(required = true, value_delimiter = ',')]
     documents: Vec<PathBuf>,
-    /// Phases to run, in document order whatever the order here.
+    /// Phases to run, in document order whatever the order here (default:
+    /// the phases Image Builder runs; a phase of another name runs only
+    /// when named here).
     #[arg(long, value_delimiter = ',')]
     phases: Option<Vec<String>>,
     /// Parameter values: NAME=VALUE,NAME2=VALUE2.
