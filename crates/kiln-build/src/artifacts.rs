@@ -35,6 +35,11 @@ pub struct ArtifactSet {
 pub enum ArtifactError {
     #[error("artifacts.base-directory {base:?} does not exist in {src}")]
     NoBase { base: String, src: PathBuf },
+    #[error(
+        "artifact path {path:?} is outside the source directory {}: kiln collects artifacts only from there (CodeBuild, on the AWS target, reads the whole build container)",
+        crate::run::SRC_DIR
+    )]
+    Outside { path: String },
     #[error("artifact {path:?} leads outside the workspace {src}")]
     Escapes { path: String, src: PathBuf },
     #[error("no files in {dir} match artifacts.files {patterns:?}")]
@@ -59,11 +64,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
 /// into `out`, refusing anything that leads outside `src`.
 pub fn collect(src: &Path, spec: &Artifacts, out: &Path) -> Result<ArtifactSet, ArtifactError> {
     let src_real = fs::canonicalize(src).map_err(io(src))?;
-    let base_rel = spec
-        .base_directory
-        .as_deref()
-        .unwrap_or("")
-        .trim_matches('/');
+    let base_given = spec.base_directory.as_deref().unwrap_or("");
+    let base_rel = source_relative(base_given).ok_or_else(|| ArtifactError::Outside {
+        path: base_given.to_string(),
+    })?;
+    let base_rel = base_rel.as_str();
+    let patterns = spec
+        .files
+        .iter()
+        .map(|p| file_pattern(p, base_rel))
+        .collect::<Result<Vec<_>, _>>()?;
     let base = src_real.join(base_rel);
     let base_real = match fs::canonicalize(&base) {
         Ok(b) if b.is_dir() => b,
@@ -85,7 +95,7 @@ pub fn collect(src: &Path, spec: &Artifacts, out: &Path) -> Result<ArtifactSet, 
     // name in the set -> (relative path, host file)
     let mut chosen: BTreeMap<String, (String, PathBuf)> = BTreeMap::new();
     for (rel, host, is_link) in found {
-        if !spec.files.iter().any(|p| glob::matches(p, &rel))
+        if !patterns.iter().any(|p| glob::matches(p, &rel))
             || spec.exclude_paths.iter().any(|p| glob::matches(p, &rel))
         {
             continue;
@@ -145,6 +155,51 @@ pub fn collect(src: &Path, spec: &Artifacts, out: &Path) -> Result<ArtifactSet, 
         files,
         digest: format!("sha256:{}", hex::encode(Sha256::digest(listing.as_bytes()))),
     })
+}
+
+/// `path` relative to the source directory, if it stays inside it: as
+/// written, or absolute under `$CODEBUILD_SRC_DIR` (spelled out or as the
+/// variable), as CodeBuild resolves it. `None` for a path outside.
+pub fn source_relative(path: &str) -> Option<String> {
+    let mut rest = path;
+    for prefix in [
+        "${CODEBUILD_SRC_DIR}",
+        "$CODEBUILD_SRC_DIR",
+        crate::run::SRC_DIR,
+    ] {
+        if let Some(r) = rest.strip_prefix(prefix)
+            && (r.is_empty() || r.starts_with('/'))
+        {
+            rest = r.trim_start_matches('/');
+            break;
+        }
+    }
+    while let Some(r) = rest.strip_prefix("./") {
+        rest = r;
+    }
+    if rest.starts_with('/') || rest.split('/').any(|s| s == "..") {
+        return None;
+    }
+    Some(rest.trim_end_matches('/').to_string())
+}
+
+/// A `files` pattern relative to the base directory `base`: an absolute
+/// pattern must lie under the source directory and the base.
+fn file_pattern(pattern: &str, base: &str) -> Result<String, ArtifactError> {
+    let outside = || ArtifactError::Outside {
+        path: pattern.to_string(),
+    };
+    let rel = source_relative(pattern).ok_or_else(outside)?;
+    if rel == pattern || pattern.starts_with("./") {
+        return Ok(pattern.to_string());
+    }
+    if base.is_empty() {
+        return Ok(rel);
+    }
+    rel.strip_prefix(base)
+        .and_then(|r| r.strip_prefix('/'))
+        .map(str::to_string)
+        .ok_or_else(outside)
 }
 
 /// Every file and symlink below `dir`, without following links.

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use kiln_toe::error::{Collector, Diagnostics};
+use kiln_toe::error::{Collector, Diagnostics, DocError};
 use kiln_toe::yaml::{self, Node, Pos};
 use serde::Serialize;
 
@@ -13,15 +13,26 @@ pub enum Shell {
     /// `/bin/sh`, CodeBuild's default on Linux.
     Sh,
     Bash,
+    /// `powershell.exe`: a Windows build image only.
+    PowerShell,
+    /// `cmd.exe`: a Windows build image only.
+    Cmd,
 }
 
 impl Shell {
-    /// The shell's path inside the build image.
+    /// The shell's path inside the build image (a Windows shell's program
+    /// name; [`Buildspec::local_blocker`] keeps it from running locally).
     pub fn path(self) -> &'static str {
         match self {
             Shell::Sh => "/bin/sh",
             Shell::Bash => "/bin/bash",
+            Shell::PowerShell => "powershell.exe",
+            Shell::Cmd => "cmd.exe",
         }
+    }
+
+    pub fn windows(self) -> bool {
+        matches!(self, Shell::PowerShell | Shell::Cmd)
     }
 }
 
@@ -93,6 +104,8 @@ pub struct Env {
     pub variables: Vec<(String, String)>,
     /// Variable name to parameter name, resolved when the build starts.
     pub parameter_store: Vec<(String, String)>,
+    /// Variable name to `secret-id[:json-key[:version-stage[:version-id]]]`.
+    pub secrets_manager: Vec<(String, String)>,
     pub exported_variables: Vec<String>,
     pub git_credential_helper: bool,
 }
@@ -103,6 +116,7 @@ impl Default for Env {
             shell: Shell::Sh,
             variables: Vec::new(),
             parameter_store: Vec::new(),
+            secrets_manager: Vec::new(),
             exported_variables: Vec::new(),
             git_credential_helper: false,
         }
@@ -130,8 +144,15 @@ pub struct Buildspec {
     /// The phases present, in execution order.
     pub phases: Vec<Phase>,
     pub artifacts: Option<Artifacts>,
+    /// Whether a `batch` section is present (batch builds are not run
+    /// locally; the phases run as one build, as a non-batch StartBuild does).
+    pub batch: bool,
     /// Parts accepted but not acted on locally, with where they are.
     pub notes: Vec<String>,
+    /// What CodeBuild accepts but kiln finds suspect or ignores locally,
+    /// with file:line:col; `--strict` turns them into errors.
+    #[serde(skip)]
+    pub warnings: Vec<DocError>,
 }
 
 impl Buildspec {
@@ -142,6 +163,36 @@ impl Buildspec {
     /// Whether commands share one shell session (0.2) or each get their own (0.1).
     pub fn shared_shell(&self) -> bool {
         self.version != "0.1"
+    }
+
+    /// Why this buildspec, valid on CodeBuild, cannot run on the local
+    /// target, naming the feature and the target that can run it.
+    pub fn local_blocker(&self) -> Option<String> {
+        if self.env.shell.windows() {
+            Some(format!(
+                "env.shell {} needs a Windows build image: only the AWS target can run this buildspec",
+                self.env.shell.path()
+            ))
+        } else if !self.env.secrets_manager.is_empty() {
+            Some(
+                "env.secrets-manager needs AWS Secrets Manager: only the AWS target can run this buildspec"
+                    .into(),
+            )
+        } else if self.phases.is_empty() && self.batch {
+            Some("this buildspec has only a batch section, and kiln does not run batch builds locally: only the AWS target can run it".into())
+        } else {
+            None
+        }
+    }
+}
+
+/// As [`load`], with every warning an error: `--strict`.
+pub fn load_strict(path: &Path) -> Result<Buildspec, Diagnostics> {
+    let spec = load(path)?;
+    if spec.warnings.is_empty() {
+        Ok(spec)
+    } else {
+        Err(Diagnostics(spec.warnings))
     }
 }
 
@@ -175,6 +226,7 @@ pub fn parse(src: &str, file: &Path) -> Result<Buildspec, Diagnostics> {
     if p.c.errors.is_empty() {
         Ok(Buildspec {
             notes: p.notes,
+            warnings: p.c.warnings,
             ..spec
         })
     } else {
@@ -198,6 +250,13 @@ impl Parser {
         let note = format!("{}:{pos}: {field}: {msg}", self.c.file().display());
         tracing::info!("{note}");
         self.notes.push(note);
+    }
+
+    /// Accepted, as CodeBuild accepts it, but not acted on locally: a note
+    /// in the build log and a warning from validation.
+    fn ignored(&mut self, pos: Pos, field: &str, msg: &str) {
+        self.note(pos, field, msg);
+        self.c.warn(pos, field, msg);
     }
 
     /// The entries of a map, with unknown keys reported.
@@ -241,6 +300,23 @@ impl Parser {
                 None
             }
         }
+    }
+
+    /// A phase's `commands` or `finally`: a list, or, as CodeBuild takes
+    /// them, nothing (`commands:` left empty) or a single string.
+    fn commands(&mut self, node: &Node, field: &str) -> Vec<String> {
+        if node.is_null() {
+            return Vec::new();
+        }
+        if let Some(one) = node.scalar() {
+            self.c.warn(
+                node.pos,
+                field,
+                "a single string, run as one command; CodeBuild takes it, but a list is meant",
+            );
+            return vec![one.to_string()];
+        }
+        self.strings(node, field)
     }
 
     fn strings(&mut self, node: &Node, field: &str) -> Vec<String> {
@@ -305,7 +381,9 @@ impl Parser {
             env: Env::default(),
             phases: Vec::new(),
             artifacts: None,
+            batch: false,
             notes: Vec::new(),
+            warnings: Vec::new(),
         };
         const KNOWN: &[&str] = &[
             "version",
@@ -326,7 +404,9 @@ impl Parser {
                 "missing; CodeBuild requires version: 0.2",
             );
         }
-        if root.as_map().is_some() && root.get("phases").is_none() {
+        // A batch buildspec may leave its phases to the buildspecs its
+        // builds name; otherwise CodeBuild needs phases.
+        if root.as_map().is_some() && root.get("phases").is_none() && root.get("batch").is_none() {
             self.c.push(
                 root.pos,
                 "phases",
@@ -350,15 +430,43 @@ impl Parser {
                 },
                 "run-as" => {
                     spec.run_as = self.string(v, key);
-                    self.note(v.pos, key, "ignored: commands run as root in the sandbox");
+                    self.ignored(v.pos, key, "ignored: commands run as root in the sandbox");
                 }
                 "env" => spec.env = self.env(v),
                 "phases" => spec.phases = self.phases(v),
                 "artifacts" => spec.artifacts = Some(self.artifacts(v)),
-                _ => self.note(v.pos, key, "accepted and ignored on the local target"),
+                "batch" => {
+                    spec.batch = true;
+                    self.batch(v, root.get("phases").is_some());
+                }
+                _ => {
+                    if v.as_map().is_none() {
+                        self.c
+                            .push(v.pos, key, format!("must be a map, not a {}", v.kind()));
+                    }
+                    self.ignored(v.pos, key, "accepted and ignored on the local target");
+                }
             }
         }
         spec
+    }
+
+    fn batch(&mut self, node: &Node, has_phases: bool) {
+        const KNOWN: &[&str] = &["fast-fail", "build-list", "build-graph", "build-matrix"];
+        let entries = self.map(node, "batch", KNOWN);
+        if entries.is_empty() && node.as_map().is_some() {
+            self.c.push(
+                node.pos,
+                "batch",
+                "needs one of build-list, build-graph, build-matrix",
+            );
+        }
+        let msg = if has_phases {
+            "batch builds are not run locally: kiln runs the phases as one build"
+        } else {
+            "batch builds are not run locally, and there are no phases: the local target cannot run this buildspec"
+        };
+        self.ignored(node.pos, "batch", msg);
     }
 
     fn env(&mut self, node: &Node) -> Env {
@@ -369,6 +477,12 @@ impl Parser {
             "exported-variables",
             "secrets-manager",
             "git-credential-helper",
+            // A batch build's env takes these; CodeBuild ignores them in
+            // the top-level env, where real buildspecs carry them.
+            "type",
+            "compute-type",
+            "image",
+            "privileged-mode",
         ];
         let mut env = Env::default();
         for (key, v) in self.map(node, "env", KNOWN) {
@@ -377,8 +491,31 @@ impl Parser {
                 "shell" => match v.scalar() {
                     Some("bash" | "/bin/bash") => env.shell = Shell::Bash,
                     Some("/bin/sh" | "sh") => env.shell = Shell::Sh,
-                    _ => self.c.push(v.pos, &field, "must be bash or /bin/sh"),
+                    Some(s @ ("powershell.exe" | "cmd.exe")) => {
+                        env.shell = if s == "cmd.exe" {
+                            Shell::Cmd
+                        } else {
+                            Shell::PowerShell
+                        };
+                        self.c.warn(
+                            v.pos,
+                            &field,
+                            format!("{s} runs only on a Windows build image: the AWS target; a local build fails"),
+                        );
+                    }
+                    _ => self.c.push(
+                        v.pos,
+                        &field,
+                        "must be bash or /bin/sh (Linux), or powershell.exe or cmd.exe (Windows)",
+                    ),
                 },
+                "type" | "compute-type" | "image" | "privileged-mode" => {
+                    self.c.warn(
+                        k_pos(node, key),
+                        &field,
+                        "CodeBuild reads this only in a batch build's env; here it is ignored",
+                    );
+                }
                 "variables" => env.variables = self.variables(v, &field),
                 "parameter-store" => env.parameter_store = self.variables(v, &field),
                 "exported-variables" => {
@@ -395,15 +532,27 @@ impl Parser {
                     }
                     env.exported_variables = names;
                 }
-                "secrets-manager" => self.c.push(
-                    v.pos,
-                    &field,
-                    "AWS Secrets Manager is not available on the local target; use parameter-store",
-                ),
+                "secrets-manager" => {
+                    env.secrets_manager = self.variables(v, &field);
+                    for (name, reference) in &env.secrets_manager {
+                        if reference.split(':').next().is_none_or(str::is_empty) {
+                            self.c.push(
+                                v.get(name).map_or(v.pos, |n| n.pos),
+                                join(&field, name),
+                                "must be secret-id[:json-key[:version-stage[:version-id]]]",
+                            );
+                        }
+                    }
+                    self.c.warn(
+                        v.pos,
+                        &field,
+                        "AWS Secrets Manager is not available locally: the build runs on the AWS target, and fails on the local one",
+                    );
+                }
                 "git-credential-helper" => {
                     env.git_credential_helper = self.yes_no(v, &field);
                     if env.git_credential_helper {
-                        self.note(
+                        self.ignored(
                             v.pos,
                             &field,
                             "ignored: there is no credential helper locally",
@@ -443,11 +592,16 @@ impl Parser {
             commands: Vec::new(),
             finally: Vec::new(),
         };
-        if node.as_map().is_some() && node.get("commands").is_none() {
-            self.c.push(
+        // An install phase may hold only runtime-versions; CodeBuild also
+        // runs a phase whose commands are left out, doing nothing.
+        if node.as_map().is_some()
+            && node.get("commands").is_none()
+            && node.get("runtime-versions").is_none()
+        {
+            self.c.warn(
                 node.pos,
                 join(&base, "commands"),
-                "missing; every phase needs commands",
+                "missing: the phase runs no command",
             );
         }
         for (key, v) in self.map(node, &base, &known) {
@@ -455,7 +609,7 @@ impl Parser {
             match key {
                 "run-as" => {
                     phase.run_as = self.string(v, &field);
-                    self.note(
+                    self.ignored(
                         v.pos,
                         &field,
                         "ignored: commands run as root in the sandbox",
@@ -466,14 +620,14 @@ impl Parser {
                     Some("CONTINUE") => phase.on_failure = OnFailure::Continue,
                     _ => self.c.push(v.pos, &field, "must be ABORT or CONTINUE"),
                 },
-                "commands" => phase.commands = self.strings(v, &field),
-                "finally" => phase.finally = self.strings(v, &field),
+                "commands" => phase.commands = self.commands(v, &field),
+                "finally" => phase.finally = self.commands(v, &field),
                 "runtime-versions" => {
                     if v.as_map().is_none() {
                         self.c
                             .push(v.pos, &field, "must be a map of runtime: version");
                     }
-                    self.note(
+                    self.ignored(
                         v.pos,
                         &field,
                         "ignored: the build image provides its runtimes",
@@ -499,6 +653,8 @@ impl Parser {
             "enable-symlinks",
             "s3-prefix",
             "secondary-artifacts",
+            // CodeBuild ignores it: the project sets the artifact type.
+            "type",
         ];
         let mut a = Artifacts::default();
         if node.as_map().is_some() && node.get("files").is_none() {
@@ -510,9 +666,9 @@ impl Parser {
                 "files" => {
                     a.files = self.strings(v, &field);
                     for (i, f) in a.files.iter().enumerate() {
-                        if let Some(why) = bad_relative(f) {
+                        if let Some(why) = outside_source(f) {
                             let pos = v.as_seq().map_or(v.pos, |s| s[i].pos);
-                            self.c.push(pos, format!("{field}[{i}]"), why);
+                            self.c.warn(pos, format!("{field}[{i}]"), why);
                         }
                     }
                 }
@@ -520,8 +676,8 @@ impl Parser {
                 "discard-paths" => a.discard_paths = self.yes_no(v, &field),
                 "base-directory" => {
                     a.base_directory = self.string(v, &field);
-                    if let Some(why) = a.base_directory.as_deref().and_then(bad_relative) {
-                        self.c.push(v.pos, &field, why);
+                    if let Some(why) = a.base_directory.as_deref().and_then(outside_source) {
+                        self.c.warn(v.pos, &field, why);
                     }
                 }
                 "exclude-paths" => a.exclude_paths = self.strings(v, &field),
@@ -551,22 +707,41 @@ impl Parser {
                     self.c
                         .push(v.pos, &field, "secondary artifacts cannot nest")
                 }
-                _ => self.note(v.pos, &field, "accepted and ignored on the local target"),
+                "type" => self.c.warn(
+                    v.pos,
+                    &field,
+                    "ignored by CodeBuild: the project sets the artifact type",
+                ),
+                _ => self.ignored(v.pos, &field, "accepted and ignored on the local target"),
             }
         }
         a
     }
 }
 
-/// Why a path from the buildspec may not be used inside the workspace.
-fn bad_relative(p: &str) -> Option<&'static str> {
-    if p.starts_with('/') {
-        Some("must be relative to the source directory")
-    } else if p.split('/').any(|s| s == "..") {
-        Some("must not contain '..'")
-    } else {
+/// Why an artifact path, which CodeBuild resolves anywhere in the build
+/// container, fails locally: kiln collects only from the source directory.
+fn outside_source(p: &str) -> Option<&'static str> {
+    if crate::artifacts::source_relative(p).is_some() {
         None
+    } else if p.split('/').any(|s| s == "..") {
+        Some(
+            "leads out of the source directory with '..': CodeBuild takes it, but kiln collects artifacts only from the source directory, so a local build fails",
+        )
+    } else {
+        Some(
+            "an absolute path outside the source directory ($CODEBUILD_SRC_DIR): CodeBuild takes it, but kiln collects artifacts only from the source directory, so a local build fails",
+        )
     }
+}
+
+/// The position of `key` in the map `node`, for a warning about the key itself.
+fn k_pos(node: &Node, key: &str) -> Pos {
+    node.as_map()
+        .unwrap_or_default()
+        .iter()
+        .find(|(k, _)| k.scalar() == Some(key))
+        .map_or(node.pos, |(k, _)| k.pos)
 }
 
 fn join(base: &str, key: &str) -> String {
@@ -574,100 +749,5 @@ fn join(base: &str, key: &str) -> String {
         key.to_string()
     } else {
         format!("{base}.{key}")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn p(src: &str) -> Result<Buildspec, Diagnostics> {
-        parse(src, Path::new("buildspec.yml"))
-    }
-
-    #[test]
-    fn full_spec() {
-        let spec = p(r#"
-version: 0.2
-env:
-  shell: bash
-  variables:
-    A: "1"
-    N: 5
-  parameter-store:
-    VERSION: /demo/ImageVersion
-  exported-variables: [A, OUT]
-phases:
-  build:
-    on-failure: CONTINUE
-    commands:
-      - make
-    finally:
-      - echo done
-  install:
-    runtime-versions:
-      java: corretto17
-    commands: [true]
-artifacts:
-  files: ['**/*']
-  base-directory: dist
-  discard-paths: yes
-cache:
-  paths: ['/root/.m2/**/*']
-"#)
-        .unwrap();
-        assert_eq!(spec.env.shell, Shell::Bash);
-        assert_eq!(spec.env.variables[1], ("N".into(), "5".into()));
-        assert_eq!(spec.phases[0].name, PhaseName::Install);
-        assert_eq!(spec.phases[1].on_failure, OnFailure::Continue);
-        assert!(spec.artifacts.as_ref().unwrap().discard_paths);
-        assert_eq!(spec.notes.len(), 2, "{:?}", spec.notes);
-    }
-
-    #[test]
-    fn seed_buildspec_version_01() {
-        let spec = p("version: 0.1\nphases:\n  build:\n    commands:\n      - mvn test\nartifacts:\n  files:\n    - target/x.jar\n").unwrap();
-        assert!(!spec.shared_shell());
-    }
-
-    #[test]
-    fn errors_have_positions() {
-        let err = p("version: 0.3\nphases:\n  build:\n    comands: [x]\n    on-failure: STOP\nenv:\n  secrets-manager:\n    X: y\nartifacts:\n  files: [../etc/passwd]\n").unwrap_err();
-        let text = err.to_string();
-        assert!(
-            text.contains("buildspec.yml:1:10: version: must be 0.2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("buildspec.yml:4:5: phases.build.comands: unknown key"),
-            "{text}"
-        );
-        assert!(
-            text.contains("phases.build.on-failure: must be ABORT or CONTINUE"),
-            "{text}"
-        );
-        assert!(
-            text.contains("buildspec.yml:8:5: env.secrets-manager"),
-            "{text}"
-        );
-        assert!(
-            text.contains("artifacts.files[0]: must not contain '..'"),
-            "{text}"
-        );
-        assert!(text.contains("phases.build.commands: missing"), "{text}");
-    }
-
-    #[test]
-    fn wrong_types() {
-        let err = p("version: 0.2\nphases:\n  build:\n    commands: make\n").unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("4:15: phases.build.commands: must be a list"),
-            "{err}"
-        );
-        let err = p("- a\n").unwrap_err();
-        assert!(err.to_string().contains("must be a map"), "{err}");
-        let err = p("version: [0.2\n").unwrap_err();
-        assert!(err.to_string().starts_with("buildspec.yml:"), "{err}");
     }
 }

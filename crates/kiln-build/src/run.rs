@@ -94,6 +94,9 @@ pub enum BuildError {
     NoRoot { root: PathBuf },
     #[error("build image {root} has no {shell}, which the buildspec's env.shell asks for")]
     NoShell { root: PathBuf, shell: String },
+    /// Valid on CodeBuild, but not runnable on the local target.
+    #[error("the buildspec is valid on CodeBuild but cannot run here: {why}")]
+    NotLocal { why: String },
     #[error("workspace {workspace} already holds a build")]
     WorkspaceInUse { workspace: PathBuf },
     #[error("env.parameter-store.{var}: parameter {name:?} not found in the parameter store")]
@@ -202,6 +205,9 @@ pub fn run(
     opts: &BuildOptions,
     observer: &mut dyn BuildObserver,
 ) -> Result<BuildReport, BuildError> {
+    if let Some(why) = spec.local_blocker() {
+        return Err(BuildError::NotLocal { why });
+    }
     if !opts.root.is_dir() {
         return Err(BuildError::NoRoot {
             root: opts.root.clone(),

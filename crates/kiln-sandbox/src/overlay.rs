@@ -97,7 +97,13 @@ impl OverlayMount {
         let merged = absolute(merged);
         let upper = absolute(upper);
         let work = absolute(work);
-        let lower: Vec<PathBuf> = lower.iter().map(|p| absolute(p)).collect();
+        // The same layer twice (two components that changed nothing give
+        // the same empty layer) makes the kernel refuse the mount (ELOOP).
+        // Only the topmost copy counts: an identical layer higher up
+        // decides every path the lower copy would.
+        let mut lower: Vec<PathBuf> = lower.iter().map(|p| absolute(p)).collect();
+        let mut seen = std::collections::HashSet::new();
+        lower.retain(|p| seen.insert(p.clone()));
         if lower.is_empty() {
             return Err(OverlayError::NoLower { merged });
         }
@@ -314,6 +320,25 @@ mod tests {
             assert!(ov.merged().join("only-bottom").exists());
         }
         assert!(!merged.join("f").exists(), "drop should unmount");
+    }
+
+    #[test]
+    fn the_same_lower_twice_mounts_with_the_top_copy_deciding() {
+        assert!(can_mount(), "needs root and overlayfs");
+        let t = tempfile::tempdir().unwrap();
+        let (same, middle) = (t.path().join("same"), t.path().join("middle"));
+        std::fs::create_dir_all(&same).unwrap();
+        std::fs::create_dir_all(&middle).unwrap();
+        std::fs::write(same.join("f"), "same").unwrap();
+        std::fs::write(middle.join("f"), "middle").unwrap();
+        let ov = OverlayMount::mount(
+            &[&same, &middle, &same],
+            &t.path().join("u"),
+            &t.path().join("w"),
+            &t.path().join("m"),
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(ov.merged().join("f")).unwrap(), b"same");
     }
 
     #[test]

@@ -251,11 +251,12 @@ pub fn parse_expr(
             c.push(value.pos, &here, "`not` negates exactly one condition");
             return None;
         }
-        if name != "not" && operands.len() < 2 {
+        // One operand is accepted, as AWSTOE does: it is that condition.
+        if name != "not" && operands.is_empty() {
             c.push(
                 value.pos,
                 &here,
-                format!("`{name}` needs two or more conditions"),
+                format!("`{name}` needs one or more conditions"),
             );
             return None;
         }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::condition::Condition;
+use crate::error::DocError;
 use crate::yaml::{Node, Pos};
 
 #[derive(Debug, Clone)]
@@ -16,14 +17,64 @@ pub struct Document {
     pub parameters: Vec<Parameter>,
     pub constants: Vec<Constant>,
     pub phases: Vec<Phase>,
+    /// What AWS accepts but kiln finds suspect, or ignores locally, with
+    /// where it is. Empty for a clean document.
+    pub warnings: Vec<DocError>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Parameter {
     pub name: String,
+    pub ty: ParamType,
+    /// The default as text; a StringList's items are joined with commas.
     pub default: Option<String>,
+    /// `allowedValues`: when given, the only values the parameter takes.
+    pub allowed_values: Vec<String>,
     pub description: String,
     pub pos: Pos,
+}
+
+/// The parameter types Image Builder's API lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamType {
+    String,
+    Integer,
+    Boolean,
+    StringList,
+}
+
+impl ParamType {
+    /// Matches `type:` case-insensitively (`string` and `String` are both in use).
+    pub fn parse(s: &str) -> Option<ParamType> {
+        [
+            ParamType::String,
+            ParamType::Integer,
+            ParamType::Boolean,
+            ParamType::StringList,
+        ]
+        .into_iter()
+        .find(|t| t.as_str().eq_ignore_ascii_case(s))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParamType::String => "string",
+            ParamType::Integer => "integer",
+            ParamType::Boolean => "boolean",
+            ParamType::StringList => "stringList",
+        }
+    }
+
+    /// Whether `value` (as text) is a value of this type.
+    pub fn accepts(self, value: &str) -> bool {
+        match self {
+            ParamType::String | ParamType::StringList => true,
+            ParamType::Integer => value.trim().parse::<i64>().is_ok(),
+            ParamType::Boolean => {
+                value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false")
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

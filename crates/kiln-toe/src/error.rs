@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::yaml::Pos;
 
 /// One problem in a document: where it is, which field, and what is wrong.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocError {
     pub file: PathBuf,
     pub pos: Pos,
@@ -53,6 +53,9 @@ impl fmt::Display for Diagnostics {
 pub struct Collector {
     file: PathBuf,
     pub errors: Vec<DocError>,
+    /// What AWS accepts but looks like a mistake, or what the local target
+    /// ignores; `--strict` turns these into errors.
+    pub warnings: Vec<DocError>,
 }
 
 impl Collector {
@@ -60,6 +63,7 @@ impl Collector {
         Collector {
             file: file.to_path_buf(),
             errors: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -69,6 +73,15 @@ impl Collector {
 
     pub fn push(&mut self, pos: Pos, field: impl Into<String>, message: impl Into<String>) {
         self.errors.push(DocError {
+            file: self.file.clone(),
+            pos,
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    pub fn warn(&mut self, pos: Pos, field: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(DocError {
             file: self.file.clone(),
             pos,
             field: field.into(),

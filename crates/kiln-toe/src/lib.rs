@@ -12,6 +12,7 @@ pub mod condition;
 pub mod digest;
 pub mod document;
 pub mod error;
+mod parameters;
 pub mod parse;
 mod references;
 pub mod report;

@@ -12,7 +12,9 @@ use crate::schema;
 use crate::vars;
 use crate::yaml::{self, Node, Pos};
 
-/// The phases AWSTOE knows. Any other name is most likely a typo.
+/// The phases Image Builder runs, and those kiln runs when no `--phases`
+/// names others. AWSTOE runs a phase of any name when `--phases` names it,
+/// so another name is valid, but may well be a typo.
 pub const PHASES: &[&str] = &["build", "validate", "test", "container-host-test"];
 
 /// A `for` loop may not take more values than this.
@@ -34,6 +36,16 @@ pub fn load(path: &Path) -> Result<Document, Diagnostics> {
     parse_str(path, &source)
 }
 
+/// As [`load`], with every warning an error: `--strict`.
+pub fn load_strict(path: &Path) -> Result<Document, Diagnostics> {
+    let doc = load(path)?;
+    if doc.warnings.is_empty() {
+        Ok(doc)
+    } else {
+        Err(Diagnostics(doc.warnings))
+    }
+}
+
 /// Parses and validates a document given as text; `path` names it in errors.
 pub fn parse_str(path: &Path, source: &str) -> Result<Document, Diagnostics> {
     let mut c = Collector::new(path);
@@ -46,7 +58,8 @@ pub fn parse_str(path: &Path, source: &str) -> Result<Document, Diagnostics> {
     };
     let doc = document(&root, path, source, &mut c);
     if c.errors.is_empty() {
-        if let Some(doc) = doc {
+        if let Some(mut doc) = doc {
+            doc.warnings = c.warnings;
             return Ok(doc);
         }
         c.push(root.pos, "", "not a component document");
@@ -54,7 +67,7 @@ pub fn parse_str(path: &Path, source: &str) -> Result<Document, Diagnostics> {
     Err(Diagnostics(c.errors))
 }
 
-fn string(node: &Node, field: &str, c: &mut Collector) -> Option<String> {
+pub(crate) fn string(node: &Node, field: &str, c: &mut Collector) -> Option<String> {
     match node.scalar() {
         Some(s) => Some(s.to_string()),
         None if node.is_null() => Some(String::new()),
@@ -85,7 +98,7 @@ fn integer(node: &Node, field: &str, c: &mut Collector) -> Option<i64> {
     value
 }
 
-fn unknown_keys(node: &Node, allowed: &[&str], field: &str, c: &mut Collector) {
+pub(crate) fn unknown_keys(node: &Node, allowed: &[&str], field: &str, c: &mut Collector) {
     for (key, _) in node.as_map().unwrap_or_default() {
         let name = key.scalar().unwrap_or_default();
         if !allowed.contains(&name) {
@@ -155,11 +168,11 @@ fn document(root: &Node, path: &Path, source: &str, c: &mut Collector) -> Option
     };
     let parameters = root
         .get("parameters")
-        .map(|n| parameters(n, c))
+        .map(|n| crate::parameters::parameters(n, c))
         .unwrap_or_default();
     let constants = root
         .get("constants")
-        .map(|n| constants(n, c))
+        .map(|n| crate::parameters::constants(n, c))
         .unwrap_or_default();
     let mut names = HashSet::new();
     for (name, pos, list) in parameters
@@ -189,124 +202,10 @@ fn document(root: &Node, path: &Path, source: &str, c: &mut Collector) -> Option
         parameters,
         constants,
         phases,
+        warnings: Vec::new(),
     };
     crate::references::check(&doc, c);
     Some(doc)
-}
-
-/// `parameters` and `constants` are lists of single-key maps.
-fn named_entries<'a>(node: &'a Node, what: &str, c: &mut Collector) -> Vec<(&'a Node, &'a Node)> {
-    let Some(items) = node.as_seq() else {
-        c.push(
-            node.pos,
-            what,
-            format!(
-                "expected a list of single-key maps, found a {}",
-                node.kind()
-            ),
-        );
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        match item.as_map() {
-            Some([(key, value)]) => {
-                let name = key.scalar().unwrap_or_default();
-                if !vars::is_name(name) || !(3..=128).contains(&name.len()) {
-                    c.push(
-                        key.pos,
-                        format!("{what}[{i}]"),
-                        format!("{name:?} is not a valid name (3 to 128 letters, digits, - or _)"),
-                    );
-                } else if value.as_map().is_none() {
-                    c.push(
-                        value.pos,
-                        format!("{what}.{name}"),
-                        format!("expected a map, found a {}", value.kind()),
-                    );
-                } else {
-                    out.push((key, value));
-                }
-            }
-            _ => c.push(
-                item.pos,
-                format!("{what}[{i}]"),
-                "expected a map with exactly one key, the name",
-            ),
-        }
-    }
-    out
-}
-
-fn check_string_type(node: &Node, field: &str, c: &mut Collector) {
-    match node.get("type") {
-        None => c.push(
-            node.pos,
-            format!("{field}.type"),
-            "required field is missing (use string)",
-        ),
-        Some(t) if t.scalar() != Some("string") => {
-            c.push(
-                t.pos,
-                format!("{field}.type"),
-                format!(
-                    "unsupported type {:?} (only string is supported)",
-                    t.scalar().unwrap_or(t.kind())
-                ),
-            );
-        }
-        Some(_) => {}
-    }
-}
-
-fn parameters(node: &Node, c: &mut Collector) -> Vec<Parameter> {
-    let mut out = Vec::new();
-    for (key, value) in named_entries(node, "parameters", c) {
-        let name = key.scalar().unwrap_or_default().to_string();
-        let field = format!("parameters.{name}");
-        unknown_keys(value, &["type", "default", "description"], &field, c);
-        check_string_type(value, &field, c);
-        let default = value
-            .get("default")
-            .and_then(|d| string(d, &format!("{field}.default"), c));
-        let description = value
-            .get("description")
-            .and_then(|d| string(d, &format!("{field}.description"), c))
-            .unwrap_or_default();
-        out.push(Parameter {
-            name,
-            default,
-            description,
-            pos: key.pos,
-        });
-    }
-    out
-}
-
-fn constants(node: &Node, c: &mut Collector) -> Vec<Constant> {
-    let mut out = Vec::new();
-    for (key, value) in named_entries(node, "constants", c) {
-        let name = key.scalar().unwrap_or_default().to_string();
-        let field = format!("constants.{name}");
-        unknown_keys(value, &["type", "value"], &field, c);
-        check_string_type(value, &field, c);
-        match value.get("value") {
-            Some(v) => {
-                let v = string(v, &format!("{field}.value"), c).unwrap_or_default();
-                out.push(Constant {
-                    name,
-                    value: v,
-                    pos: key.pos,
-                });
-            }
-            None => c.push(
-                value.pos,
-                format!("{field}.value"),
-                "required field is missing",
-            ),
-        }
-    }
-    out
 }
 
 fn phases(node: &Node, c: &mut Collector) -> Vec<Phase> {
@@ -345,11 +244,20 @@ fn phases(node: &Node, c: &mut Collector) -> Vec<Phase> {
             continue;
         };
         let field = format!("phases[{name}]");
-        if !PHASES.contains(&name.as_str()) {
+        if name.trim().is_empty() {
             c.push(
                 item.get("name").map_or(item.pos, |n| n.pos),
                 format!("{field}.name"),
-                format!("unknown phase (expected one of: {})", PHASES.join(", ")),
+                "a phase needs a name",
+            );
+        } else if !PHASES.contains(&name.as_str()) {
+            c.warn(
+                item.get("name").map_or(item.pos, |n| n.pos),
+                format!("{field}.name"),
+                format!(
+                    "not a phase Image Builder runs ({}); it runs only when named with --phases",
+                    PHASES.join(", ")
+                ),
             );
         }
         if out.iter().any(|p| p.name == name) {
@@ -372,15 +280,17 @@ fn phases(node: &Node, c: &mut Collector) -> Vec<Phase> {
             steps,
         });
     }
-    if (items.is_empty() || !out.is_empty())
+    if items.is_empty() {
+        c.push(node.pos, "phases", "a document needs at least one phase");
+    } else if !out.is_empty()
         && !out
             .iter()
             .any(|p| matches!(p.name.as_str(), "build" | "validate" | "test"))
     {
-        c.push(
+        c.warn(
             node.pos,
             "phases",
-            "a document needs at least one of the phases build, validate, test",
+            "none of the phases build, validate, test: Image Builder runs nothing of this document",
         );
     }
     out
@@ -504,6 +414,7 @@ fn step(item: &Node, name: String, field: &str, c: &mut Collector) -> Option<Ste
                 }
                 c.errors.push(e);
             }
+            c.warnings.append(&mut at.warnings);
         }
     }
     let on_failure = match item.get("onFailure") {

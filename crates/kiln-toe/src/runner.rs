@@ -54,7 +54,9 @@ pub struct ArtifactStore {
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Phases to run; `None` runs all of them.
+    /// Phases to run; `None` runs those Image Builder runs (build,
+    /// validate, test, container-host-test): a phase of another name runs
+    /// only when named here, as with awstoe's `--phases`.
     pub phases: Option<Vec<String>>,
     pub parameters: Vec<(String, String)>,
     pub execution_id: Option<String>,
@@ -82,6 +84,13 @@ pub enum RunError {
         "{file}: parameter {name:?} has no default and no value was given (pass --parameters {name}=VALUE)"
     )]
     MissingParameter { file: PathBuf, name: String },
+    /// The value is not named here: a parameter may carry a secret.
+    #[error("{file}: the value given for parameter {name:?} {why}")]
+    BadParameter {
+        file: PathBuf,
+        name: String,
+        why: String,
+    },
     #[error("cannot write the log directory under {dir}: {source}")]
     Log {
         dir: PathBuf,
@@ -171,6 +180,25 @@ pub(crate) fn variables(
             .find(|(k, _)| *k == p.name)
             .map(|(_, v)| v.clone())
             .or_else(|| p.default.clone());
+        if let Some(v) = &value {
+            let why = if !p.ty.accepts(v) {
+                Some(format!("is not a value of type {}", p.ty.as_str()))
+            } else if !p.allowed_values.is_empty() && !p.allowed_values.contains(v) {
+                Some(format!(
+                    "is not one of its allowedValues ({})",
+                    p.allowed_values.join(", ")
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(RunError::BadParameter {
+                    file: doc.path.clone(),
+                    name: p.name.clone(),
+                    why,
+                });
+            }
+        }
         match value {
             Some(v) => out.insert(p.name.clone(), v),
             None => {
@@ -257,7 +285,11 @@ impl Run<'_> {
         self.stack.push(doc.path.clone());
         let mut chain = Chain::default();
         for phase in &doc.phases {
-            if phases.is_some_and(|wanted| !wanted.contains(&phase.name)) {
+            let chosen = match phases {
+                Some(wanted) => wanted.contains(&phase.name),
+                None => crate::parse::PHASES.contains(&phase.name.as_str()),
+            };
+            if !chosen {
                 continue;
             }
             let mut p = PhaseRecord {

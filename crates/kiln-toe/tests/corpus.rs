@@ -261,6 +261,13 @@ fn valid_documents_load_and_cover_everything() {
         );
         match kiln_toe::load(path) {
             Ok(doc) => {
+                if !doc.warnings.is_empty() {
+                    problems.push(format!(
+                        "{} has warnings:\n{}",
+                        path.display(),
+                        kiln_toe::Diagnostics(doc.warnings.clone())
+                    ));
+                }
                 check_targets(&doc, path, &mut problems);
                 coverage.document(&doc, &text);
             }
@@ -346,15 +353,20 @@ struct Expect {
 }
 
 fn expectation(path: &Path, text: &str) -> Expect {
+    header(path, text, "# expect:")
+}
+
+/// The `# PREFIX LINE:COL FIELD | MESSAGE` first line of a corpus document.
+fn header(path: &Path, text: &str, prefix: &str) -> Expect {
     let bad = |why: &str| -> ! {
         panic!(
-            "{}: the first line must be `# expect: LINE:COL FIELD | MESSAGE` ({why})",
+            "{}: the first line must be `{prefix} LINE:COL FIELD | MESSAGE` ({why})",
             path.display()
         )
     };
     let first = text.lines().next().unwrap_or_default();
-    let Some(rest) = first.strip_prefix("# expect:") else {
-        bad("no `# expect:`")
+    let Some(rest) = first.strip_prefix(prefix) else {
+        bad(&format!("no `{prefix}`"))
     };
     let rest = rest.trim_start();
     let (pos, rest) = rest
@@ -442,6 +454,41 @@ fn invalid_documents_report_their_first_problem_where_it_is() {
     assert!(
         problems.is_empty(),
         "{} of {} invalid documents:\n{}",
+        problems.len(),
+        files.len(),
+        problems.join("\n")
+    );
+}
+
+/// Documents AWS accepts but kiln finds suspect: each loads, its first
+/// warning is where its `# warn:` line says, and `--strict` refuses it
+/// with that same warning as its error.
+#[test]
+fn suspect_documents_load_with_a_warning_and_fail_strict() {
+    let files = yaml_files(&corpus("suspect"));
+    assert!(
+        files.len() >= 5,
+        "the suspect corpus has only {} documents",
+        files.len()
+    );
+    let mut problems = Vec::new();
+    for path in &files {
+        let want = header(path, &read(path), "# warn:");
+        match kiln_toe::load(path) {
+            Err(d) => problems.push(format!("{}: refused:\n{d}", path.display())),
+            Ok(doc) => match doc.warnings.first() {
+                None => problems.push(format!("{}: loads without a warning", path.display())),
+                Some(first) => problems.extend(mismatch(path, &want, first)),
+            },
+        }
+        match kiln_toe::parse::load_strict(path) {
+            Ok(_) => problems.push(format!("{}: loads with --strict", path.display())),
+            Err(d) => problems.extend(mismatch(path, &want, &d.0[0])),
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} of {} suspect documents:\n{}",
         problems.len(),
         files.len(),
         problems.join("\n")

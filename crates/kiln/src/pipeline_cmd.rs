@@ -20,6 +20,10 @@ pub struct ValidateArgs {
     /// are checked too.
     #[arg(default_value = "kiln.yaml")]
     file: PathBuf,
+    /// Treat warnings (what CodeBuild or AWSTOE accepts but looks like a
+    /// mistake, or what kiln ignores locally) as errors.
+    #[arg(long)]
+    strict: bool,
 }
 
 /// Checks kiln.yaml and everything it names, printing every problem with
@@ -34,14 +38,24 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     };
     let base = args.file.parent().unwrap_or(Path::new("."));
     let mut problems = Vec::new();
-    if let Some(build) = &config.build
-        && let Err(d) = kiln_build::buildspec::load(&base.join(&build.buildspec))
-    {
-        problems.push(d.to_string());
+    let mut warnings = Vec::new();
+    if let Some(build) = &config.build {
+        match kiln_build::buildspec::load(&base.join(&build.buildspec)) {
+            Ok(spec) => warnings.extend(spec.warnings),
+            Err(d) => problems.push(d.to_string()),
+        }
     }
     for c in &config.image.components {
-        if let Err(d) = kiln_toe::load(&c.path) {
-            problems.push(d.to_string());
+        match kiln_toe::load(&c.path) {
+            Ok(doc) => warnings.extend(doc.warnings),
+            Err(d) => problems.push(d.to_string()),
+        }
+    }
+    if args.strict && !warnings.is_empty() {
+        problems.push(kiln_toe::Diagnostics(warnings).to_string());
+    } else {
+        for w in &warnings {
+            eprintln!("warning: {w}");
         }
     }
     if !problems.is_empty() {

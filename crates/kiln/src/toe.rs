@@ -30,6 +30,10 @@ enum ToeCommand {
         /// Component documents (also comma-separated, as awstoe takes them).
         #[arg(required = true, value_delimiter = ',')]
         documents: Vec<PathBuf>,
+        /// Treat warnings (what AWSTOE accepts but looks like a mistake,
+        /// or what kiln ignores locally) as errors.
+        #[arg(long)]
+        strict: bool,
         #[arg(long, value_enum, default_value_t)]
         output: Format,
     },
@@ -42,7 +46,9 @@ struct RunArgs {
     /// Component documents, run in this order (also comma-separated).
     #[arg(required = true, value_delimiter = ',')]
     documents: Vec<PathBuf>,
-    /// Phases to run, in document order whatever the order here.
+    /// Phases to run, in document order whatever the order here (default:
+    /// the phases Image Builder runs; a phase of another name runs only
+    /// when named here).
     #[arg(long, value_delimiter = ',')]
     phases: Option<Vec<String>>,
     /// Parameter values: NAME=VALUE,NAME2=VALUE2.
@@ -83,7 +89,11 @@ struct RunArgs {
 
 pub fn main(args: ToeArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
     match args.command {
-        ToeCommand::Validate { documents, output } => validate(&documents, output),
+        ToeCommand::Validate {
+            documents,
+            strict,
+            output,
+        } => validate(&documents, strict, output),
         ToeCommand::Run(args) => run(*args, state),
     }
 }
@@ -93,6 +103,7 @@ struct Validation {
     document: PathBuf,
     valid: bool,
     errors: Vec<ErrorJson>,
+    warnings: Vec<ErrorJson>,
 }
 
 #[derive(serde::Serialize)]
@@ -104,44 +115,72 @@ struct ErrorJson {
     message: String,
 }
 
-fn validate(documents: &[PathBuf], output: Format) -> anyhow::Result<ExitCode> {
+fn json_errors(errors: Vec<kiln_toe::DocError>) -> Vec<ErrorJson> {
+    errors
+        .into_iter()
+        .map(|e| ErrorJson {
+            file: e.file,
+            line: e.pos.line,
+            column: e.pos.col,
+            field: e.field,
+            message: e.message,
+        })
+        .collect()
+}
+
+fn validate(documents: &[PathBuf], strict: bool, output: Format) -> anyhow::Result<ExitCode> {
     let mut results = Vec::new();
     for path in documents {
-        let (valid, errors) = match kiln_toe::load(path) {
+        let result = match kiln_toe::load(path) {
+            Ok(doc) if strict && !doc.warnings.is_empty() => {
+                let d = kiln_toe::Diagnostics(doc.warnings);
+                if output == Format::Text {
+                    eprintln!("{d}");
+                }
+                Validation {
+                    document: path.clone(),
+                    valid: false,
+                    errors: json_errors(d.0),
+                    warnings: Vec::new(),
+                }
+            }
             Ok(doc) => {
                 if output == Format::Text {
+                    for w in &doc.warnings {
+                        eprintln!("warning: {w}");
+                    }
                     let steps: usize = doc.phases.iter().map(|p| p.steps.len()).sum();
+                    let warned = match doc.warnings.len() {
+                        0 => String::new(),
+                        1 => ", 1 warning".into(),
+                        n => format!(", {n} warnings"),
+                    };
                     println!(
-                        "{}: valid ({} phases, {steps} steps)",
+                        "{}: valid ({} phases, {steps} steps{warned})",
                         path.display(),
                         doc.phases.len()
                     );
                 }
-                (true, Vec::new())
+                Validation {
+                    document: path.clone(),
+                    valid: true,
+                    errors: Vec::new(),
+                    warnings: json_errors(doc.warnings),
+                }
             }
             Err(diagnostics) => {
                 if output == Format::Text {
                     eprintln!("{diagnostics}");
                 }
-                let errors = diagnostics
-                    .0
-                    .into_iter()
-                    .map(|e| ErrorJson {
-                        file: e.file,
-                        line: e.pos.line,
-                        column: e.pos.col,
-                        field: e.field,
-                        message: e.message,
-                    })
-                    .collect();
-                (false, errors)
+                Validation {
+                    document: path.clone(),
+                    valid: false,
+                    errors: json_errors(diagnostics.0),
+                    warnings: Vec::new(),
+                }
             }
         };
-        results.push(Validation {
-            document: path.clone(),
-            valid,
-            errors,
-        });
+        results.push(result);
     }
     if output == Format::Json {
         print_json(&results)?;

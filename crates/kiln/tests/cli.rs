@@ -53,6 +53,39 @@ fn validate_reports_file_line_column_and_field() {
 }
 
 #[test]
+fn validate_warns_on_what_awstoe_accepts_and_strict_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("smoke.yaml");
+    std::fs::write(&doc, "name: smoke\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Rm\n        action: DeleteFile\n        inputs:\n          - path: /tmp/x\n            force: true\n  - name: smoke\n    steps:\n      - name: A\n        action: ExecuteBash\n        inputs:\n          commands: [echo ok]\n").unwrap();
+    let path = doc.to_str().unwrap();
+    let out = kiln(dir.path(), &["toe", "validate", path]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("valid (2 phases, 2 steps, 2 warnings)"));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "warning: {path}:10:13: phases[build].steps[Rm].inputs[0].force: DeleteFile has no input \"force\""
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "warning: {path}:11:11: phases[smoke].name: not a phase Image Builder runs"
+        )),
+        "{err}"
+    );
+
+    let out = kiln(dir.path(), &["toe", "validate", "--strict", path]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains(&format!("{path}:10:13: ")));
+
+    let out = kiln(dir.path(), &["toe", "validate", "--output", "json", path]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["valid"], true);
+    assert_eq!(json[0]["warnings"][1]["line"], 11);
+}
+
+#[test]
 fn run_executes_the_example_in_a_busybox_root() {
     let dir = tempfile::tempdir().unwrap();
     let out = kiln(

@@ -47,6 +47,37 @@ fn validate_names_file_line_and_field() {
 }
 
 #[test]
+fn validate_warns_on_what_codebuild_accepts_and_strict_refuses_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::new(
+        tmp.path().join("app"),
+        &kiln_yaml("lenient", ""),
+        "version: 0.2\nphases:\n  install:\n    runtime-versions:\n      nodejs: 20\n  build:\n    commands:\n      - make\n  post_build:\n    commands:\nreports:\n  unit:\n    files: ['**/*.xml']\n",
+        &component(0),
+    );
+    let file = repo.dir.join("kiln.yaml");
+    let out = kiln(tmp.path(), &["validate", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning: ")
+            && err.contains("buildspec.yml:12:3: reports: accepted and ignored"),
+        "{err}"
+    );
+    assert!(
+        err.contains("buildspec.yml:5:7: phases.install.runtime-versions"),
+        "{err}"
+    );
+
+    let out = kiln(
+        tmp.path(),
+        &["validate", "--strict", file.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("buildspec.yml:12:3: reports"));
+}
+
+#[test]
 fn demo_rolls_out_a_second_commit_without_a_failed_request_and_destroy_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
