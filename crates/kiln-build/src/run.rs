@@ -628,16 +628,11 @@ fn sandbox_command(opts: &BuildOptions, env: &[(String, String)]) -> Result<Comm
         "--hostname",
         "kiln-build",
     ]);
-    cmd.args([
-        "--die-with-parent",
-        "--new-session",
-        "--chdir",
-        SRC_DIR,
-        "--clearenv",
-    ]);
-    for (k, v) in env {
-        cmd.arg("--setenv").arg(k).arg(v);
-    }
+    cmd.args(["--die-with-parent", "--new-session", "--chdir", SRC_DIR]);
+    // bwrap hands its own environment on, and keeps it off the command
+    // line, which every local user can read: parameter-store values and
+    // other secrets stay in /proc/PID/environ, which only the owner reads.
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.arg("--");
     Ok(cmd)
 }

@@ -559,3 +559,54 @@ phases:
     assert_eq!(f.src("result"), "firmware 0\nsysctl refused\n");
     assert_eq!(core_pattern(), host);
 }
+
+/// Every process's command line on the host, as any local user reads them.
+fn host_command_lines() -> Vec<String> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .collect()
+}
+
+#[test]
+fn parameter_values_never_reach_a_command_line_other_users_can_read() {
+    const VALUE: &str = "pw-7f3a9c-kept-off-cmdlines";
+    let f = Fixture::new();
+    let mut opts = f.options();
+    opts.parameters = Some(Arc::new(|name: &str| {
+        (name == "/app/DbPassword").then(|| VALUE.to_string())
+    }));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scanner = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let (mut saw_sandbox, mut leaked) = (false, Vec::new());
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for line in host_command_lines() {
+                    saw_sandbox |= line.contains("bwrap") && line.contains("kiln-build");
+                    if line.contains(VALUE) {
+                        leaked.push(line);
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            (saw_sandbox, leaked)
+        })
+    };
+    let report = f.run_with(
+        "version: 0.2\nenv:\n  parameter-store:\n    DB_PASSWORD: /app/DbPassword\nphases:\n  build:\n    commands: [sleep 1, echo \"$DB_PASSWORD\" > v]\n",
+        &opts,
+    );
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (saw_sandbox, leaked) = scanner.join().unwrap();
+    assert!(report.succeeded, "{report:?}");
+    assert_eq!(f.src("v"), format!("{VALUE}\n"));
+    assert!(saw_sandbox, "the scan never saw the build's bwrap");
+    assert!(
+        leaked.is_empty(),
+        "the value is on a command line: {leaked:?}"
+    );
+}

@@ -17,6 +17,7 @@
 //!   deregistration_delay: 500ms
 //!   tags: { Team: web }
 //!   environment: { MODE: production }
+//!   secrets: { DB_PASSWORD: /web/DbPassword }   # from the parameter store, as ECS's valueFrom
 //!   timeout: 10m
 //! retention: { keep_images: 5 }
 //! triggers: { on_commit: true, schedule: "cron(0 9 * * ? *)", only_if_changed: true }
@@ -81,6 +82,11 @@ pub struct DeployConfig {
     pub spec: GroupSpec,
     pub tags: BTreeMap<String, String>,
     pub environment: BTreeMap<String, String>,
+    /// Environment variables whose values come from the parameter store at
+    /// Deploy, by parameter name, as an ECS container's `secrets` take
+    /// `valueFrom`: kiln.yaml holds names, never values, and listings of
+    /// the launch template mask them.
+    pub secrets: BTreeMap<String, String>,
     pub timeout: Duration,
 }
 
@@ -458,6 +464,7 @@ const DEPLOY: &[&str] = &[
     "deregistration_delay",
     "tags",
     "environment",
+    "secrets",
     "timeout",
 ];
 
@@ -513,11 +520,21 @@ fn deploy(top: &Map, c: &mut Collector) -> Option<DeployConfig> {
     if let Some(delay) = d.duration("deregistration_delay", c) {
         spec.deregistration_delay_ms = delay.as_millis() as u64;
     }
+    let environment = d.strings("environment", c);
+    let secrets = d.strings("secrets", c);
+    if let Some(both) = secrets.keys().find(|k| environment.contains_key(*k)) {
+        d.fail(
+            "secrets",
+            format!("{both} is in environment too: a variable comes from one or the other"),
+            c,
+        );
+    }
     Some(DeployConfig {
         group: group?,
         spec,
         tags: d.strings("tags", c),
-        environment: d.strings("environment", c),
+        environment,
+        secrets,
         timeout: d.duration("timeout", c).unwrap_or(Duration::from_secs(600)),
     })
 }

@@ -480,9 +480,33 @@ impl Run<'_> {
         let mut tags = deploy.tags.clone();
         tags.insert("Pipeline".into(), self.pipeline.name.clone());
         tags.insert("ExecutionId".into(), self.execution.id.clone());
+        let secrets = if deploy.secrets.is_empty() {
+            BTreeMap::new()
+        } else {
+            let params = kiln_params::Params::open(&self.env.state.join("kiln.db"))
+                .map_err(|e| e.to_string())?;
+            let mut values = BTreeMap::new();
+            for (var, name) in &deploy.secrets {
+                let p = params
+                    .get(name)
+                    .map_err(|e| format!("deploy.secrets.{var}: {e}"))?;
+                values.insert(var.clone(), p.value);
+            }
+            log.line(&format!(
+                "secrets from the parameter store: {}",
+                deploy
+                    .secrets
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            values
+        };
         let spec = TemplateSpec {
             image: self.var("BakeVariables", "ImageDigest")?,
             env: deploy.environment.clone(),
+            secrets,
             tags,
             ..TemplateSpec::default()
         };

@@ -184,8 +184,15 @@ impl Bubblewrap {
             &spec.hostname
         };
         let mut cmd = Command::new(&self.path);
-        // bwrap itself needs no environment; the sandbox's comes from --setenv.
+        // The sandbox's environment is bwrap's own, which bwrap hands on
+        // to the command. Not --setenv: every local user reads a command
+        // line in /proc/PID/cmdline, and an environment may hold secrets,
+        // which /proc/PID/environ shows only to the owner.
         cmd.env_clear();
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+        if !spec.env.iter().any(|(k, _)| k == "PATH") {
+            cmd.env("PATH", DEFAULT_PATH);
+        }
         // First, where instance::command::sandbox_root looks for it.
         cmd.arg("--bind").arg(root).arg("/");
         cmd.args(["--proc", "/proc", "--dev", "/dev"]);
@@ -207,13 +214,7 @@ impl Bubblewrap {
         // --new-session stops a sandboxed process from pushing keystrokes
         // into kiln's terminal with TIOCSTI.
         cmd.arg("--new-session");
-        cmd.args(["--chdir", &cwd, "--clearenv"]);
-        for (k, v) in &spec.env {
-            cmd.args(["--setenv", k, v]);
-        }
-        if !spec.env.iter().any(|(k, _)| k == "PATH") {
-            cmd.args(["--setenv", "PATH", DEFAULT_PATH]);
-        }
+        cmd.args(["--chdir", &cwd]);
         cmd.arg("--").args(&spec.argv);
         Ok(cmd)
     }

@@ -173,3 +173,24 @@ fn settings_do_not_need_the_component_files() {
     assert!(parse(text, Path::new("kiln.yaml")).is_err());
     assert!(settings(text, Path::new("kiln.yaml")).is_ok());
 }
+
+#[test]
+fn deploy_secrets_name_parameters_and_no_variable_is_both() {
+    let text = format!(
+        "{MINIMAL}deploy:\n  group: web\n  environment: {{ MODE: prod }}\n  secrets: {{ DB_PASSWORD: /web/DbPassword }}\n"
+    );
+    let d = parse(&text, Path::new("kiln.yaml"))
+        .unwrap()
+        .deploy
+        .unwrap();
+    assert_eq!(d.secrets["DB_PASSWORD"], "/web/DbPassword");
+    assert!(!d.environment.contains_key("DB_PASSWORD"));
+
+    let both = text.replace("MODE: prod", "DB_PASSWORD: plain");
+    assert_eq!(
+        errors(&both),
+        [
+            "kiln.yaml:7:12: deploy.secrets: DB_PASSWORD is in environment too: a variable comes from one or the other"
+        ]
+    );
+}

@@ -340,3 +340,64 @@ fn a_failed_rollout_fails_deploy_and_the_previous_version_keeps_serving() {
     assert!(!images.contains("guarded/1.0.1/1"), "{images}");
     s.finish("guarded");
 }
+
+#[test]
+fn deploy_secrets_come_from_the_parameter_store_and_never_show() {
+    let yaml = serving_yaml(
+        "vault",
+        "  capacity: { min: 0, max: 1, desired: 1 }\n  health: { path: /VERSION, interval: 200ms }\n  secrets: { DB_PASSWORD: /vault/DbPassword }\n",
+    )
+    .replace(
+        "exec httpd -f -p 8080 -h /app",
+        "echo \\\"$DB_PASSWORD\\\" > /app/secret && exec httpd -f -p 8080 -h /app",
+    );
+    assert!(yaml.contains("/app/secret"), "{yaml}");
+    let s = Setup::new(&yaml, BUILDSPEC, &component(0));
+    let (state, repo) = (&s.state, &s.repo);
+    // No such parameter yet: Deploy fails and says which secret.
+    let out = kiln(state, &["run", "--repo", repo.dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let failed = executions(state, "vault").pop().unwrap();
+    assert_eq!(stage(&failed, "Deploy")["status"], "Failed", "{failed}");
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("deploy.secrets.DB_PASSWORD") && reason.contains("/vault/DbPassword"),
+        "{reason}"
+    );
+
+    ok(kiln(
+        state,
+        &["params", "put", "/vault/DbPassword", "hunter2-secret"],
+    ));
+    let id = failed["id"].as_str().unwrap();
+    ok(kiln(state, &["executions", "retry", id, "--follow"]));
+    let done = execution(state, id);
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    let url = done["variables"]["DeployVariables"]["LoadBalancer"]
+        .as_str()
+        .unwrap();
+    // The instance has the value; no listing, execution or log shows it.
+    assert_eq!(page(&format!("{url}/secret")), "hunter2-secret\n");
+    // Nor does any command line, which every local user can read.
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        if let Ok(line) = std::fs::read(entry.path().join("cmdline")) {
+            let line = String::from_utf8_lossy(&line).replace('\0', " ");
+            assert!(
+                !line.contains("hunter2"),
+                "a command line shows the secret: {line}"
+            );
+        }
+    }
+    let templates = ok(kiln(state, &["templates", "ls", "--output", "json"]));
+    assert!(!templates.contains("hunter2"), "{templates}");
+    let listed: serde_json::Value = serde_json::from_str(&templates).unwrap();
+    let newest = listed.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(newest["spec"]["secrets"]["DB_PASSWORD"], "***", "{newest}");
+    for shown in [
+        ok(kiln(state, &["executions", "show", id, "--output", "json"])),
+        ok(kiln(state, &["executions", "logs", id])),
+    ] {
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+    s.finish("vault");
+}
