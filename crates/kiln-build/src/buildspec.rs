@@ -147,6 +147,10 @@ pub struct Buildspec {
     /// Whether a `batch` section is present (batch builds are not run
     /// locally; the phases run as one build, as a non-batch StartBuild does).
     pub batch: bool,
+    /// `reports`: report groups, collected after the build.
+    pub reports: Vec<crate::reports::ReportGroup>,
+    /// `cache.paths`: kept between builds of one pipeline.
+    pub cache: crate::cache::CacheSpec,
     /// Parts accepted but not acted on locally, with where they are.
     pub notes: Vec<String>,
     /// What CodeBuild accepts but kiln finds suspect or ignores locally,
@@ -234,8 +238,8 @@ pub fn parse(src: &str, file: &Path) -> Result<Buildspec, Diagnostics> {
     }
 }
 
-struct Parser {
-    c: Collector,
+pub(crate) struct Parser {
+    pub(crate) c: Collector,
     notes: Vec<String>,
 }
 
@@ -254,13 +258,18 @@ impl Parser {
 
     /// Accepted, as CodeBuild accepts it, but not acted on locally: a note
     /// in the build log and a warning from validation.
-    fn ignored(&mut self, pos: Pos, field: &str, msg: &str) {
+    pub(crate) fn ignored(&mut self, pos: Pos, field: &str, msg: &str) {
         self.note(pos, field, msg);
         self.c.warn(pos, field, msg);
     }
 
     /// The entries of a map, with unknown keys reported.
-    fn map<'a>(&mut self, node: &'a Node, field: &str, known: &[&str]) -> Vec<(&'a str, &'a Node)> {
+    pub(crate) fn map<'a>(
+        &mut self,
+        node: &'a Node,
+        field: &str,
+        known: &[&str],
+    ) -> Vec<(&'a str, &'a Node)> {
         let Some(entries) = node.as_map() else {
             self.c.push(
                 node.pos,
@@ -288,7 +297,7 @@ impl Parser {
         out
     }
 
-    fn string(&mut self, node: &Node, field: &str) -> Option<String> {
+    pub(crate) fn string(&mut self, node: &Node, field: &str) -> Option<String> {
         match node.scalar() {
             Some(s) => Some(s.to_string()),
             None => {
@@ -319,7 +328,7 @@ impl Parser {
         self.strings(node, field)
     }
 
-    fn strings(&mut self, node: &Node, field: &str) -> Vec<String> {
+    pub(crate) fn strings(&mut self, node: &Node, field: &str) -> Vec<String> {
         let Some(items) = node.as_seq() else {
             self.c.push(
                 node.pos,
@@ -335,7 +344,7 @@ impl Parser {
             .collect()
     }
 
-    fn yes_no(&mut self, node: &Node, field: &str) -> bool {
+    pub(crate) fn yes_no(&mut self, node: &Node, field: &str) -> bool {
         match node.scalar() {
             Some("yes" | "Yes" | "YES" | "true" | "True" | "TRUE") => true,
             Some("no" | "No" | "NO" | "false" | "False" | "FALSE") => false,
@@ -382,6 +391,8 @@ impl Parser {
             phases: Vec::new(),
             artifacts: None,
             batch: false,
+            reports: Vec::new(),
+            cache: Default::default(),
             notes: Vec::new(),
             warnings: Vec::new(),
         };
@@ -435,6 +446,8 @@ impl Parser {
                 "env" => spec.env = self.env(v),
                 "phases" => spec.phases = self.phases(v),
                 "artifacts" => spec.artifacts = Some(self.artifacts(v)),
+                "reports" => spec.reports = crate::reports::parse(self, v),
+                "cache" => spec.cache = crate::cache::parse(self, v),
                 "batch" => {
                     spec.batch = true;
                     self.batch(v, root.get("phases").is_some());
@@ -744,7 +757,7 @@ fn k_pos(node: &Node, key: &str) -> Pos {
         .map_or(node.pos, |(k, _)| k.pos)
 }
 
-fn join(base: &str, key: &str) -> String {
+pub(crate) fn join(base: &str, key: &str) -> String {
     if base.is_empty() {
         key.to_string()
     } else {

@@ -4,11 +4,16 @@
 
 pub mod artifacts;
 pub mod buildspec;
+pub mod cache;
 pub mod glob;
+pub mod reports;
 pub mod run;
+mod workspace;
 
 pub use artifacts::{Artifact, ArtifactError, ArtifactSet};
 pub use buildspec::{Artifacts, Buildspec, Env, OnFailure, Phase, PhaseName, Shell, parse};
+pub use cache::CacheReport;
+pub use reports::{FailedTest, FileFormat, Report};
 pub use run::{
     BuildError, BuildObserver, BuildOptions, BuildReport, NoObserver, PhaseReport, PhaseStatus, run,
 };

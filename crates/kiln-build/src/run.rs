@@ -23,6 +23,9 @@ use serde::Serialize;
 
 use crate::artifacts::{self, ArtifactSet};
 use crate::buildspec::{Buildspec, OnFailure, Phase, PhaseName};
+use crate::cache::{self, CacheReport};
+use crate::reports::{self, Report};
+use crate::workspace::{copy_tree, read_exported};
 
 /// Where the source is inside the sandbox, as on CodeBuild.
 pub const SRC_DIR: &str = "/codebuild/output/src";
@@ -60,6 +63,9 @@ pub struct BuildOptions {
     /// Host directories the build must not see, such as kiln's own state
     /// (its API token and parameters): each is covered by an empty tmpfs.
     pub hidden: Vec<PathBuf>,
+    /// The pipeline's `cache.paths` store, restored before the install
+    /// phase and replaced after a build that succeeds.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl BuildOptions {
@@ -82,6 +88,7 @@ impl BuildOptions {
             log_path: None,
             timeout: DEFAULT_TIMEOUT,
             hidden: Vec::new(),
+            cache_dir: None,
         })
     }
 }
@@ -150,7 +157,7 @@ pub struct PhaseReport {
     pub duration_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BuildReport {
     pub build_id: String,
     pub succeeded: bool,
@@ -167,6 +174,10 @@ pub struct BuildReport {
     pub artifact_error: Option<String>,
     /// The buildspec's notes on what was accepted and ignored.
     pub notes: Vec<String>,
+    /// One per `reports` group, collected after the phases.
+    pub reports: Vec<Report>,
+    /// What `cache.paths` restored, saved and saved in time.
+    pub cache: Option<CacheReport>,
 }
 
 /// Hears about a build while it runs.
@@ -237,6 +248,8 @@ pub fn run(
     }
     fs::create_dir_all(&src).map_err(io("cannot create", &src))?;
     fs::create_dir_all(state.join("exported")).map_err(io("cannot create", &state))?;
+    let home = opts.workspace.join("home");
+    fs::create_dir_all(&home).map_err(io("cannot create", &home))?;
     copy_tree(&opts.source_dir, &src)?;
 
     let mut log = Log(match &opts.log_path {
@@ -252,6 +265,14 @@ pub fn run(
     });
     for note in &spec.notes {
         log.line(&format!("Note: {note}"));
+    }
+    let cache_dir = opts
+        .cache_dir
+        .as_ref()
+        .filter(|_| !spec.cache.paths.is_empty());
+    let mut cache_report = cache_dir.map(|dir| cache::restore(dir, &opts.workspace));
+    if let Some(r) = &cache_report {
+        log.line(&cache::restored_line(r));
     }
 
     let deadline = Instant::now() + opts.timeout;
@@ -327,6 +348,10 @@ pub fn run(
     }
 
     let exported = read_exported(spec, &state);
+    let test_reports = reports::collect(&src, &spec.reports);
+    for line in reports::summary(&test_reports) {
+        log.line(&line);
+    }
     let mut artifacts = None;
     let mut secondary_artifacts = std::collections::BTreeMap::new();
     let mut artifact_error = None;
@@ -370,6 +395,12 @@ pub fn run(
             }
         }
     }
+    if let (Some(dir), Some(r)) = (cache_dir, cache_report.as_mut()) {
+        let phases_ms = reports.iter().map(|p| p.duration_ms).sum();
+        for line in cache::finish(dir, opts, spec, phases_ms, succeeding, r) {
+            log.line(&line);
+        }
+    }
     log.line(&format!(
         "Build {}",
         if succeeding { "SUCCEEDED" } else { "FAILED" }
@@ -383,6 +414,8 @@ pub fn run(
         secondary_artifacts,
         artifact_error,
         notes: spec.notes.clone(),
+        reports: test_reports,
+        cache: cache_report,
     })
 }
 
@@ -596,9 +629,12 @@ fn sandbox_command(opts: &BuildOptions, env: &[(String, String)]) -> Result<Comm
             cmd.arg("--ro-bind").arg(entry.path()).arg(&inside);
         }
     }
-    cmd.args([
-        "--tmpfs", "/tmp", "--tmpfs", "/root", "--proc", "/proc", "--dev", "/dev",
-    ]);
+    cmd.args(["--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]);
+    // The build's home is in the workspace, so cache.paths can keep
+    // /root/.m2 and the like.
+    cmd.arg("--bind")
+        .arg(opts.workspace.join("home"))
+        .arg("/root");
     cmd.arg("--bind")
         .arg(opts.workspace.join("src"))
         .arg(SRC_DIR);
@@ -728,38 +764,6 @@ fn run_streaming(
     Ok((status.code(), timed_out))
 }
 
-fn read_exported(spec: &Buildspec, state: &Path) -> Vec<(String, String)> {
-    spec.env
-        .exported_variables
-        .iter()
-        .filter_map(|var| {
-            fs::read(state.join("exported").join(var))
-                .ok()
-                .map(|v| (var.clone(), String::from_utf8_lossy(&v).into_owned()))
-        })
-        .collect()
-}
-
-/// Copies a source tree, keeping symlinks as symlinks and file modes.
-fn copy_tree(from: &Path, to: &Path) -> Result<(), BuildError> {
-    for entry in fs::read_dir(from).map_err(io("cannot read the source", from))? {
-        let entry = entry.map_err(io("cannot read the source", from))?;
-        let path = entry.path();
-        let dest = to.join(entry.file_name());
-        let kind = entry.file_type().map_err(io("cannot read", &path))?;
-        if kind.is_dir() {
-            fs::create_dir_all(&dest).map_err(io("cannot create", &dest))?;
-            copy_tree(&path, &dest)?;
-        } else if kind.is_symlink() {
-            let target = fs::read_link(&path).map_err(io("cannot read", &path))?;
-            std::os::unix::fs::symlink(target, &dest).map_err(io("cannot create", &dest))?;
-        } else if kind.is_file() {
-            fs::copy(&path, &dest).map_err(io("cannot copy", &path))?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -790,6 +794,7 @@ mod tests {
             log_path: None,
             timeout: DEFAULT_TIMEOUT,
             hidden: Vec::new(),
+            cache_dir: None,
         };
         assert!(matches!(
             environment(&spec, &opts),

@@ -56,17 +56,49 @@ cache:
     assert_eq!(spec.phases[0].name, PhaseName::Install);
     assert_eq!(spec.phases[1].on_failure, OnFailure::Continue);
     assert!(spec.artifacts.as_ref().unwrap().discard_paths);
-    assert_eq!(spec.notes.len(), 2, "{:?}", spec.notes);
+    assert_eq!(spec.notes.len(), 1, "{:?}", spec.notes);
+    assert_eq!(spec.cache.paths, ["/root/.m2/**/*"]);
     // What is ignored locally is a warning, where it is.
     let w = warnings(&spec);
     assert!(
         w.contains("buildspec.yml:20:7: phases.install.runtime-versions: ignored"),
         "{w}"
     );
+    assert!(!w.contains("cache"), "{w}");
+}
+
+#[test]
+fn reports_and_cache_are_read_and_their_mistakes_placed() {
+    let spec = ok(
+        "version: 0.2\nphases:\n  build:\n    commands: [make]\nreports:\n  unit:\n    files: ['**/*.xml']\n    base-directory: build/test-results\n    discard-paths: yes\n  arn:aws:codebuild:eu-west-1:1:report-group/cov:\n    files: [coverage.xml]\n    file-format: JacocoXml\ncache:\n  paths: [node_modules/**/*, /var/cache/apt/**/*]\n",
+    );
+    assert_eq!(spec.reports.len(), 2);
+    assert_eq!(
+        spec.reports[0].file_format,
+        kiln_build::FileFormat::Junitxml
+    );
+    assert_eq!(
+        spec.reports[0].base_directory.as_deref(),
+        Some("build/test-results")
+    );
+    assert_eq!(
+        spec.reports[1].file_format,
+        kiln_build::FileFormat::Jacocoxml
+    );
+    let w = warnings(&spec);
     assert!(
-        w.contains("buildspec.yml:27:3: cache: accepted and ignored"),
+        w.contains("buildspec.yml:14:30: cache.paths[1]: outside the source directory and /root"),
         "{w}"
     );
+    let err = p("version: 0.2\nphases:\n  build:\n    commands: [make]\nreports:\n  unit:\n    files: [a.xml]\n    file-format: XUNIT\n").unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "buildspec.yml:8:18: reports.unit.file-format: must be one of JUNITXML, CUCUMBERJSON"
+        ),
+        "{err}"
+    );
+    let err = p("version: 0.2\nphases:\n  build:\n    commands: [make]\nreports:\n  unit:\n    base-directory: x\n").unwrap_err().to_string();
+    assert!(err.contains("reports.unit.files: missing"), "{err}");
 }
 
 #[test]
@@ -293,12 +325,12 @@ fn artifact_paths_codebuild_resolves_validate() {
 fn strict_turns_warnings_into_errors() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("buildspec.yml");
-    std::fs::write(&path, "version: 0.2\nphases:\n  build:\n    commands: [make]\nreports:\n  junit:\n    files: ['**/*.xml']\n").unwrap();
+    std::fs::write(&path, "version: 0.2\nenv:\n  git-credential-helper: yes\nphases:\n  build:\n    commands: [make]\n").unwrap();
     let spec = buildspec::load(&path).unwrap();
     assert_eq!(spec.warnings.len(), 1, "{}", warnings(&spec));
     let err = buildspec::load_strict(&path).unwrap_err().to_string();
     assert!(
-        err.contains("buildspec.yml:6:3: reports: accepted and ignored"),
+        err.contains("buildspec.yml:3:26: env.git-credential-helper: ignored"),
         "{err}"
     );
 

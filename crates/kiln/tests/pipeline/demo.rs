@@ -52,7 +52,7 @@ fn validate_warns_on_what_codebuild_accepts_and_strict_refuses_it() {
     let repo = Repo::new(
         tmp.path().join("app"),
         &kiln_yaml("lenient", ""),
-        "version: 0.2\nphases:\n  install:\n    runtime-versions:\n      nodejs: 20\n  build:\n    commands:\n      - make\n  post_build:\n    commands:\nreports:\n  unit:\n    files: ['**/*.xml']\n",
+        "version: 0.2\nphases:\n  install:\n    runtime-versions:\n      nodejs: 20\n  build:\n    commands:\n      - make\n  post_build:\n    commands:\ncache:\n  key: deps\n  paths: [deps/**/*]\n",
         &component(0),
     );
     let file = repo.dir.join("kiln.yaml");
@@ -60,8 +60,7 @@ fn validate_warns_on_what_codebuild_accepts_and_strict_refuses_it() {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(
-        err.contains("warning: ")
-            && err.contains("buildspec.yml:12:3: reports: accepted and ignored"),
+        err.contains("warning: ") && err.contains("buildspec.yml:12:8: cache.key: ignored"),
         "{err}"
     );
     assert!(
@@ -74,7 +73,7 @@ fn validate_warns_on_what_codebuild_accepts_and_strict_refuses_it() {
         &["validate", "--strict", file.to_str().unwrap()],
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("buildspec.yml:12:3: reports"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("buildspec.yml:12:8: cache.key"));
 }
 
 #[test]
