@@ -144,9 +144,9 @@ pub struct Buildspec {
     /// The phases present, in execution order.
     pub phases: Vec<Phase>,
     pub artifacts: Option<Artifacts>,
-    /// Whether a `batch` section is present (batch builds are not run
-    /// locally; the phases run as one build, as a non-batch StartBuild does).
-    pub batch: bool,
+    /// `batch`, run by [`crate::batch::run`]; [`crate::run()`] runs the
+    /// phases as one build, as a non-batch StartBuild does.
+    pub batch: Option<crate::batch::Batch>,
     /// `reports`: report groups, collected after the build.
     pub reports: Vec<crate::reports::ReportGroup>,
     /// `cache.paths`: kept between builds of one pipeline.
@@ -182,8 +182,8 @@ impl Buildspec {
                 "env.secrets-manager needs AWS Secrets Manager: only the AWS target can run this buildspec"
                     .into(),
             )
-        } else if self.phases.is_empty() && self.batch {
-            Some("this buildspec has only a batch section, and kiln does not run batch builds locally: only the AWS target can run it".into())
+        } else if self.phases.is_empty() && self.batch.is_some() {
+            Some("this buildspec has only a batch section: run it as a batch build (a pipeline's Build stage does)".into())
         } else {
             None
         }
@@ -355,7 +355,7 @@ impl Parser {
         }
     }
 
-    fn variables(&mut self, node: &Node, field: &str) -> Vec<(String, String)> {
+    pub(crate) fn variables(&mut self, node: &Node, field: &str) -> Vec<(String, String)> {
         let Some(entries) = node.as_map() else {
             self.c.push(
                 node.pos,
@@ -390,7 +390,7 @@ impl Parser {
             env: Env::default(),
             phases: Vec::new(),
             artifacts: None,
-            batch: false,
+            batch: None,
             reports: Vec::new(),
             cache: Default::default(),
             notes: Vec::new(),
@@ -448,10 +448,7 @@ impl Parser {
                 "artifacts" => spec.artifacts = Some(self.artifacts(v)),
                 "reports" => spec.reports = crate::reports::parse(self, v),
                 "cache" => spec.cache = crate::cache::parse(self, v),
-                "batch" => {
-                    spec.batch = true;
-                    self.batch(v, root.get("phases").is_some());
-                }
+                "batch" => spec.batch = crate::batch::parse(self, v),
                 _ => {
                     if v.as_map().is_none() {
                         self.c
@@ -462,24 +459,6 @@ impl Parser {
             }
         }
         spec
-    }
-
-    fn batch(&mut self, node: &Node, has_phases: bool) {
-        const KNOWN: &[&str] = &["fast-fail", "build-list", "build-graph", "build-matrix"];
-        let entries = self.map(node, "batch", KNOWN);
-        if entries.is_empty() && node.as_map().is_some() {
-            self.c.push(
-                node.pos,
-                "batch",
-                "needs one of build-list, build-graph, build-matrix",
-            );
-        }
-        let msg = if has_phases {
-            "batch builds are not run locally: kiln runs the phases as one build"
-        } else {
-            "batch builds are not run locally, and there are no phases: the local target cannot run this buildspec"
-        };
-        self.ignored(node.pos, "batch", msg);
     }
 
     fn env(&mut self, node: &Node) -> Env {

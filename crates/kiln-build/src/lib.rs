@@ -3,6 +3,7 @@
 //! workspace, and the artifacts it leaves, stored by digest.
 
 pub mod artifacts;
+pub mod batch;
 pub mod buildspec;
 pub mod cache;
 pub mod glob;

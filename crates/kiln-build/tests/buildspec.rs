@@ -230,12 +230,9 @@ batch:
       env:
         compute-type: BUILD_GENERAL1_LARGE
 "#);
-    assert!(spec.batch && spec.phases.is_empty());
-    assert!(
-        warnings(&spec).contains("buildspec.yml:3:3: batch: batch builds are not run locally"),
-        "{}",
-        warnings(&spec)
-    );
+    let batch = spec.batch.as_ref().unwrap();
+    assert!(batch.fast_fail && spec.phases.is_empty());
+    assert_eq!(batch.tasks[0].identifier, "amd64");
     assert!(spec.local_blocker().unwrap().contains("batch"));
 
     let spec = ok(
@@ -245,6 +242,23 @@ batch:
         spec.local_blocker().is_none(),
         "the phases run as one build"
     );
+    for (yaml, want) in [
+        (
+            "version: 0.2\nbatch:\n  build-graph:\n    - identifier: a\n      depend-on: [b]\n",
+            "3:3: batch.build-graph.a.depend-on: no build has the identifier \"b\"",
+        ),
+        (
+            "version: 0.2\nbatch:\n  build-graph:\n    - identifier: a\n      depend-on: [b]\n    - identifier: b\n      depend-on: [a]\n",
+            "batch.build-graph: the builds a, b depend on one another in a cycle",
+        ),
+        (
+            "version: 0.2\nbatch:\n  build-list:\n    - identifier: a\n    - identifier: a\n",
+            "5:19: batch.build-list[1].identifier: another build has this identifier",
+        ),
+    ] {
+        let err = p(yaml).unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+    }
     let err = p("version: 0.2\nbatch:\n  build-lists: []\n").unwrap_err();
     assert!(
         err.to_string()

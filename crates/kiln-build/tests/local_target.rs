@@ -53,15 +53,17 @@ fn what_only_the_aws_target_runs_fails_naming_it_before_any_command() {
             "version: 0.2\nenv:\n  secrets-manager:\n    T: prod/token\nphases:\n  build:\n    commands: [touch ran]\n",
             "env.secrets-manager",
         ),
-        (
-            "version: 0.2\nbatch:\n  build-list:\n    - identifier: a\n",
-            "batch",
-        ),
     ] {
         let err = f.run(yaml).unwrap_err().to_string();
         assert!(err.contains(feature) && err.contains("AWS target"), "{err}");
         assert!(!f.dir.path().join("ws/src/ran").exists());
     }
+    // A batch-only buildspec is not one build: batch::run runs it.
+    let err = f
+        .run("version: 0.2\nbatch:\n  build-list:\n    - identifier: a\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("run it as a batch build"), "{err}");
 }
 
 #[test]

@@ -191,6 +191,10 @@ pub struct Outputs {
     pub commands_ms: BTreeMap<String, u64>,
     /// Run every stage, even if only_if_changed finds nothing changed.
     pub force: bool,
+    /// The Build stage's test and coverage reports (buildspec `reports`).
+    pub build_reports: Vec<kiln_build::Report>,
+    /// What the Build stage's `cache.paths` restored and saved.
+    pub build_cache: Option<kiln_build::CacheReport>,
 }
 
 /// A variable of `vars` by namespace and name.

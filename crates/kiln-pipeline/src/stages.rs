@@ -221,12 +221,26 @@ impl Run<'_> {
             opts.hidden.push(state);
         }
         opts.timeout = build.timeout;
-        let report = kiln_build::run(&spec, &opts, &mut kiln_build::NoObserver);
+        opts.cache_dir = Some(
+            self.env
+                .pipeline_dir(&self.pipeline.name)
+                .join("build-cache"),
+        );
+        let report = if spec.batch.is_some() {
+            // Each build's artifacts land in tmp_out/IDENTIFIER.
+            kiln_build::batch::run(&spec, &opts, &mut kiln_build::NoObserver).map(|b| b.as_build())
+        } else {
+            kiln_build::run(&spec, &opts, &mut kiln_build::NoObserver)
+        };
         let _ = std::fs::remove_dir_all(&workspace);
         if let Some(dir) = flattened {
             let _ = std::fs::remove_dir_all(dir);
         }
         let report = report.map_err(|e| e.to_string())?;
+        // Kept whether the build failed or not: a failed suite's report
+        // says which tests failed.
+        self.out.build_reports = report.reports.clone();
+        self.out.build_cache = report.cache.clone();
         if !report.succeeded {
             let _ = std::fs::remove_dir_all(&tmp_out);
             for id in spec.artifacts.iter().flat_map(|a| a.secondary.keys()) {
@@ -275,10 +289,16 @@ impl Run<'_> {
             vars.insert(format!("ArtifactDigest_{id}"), set.digest.clone());
         }
         self.vars.insert("BuildVariables".into(), vars);
-        Ok(Outcome::Done(match &report.artifacts {
+        let mut summary = match &report.artifacts {
             Some(a) => format!("{} artifact files, {}", a.files.len(), short(&a.digest)),
             None => "no artifacts".into(),
-        }))
+        };
+        let tests = report.reports.iter().filter(|r| r.kind == "TEST");
+        let (total, failed) = tests.fold((0, 0), |(t, f), r| (t + r.total, f + r.failed));
+        if total > 0 {
+            summary.push_str(&format!("; {total} tests, {failed} failed"));
+        }
+        Ok(Outcome::Done(summary))
     }
 
     /// Moves a collected artifact set to its place in the artifact bucket,

@@ -605,6 +605,51 @@ fn show(e: &Value) {
             g("summary")
         );
     }
+    let reports = e["outputs"]["build_reports"].as_array();
+    if reports.is_some_and(|r| !r.is_empty()) {
+        println!("reports:");
+    }
+    for r in reports.into_iter().flatten() {
+        let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+        let counts = if s("kind") == "TEST" {
+            format!(
+                "{} tests: {} passed, {} failed, {} skipped",
+                r["total"], r["passed"], r["failed"], r["skipped"]
+            )
+        } else {
+            match r["line_coverage"].as_f64() {
+                Some(c) => format!("{c:.1}% of lines covered"),
+                None => "coverage".into(),
+            }
+        };
+        println!(
+            "  {} ({}) {}: {counts}",
+            s("group"),
+            s("format"),
+            s("status")
+        );
+        if !s("error").is_empty() {
+            println!("    {}", s("error"));
+        }
+        for t in r["failed_tests"].as_array().into_iter().flatten() {
+            let name = t["name"].as_str().unwrap_or_default();
+            match t["message"].as_str().filter(|m| !m.is_empty()) {
+                Some(m) => println!("    failed: {name}: {m}"),
+                None => println!("    failed: {name}"),
+            }
+        }
+    }
+    let cache = &e["outputs"]["build_cache"];
+    if cache.is_object() {
+        print!(
+            "cache     restored {} files ({} bytes), saved {} files",
+            cache["restored_files"], cache["restored_bytes"], cache["saved_files"]
+        );
+        match cache["time_saved_ms"].as_i64() {
+            Some(ms) => println!("; {ms} ms saved"),
+            None => println!(),
+        }
+    }
     println!("variables:");
     for (ns, vars) in e["variables"].as_object().into_iter().flatten() {
         for (k, v) in vars.as_object().into_iter().flatten() {

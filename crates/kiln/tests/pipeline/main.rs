@@ -5,6 +5,7 @@
 mod common;
 mod support;
 
+mod build_features;
 mod demo;
 mod executions;
 mod recovery;
