@@ -422,6 +422,7 @@ fn options(base: &BuildOptions, id: &str, output_dir: PathBuf) -> BuildOptions {
         output_dir,
         env: base.env.clone(),
         parameters: base.parameters.clone(),
+        secrets: base.secrets.clone(),
         log_path: base.log_path.clone(),
         timeout: base.timeout,
         hidden: base.hidden.clone(),

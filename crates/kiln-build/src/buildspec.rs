@@ -177,11 +177,6 @@ impl Buildspec {
                 "env.shell {} needs a Windows build image: only the AWS target can run this buildspec",
                 self.env.shell.path()
             ))
-        } else if !self.env.secrets_manager.is_empty() {
-            Some(
-                "env.secrets-manager needs AWS Secrets Manager: only the AWS target can run this buildspec"
-                    .into(),
-            )
         } else if self.phases.is_empty() && self.batch.is_some() {
             Some("this buildspec has only a batch section: run it as a batch build (a pipeline's Build stage does)".into())
         } else {
@@ -535,10 +530,10 @@ impl Parser {
                             );
                         }
                     }
-                    self.c.warn(
+                    self.note(
                         v.pos,
                         &field,
-                        "AWS Secrets Manager is not available locally: the build runs on the AWS target, and fails on the local one",
+                        "read from kiln's secrets store (kiln secrets put), masked in the log",
                     );
                 }
                 "git-credential-helper" => {

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod glob;
 pub mod reports;
 pub mod run;
+pub mod secrets;
 mod workspace;
 
 pub use artifacts::{Artifact, ArtifactError, ArtifactSet};

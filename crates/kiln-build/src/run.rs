@@ -25,13 +25,13 @@ use crate::artifacts::{self, ArtifactSet};
 use crate::buildspec::{Buildspec, OnFailure, Phase, PhaseName};
 use crate::cache::{self, CacheReport};
 use crate::reports::{self, Report};
-use crate::workspace::{copy_tree, read_exported};
+use crate::workspace::{copy_tree, environment, read_exported};
 
 /// Where the source is inside the sandbox, as on CodeBuild.
 pub const SRC_DIR: &str = "/codebuild/output/src";
 /// The phase scripts and the state carried between phases, inside the sandbox.
 const STATE_DIR: &str = "/codebuild/kiln";
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// CodeBuild's default build timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
@@ -56,6 +56,8 @@ pub struct BuildOptions {
     pub env: Vec<(String, String)>,
     /// Resolves `env.parameter-store`.
     pub parameters: Option<Arc<ParameterLookup>>,
+    /// Resolves `env.secrets-manager`'s secret ids (kiln's secrets store).
+    pub secrets: Option<Arc<ParameterLookup>>,
     /// A CodeBuild-style log of the build, if wanted; appended to.
     pub log_path: Option<PathBuf>,
     /// For the whole build.
@@ -85,6 +87,7 @@ impl BuildOptions {
             output_dir,
             env: Vec::new(),
             parameters: None,
+            secrets: None,
             log_path: None,
             timeout: DEFAULT_TIMEOUT,
             hidden: Vec::new(),
@@ -108,6 +111,8 @@ pub enum BuildError {
     WorkspaceInUse { workspace: PathBuf },
     #[error("env.parameter-store.{var}: parameter {name:?} not found in the parameter store")]
     Parameter { var: String, name: String },
+    #[error("env.secrets-manager.{var}: {why}")]
+    Secret { var: String, why: String },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -191,10 +196,12 @@ pub trait BuildObserver {
 pub struct NoObserver;
 impl BuildObserver for NoObserver {}
 
-struct Log(Option<fs::File>);
+/// The build log; the values of secrets are masked in it.
+struct Log(Option<fs::File>, Vec<String>);
 
 impl Log {
     fn line(&mut self, text: &str) {
+        let text = crate::secrets::mask(text, &self.1);
         if let Some(f) = &mut self.0 {
             let ts = jiff::Timestamp::now().strftime("%Y/%m/%d %H:%M:%S%.3f");
             let _ = writeln!(f, "[Container] {ts} {text}");
@@ -202,6 +209,7 @@ impl Log {
     }
 
     fn raw(&mut self, text: &str) {
+        let text = crate::secrets::mask(text, &self.1);
         if let Some(f) = &mut self.0 {
             let _ = writeln!(f, "{text}");
         }
@@ -231,7 +239,7 @@ pub fn run(
             shell: shell.to_string(),
         });
     }
-    let env = environment(spec, opts)?;
+    let (env, masked) = environment(spec, opts)?;
     let build_id = env
         .iter()
         .rev()
@@ -252,17 +260,20 @@ pub fn run(
     fs::create_dir_all(&home).map_err(io("cannot create", &home))?;
     copy_tree(&opts.source_dir, &src)?;
 
-    let mut log = Log(match &opts.log_path {
-        // Appended to: a retried build keeps the failed attempt's output.
-        Some(p) => Some(
-            fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(io("cannot create the log", p))?,
-        ),
-        None => None,
-    });
+    let mut log = Log(
+        match &opts.log_path {
+            // Appended to: a retried build keeps the failed attempt's output.
+            Some(p) => Some(
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(io("cannot create the log", p))?,
+            ),
+            None => None,
+        },
+        masked,
+    );
     for note in &spec.notes {
         log.line(&format!("Note: {note}"));
     }
@@ -347,7 +358,10 @@ pub fn run(
         reports.push(report);
     }
 
-    let exported = read_exported(spec, &state);
+    let mut exported = read_exported(spec, &state);
+    for (_, v) in &mut exported {
+        *v = crate::secrets::mask(v, &log.1);
+    }
     let test_reports = reports::collect(&src, &spec.reports);
     for line in reports::summary(&test_reports) {
         log.line(&line);
@@ -425,47 +439,6 @@ pub fn secondary_dir(output_dir: &Path, id: &str) -> PathBuf {
     let mut name = output_dir.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".{id}"));
     output_dir.with_file_name(name)
-}
-
-/// The build's environment, lowest precedence first.
-fn environment(spec: &Buildspec, opts: &BuildOptions) -> Result<Vec<(String, String)>, BuildError> {
-    let start_ms = jiff::Timestamp::now().as_millisecond().to_string();
-    let mut env: Vec<(String, String)> = vec![
-        ("PATH".into(), PATH.into()),
-        ("HOME".into(), "/root".into()),
-        ("LANG".into(), "C.UTF-8".into()),
-        ("USER".into(), "root".into()),
-        (
-            "CODEBUILD_BUILD_ID".into(),
-            format!("kiln:{}", uuid::Uuid::new_v4()),
-        ),
-        ("CODEBUILD_BUILD_NUMBER".into(), "1".into()),
-        ("CODEBUILD_START_TIME".into(), start_ms),
-        ("CODEBUILD_INITIATOR".into(), "kiln".into()),
-    ];
-    env.extend(spec.env.variables.iter().cloned());
-    for (var, name) in &spec.env.parameter_store {
-        let value = opts
-            .parameters
-            .as_ref()
-            .and_then(|lookup| lookup(name))
-            .ok_or_else(|| BuildError::Parameter {
-                var: var.clone(),
-                name: name.clone(),
-            })?;
-        env.push((var.clone(), value));
-    }
-    env.extend(opts.env.iter().cloned());
-    env.push(("CODEBUILD_SRC_DIR".into(), SRC_DIR.into()));
-    // Later entries win; keep one of each, in first-seen order.
-    let mut out: Vec<(String, String)> = Vec::new();
-    for (k, v) in env {
-        match out.iter_mut().find(|(ok, _)| *ok == k) {
-            Some(slot) => slot.1 = v,
-            None => out.push((k, v)),
-        }
-    }
-    Ok(out)
 }
 
 /// A string as one single-quoted shell word.
@@ -732,6 +705,7 @@ fn run_streaming(
         let wait = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
             Ok(Event::Line(line)) => {
+                let line = crate::secrets::mask(&line, &log.1);
                 log.raw(&line);
                 observer.output(&line);
             }
@@ -791,6 +765,7 @@ mod tests {
                 ("CODEBUILD_SRC_DIR".into(), "/x".into()),
             ],
             parameters: None,
+            secrets: None,
             log_path: None,
             timeout: DEFAULT_TIMEOUT,
             hidden: Vec::new(),
@@ -803,7 +778,7 @@ mod tests {
         opts.parameters = Some(Arc::new(|name: &str| {
             (name == "/x/y").then(|| "1.0.3".to_string())
         }));
-        let env = environment(&spec, &opts).unwrap();
+        let (env, _) = environment(&spec, &opts).unwrap();
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("A"), Some("spec"));
         assert_eq!(get("B"), Some("caller"));

@@ -214,6 +214,8 @@ impl Run<'_> {
                 .and_then(|p| p.get(name).ok())
                 .map(|p| p.value)
         }));
+        let secrets = kiln_build::secrets::Secrets::new(&self.env.state);
+        opts.secrets = Some(Arc::new(move |name: &str| secrets.get(name).ok().flatten()));
         opts.log_path = Some(log_path.to_path_buf());
         // The API token, the parameters and other pipelines' files are
         // kiln's, not the build's.

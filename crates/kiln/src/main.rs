@@ -26,6 +26,7 @@ mod lineage;
 mod output;
 mod params;
 mod pipeline_cmd;
+mod secrets_cmd;
 mod serve;
 mod state;
 mod toe;
@@ -71,6 +72,9 @@ enum Command {
     Instances(fleet_cmd::InstancesArgs),
     /// The parameter store: versions and values with history.
     Params(params::ParamsArgs),
+    /// The secrets store that buildspecs' env.secrets-manager reads:
+    /// encrypted at rest, masked in build logs.
+    Secrets(secrets_cmd::SecretsArgs),
     /// Keep the newest images and those in use; remove the rest and every
     /// blob nothing references.
     Gc(gc::GcArgs),
@@ -143,6 +147,7 @@ fn main() -> ExitCode {
         Command::Groups(args) => fleet_cmd::groups(args, &state),
         Command::Instances(args) => fleet_cmd::instances(args, &state),
         Command::Params(args) => params::main(args, &state),
+        Command::Secrets(args) => secrets_cmd::main(args, &state),
         Command::Gc(args) => gc::main(args, &state),
         Command::Demo(args) => demo::main(args, &state),
         Command::Validate(args) => pipeline_cmd::validate(args),

@@ -159,3 +159,72 @@ fn a_batch_graph_with_a_failing_dependency_stops_its_dependents() {
     assert!(!log.contains("Batch build package"), "{log}");
     s.finish("batched");
 }
+
+/// Prints the secret, as a careless build does, and writes it in an
+/// exported variable.
+const SECRET_SPEC: &str = r#"version: 0.2
+env:
+  secrets-manager:
+    DB_PASSWORD: prod/db:password
+  exported-variables: [DB_PASSWORD]
+phases:
+  build:
+    commands:
+      - echo "connecting with $DB_PASSWORD"
+      - mkdir -p out
+      - cp VERSION out/VERSION
+artifacts:
+  base-directory: out
+  files: ['**/*']
+"#;
+
+#[test]
+fn a_secret_reaches_the_build_and_never_shows() {
+    let s = Setup::new(&kiln_yaml("secretive", ""), SECRET_SPEC, &component(0));
+    let state = &s.state;
+    let mut put = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "--state-dir",
+            state.to_str().unwrap(),
+            "secrets",
+            "put",
+            "prod/db",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    put.stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"password":"Tr0ub4dor-and-3"}"#)
+        .unwrap();
+    assert!(put.wait().unwrap().success());
+    let listed = ok(kiln(state, &["secrets", "ls"]));
+    assert_eq!(listed, "prod/db\n");
+    s.create(&["--no-start"]);
+    let id = trigger(state, "secretive");
+    let e = finished(state, &id);
+    assert_eq!(e["status"], "Succeeded", "{e}");
+    let log = ok(kiln(
+        state,
+        &["executions", "logs", &id, "--stage", "Build"],
+    ));
+    assert!(log.contains("connecting with ***"), "{log}");
+    for shown in [
+        log,
+        ok(kiln(state, &["executions", "show", &id])),
+        ok(kiln(
+            state,
+            &["executions", "show", &id, "--output", "json"],
+        )),
+        ok(kiln(state, &["secrets", "ls", "--output", "json"])),
+    ] {
+        assert!(!shown.contains("Tr0ub4dor"), "{shown}");
+    }
+    assert_eq!(e["variables"]["BuildVariables"]["DB_PASSWORD"], "***");
+    ok(kiln(state, &["secrets", "rm", "prod/db"]));
+    assert_eq!(ok(kiln(state, &["secrets", "ls"])), "");
+    s.finish("secretive");
+}
