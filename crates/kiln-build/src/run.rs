@@ -37,6 +37,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 /// Looks a parameter of kiln's parameter store up by name.
 pub type ParameterLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+/// Looks a secret up by id; `Err` says why the store cannot tell.
+pub type SecretLookup = dyn Fn(&str) -> Result<Option<String>, String> + Send + Sync;
 
 pub struct BuildOptions {
     /// The build image: a root filesystem directory, mounted read-only.
@@ -57,7 +59,7 @@ pub struct BuildOptions {
     /// Resolves `env.parameter-store`.
     pub parameters: Option<Arc<ParameterLookup>>,
     /// Resolves `env.secrets-manager`'s secret ids (kiln's secrets store).
-    pub secrets: Option<Arc<ParameterLookup>>,
+    pub secrets: Option<Arc<SecretLookup>>,
     /// A CodeBuild-style log of the build, if wanted; appended to.
     pub log_path: Option<PathBuf>,
     /// For the whole build.

@@ -203,7 +203,10 @@ impl Secrets {
 /// Resolves `secret-id[:json-key[:version-stage[:version-id]]]` with
 /// `lookup`: the secret, or the key `json-key` of the JSON object it
 /// holds. The store keeps one version, AWSCURRENT.
-pub fn resolve(reference: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub fn resolve(
+    reference: &str,
+    lookup: &dyn Fn(&str) -> Result<Option<String>, String>,
+) -> Result<String, String> {
     // An ARN has colons of its own: arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME
     let (id, rest) = if reference.starts_with("arn:") {
         let parts: Vec<&str> = reference.splitn(8, ':').collect();
@@ -224,7 +227,7 @@ pub fn resolve(reference: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Resu
             "secret {id:?}: the local store keeps only the current version (AWSCURRENT)"
         ));
     }
-    let value = lookup(&id).ok_or_else(|| {
+    let value = lookup(&id)?.ok_or_else(|| {
         format!("secret {id:?} is not in kiln's secrets store (kiln secrets put {id})")
     })?;
     match json_key {

@@ -85,7 +85,7 @@ pub(crate) fn environment(
     }
     let mut secrets = Vec::new();
     for (var, reference) in &spec.env.secrets_manager {
-        let lookup = |id: &str| opts.secrets.as_ref().and_then(|l| l(id));
+        let lookup = |id: &str| opts.secrets.as_ref().map_or(Ok(None), |l| l(id));
         let value =
             crate::secrets::resolve(reference, &lookup).map_err(|why| BuildError::Secret {
                 var: var.clone(),

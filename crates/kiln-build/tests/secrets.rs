@@ -71,7 +71,9 @@ fn a_build_gets_its_secrets_and_its_log_exports_and_output_mask_them() {
     let log = dir.path().join("build.log");
     opts.log_path = Some(log.clone());
     let lookup = store.clone();
-    opts.secrets = Some(Arc::new(move |id: &str| lookup.get(id).ok().flatten()));
+    opts.secrets = Some(Arc::new(move |id: &str| {
+        lookup.get(id).map_err(|e| e.to_string())
+    }));
     let yaml = r#"version: 0.2
 env:
   secrets-manager:
@@ -134,4 +136,17 @@ phases:
         "{err}"
     );
     assert!(!dir.path().join("ws2/src/ran").exists());
+
+    // A store whose key others can read fails the build saying so.
+    let key = dir.path().join("state/secrets.key");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let spec = buildspec::parse(yaml, Path::new("buildspec.yml")).unwrap();
+    opts.workspace = dir.path().join("ws3");
+    let err = kiln_build::run(&spec, &opts, &mut NoObserver)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("env.secrets-manager.DB") && err.contains("0600"),
+        "{err}"
+    );
 }

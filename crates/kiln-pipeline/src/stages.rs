@@ -215,7 +215,9 @@ impl Run<'_> {
                 .map(|p| p.value)
         }));
         let secrets = kiln_build::secrets::Secrets::new(&self.env.state);
-        opts.secrets = Some(Arc::new(move |name: &str| secrets.get(name).ok().flatten()));
+        opts.secrets = Some(Arc::new(move |name: &str| {
+            secrets.get(name).map_err(|e| e.to_string())
+        }));
         opts.log_path = Some(log_path.to_path_buf());
         // The API token, the parameters and other pipelines' files are
         // kiln's, not the build's.
