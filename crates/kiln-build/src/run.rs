@@ -364,7 +364,12 @@ pub fn run(
     for (_, v) in &mut exported {
         *v = crate::secrets::mask(v, &log.1);
     }
-    let test_reports = reports::collect(&src, &spec.reports);
+    let mut test_reports = reports::collect(&src, &spec.reports);
+    // A test's name or failure message may print a secret.
+    for t in test_reports.iter_mut().flat_map(|r| &mut r.failed_tests) {
+        t.name = crate::secrets::mask(&t.name, &log.1);
+        t.message = crate::secrets::mask(&t.message, &log.1);
+    }
     for line in reports::summary(&test_reports) {
         log.line(&line);
     }

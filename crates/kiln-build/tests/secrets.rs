@@ -87,6 +87,10 @@ phases:
       - echo "db=$DB pw=$PW user=$USER_NAME"
       - test "$DB" = s3cr3t-Hunter2-value
       - test "$PW" = pw-Json-Secret-9
+      - echo "<testsuite><testcase name=\"login\"><failure message=\"bad password $PW\"/></testcase></testsuite>" > report.xml
+reports:
+  unit:
+    files: [report.xml]
 "#;
     let spec = buildspec::parse(yaml, Path::new("buildspec.yml")).unwrap();
     let mut lines = Vec::new();
@@ -114,6 +118,10 @@ phases:
             ("DB".to_string(), "***".to_string()),
             ("USER_NAME".to_string(), "***".to_string())
         ]
+    );
+    assert_eq!(
+        report.reports[0].failed_tests[0].message,
+        "bad password ***"
     );
     let shown = serde_json::to_string(&report).unwrap();
     assert!(!shown.contains("s3cr3t"), "{shown}");
