@@ -2,7 +2,10 @@
 # there. Sourced by the other scripts.
 set -euo pipefail
 
-KILN_DEBIAN_PACKAGES=(git bubblewrap busybox-static util-linux curl mmdebstrap skopeo umoci e2fsprogs qemu-utils zstd)
+KILN_DEBIAN_PACKAGES=(git bubblewrap busybox-static util-linux curl mmdebstrap skopeo umoci e2fsprogs qemu-utils zstd python3-pip)
+
+# Pinned: a newer cfn-lint may add checks; bump it with the golden files.
+KILN_CFN_LINT_VERSION=1.51.0
 
 kiln_install_deps() {
     local missing=()
@@ -19,6 +22,12 @@ kiln_install_deps() {
     if ! command -v cargo >/dev/null 2>&1; then
         echo "error: cargo is not installed; install a Rust toolchain (rustup) first" >&2
         return 1
+    fi
+    # cfn-lint checks every template `kiln synth aws` writes (its tests run it).
+    if ! command -v cfn-lint >/dev/null 2>&1; then
+        echo "installing cfn-lint from PyPI" >&2
+        python3 -m pip install -q "cfn-lint==$KILN_CFN_LINT_VERSION" 2>/dev/null \
+            || python3 -m pip install -q --break-system-packages "cfn-lint==$KILN_CFN_LINT_VERSION"
     fi
     rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
 }

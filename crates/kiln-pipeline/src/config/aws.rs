@@ -85,7 +85,7 @@ pub(super) fn aws(top: &Map, name: &str, c: &mut Collector) -> Option<AwsConfig>
         a.fail(
             "prefix",
             format!(
-                "{prefix:?}: a prefix starts with a letter and holds up to 32 letters, digits and -"
+                "{prefix:?}: a prefix starts with a letter and holds up to 24 letters, digits and -"
             ),
             c,
         );
@@ -334,7 +334,7 @@ fn valid_region(r: &str) -> bool {
 
 fn valid_prefix(p: &str) -> bool {
     !p.is_empty()
-        && p.len() <= 32
+        && p.len() <= 24
         && p.starts_with(|ch: char| ch.is_ascii_alphabetic())
         && p.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
 }
