@@ -14,9 +14,9 @@ fn fixture(name: &str) -> std::path::PathBuf {
 }
 
 fn lint(fixture: &str, file: &Path) {
-    let config = kiln_pipeline::config::load(&file).unwrap_or_else(|d| panic!("{d}"));
+    let config = kiln_pipeline::config::load(file).unwrap_or_else(|d| panic!("{d}"));
     let out = tempfile::tempdir().unwrap();
-    kiln_synth::synth(&config, &file)
+    kiln_synth::synth(&config, file)
         .unwrap()
         .write(out.path())
         .unwrap();
