@@ -50,6 +50,13 @@ fn every_fixtures_templates_pass_cfn_lint() {
     }
 }
 
+/// The seed's Windows IIS golden image as a kiln repository.
+#[test]
+fn the_windows_iis_example_passes_cfn_lint() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/windows-iis/kiln.yaml");
+    lint("windows-iis", &file);
+}
+
 /// The README's example, with the demo's buildspec and component beside it.
 #[test]
 fn the_readme_example_passes_cfn_lint() {

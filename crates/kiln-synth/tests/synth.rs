@@ -8,11 +8,14 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-        .join("kiln.yaml")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if name == "windows-iis" {
+        return root.join("../../examples/windows-iis/kiln.yaml");
+    }
+    root.join("tests/fixtures").join(name).join("kiln.yaml")
 }
+
+const ALL: [&str; 3] = ["demo", "full", "windows-iis"];
 
 fn synth(name: &str) -> kiln_synth::Synthesis {
     let file = fixture(name);
@@ -34,7 +37,7 @@ fn parsed(s: &kiln_synth::Synthesis) -> Vec<(String, Value)> {
 
 #[test]
 fn synthesis_is_deterministic() {
-    for f in ["demo", "full"] {
+    for f in ALL {
         let a = synth(f);
         let b = synth(f);
         assert_eq!(a.files, b.files, "{f}");
@@ -45,7 +48,7 @@ fn synthesis_is_deterministic() {
 /// change.
 #[test]
 fn output_matches_the_golden_files() {
-    for f in ["demo", "full"] {
+    for f in ALL {
         let s = synth(f);
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/golden")
@@ -105,7 +108,7 @@ fn star_is_granted_only_to_actions_without_resource_level_permissions() {
         .into_iter()
         .flat_map(|(actions, _)| actions.iter().copied())
         .collect();
-    for f in ["demo", "full"] {
+    for f in ALL {
         let all = statements(&parsed(&synth(f)));
         assert!(all.len() > 40, "{f}: {} statements", all.len());
         for (role, actions, resources) in all {
@@ -267,4 +270,32 @@ fn warnings_say_what_aws_does_differently() {
         s.warnings
     );
     assert!(s.files["summary.txt"].contains("triggers.only_if_changed"));
+}
+
+#[test]
+fn the_windows_example_bakes_windows_and_signals_from_powershell() {
+    let s = synth("windows-iis");
+    let t = parsed(&s);
+    let image = &t.iter().find(|(n, _)| n == "image.yaml").unwrap().1;
+    assert_eq!(
+        image["Resources"]["Component1"]["Properties"]["Platform"],
+        "Windows"
+    );
+    assert!(
+        image["Resources"]["Component1"]["Properties"]["Data"]
+            .as_str()
+            .unwrap()
+            .contains("Install-WindowsFeature -Name Web-Server")
+    );
+    assert_eq!(
+        image["Resources"]["Recipe"]["Properties"]["ParentImage"],
+        "{{resolve:ssm:/aws/service/ami-windows-latest/Windows_Server-2022-English-Full-Base}}"
+    );
+    let deploy = &t.iter().find(|(n, _)| n == "deploy.yaml").unwrap().1;
+    let user_data = deploy["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+        ["UserData"]["Fn::Base64"]["Fn::Sub"]
+        .as_str()
+        .unwrap();
+    assert!(user_data.starts_with("<powershell>"), "{user_data}");
+    assert!(user_data.contains("cfn-signal.exe -e $code"), "{user_data}");
 }
