@@ -6,6 +6,7 @@ KILN_DEBIAN_PACKAGES=(git bubblewrap busybox-static util-linux curl mmdebstrap s
 
 # Pinned: a newer cfn-lint may add checks; bump it with the golden files.
 KILN_CFN_LINT_VERSION=1.51.0
+KILN_PARLIAMENT_VERSION=1.6.4
 
 kiln_install_deps() {
     local missing=()
@@ -23,11 +24,15 @@ kiln_install_deps() {
         echo "error: cargo is not installed; install a Rust toolchain (rustup) first" >&2
         return 1
     fi
-    # cfn-lint checks every template `kiln synth aws` writes (its tests run it).
-    if ! command -v cfn-lint >/dev/null 2>&1; then
-        echo "installing cfn-lint from PyPI" >&2
-        python3 -m pip install -q "cfn-lint==$KILN_CFN_LINT_VERSION" 2>/dev/null \
-            || python3 -m pip install -q --break-system-packages "cfn-lint==$KILN_CFN_LINT_VERSION"
+    # cfn-lint and parliament check every template and role `kiln synth aws`
+    # writes (its tests run them).
+    local py=()
+    command -v cfn-lint >/dev/null 2>&1 || py+=("cfn-lint==$KILN_CFN_LINT_VERSION")
+    command -v parliament >/dev/null 2>&1 || py+=("parliament==$KILN_PARLIAMENT_VERSION")
+    if [ ${#py[@]} -gt 0 ]; then
+        echo "installing from PyPI: ${py[*]}" >&2
+        python3 -m pip install -q "${py[@]}" 2>/dev/null \
+            || python3 -m pip install -q --break-system-packages "${py[@]}"
     fi
     rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
 }

@@ -207,8 +207,10 @@ fn resources(on: On, ctx: &Ctx) -> Vec<Value> {
         On::ImageLogObjects => vec![sub(
             "arn:${AWS::Partition}:s3:::${ArtifactBucket}/image-logs/*",
         )],
-        On::Connection => match &ctx.aws.source {
-            AwsSource::Connection { arn, .. } => vec![Value::String(arn.clone())],
+        On::Connection(service) => match &ctx.aws.source {
+            AwsSource::Connection { arn, .. } if arn.split(':').nth(2) == Some(service) => {
+                vec![Value::String(arn.clone())]
+            }
             _ => vec![],
         },
         On::CodeCommitRepo => match &ctx.aws.source {
@@ -240,8 +242,10 @@ fn resources(on: On, ctx: &Ctx) -> Vec<Value> {
         On::BuildParameters => ctx.build_parameters.iter().map(|n| param(n)).collect(),
         On::VersionParameter => vec![param(&ctx.config.version.parameter)],
         On::AmiParameter => vec![param(&ctx.ami_parameter())],
+        // Public parameters have no account in their ARN; `*` matches the
+        // empty field and the path is AWS's own.
         On::PublicAmiParameters => vec![sub(
-            "arn:${AWS::Partition}:ssm:${AWS::Region}::parameter/aws/service/*",
+            "arn:${AWS::Partition}:ssm:${AWS::Region}:*:parameter/aws/service/*",
         )],
         On::SecretParameters => ctx
             .config
@@ -277,22 +281,42 @@ fn resources(on: On, ctx: &Ctx) -> Vec<Value> {
         ))],
         On::ImageBuilder(kind) => vec![arn("imagebuilder", &format!("{kind}/{p}-*"))],
         On::ImageBuilderImages => vec![arn("imagebuilder", &format!("image/{p}-*"))],
-        On::AwsComponents => vec![sub(
-            "arn:${AWS::Partition}:imagebuilder:${AWS::Region}:aws:component/*",
-        )],
         On::Ec2Images => vec![sub("arn:${AWS::Partition}:ec2:${AWS::Region}::image/*")],
         On::Ec2Snapshots => vec![sub("arn:${AWS::Partition}:ec2:${AWS::Region}::snapshot/*")],
         On::Ec2Instances => vec![arn("ec2", "instance/*")],
         On::Ec2InRegion(kind) => vec![arn("ec2", &format!("{kind}/*"))],
-        On::VpcOwn => match &ctx.aws.network {
+        On::SecurityGroupCreate => {
+            let mut v = vec![arn("ec2", "security-group/*")];
+            v.extend(vpc(ctx));
+            v
+        }
+        On::CreatedNetwork => match &ctx.aws.network {
             Network::Create => vec![
-                arn("ec2", "vpc/*"),
-                arn("ec2", "subnet/*"),
                 arn("ec2", "internet-gateway/*"),
                 arn("ec2", "route-table/*"),
+                arn("ec2", "subnet/*"),
+                arn("ec2", "vpc/*"),
             ],
-            Network::Existing { vpc, .. } => vec![arn("ec2", &format!("vpc/{vpc}"))],
+            Network::Existing { .. } => vec![],
         },
+        On::RunInstances => {
+            let mut v = vec![
+                sub("arn:${AWS::Partition}:ec2:${AWS::Region}::image/*"),
+                arn("ec2", "instance/*"),
+                arn("ec2", "launch-template/*"),
+                arn("ec2", "network-interface/*"),
+                arn("ec2", "security-group/*"),
+                arn("ec2", "volume/*"),
+            ];
+            match &ctx.aws.network {
+                Network::Create => v.push(arn("ec2", "subnet/*")),
+                Network::Existing { subnets, .. } => {
+                    v.extend(subnets.iter().map(|s| arn("ec2", &format!("subnet/{s}"))))
+                }
+            }
+            v.extend(vpc(ctx));
+            v
+        }
         On::LaunchTemplates => vec![arn("ec2", "launch-template/*")],
         On::AutoScalingGroup => vec![arn(
             "autoscaling",
@@ -303,12 +327,24 @@ fn resources(on: On, ctx: &Ctx) -> Vec<Value> {
             &format!("loadbalancer/app/{p}-*/*"),
         )],
         On::TargetGroup => vec![arn("elasticloadbalancing", &format!("targetgroup/{p}-*/*"))],
-        On::Listener => vec![arn(
-            "elasticloadbalancing",
-            &format!("listener/app/{p}-*/*/*"),
-        )],
+        // Delete/ModifyListener's resource types are app and net listeners;
+        // naming both (under this prefix; kiln makes no network load
+        // balancer) keeps policy linters from reading a missing type.
+        On::Listener => vec![
+            arn("elasticloadbalancing", &format!("listener/app/{p}-*/*/*")),
+            arn("elasticloadbalancing", &format!("listener/net/{p}-*/*/*")),
+        ],
         On::Pipeline => vec![arn("codepipeline", &format!("{p}-pipeline"))],
         On::Unscoped(_) => vec![Value::String("*".into())],
+    }
+}
+
+/// The VPC the security groups and instances are in.
+fn vpc(ctx: &Ctx) -> Vec<Value> {
+    use kiln_pipeline::config::Network;
+    match &ctx.aws.network {
+        Network::Create => vec![arn("ec2", "vpc/*")],
+        Network::Existing { vpc, .. } => vec![arn("ec2", &format!("vpc/{vpc}"))],
     }
 }
 

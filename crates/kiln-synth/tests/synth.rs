@@ -130,8 +130,7 @@ fn star_is_granted_only_to_actions_without_resource_level_permissions() {
                     r == "*"
                         || r.contains("${AWS::AccountId}")
                         || r.contains("${ArtifactBucket}")
-                        || r.contains(":aws:component/")
-                        || r.contains("::parameter/aws/service/")
+                        || r.contains(":parameter/aws/service/")
                         || r.contains("::image/")
                         || r.contains("::snapshot/")
                         || r.starts_with("arn:aws:codeconnections:"),
@@ -201,12 +200,11 @@ fn each_role_names_only_the_resources_its_principal_touches() {
         set(&[arn("cloudformation", "stack/shop-image/*")])
     );
     // The build instances read the artifacts, write their logs, fetch this
-    // pipeline's components and AWS's, and talk to the SSM agent's channel.
+    // pipeline's components, and talk to the SSM agent's channel.
     assert_eq!(
         resources_of(&t, "ImageInstanceRole"),
         set(&[
             "*".into(),
-            "arn:${AWS::Partition}:imagebuilder:${AWS::Region}:aws:component/*".into(),
             "arn:${AWS::Partition}:s3:::${ArtifactBucket}/image-logs/*".into(),
             arn("ec2", "instance/*"),
             arn("imagebuilder", "component/shop-*"),
@@ -216,7 +214,10 @@ fn each_role_names_only_the_resources_its_principal_touches() {
     // An existing VPC: the deploy role may use that VPC, no other.
     let deploy = resources_of(&t, "DeployStackRole");
     assert!(deploy.contains(&arn("ec2", "vpc/vpc-0abc1234")));
-    assert!(!deploy.contains(&arn("ec2", "vpc/*")));
+    assert!(deploy.contains(&arn("ec2", "subnet/subnet-0aaa1111")));
+    for created in ["vpc/*", "subnet/*", "internet-gateway/*", "route-table/*"] {
+        assert!(!deploy.contains(&arn("ec2", created)), "{created}");
+    }
     // No fleet role without secrets: the demo has none.
     let demo = parsed(&synth("demo"));
     assert!(resources_of(&demo, "FleetInstanceRole").is_empty());

@@ -10,7 +10,8 @@ pub(super) enum On {
     ArtifactBucket,
     ArtifactObjects,
     ImageLogObjects,
-    Connection,
+    /// The connection, when its ARN is of this service.
+    Connection(&'static str),
     CodeCommitRepo,
     SourceObject,
     SourceBucket,
@@ -29,12 +30,15 @@ pub(super) enum On {
     /// Image Builder resources of this pipeline, by resource type.
     ImageBuilder(&'static str),
     ImageBuilderImages,
-    AwsComponents,
     Ec2Images,
     Ec2Snapshots,
     Ec2InRegion(&'static str),
     Ec2Instances,
-    VpcOwn,
+    /// The VPC and new security groups in it.
+    SecurityGroupCreate,
+    /// What `aws.network: create` makes; nothing for a given network.
+    CreatedNetwork,
+    RunInstances,
     LaunchTemplates,
     AutoScalingGroup,
     LoadBalancer,
@@ -141,11 +145,13 @@ pub(super) const TABLE: &[Grant] = &[
     // Source: one of three kinds; the others resolve to nothing.
     g(
         SourceAction,
-        &[
-            "codeconnections:UseConnection",
-            "codestar-connections:UseConnection",
-        ],
-        On::Connection,
+        &["codeconnections:UseConnection"],
+        On::Connection("codeconnections"),
+    ),
+    g(
+        SourceAction,
+        &["codestar-connections:UseConnection"],
+        On::Connection("codestar-connections"),
     ),
     g(
         SourceAction,
@@ -227,11 +233,6 @@ pub(super) const TABLE: &[Grant] = &[
         On::ImageBuilder("image-recipe"),
     ),
     g(ImageDeployer, IB_MANAGE, On::ImageBuilder("image-recipe")),
-    g(
-        ImageDeployer,
-        &["imagebuilder:GetComponent"],
-        On::AwsComponents,
-    ),
     g(
         ImageDeployer,
         &[
@@ -334,11 +335,6 @@ pub(super) const TABLE: &[Grant] = &[
     ),
     g(
         ImageInstance,
-        &["imagebuilder:GetComponent"],
-        On::AwsComponents,
-    ),
-    g(
-        ImageInstance,
         &["ssm:UpdateInstanceInformation"],
         On::Ec2Instances,
     ),
@@ -406,50 +402,33 @@ pub(super) const TABLE: &[Grant] = &[
             "ec2:CreateTags",
             "ec2:DeleteLaunchTemplate",
             "ec2:DeleteLaunchTemplateVersions",
-            "ec2:GetLaunchTemplateData",
             "ec2:ModifyLaunchTemplate",
         ],
         On::LaunchTemplates,
     ),
+    // RunInstances checks every resource an instance launches with.
+    g(DeployDeployer, &["ec2:RunInstances"], On::RunInstances),
     g(
         DeployDeployer,
-        &["ec2:RunInstances", "ec2:CreateTags"],
+        &["ec2:CreateTags"],
         On::Ec2InRegion("instance"),
     ),
-    g(
-        DeployDeployer,
-        &["ec2:RunInstances"],
-        On::Ec2InRegion("volume"),
-    ),
-    g(
-        DeployDeployer,
-        &["ec2:RunInstances"],
-        On::Ec2InRegion("network-interface"),
-    ),
-    g(DeployDeployer, &["ec2:RunInstances"], On::Ec2Images),
     g(
         DeployDeployer,
         &[
             "ec2:AuthorizeSecurityGroupEgress",
             "ec2:AuthorizeSecurityGroupIngress",
-            "ec2:CreateSecurityGroup",
             "ec2:CreateTags",
             "ec2:DeleteSecurityGroup",
             "ec2:RevokeSecurityGroupEgress",
             "ec2:RevokeSecurityGroupIngress",
-            "ec2:RunInstances",
         ],
         On::Ec2InRegion("security-group"),
     ),
     g(
         DeployDeployer,
-        &["ec2:CreateSecurityGroup", "ec2:RunInstances"],
-        On::VpcOwn,
-    ),
-    g(
-        DeployDeployer,
-        &["ec2:RunInstances"],
-        On::Ec2InRegion("subnet"),
+        &["ec2:CreateSecurityGroup"],
+        On::SecurityGroupCreate,
     ),
     g(
         DeployDeployer,
@@ -472,7 +451,7 @@ pub(super) const TABLE: &[Grant] = &[
             "ec2:ModifySubnetAttribute",
             "ec2:ModifyVpcAttribute",
         ],
-        On::VpcOwn,
+        On::CreatedNetwork,
     ),
     g(
         DeployDeployer,
