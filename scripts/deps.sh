@@ -7,6 +7,7 @@ KILN_DEBIAN_PACKAGES=(git bubblewrap busybox-static util-linux curl mmdebstrap s
 # Pinned: a newer cfn-lint may add checks; bump it with the golden files.
 KILN_CFN_LINT_VERSION=1.51.0
 KILN_PARLIAMENT_VERSION=1.6.4
+KILN_CHECKOV_VERSION=3.3.30
 
 kiln_install_deps() {
     local missing=()
@@ -24,11 +25,12 @@ kiln_install_deps() {
         echo "error: cargo is not installed; install a Rust toolchain (rustup) first" >&2
         return 1
     fi
-    # cfn-lint and parliament check every template and role `kiln synth aws`
+    # cfn-lint, parliament and checkov check every template and role `kiln synth aws`
     # writes (its tests run them).
     local py=()
     command -v cfn-lint >/dev/null 2>&1 || py+=("cfn-lint==$KILN_CFN_LINT_VERSION")
     command -v parliament >/dev/null 2>&1 || py+=("parliament==$KILN_PARLIAMENT_VERSION")
+    command -v checkov >/dev/null 2>&1 || py+=("checkov==$KILN_CHECKOV_VERSION")
     if [ ${#py[@]} -gt 0 ]; then
         echo "installing from PyPI: ${py[*]}" >&2
         python3 -m pip install -q "${py[@]}" 2>/dev/null \
