@@ -2,7 +2,7 @@
 # there. Sourced by the other scripts.
 set -euo pipefail
 
-KILN_DEBIAN_PACKAGES=(git bubblewrap busybox-static util-linux curl mmdebstrap skopeo umoci e2fsprogs qemu-utils zstd python3-pip)
+KILN_DEBIAN_PACKAGES=(git bubblewrap busybox-static util-linux curl mmdebstrap skopeo umoci e2fsprogs qemu-utils zstd python3-venv)
 
 # Pinned: a newer cfn-lint may add checks; bump it with the golden files.
 KILN_CFN_LINT_VERSION=1.51.0
@@ -25,16 +25,20 @@ kiln_install_deps() {
         echo "error: cargo is not installed; install a Rust toolchain (rustup) first" >&2
         return 1
     fi
-    # cfn-lint, parliament and checkov check every template and role `kiln synth aws`
-    # writes (its tests run them).
-    local py=()
-    command -v cfn-lint >/dev/null 2>&1 || py+=("cfn-lint==$KILN_CFN_LINT_VERSION")
-    command -v parliament >/dev/null 2>&1 || py+=("parliament==$KILN_PARLIAMENT_VERSION")
-    command -v checkov >/dev/null 2>&1 || py+=("checkov==$KILN_CHECKOV_VERSION")
-    if [ ${#py[@]} -gt 0 ]; then
-        echo "installing from PyPI: ${py[*]}" >&2
-        python3 -m pip install -q "${py[@]}" 2>/dev/null \
-            || python3 -m pip install -q --break-system-packages "${py[@]}"
+    # cfn-lint, parliament and checkov check every template and role
+    # `kiln synth aws` writes (its tests run them). They live in their own
+    # virtual environment: checkov pins boto3, which would otherwise
+    # downgrade what the system's Python tools (awscli) need.
+    local venv="${KILN_LINT_VENV:-/opt/kiln-lint}" tool
+    if ! command -v cfn-lint >/dev/null 2>&1 || ! command -v parliament >/dev/null 2>&1 \
+        || ! command -v checkov >/dev/null 2>&1; then
+        echo "installing cfn-lint, parliament and checkov from PyPI into $venv" >&2
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q "cfn-lint==$KILN_CFN_LINT_VERSION" \
+            "parliament==$KILN_PARLIAMENT_VERSION" "checkov==$KILN_CHECKOV_VERSION"
+        for tool in cfn-lint parliament checkov; do
+            command -v "$tool" >/dev/null 2>&1 || ln -sf "$venv/bin/$tool" "/usr/local/bin/$tool"
+        done
     fi
     rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
 }
