@@ -2,7 +2,12 @@
 # there. Sourced by the other scripts.
 set -euo pipefail
 
-KILN_DEBIAN_PACKAGES=(git bubblewrap busybox-static util-linux curl mmdebstrap skopeo umoci e2fsprogs qemu-utils zstd)
+KILN_DEBIAN_PACKAGES=(git bubblewrap busybox-static util-linux curl mmdebstrap skopeo umoci e2fsprogs qemu-utils zstd python3-venv)
+
+# Pinned: a newer cfn-lint may add checks; bump it with the golden files.
+KILN_CFN_LINT_VERSION=1.51.0
+KILN_PARLIAMENT_VERSION=1.6.4
+KILN_CHECKOV_VERSION=3.3.30
 
 kiln_install_deps() {
     local missing=()
@@ -19,6 +24,21 @@ kiln_install_deps() {
     if ! command -v cargo >/dev/null 2>&1; then
         echo "error: cargo is not installed; install a Rust toolchain (rustup) first" >&2
         return 1
+    fi
+    # cfn-lint, parliament and checkov check every template and role
+    # `kiln synth aws` writes (its tests run them). They live in their own
+    # virtual environment: checkov pins boto3, which would otherwise
+    # downgrade what the system's Python tools (awscli) need.
+    local venv="${KILN_LINT_VENV:-/opt/kiln-lint}" tool
+    if ! command -v cfn-lint >/dev/null 2>&1 || ! command -v parliament >/dev/null 2>&1 \
+        || ! command -v checkov >/dev/null 2>&1; then
+        echo "installing cfn-lint, parliament and checkov from PyPI into $venv" >&2
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q "cfn-lint==$KILN_CFN_LINT_VERSION" \
+            "parliament==$KILN_PARLIAMENT_VERSION" "checkov==$KILN_CHECKOV_VERSION"
+        for tool in cfn-lint parliament checkov; do
+            command -v "$tool" >/dev/null 2>&1 || ln -sf "$venv/bin/$tool" "/usr/local/bin/$tool"
+        done
     fi
     rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
 }

@@ -14,11 +14,21 @@ use kiln_image::{ImageRecord, Store, Version};
 pub enum ParentRef {
     Busybox,
     Debian(String),
-    Oci { dir: PathBuf, tag: Option<String> },
-    OciArchive { path: PathBuf, tag: Option<String> },
+    Oci {
+        dir: PathBuf,
+        tag: Option<String>,
+    },
+    OciArchive {
+        path: PathBuf,
+        tag: Option<String>,
+    },
     DockerArchive(PathBuf),
     Rootfs(PathBuf),
     Kiln(String),
+    /// A public AMI (`amazon-linux:2023`, `ubuntu:22.04`, `ubuntu:24.04`,
+    /// `windows-server:2022`): valid in a recipe, baked only on the AWS
+    /// target (`kiln synth aws`), where Image Builder starts from it.
+    Ami(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,9 +74,12 @@ impl ParentRef {
             }
             ("rootfs", path) if !path.is_empty() => ParentRef::Rootfs(PathBuf::from(path)),
             ("kiln", image) if !image.is_empty() => ParentRef::Kiln(image.to_string()),
+            ("amazon-linux", "2023")
+            | ("ubuntu", "22.04" | "24.04")
+            | ("windows-server", "2022") => ParentRef::Ami(text.to_string()),
             _ => {
                 return Err(format!(
-                    "{text:?} is not a parent image; use busybox, debian:SUITE, oci:DIR[:TAG], oci-archive:PATH[:TAG], docker-archive:PATH, rootfs:PATH.tar or kiln:NAME/VERSION"
+                    "{text:?} is not a parent image; use busybox, debian:SUITE, oci:DIR[:TAG], oci-archive:PATH[:TAG], docker-archive:PATH, rootfs:PATH.tar or kiln:NAME/VERSION, or for the AWS target amazon-linux:2023, ubuntu:22.04, ubuntu:24.04 or windows-server:2022"
                 ));
             }
         })
@@ -117,6 +130,13 @@ pub fn resolve(
                     source,
                 })
         }
+        ParentRef::Ami(_) => Err(ParentError::Build {
+            parent: text.into(),
+            why: "an AMI parent has no local image: it bakes only on the AWS target \
+                  (`kiln synth aws`, where EC2 Image Builder starts from it); \
+                  use busybox or debian:SUITE to bake here"
+                .into(),
+        }),
         ParentRef::Busybox => busybox(store, progress).map_err(imp),
         ParentRef::Debian(suite) => debian(store, suite, text, progress),
         ParentRef::Rootfs(path) => import::import_rootfs_tar(
@@ -334,8 +354,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_ami_parent_says_it_bakes_only_on_the_aws_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("images")).unwrap();
+        let text = "windows-server:2022";
+        let parent = ParentRef::parse(text).unwrap();
+        let e = resolve(&store, &parent, text, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("parent windows-server:2022: an AMI parent has no local image: it bakes only on the AWS target (`kiln synth aws`"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn parents_use_skopeo_transport_names() {
         assert_eq!(ParentRef::parse("busybox"), Ok(ParentRef::Busybox));
+        assert_eq!(
+            ParentRef::parse("windows-server:2022"),
+            Ok(ParentRef::Ami("windows-server:2022".into()))
+        );
+        assert!(ParentRef::parse("windows-server:2019").is_err());
         assert_eq!(
             ParentRef::parse("debian:bookworm"),
             Ok(ParentRef::Debian("bookworm".into()))

@@ -33,6 +33,9 @@ use kiln_schedule::Schedule;
 use kiln_toe::error::{Collector, Diagnostics};
 use kiln_toe::yaml::{self, Node, Pos};
 
+mod aws;
+pub use aws::{AwsConfig, AwsSource, Network};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ExecutionMode {
@@ -52,6 +55,8 @@ pub struct Config {
     pub deploy: Option<DeployConfig>,
     pub keep_images: usize,
     pub triggers: Triggers,
+    /// What only the AWS target needs (`kiln synth aws`).
+    pub aws: Option<AwsConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -324,6 +329,7 @@ const TOP: &[&str] = &[
     "deploy",
     "retention",
     "triggers",
+    "aws",
 ];
 
 fn from_root(root: &Node, path: &Path, files: bool, c: &mut Collector) -> Option<Config> {
@@ -393,6 +399,7 @@ fn from_root(root: &Node, path: &Path, files: bool, c: &mut Collector) -> Option
         }
     }
     let triggers = triggers(&top, c);
+    let aws = aws::aws(&top, name.as_deref().unwrap_or("pipeline"), c);
     Some(Config {
         name: name?,
         description,
@@ -404,6 +411,7 @@ fn from_root(root: &Node, path: &Path, files: bool, c: &mut Collector) -> Option
         deploy,
         keep_images,
         triggers,
+        aws,
     })
 }
 

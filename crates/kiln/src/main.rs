@@ -29,6 +29,7 @@ mod pipeline_cmd;
 mod secrets_cmd;
 mod serve;
 mod state;
+mod synth;
 mod toe;
 
 use std::process::ExitCode;
@@ -96,6 +97,8 @@ enum Command {
     Executions(pipeline_cmd::ExecutionsArgs),
     /// Remove everything a pipeline made, in one idempotent command.
     Destroy(pipeline_cmd::DestroyArgs),
+    /// Synthesize kiln.yaml for a cloud target: `kiln synth aws`.
+    Synth(synth::SynthArgs),
 }
 
 /// Raises the soft limit on open files to the hard one: the daemon holds a
@@ -132,8 +135,10 @@ fn main() -> ExitCode {
     raise_fd_limit();
     let state = state::StateDir::resolve(cli.state_dir.as_deref());
     // Checking documents needs no state; `kiln toe run` creates it itself.
-    if !matches!(cli.command, Command::Validate(_) | Command::Toe(_))
-        && let Err(e) = state.create()
+    if !matches!(
+        cli.command,
+        Command::Validate(_) | Command::Toe(_) | Command::Synth(_)
+    ) && let Err(e) = state.create()
     {
         eprintln!("error: {e:#}");
         return ExitCode::from(2);
@@ -157,6 +162,7 @@ fn main() -> ExitCode {
         Command::Hooks(args) => pipeline_cmd::hooks(args, &state),
         Command::Executions(args) => pipeline_cmd::executions(args, &state),
         Command::Destroy(args) => pipeline_cmd::destroy(args, &state),
+        Command::Synth(args) => synth::main(args),
     };
     match result {
         Ok(code) => code,
