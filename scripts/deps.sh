@@ -25,20 +25,25 @@ kiln_install_deps() {
         echo "error: cargo is not installed; install a Rust toolchain (rustup) first" >&2
         return 1
     fi
-    # cfn-lint, parliament and checkov check every template and role
-    # `kiln synth aws` writes (its tests run them). They live in their own
-    # virtual environment: checkov pins boto3, which would otherwise
-    # downgrade what the system's Python tools (awscli) need.
-    local venv="${KILN_LINT_VENV:-/opt/kiln-lint}" tool
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
+}
+
+# cfn-lint, parliament and checkov check every template and role `kiln
+# synth aws` writes; only the tests need them, so the demo does not wait
+# for them. They live in their own virtual environment: checkov pins
+# boto3, which would otherwise downgrade what the system's Python tools
+# (awscli) need.
+kiln_install_lint_tools() {
+    local venv="${KILN_LINT_VENV:-/opt/kiln-lint}" tool sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
     if ! command -v cfn-lint >/dev/null 2>&1 || ! command -v parliament >/dev/null 2>&1 \
         || ! command -v checkov >/dev/null 2>&1; then
         echo "installing cfn-lint, parliament and checkov from PyPI into $venv" >&2
-        python3 -m venv "$venv"
-        "$venv/bin/pip" install -q "cfn-lint==$KILN_CFN_LINT_VERSION" \
+        $sudo python3 -m venv "$venv"
+        $sudo "$venv/bin/pip" install -q "cfn-lint==$KILN_CFN_LINT_VERSION" \
             "parliament==$KILN_PARLIAMENT_VERSION" "checkov==$KILN_CHECKOV_VERSION"
         for tool in cfn-lint parliament checkov; do
-            command -v "$tool" >/dev/null 2>&1 || ln -sf "$venv/bin/$tool" "/usr/local/bin/$tool"
+            command -v "$tool" >/dev/null 2>&1 || $sudo ln -sf "$venv/bin/$tool" "/usr/local/bin/$tool"
         done
     fi
-    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
 }
