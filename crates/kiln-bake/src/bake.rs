@@ -340,15 +340,26 @@ fn run_component(
                 .dir()
                 .join("kept")
                 .join(overlay.dir.file_name().unwrap_or_default());
-            let _ = std::fs::create_dir_all(store.dir().join("kept"));
             if let Some(m) = mount {
                 // Moving the directory keeps the mount; it leaves the
                 // temporary area, so the next bake does not clean it up.
                 std::mem::forget(m);
             }
-            let _ = std::fs::rename(&overlay.dir, &kept_dir);
+            let moved = std::fs::create_dir_all(store.dir().join("kept"))
+                .and_then(|()| std::fs::rename(&overlay.dir, &kept_dir));
+            // The error names where the root really is.
+            let kept_root = match moved {
+                Ok(()) => kept_dir,
+                Err(e) => {
+                    tracing::warn!(
+                        from = %overlay.dir.display(), to = %kept_dir.display(), error = %e,
+                        "the failed bake's root stays in the temporary area, which the next bake empties"
+                    );
+                    overlay.dir.clone()
+                }
+            };
             overlay.dir = PathBuf::from("/nonexistent-kiln-kept");
-            Some(kept_dir.join("merged").display().to_string())
+            Some(kept_root.join("merged").display().to_string())
         } else {
             None
         };

@@ -276,6 +276,8 @@ fn debian(
             .into_iter()
             .rev()
             .collect();
+        // Best effort: mmdebstrap's failure is the error to report; the tree is
+        // in the store's temporary area, which the next bake empties.
         let _ = std::fs::remove_dir_all(&tree);
         return Err(build(format!(
             "mmdebstrap {suite} failed ({}):\n{}",

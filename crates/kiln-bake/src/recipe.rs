@@ -300,8 +300,9 @@ fn tests(node: Option<&Node>, field: &str, c: &mut Collector) -> Tests {
                 Some(b) => tests.enabled = b,
                 None => c.push(v.pos, format!("{field}.enabled"), "expected true or false"),
             },
-            Some("timeout") => match v.scalar().and_then(parse_duration) {
-                Some(d) => tests.timeout = d,
+            Some("timeout") => match v.scalar().map(parse_test_timeout) {
+                Some(Ok(d)) => tests.timeout = d,
+                Some(Err(e)) => c.push(v.pos, format!("{field}.timeout"), e),
                 None => c.push(
                     v.pos,
                     format!("{field}.timeout"),
@@ -318,32 +319,17 @@ fn tests(node: Option<&Node>, field: &str, c: &mut Collector) -> Tests {
     tests
 }
 
-/// `90`, `90s`, `10m`, `1h`, `1h30m`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    if let Ok(secs) = t.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+/// Image Builder's longest test timeout, 1440 minutes.
+pub const MAX_TEST_TIMEOUT: Duration = Duration::from_secs(1440 * 60);
+
+/// `tests.timeout`: kiln.yaml's duration grammar, more than zero and at
+/// most [`MAX_TEST_TIMEOUT`].
+pub fn parse_test_timeout(text: &str) -> Result<Duration, String> {
+    match kiln_toe::duration::parse_within(text, MAX_TEST_TIMEOUT) {
+        Ok(d) if d.is_zero() => Err("must be longer than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
     }
-    let mut total = 0u64;
-    let mut number = String::new();
-    for ch in t.chars() {
-        if ch.is_ascii_digit() {
-            number.push(ch);
-            continue;
-        }
-        let n: u64 = number.parse().ok()?;
-        number.clear();
-        total += n * match ch {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            _ => return None,
-        };
-    }
-    number
-        .is_empty()
-        .then_some(Duration::from_secs(total))
-        .filter(|d| !d.is_zero())
 }
 
 fn components(
@@ -408,12 +394,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_take_units() {
-        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
-        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("10x"), None);
-        assert_eq!(parse_duration("m"), None);
+    fn test_timeouts_take_the_kiln_yaml_grammar() {
+        assert_eq!(parse_test_timeout("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_test_timeout("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_test_timeout("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_test_timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_test_timeout("1440m"), Ok(MAX_TEST_TIMEOUT));
+        assert!(parse_test_timeout("10x").is_err());
+        assert!(parse_test_timeout("m").is_err());
+        assert!(parse_test_timeout("0s").is_err());
+    }
+
+    #[test]
+    fn an_absurd_test_timeout_is_refused_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c.yaml"), "x").unwrap();
+        let path = dir.path().join("r.yaml");
+        for (absurd, why) in [
+            ("18446744073709551615", "longer than the 24h allowed"),
+            ("5124095576030431h", "longer than the 24h allowed"),
+            ("1441m", "longer than the 24h allowed"),
+        ] {
+            let text = format!(
+                "name: web\nversion: 1.2.3\nparent: busybox\ncomponents:\n  - path: c.yaml\ntests:\n  timeout: {absurd}\n"
+            );
+            std::fs::write(&path, text).unwrap();
+            let errors = load(&path).unwrap_err().to_string();
+            assert!(errors.contains("r.yaml:7:12: tests.timeout:"), "{errors}");
+            assert!(errors.contains(why), "{errors}");
+        }
     }
 
     #[test]

@@ -56,10 +56,19 @@ impl Overlay {
 
 impl Drop for Overlay {
     fn drop(&mut self) {
-        if self.mount.is_some() {
-            let _ = self.unmount();
+        if self.mount.is_some()
+            && let Err(e) = self.unmount()
+        {
+            // Removing the directory now would remove through the mount;
+            // the next bake's clean-up of the temporary area unmounts it.
+            tracing::warn!(dir = %self.dir.display(), error = %e, "bake root left mounted");
+            return;
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Err(e) = std::fs::remove_dir_all(&self.dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "bake root not removed; the next bake's clean-up removes it");
+        }
     }
 }
 

@@ -251,7 +251,33 @@ impl Fleet {
                     record.start_time = identity.start_time;
                     record.init_pid = identity.init_pid;
                     record.updated = now();
-                    let _ = fleet.db().upsert_instance(&record);
+                    // Bound first: the database guard must not live across
+                    // the await below.
+                    let recorded = fleet.db().upsert_instance(&record);
+                    if let Err(e) = recorded {
+                        // Without its identity on record, no later daemon
+                        // could adopt this instance: it would run unowned.
+                        // It stops now, and the group launches another.
+                        tracing::error!(
+                            instance = %id, group = %group.name, pid = identity.pid, error = %e,
+                            "the launched instance's identity could not be recorded; stopping it"
+                        );
+                        tokio::task::spawn_blocking(move || {
+                            runtime::stop(&live, Duration::from_secs(5))
+                        })
+                        .await
+                        .unwrap_or_else(|e| {
+                            tracing::error!(instance = %id, error = %e, "stopping the instance panicked")
+                        });
+                        fleet.record_state(
+                            &id,
+                            InstanceState::Terminated,
+                            &format!("its identity could not be recorded: {e}"),
+                        );
+                        lock(&fleet.inner.busy).remove(&id);
+                        fleet.inner.wake.notify_one();
+                        return;
+                    }
                     lock(&fleet.inner.live).insert(id.clone(), Arc::new(live));
                     tracing::info!(instance = %id, group = %group.name, version = group.version, "launched");
                     lock(&fleet.inner.busy).remove(&id);
@@ -259,7 +285,7 @@ impl Fleet {
                 }
                 Err(e) => {
                     tracing::error!(instance = %id, "launch failed: {e}");
-                    let _ = fleet.db().set_instance_state(
+                    fleet.record_state(
                         &id,
                         InstanceState::Terminated,
                         &format!("launch failed: {e}"),
@@ -319,12 +345,23 @@ impl Fleet {
         } else {
             "failed its health checks"
         };
-        let _ = self.db().set_instance_state(id, state, reason);
+        self.record_state(id, state, reason);
         if let Some(lb) = self.lb(group) {
             lb.set_in_service(id, healthy);
         }
         tracing::info!(instance = %id, group = %group, "{}", state.as_str());
         self.inner.wake.notify_one();
+    }
+
+    /// Records an instance's state. A failed write is logged with the
+    /// instance and the state it concerns: the next daemon reads the
+    /// state to adopt the instance, and an older state on record is one
+    /// it recovers from (a Draining instance is stopped again, a Pending
+    /// one checked again).
+    pub(crate) fn record_state(&self, id: &str, state: InstanceState, reason: &str) {
+        if let Err(e) = self.db().set_instance_state(id, state, reason) {
+            tracing::error!(instance = %id, state = state.as_str(), error = %e, "the instance's state could not be recorded");
+        }
     }
 
     pub(crate) fn is_live(&self, id: &str) -> Option<Arc<Live>> {
@@ -337,9 +374,7 @@ impl Fleet {
         if !lock(&self.inner.busy).insert(instance.id.clone()) {
             return;
         }
-        let _ = self
-            .db()
-            .set_instance_state(&instance.id, InstanceState::Draining, reason);
+        self.record_state(&instance.id, InstanceState::Draining, reason);
         let fleet = self.clone();
         let instance = instance.clone();
         let reason = reason.to_string();
@@ -355,14 +390,18 @@ impl Fleet {
             let live = lock(&fleet.inner.live).remove(&instance.id);
             lock(&fleet.inner.health).remove(&instance.id);
             let dir = PathBuf::from(&instance.dir);
-            let _ = tokio::task::spawn_blocking(move || match live {
+            let stopped = tokio::task::spawn_blocking(move || match live {
                 Some(live) => runtime::stop(&live, Duration::from_secs(5)),
                 None => runtime::cleanup(&dir),
             })
             .await;
-            let _ = fleet
-                .db()
-                .set_instance_state(&instance.id, InstanceState::Terminated, &reason);
+            if let Err(e) = stopped {
+                // It stays Draining on record: the next daemon stops it again.
+                tracing::error!(instance = %instance.id, error = %e, "stopping the instance panicked");
+                lock(&fleet.inner.busy).remove(&instance.id);
+                return;
+            }
+            fleet.record_state(&instance.id, InstanceState::Terminated, &reason);
             tracing::info!(instance = %instance.id, group = %instance.group, "terminated: {reason}");
             lock(&fleet.inner.busy).remove(&instance.id);
             fleet.inner.wake.notify_one();

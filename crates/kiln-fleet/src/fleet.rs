@@ -176,11 +176,14 @@ impl Fleet {
         for p in kiln_sandbox::instance::processes_with_root_below(&self.inner.instances_dir) {
             if !live_pids.contains(&p.pid) {
                 tracing::warn!(pid = p.pid, "killing an instance process nobody owns");
-                if let Some(pid) = rustix::process::Pid::from_raw(p.init_pid as i32) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
-                if let Some(pid) = rustix::process::Pid::from_raw(p.pid as i32) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                for pid in [p.init_pid, p.pid] {
+                    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32)
+                        && let Err(e) =
+                            rustix::process::kill_process(pid, rustix::process::Signal::KILL)
+                        && e != rustix::io::Errno::SRCH
+                    {
+                        tracing::error!(pid = pid.as_raw_nonzero().get(), error = %e, "an instance process nobody owns could not be killed");
+                    }
                 }
             }
         }

@@ -14,8 +14,13 @@ pub fn check(connector: &Connector, port: u16, path: &str, timeout: Duration) ->
     let Ok(mut stream) = connector.connect(port, timeout) else {
         return false;
     };
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
+    // Only a zero timeout is refused, and without one a check could wait
+    // forever: that check fails.
+    if stream.set_read_timeout(Some(timeout)).is_err()
+        || stream.set_write_timeout(Some(timeout)).is_err()
+    {
+        return false;
+    }
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: kiln-health-check\r\nConnection: close\r\n\r\n"
     );

@@ -228,6 +228,8 @@ impl Store {
             Ok(())
         };
         write().map_err(|e| {
+            // Best effort: the write already failed with its own error; the file
+            // is in the store's temporary area, which clean_temp empties.
             let _ = fs::remove_file(&tmp);
             self.io(format!("write {}", path.display()), e)
         })
@@ -470,6 +472,8 @@ impl Store {
     pub fn put_unpacked_layer(&self, prepared: &Path, diff_id: &str) -> Result<PathBuf> {
         let dir = self.layer_dir(diff_id)?;
         if dir.is_dir() {
+            // The layer is published already; `prepared` is in the store's
+            // temporary area, which clean_temp empties.
             let _ = fs::remove_dir_all(prepared);
             return Ok(dir);
         }

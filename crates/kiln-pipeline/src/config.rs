@@ -229,15 +229,21 @@ impl<'a> Map<'a> {
 
     fn duration(&self, name: &str, c: &mut Collector) -> Option<Duration> {
         let v = self.get(name)?;
-        let d = v.scalar().and_then(parse_duration);
-        if d.is_none() {
-            c.push(
-                v.pos,
-                self.field(name),
-                "expected a duration such as 500ms, 2s, 10m or 1h",
-            );
+        match v.scalar().map(parse_duration) {
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => {
+                c.push(v.pos, self.field(name), e.to_string());
+                None
+            }
+            None => {
+                c.push(
+                    v.pos,
+                    self.field(name),
+                    "expected a duration such as 500ms, 2s, 10m or 1h",
+                );
+                None
+            }
         }
-        d
     }
 
     fn strings(&self, name: &str, c: &mut Collector) -> BTreeMap<String, String> {
@@ -281,34 +287,10 @@ fn join(prefix: &str, name: &str) -> String {
     }
 }
 
-/// `500ms`, `0s`, `2s`, `10m`, `1h30m`, or a number of seconds.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    if let Ok(secs) = t.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let (unit, len) = if rest.starts_with("ms") {
-            (Duration::from_millis(1), 2)
-        } else {
-            match rest.chars().next()? {
-                's' => (Duration::from_secs(1), 1),
-                'm' => (Duration::from_secs(60), 1),
-                'h' => (Duration::from_secs(3600), 1),
-                _ => return None,
-            }
-        };
-        total += unit * u32::try_from(n).ok()?;
-        rest = &rest[len..];
-    }
-    (!t.is_empty()).then_some(total)
+/// `500ms`, `0s`, `2s`, `10m`, `1h30m`, or a number of seconds: the
+/// grammar recipes share, bounded so that no duration overflows a clock.
+pub fn parse_duration(text: &str) -> Result<Duration, kiln_toe::duration::DurationError> {
+    kiln_toe::duration::parse(text)
 }
 
 fn valid_name(s: &str) -> bool {

@@ -14,6 +14,17 @@ pub fn log_path(env: &Env, e: &Execution, stage: &str) -> PathBuf {
         .join(format!("{stage}.log"))
 }
 
+/// Removes a directory kiln can do without (a checkout, a staging copy, a
+/// cut-off build): a failure costs only disk space, so it is logged with
+/// the path and the work goes on.
+pub(crate) fn remove_leftover(path: &std::path::Path) {
+    if let Err(e) = std::fs::remove_dir_all(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "could not remove a leftover directory");
+    }
+}
+
 fn lock(db: &Mutex<Db>) -> std::sync::MutexGuard<'_, Db> {
     db.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -44,9 +55,14 @@ impl Shared {
 pub fn execute(env: &Env, control: &Shared, id: &str) {
     if let Err(e) = try_execute(env, control, id) {
         tracing::error!(execution = id, error = %e, "execution could not run");
-        let _ = control
+        if let Err(e2) = control
             .db()
-            .set_execution(id, ExecutionStatus::Failed, &e.to_string());
+            .set_execution(id, ExecutionStatus::Failed, &e.to_string())
+        {
+            // It stays as it was on record; the next daemon start marks an
+            // execution cut off in progress as failed.
+            tracing::error!(execution = id, error = %e2, "the execution's failure could not be recorded");
+        }
     }
 }
 
@@ -179,12 +195,10 @@ fn try_execute(env: &Env, control: &Shared, id: &str) -> Result<(), crate::db::D
     // Only the latest execution's failure can be retried, as in
     // CodePipeline; the checkouts kept for older ones can go, and so can
     // this one's.
-    let _ = std::fs::remove_dir_all(run.dir.join("source"));
+    remove_leftover(&run.dir.join("source"));
     for older in control.db().executions(Some(&pipeline.name), 1000)? {
         if older.seq < execution.seq && older.status.is_final() {
-            let _ = std::fs::remove_dir_all(
-                env.execution_dir(&pipeline.name, &older.id).join("source"),
-            );
+            remove_leftover(&env.execution_dir(&pipeline.name, &older.id).join("source"));
         }
     }
     retention(env, &run);
@@ -249,26 +263,52 @@ fn only_if_changed(control: &Shared, run: &mut Run) -> Result<Option<String>, St
 /// plus those of every group's current and previous template version.
 fn retention(env: &Env, run: &Run) {
     let Some(config) = &run.config else { return };
-    let store = match kiln_image::Store::open(&env.state.join("images")) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "retention skipped");
-            return;
-        }
-    };
-    let in_use = env.fleet.images_in_use().unwrap_or_default();
-    let Ok(_lock) = store.lock() else { return };
-    match kiln_image::gc::collect(
-        &store,
-        config.keep_images,
-        Some(&config.image.name),
-        &in_use,
-        false,
-    ) {
-        Ok(report) if !report.images.is_empty() => {
-            tracing::info!(pipeline = %run.pipeline.name, removed = ?report.images, "retention removed images");
+    match prune_images(env, &config.image.name, config.keep_images) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(pipeline = %run.pipeline.name, ?removed, "retention removed images");
         }
         Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "retention failed"),
+        Err(e) => tracing::warn!(
+            pipeline = %run.pipeline.name,
+            image = %config.image.name,
+            error = %e,
+            "retention removed nothing"
+        ),
     }
 }
+
+/// Removes the images named `name` beyond the newest `keep`, except those
+/// a group runs or may roll back to, and returns their references. When
+/// the fleet's database cannot say which images are in use, nothing is
+/// removed: an empty answer would mean "none", and a group's rollback
+/// image would go.
+pub(crate) fn prune_images(
+    env: &Env,
+    name: &str,
+    keep: usize,
+) -> Result<Vec<String>, crate::PipelineError> {
+    use crate::PipelineError;
+    let images = env.state.join("images");
+    let store = kiln_image::Store::open(&images)
+        .map_err(|e| PipelineError::Io(format!("{}: {e}", images.display())))?;
+    let _lock = store
+        .lock()
+        .map_err(|e| PipelineError::Io(format!("{}: {e}", images.display())))?;
+    // Read under the store lock, so that what it says still holds while
+    // images are removed.
+    let in_use = env
+        .fleet
+        .images_in_use()
+        .map_err(|source| PipelineError::InUse {
+            image: name.to_string(),
+            source,
+        })?;
+    Ok(
+        kiln_image::gc::collect(&store, keep, Some(name), &in_use, false)
+            .map_err(|e| PipelineError::Io(format!("{}: {e}", images.display())))?
+            .images,
+    )
+}
+
+#[cfg(test)]
+mod tests;

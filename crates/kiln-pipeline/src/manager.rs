@@ -29,6 +29,14 @@ pub enum PipelineError {
     Conflict(String),
     #[error("{0}")]
     Io(String),
+    #[error(
+        "no image of {image} was removed: which images the fleet uses could not be read: {source}"
+    )]
+    InUse {
+        image: String,
+        #[source]
+        source: kiln_fleet::FleetError,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, PipelineError>;
@@ -100,7 +108,9 @@ impl Pipelines {
             loop {
                 // The database and the schedule arithmetic are blocking work.
                 let ticker = me.clone();
-                let _ = tokio::task::spawn_blocking(move || ticker.tick()).await;
+                if let Err(e) = tokio::task::spawn_blocking(move || ticker.tick()).await {
+                    tracing::error!(error = %e, "a pipeline trigger pass panicked");
+                }
                 tokio::select! {
                     _ = me.inner.wake.notified() => {}
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -119,9 +129,11 @@ impl Pipelines {
             for m in kiln_bake::mounts::unmount_below(&store.dir().join("tmp")) {
                 tracing::warn!(mount = %m.display(), "unmounted what an interrupted bake left");
             }
-            let _ = store.clean_temp();
+            if let Err(e) = store.clean_temp() {
+                tracing::warn!(store = %store.dir().display(), error = %e, "what interrupted bakes left stays");
+            }
         }
-        let _ = std::fs::remove_dir_all(self.inner.env.state.join("artifacts/tmp"));
+        crate::engine::remove_leftover(&self.inner.env.state.join("artifacts/tmp"));
         let stale = self
             .db()
             .executions_with_status(ExecutionStatus::InProgress)?;
@@ -144,8 +156,9 @@ impl Pipelines {
                 db.set_stage(&e.id, s, StageStatus::Cancelled, "")?;
             }
             db.set_execution(&e.id, ExecutionStatus::Failed, &why)?;
-            let _ = std::fs::remove_dir_all(
-                self.inner
+            crate::engine::remove_leftover(
+                &self
+                    .inner
                     .env
                     .execution_dir(&e.pipeline, &e.id)
                     .join("build"),
@@ -233,7 +246,12 @@ impl Pipelines {
                 .next_after(now)
                 .map(|t| t.to_string())
                 .unwrap_or_default();
-            let _ = self.db().set_next_schedule(&p.name, &following);
+            if let Err(e) = self.db().set_next_schedule(&p.name, &following) {
+                // The old time stays due: without a new one on record, the
+                // schedule would start an execution on every pass.
+                tracing::error!(pipeline = %p.name, error = %e, "the next scheduled time could not be recorded; the schedule is skipped");
+                return;
+            }
         }
         if due && let Err(e) = self.enqueue(&p.name, Trigger::Schedule, "", false) {
             tracing::error!(pipeline = %p.name, error = %e, "cannot start a scheduled execution");
@@ -346,7 +364,7 @@ impl Pipelines {
         let (config, text, head, branch) = match result {
             Ok(r) => r,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&staging);
+                crate::engine::remove_leftover(&staging);
                 return Err(e);
             }
         };
@@ -373,10 +391,14 @@ impl Pipelines {
         if !mirror.exists()
             && let Some(parent) = mirror.parent()
         {
-            let _ = std::fs::create_dir_all(parent)
-                .and_then(|_| std::fs::rename(staging.join("repo.git"), &mirror));
+            // Without it, the first execution fetches the mirror itself.
+            if let Err(e) = std::fs::create_dir_all(parent)
+                .and_then(|_| std::fs::rename(staging.join("repo.git"), &mirror))
+            {
+                tracing::warn!(mirror = %mirror.display(), error = %e, "the fetched mirror is not kept");
+            }
         }
-        let _ = std::fs::remove_dir_all(&staging);
+        crate::engine::remove_leftover(&staging);
         let existed = self.db().pipeline(&pipeline.name).is_ok();
         self.db().upsert_pipeline(&pipeline)?;
         let execution = if start {
@@ -406,7 +428,7 @@ impl Pipelines {
             let mirror = Mirror::new(staging.join("repo.git"), repository, &branch);
             let head = mirror.fetch()?;
             let checkout = staging.join("checkout");
-            let _ = std::fs::remove_dir_all(&checkout);
+            crate::engine::remove_leftover(&checkout);
             mirror.checkout(&head, &checkout)?;
             let text = std::fs::read_to_string(checkout.join(file)).map_err(|e| {
                 PipelineError::Config(format!("{repository} branch {branch}: {file}: {e}"))
@@ -554,7 +576,14 @@ impl Pipelines {
         report.hooks = files.hooks;
         report.artifacts = files.artifacts;
         report.executions = self.db().delete_pipeline(&p.name)?;
-        let _ = std::fs::remove_dir_all(env.pipeline_dir(&p.name));
+        // A directory left behind would hand its mirror to the next
+        // pipeline of the same name, whatever its repository.
+        let dir = env.pipeline_dir(&p.name);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(PipelineError::Io(format!("{}: {e}", dir.display())));
+        }
         lock(&self.inner.polled).remove(&p.name);
         Ok(())
     }
@@ -564,13 +593,7 @@ impl Pipelines {
         let env = &self.inner.env;
         let mut report = DestroyReport::default();
         if let Some(c) = config {
-            let store = kiln_image::Store::open(&env.state.join("images"))
-                .map_err(|e| PipelineError::Io(e.to_string()))?;
-            let in_use = env.fleet.images_in_use().unwrap_or_default();
-            let _lock = store.lock().map_err(|e| PipelineError::Io(e.to_string()))?;
-            report.images = kiln_image::gc::collect(&store, 0, Some(&c.image.name), &in_use, false)
-                .map_err(|e| PipelineError::Io(e.to_string()))?
-                .images;
+            report.images = crate::engine::prune_images(env, &c.image.name, 0)?;
             let mut params = kiln_params::Params::open(&env.state.join("kiln.db"))
                 .map_err(|e| PipelineError::Io(e.to_string()))?;
             if params.remove(&c.version.parameter).is_ok() {
@@ -584,7 +607,10 @@ impl Pipelines {
         }
         let artifacts = env.artifacts_dir().join(&p.name);
         report.artifacts = artifacts.exists();
-        let _ = std::fs::remove_dir_all(&artifacts);
+        if report.artifacts {
+            std::fs::remove_dir_all(&artifacts)
+                .map_err(|e| PipelineError::Io(format!("{}: {e}", artifacts.display())))?;
+        }
         Ok(report)
     }
 }

@@ -258,6 +258,8 @@ fn log_tail(path: &Path, offset: u64) -> String {
         && f.seek(SeekFrom::Start(offset)).is_ok()
     {
         // Bounded: a crash loop can write a lot before we look.
+        // Only decorates an error that is reported either way; a partial
+        // read shows what it got.
         let _ = f.take(64 * 1024).read_to_end(&mut text);
     }
     let text = String::from_utf8_lossy(&text);
@@ -424,6 +426,8 @@ impl RunningInstance {
         let bwrap_fd = pidfd(pid).ok();
         let Some(start_time) = start_time else {
             // Only possible if /proc is unreadable; nothing to manage then.
+            // The child may have exited already; the reaper waits for it
+            // either way, and its thread holds the receiver until then.
             let _ = child.kill();
             let _ = reaper.give.send(child);
             remove_cgroup(cgroup.as_ref(), id);
@@ -432,6 +436,8 @@ impl RunningInstance {
                 error: std::io::Error::other("no /proc entry for a child not yet reaped"),
             });
         };
+        // The reaper's thread waits on the receiver until it gets this
+        // child, so the send cannot fail.
         let _ = reaper.give.send(child);
 
         let host_netns = procfs::namespace("self", "net");
@@ -439,6 +445,8 @@ impl RunningInstance {
         let mut backoff = Backoff::new(Duration::from_millis(1));
         let fail = |progress: &Progress, error: InstanceError| {
             if let Progress::NoExec(init) | Progress::Ready(init) = progress {
+                // On a start that failed, the error returned is what matters; an
+                // init or bwrap already gone needs no kill.
                 let _ = signal_in(&init.netns, init.pid, Signal::KILL);
             }
             if let Some(fd) = &bwrap_fd {

@@ -222,7 +222,10 @@ mod tests {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
     fn can_mount() -> bool {
-        rustix::process::geteuid().is_root() && probe::overlayfs_listed()
+        probe::require_for_test(
+            "root and overlayfs",
+            rustix::process::geteuid().is_root() && probe::overlayfs_listed(),
+        )
     }
 
     /// Every path below `dir` with its mode and content (or link target).
@@ -254,7 +257,6 @@ mod tests {
     #[test]
     fn writes_go_to_upper_and_lower_stays_identical() {
         if !can_mount() {
-            eprintln!("skipped: needs root and overlayfs");
             return;
         }
         let t = tempfile::tempdir().unwrap();
@@ -297,7 +299,6 @@ mod tests {
     #[test]
     fn first_lower_is_on_top_and_drop_unmounts() {
         if !can_mount() {
-            eprintln!("skipped: needs root and overlayfs");
             return;
         }
         let t = tempfile::tempdir().unwrap();
@@ -344,7 +345,6 @@ mod tests {
     #[test]
     fn renaming_a_lower_directory_falls_back_to_copying() {
         if !can_mount() {
-            eprintln!("skipped: needs root and overlayfs");
             return;
         }
         let t = tempfile::tempdir().unwrap();

@@ -24,11 +24,10 @@ const DAEMON_ENV: &str = "KILN_INSTANCE_TEST_DAEMON";
 
 fn can_run() -> bool {
     let host = kiln_sandbox::probe::probe();
-    let ok = host.root && host.overlayfs && host.bwrap.is_some();
-    if !ok {
-        eprintln!("skipped: needs root, overlayfs and bwrap");
-    }
-    ok
+    kiln_sandbox::probe::require_for_test(
+        "root, overlayfs and bwrap",
+        host.root && host.overlayfs && host.bwrap.is_some(),
+    )
 }
 
 /// A port free on the host, held by a listener for the whole test: the
@@ -502,13 +501,14 @@ fn limits_apply_when_cgroup2_is_writable() {
     assert!(!group.exists());
 }
 
-/// The daemon half of `instances_survive_a_killed_daemon`: starts an
-/// instance, prints its identity, and waits to be killed.
+/// The daemon half of `instances_survive_a_killed_daemon`, which runs it
+/// in a copy of this binary: starts an instance, prints its identity, and
+/// waits to be killed. Ignored, so that it is no test of its own.
 #[test]
+#[ignore = "the daemon half of instances_survive_a_killed_daemon, run by it"]
 fn daemon_child() {
-    let Ok(root) = std::env::var(DAEMON_ENV) else {
-        return;
-    };
+    let root = std::env::var(DAEMON_ENV)
+        .expect("run by instances_survive_a_killed_daemon, which sets the environment");
     let port: u16 = std::env::var("KILN_INSTANCE_TEST_PORT")
         .unwrap()
         .parse()
@@ -541,7 +541,13 @@ fn instances_survive_a_killed_daemon() {
     let port = host_port().local_addr().unwrap().port();
     let (_mount, _upper, merged, logs) = fx.prepare("survivor");
     let mut daemon = Command::new(std::env::current_exe().unwrap())
-        .args(["daemon_child", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "daemon_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(DAEMON_ENV, &merged)
         .env("KILN_INSTANCE_TEST_PORT", port.to_string())
         .env("KILN_INSTANCE_TEST_LOGS", &logs)

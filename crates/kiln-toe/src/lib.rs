@@ -11,6 +11,7 @@ pub mod actions;
 pub mod condition;
 pub mod digest;
 pub mod document;
+pub mod duration;
 pub mod error;
 mod parameters;
 pub mod parse;

@@ -20,6 +20,11 @@ pub const PHASES: &[&str] = &["build", "validate", "test", "container-host-test"
 /// A `for` loop may not take more values than this.
 pub const MAX_LOOP_ITERATIONS: i64 = 100_000;
 
+/// The longest `timeoutSeconds` a step may have. AWSTOE documents no
+/// maximum; a step cannot outlast Image Builder's longest stage, its test
+/// stage's 1440 minutes, and a bound keeps the deadline computable.
+pub const MAX_TIMEOUT_SECONDS: i64 = 24 * 3600;
+
 const LOOP_DELIMITERS: &[char] = &['.', ',', ';', ':', '\n', '\t', ' ', '-', '_'];
 
 /// Reads and validates the document at `path`.
@@ -448,6 +453,16 @@ fn step(item: &Node, name: String, field: &str, c: &mut Collector) -> Option<Ste
         None => Some(DEFAULT_TIMEOUT_SECONDS),
         Some(n) => match integer(n, &format!("{field}.timeoutSeconds"), c) {
             Some(-1) => None,
+            Some(v) if v > MAX_TIMEOUT_SECONDS => {
+                c.push(
+                    n.pos,
+                    format!("{field}.timeoutSeconds"),
+                    format!(
+                        "{v} seconds is longer than the {MAX_TIMEOUT_SECONDS} (24 hours) a step may run, or -1 for none"
+                    ),
+                );
+                None
+            }
             Some(v) if v > 0 => Some(v as u64),
             Some(_) => {
                 c.push(

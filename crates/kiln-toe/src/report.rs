@@ -178,12 +178,15 @@ impl LogDir {
 
     pub fn console(&self, line: &str) {
         if let Ok(mut f) = self.console.lock() {
+            // A log line that cannot be written must not fail the step it
+            // describes; the step's outcome is recorded in the report as well.
             let _ = writeln!(f, "{line}");
         }
     }
 
     pub fn application(&self, line: &str) {
         if let Ok(mut f) = self.application.lock() {
+            // As above: the step's outcome does not depend on its log.
             let _ = writeln!(f, "{} {line}", now());
         }
     }

@@ -454,7 +454,7 @@ impl Run<'_> {
             record.attempts += 1;
             let own = step
                 .timeout_seconds
-                .map(|t| Instant::now() + Duration::from_secs(t));
+                .and_then(|t| Instant::now().checked_add(Duration::from_secs(t)));
             let deadline = match (own, self.opts.deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),

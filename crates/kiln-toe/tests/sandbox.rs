@@ -68,18 +68,26 @@ fn processes_hostname_and_ipc_are_private() {
       - name: Look
         action: ExecuteBash
         inputs:
-          commands: ["echo $(hostname) $(ls /proc | grep -c '^[0-9]')"]
+          commands: ["echo $(hostname) $(ls /proc | grep -c '^[0-9]') $(ls -l /proc/self/ns/ipc)"]
 "#));
     let out = outputs(step(&e, "build", "Look"))[0]["stdout"]
         .as_str()
         .unwrap()
         .to_string();
-    let (host, count) = out.split_once(' ').unwrap();
+    let mut words = out.split(' ');
+    let (host, count) = (words.next().unwrap(), words.next().unwrap());
     assert_eq!(host, "kiln-test");
     assert!(
         count.parse::<u32>().unwrap() < 10,
         "a private pid namespace shows only the step's processes: {count}"
     );
+    // `ls -l` ends with the link's target, `ipc:[INODE]`: another IPC
+    // namespace than this test's, so no shared memory, semaphore or
+    // message queue of the host is reachable.
+    let step_ipc = out.rsplit(' ').next().unwrap();
+    let host_ipc = std::fs::read_link("/proc/self/ns/ipc").unwrap();
+    assert!(step_ipc.starts_with("ipc:["), "{out}");
+    assert_ne!(step_ipc, host_ipc.to_str().unwrap(), "{out}");
 }
 
 /// Every path a file module names resolves inside the root: `..` stops at

@@ -162,6 +162,8 @@ impl Daemon {
             return Ok((Daemon { child: None }, c));
         }
         std::fs::create_dir_all(&state.path)?;
+        // A stale file from a daemon that is not running (checked above);
+        // the new daemon writes its own, and waiting for it below fails loudly.
         let _ = std::fs::remove_file(state.join(crate::serve::DAEMON_FILE));
         let log = std::fs::File::create(state.join("demo-daemon.log"))?;
         // Its own process group: Ctrl-C reaches the demo, which destroys
@@ -209,10 +211,12 @@ impl Daemon {
 
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // The demo is ending; a daemon already gone is what is wanted.
             let _ = rustix::process::kill_process(
                 rustix::process::Pid::from_raw(child.id() as i32).expect("a child pid"),
                 rustix::process::Signal::TERM,
             );
+            // Reaps it; an error means it was reaped already.
             let _ = child.wait();
         }
     }
@@ -258,6 +262,8 @@ impl Load {
     fn finish(mut self) -> (u64, u64) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
+            // The load thread only counts requests; a panic in it loses the
+            // counts, which the demo prints as they are.
             let _ = t.join();
         }
         (

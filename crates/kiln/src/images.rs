@@ -160,6 +160,8 @@ pub fn main(args: ImagesArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
                     } else {
                         export::export_qcow2(&rootfs, &dest)
                     };
+                    // The export's own result is what to report; the rootfs is
+                    // in the store's temporary area, which clean_temp empties.
                     let _ = std::fs::remove_dir_all(&rootfs);
                     result?
                 }

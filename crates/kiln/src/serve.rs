@@ -67,7 +67,13 @@ async fn run(args: ServeArgs, state: &Path) -> anyhow::Result<()> {
     let app = kiln_api::router(fleet.clone(), pipelines, tokens);
     kiln_api::serve(listener, app, kiln_api::LIMITS, shutdown).await;
     fleet.shutdown().await;
-    let _ = std::fs::remove_file(state.join(DAEMON_FILE));
+    if let Err(e) = std::fs::remove_file(state.join(DAEMON_FILE))
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        // A client then finds no daemon answering at the address, and
+        // the next start replaces the file.
+        tracing::warn!(file = %state.join(DAEMON_FILE).display(), error = %e, "the daemon file stays");
+    }
     tracing::info!("kiln daemon stopped; instances keep running for the next start to adopt");
     Ok(())
 }

@@ -77,6 +77,8 @@ pub(super) fn write_layout(
             let gzipped = match gzipped {
                 Ok(gzipped) => gzipped,
                 Err(e) => {
+                    // Best effort: the export already failed with its own error, which
+                    // matters more; a temporary file left is named .tmp-* and is harmless.
                     let _ = fs::remove_file(&tmp);
                     return Err(e);
                 }

@@ -47,6 +47,8 @@ impl Temp {
 impl Drop for Temp {
     fn drop(&mut self) {
         if let Some(path) = self.0.take() {
+            // A drop cannot report; what is left is in the store's temporary
+            // area, which clean_temp empties.
             let _ = match fs::symlink_metadata(&path) {
                 Ok(m) if m.is_dir() => fs::remove_dir_all(&path),
                 Ok(_) => fs::remove_file(&path),
@@ -257,6 +259,8 @@ impl Published<'_> {
 
 impl Drop for Published<'_> {
     fn drop(&mut self) {
+        // A drop cannot report; a blob or layer left is referenced by no
+        // image, and garbage collection removes it.
         for blob in &self.blobs {
             let _ = fs::remove_file(blob);
         }

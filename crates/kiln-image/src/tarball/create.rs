@@ -104,6 +104,8 @@ pub fn create_layer(
                 failure = Some(e);
                 break;
             }
+            // Fails only once the walker has ended (with its own result, which
+            // is reported below); the buffer is then not needed.
             let _ = free_tx.send(buf);
         }
         // Unblocks a walker waiting to hand over or to get a chunk.

@@ -159,12 +159,18 @@ fn the_image_version_belongs_to_the_version_stage() {
 
 #[test]
 fn durations_take_milliseconds_and_zero() {
-    assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-    assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
-    assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-    assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
-    assert_eq!(parse_duration("5 minutes"), None);
-    assert_eq!(parse_duration(""), None);
+    assert_eq!(
+        parse_duration("250ms").ok(),
+        Some(Duration::from_millis(250))
+    );
+    assert_eq!(parse_duration("0s").ok(), Some(Duration::ZERO));
+    assert_eq!(
+        parse_duration("1h30m").ok(),
+        Some(Duration::from_secs(5400))
+    );
+    assert_eq!(parse_duration("90").ok(), Some(Duration::from_secs(90)));
+    assert_eq!(parse_duration("5 minutes").ok(), None);
+    assert_eq!(parse_duration("").ok(), None);
 }
 
 #[test]
@@ -193,4 +199,29 @@ fn deploy_secrets_name_parameters_and_no_variable_is_both() {
             "kiln.yaml:7:12: deploy.secrets: DB_PASSWORD is in environment too: a variable comes from one or the other"
         ]
     );
+}
+
+#[test]
+fn absurd_durations_are_refused_with_their_position() {
+    for (extra, at, field) in [
+        (
+            "deploy:\n  group: g\n  rolling: { batch_timeout: 5124095576030431h }\n",
+            "6:29",
+            "deploy.rolling.batch_timeout",
+        ),
+        (
+            "deploy:\n  group: g\n  health: { interval: 18446744073709551615 }\n",
+            "6:23",
+            "deploy.health.interval",
+        ),
+        ("  tests: { timeout: 25h }\n", "4:21", "image.tests.timeout"),
+    ] {
+        let e = errors(&format!("{MINIMAL}{extra}"));
+        assert!(
+            e.iter()
+                .any(|e| e.contains(&format!("kiln.yaml:{at}: {field}: "))
+                    && e.contains("is longer than")),
+            "{extra}: {e:?}"
+        );
+    }
 }

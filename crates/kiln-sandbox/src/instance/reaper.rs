@@ -54,6 +54,8 @@ impl Reaper {
                     }
                 }
                 if let Some(ns) = &reaped.init {
+                    // The init outliving bwrap is what this kill ends; if it is gone
+                    // already (or its namespace with it) there is nothing left to kill.
                     let _ = signal_in(ns, ns.pid(), Signal::KILL);
                 }
             })
@@ -69,6 +71,7 @@ impl Reaper {
     pub(super) fn watch_init(&self, init: &NetNs) {
         let mut reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
         if reaped.exit.is_some() {
+            // As in the reaper: an init already gone needs no kill.
             let _ = signal_in(init, init.pid(), Signal::KILL);
         } else if let Ok(ns) = init.try_clone() {
             reaped.init = Some(ns);

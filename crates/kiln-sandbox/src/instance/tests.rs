@@ -49,10 +49,14 @@ fn cgroup2_mount() -> Option<PathBuf> {
 #[test]
 fn the_sandbox_joins_its_cgroup_before_it_forks() {
     let host = crate::probe::probe();
-    let Some(mount) = cgroup2_mount().filter(|_| host.root && host.bwrap.is_some()) else {
-        eprintln!("skipped: needs root, bwrap and a writable cgroup v2 mount");
+    let mount = cgroup2_mount().filter(|_| host.root && host.bwrap.is_some());
+    if !crate::probe::require_for_test(
+        "root, bwrap and a writable cgroup v2 mount",
+        mount.is_some(),
+    ) {
         return;
-    };
+    }
+    let Some(mount) = mount else { return };
     let t = tempfile::tempdir().unwrap();
     crate::busybox::assemble(&t.path().join("root")).unwrap();
     let id = format!("i-unit-{}", std::process::id());

@@ -130,6 +130,7 @@ pub fn run_process(
                     return;
                 }
             }
+            // The receiver is gone only when the step has ended already.
             let _ = tx.send(Event::Closed);
         });
     }
@@ -137,6 +138,7 @@ pub fn run_process(
         let tx = tx.clone();
         std::thread::spawn(move || {
             let code = child.wait().ok().and_then(|s| s.code());
+            // The receiver is gone only when the step has ended already.
             let _ = tx.send(Event::Exited(code));
         });
     }
@@ -210,6 +212,7 @@ fn kill(pid: u32) {
     if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
         // The sandbox dies with its bubblewrap parent (--die-with-parent),
         // taking every process of the step with it.
+        // ESRCH: it has exited already, which is what is wanted.
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
 }
