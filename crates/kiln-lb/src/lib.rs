@@ -62,8 +62,11 @@ pub struct Settings {
     /// The longest the connector may take to produce a connection; after
     /// that the request is retried on another backend.
     pub connect_timeout: Duration,
-    /// Header-read timeout (also the keep-alive idle timeout) and the cap
-    /// on client connections.
+    /// How long an instance may take to answer a request (its response
+    /// headers) before the client gets a 504; ALB's idle timeout.
+    pub idle_timeout: Duration,
+    /// Header-read timeout (also the keep-alive idle timeout), the caps on
+    /// client connections and on request headers.
     pub client_limits: Limits,
 }
 
@@ -73,12 +76,10 @@ impl Default for Settings {
             deregistration_delay: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
-            // An ALB's idle timeout is 60 s; headers come much faster than
-            // that from any client that means to send a request.
-            client_limits: Limits {
-                header_read_timeout: Duration::from_secs(30),
-                max_connections: 4096,
-            },
+            idle_timeout: Duration::from_secs(60),
+            // Headers come much faster than the idle timeout from any
+            // client that means to send a request.
+            client_limits: Limits::DEFAULT,
         }
     }
 }

@@ -90,6 +90,15 @@ async fn forward(
     client: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    if let Some(why) = ambiguous_framing(req.headers()) {
+        debug!(%client, why, "refusing a request with ambiguous framing");
+        let mut resp = local_response(StatusCode::BAD_REQUEST, why);
+        // Whatever follows on this connection cannot be trusted to start a
+        // request where the client claims it does.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
     let (mut parts, body) = req.into_parts();
     prepare_request_headers(&mut parts.headers, local, client);
     let uri = origin_form(&parts.uri);
@@ -117,7 +126,10 @@ async fn forward(
         let lease = match table.pick(&failed) {
             Pick::Leased(lease) => lease,
             Pick::NoneInService if last_error.is_none() => {
-                return local_response(StatusCode::SERVICE_UNAVAILABLE, "no backend in service\n");
+                return local_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service unavailable: no instance in service\n",
+                );
             }
             Pick::NoneInService | Pick::Exhausted => break,
         };
@@ -140,12 +152,23 @@ async fn forward(
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri.clone();
         *up.headers_mut() = parts.headers.clone();
-        let mut e = match sender.try_send_request(up).await {
-            Ok(resp) => {
+        let idle_timeout = table.settings.idle_timeout;
+        let answer = tokio::time::timeout(idle_timeout, sender.try_send_request(up)).await;
+        let mut e = match answer {
+            Ok(Ok(resp)) => {
                 table.mark_up(&backend);
                 return relay(resp, lease, sender);
             }
-            Err(e) => e,
+            Ok(Err(e)) => e,
+            Err(_) => {
+                // The request may have been seen: never repeated, as ALB.
+                lease.failed();
+                warn!(backend = %backend.id, ?idle_timeout, "backend did not answer in time");
+                return local_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "gateway timeout: the instance did not answer within the idle timeout\n",
+                );
+            }
         };
         let unsent = e.take_message();
         let sent = unsent.is_none();
@@ -161,7 +184,10 @@ async fn forward(
             // may have seen it (RFC 9110 9.2.2).
             lease.failed();
             warn!(error = %error, "request failed after it was sent");
-            return local_response(StatusCode::BAD_GATEWAY, "bad gateway\n");
+            return local_response(
+                StatusCode::BAD_GATEWAY,
+                "bad gateway: the instance closed the connection or sent a malformed response\n",
+            );
         }
         if sent || !reused {
             lease.failed();
@@ -177,11 +203,44 @@ async fn forward(
         debug!(error = %error, "retrying");
         last_error = Some(error);
     }
-    match last_error {
+    match &last_error {
         Some(e) => warn!(error = %e, "no backend could take the request"),
         None => warn!("no backend could take the request"),
     }
-    local_response(StatusCode::BAD_GATEWAY, "bad gateway\n")
+    if let Some(UpstreamError::ConnectTimeout { .. }) = last_error {
+        return local_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "gateway timeout: no instance accepted a connection in time\n",
+        );
+    }
+    local_response(
+        StatusCode::BAD_GATEWAY,
+        "bad gateway: no instance could be reached or answered properly\n",
+    )
+}
+
+/// Why a request's framing is ambiguous, if it is. hyper already refuses
+/// differing Content-Lengths, obsolete line folding, Transfer-Encoding in
+/// HTTP/1.0 and codings that do not end in chunked; when both
+/// Content-Length and Transfer-Encoding arrive it drops the length and
+/// closes the connection after the response. What it lets through and an
+/// instance might read differently is a list of codings: only a lone
+/// `chunked` is accepted, as ALB in its strictest mode.
+fn ambiguous_framing(headers: &HeaderMap) -> Option<&'static str> {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next() {
+        let lone_chunked = first.as_bytes().eq_ignore_ascii_case(b"chunked");
+        if !lone_chunked || codings.next().is_some() {
+            return Some("bad request: Transfer-Encoding other than chunked\n");
+        }
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Some("bad request: both Content-Length and Transfer-Encoding\n");
+        }
+    }
+    if headers.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Some("bad request: more than one Content-Length\n");
+    }
+    None
 }
 
 fn relay(resp: Response<Incoming>, lease: Lease, sender: Sender) -> Response<ProxyBody> {

@@ -116,13 +116,21 @@ async fn no_backend_in_service_is_503() {
 
     let (resp, body) = get(lb.local_addr(), "/").await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body, "no backend in service\n");
+    assert_eq!(body, "service unavailable: no instance in service\n");
 
     lb.register("v1");
     let report = loadgen::run(lb.local_addr(), opts(2, 10)).await;
     assert_eq!((report.ok, report.failed), (0, 10), "{report:?}");
-    assert_eq!(report.bodies.get("no backend in service"), Some(&10));
-    assert_eq!(report.errors, vec!["HTTP 503: no backend in service"]);
+    assert_eq!(
+        report
+            .bodies
+            .get("service unavailable: no instance in service"),
+        Some(&10)
+    );
+    assert_eq!(
+        report.errors,
+        vec!["HTTP 503: service unavailable: no instance in service"]
+    );
     assert_eq!(v1.hits(), 0);
 }
 

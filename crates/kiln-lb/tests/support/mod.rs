@@ -32,6 +32,8 @@ pub struct TestServer {
     pub id: String,
     pub port: u16,
     pub hits: Arc<AtomicU64>,
+    /// Every request target the backend parsed, in order.
+    pub targets: Arc<Mutex<Vec<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -41,6 +43,8 @@ impl TestServer {
         let port = listener.local_addr().unwrap().port();
         let hits = Arc::new(AtomicU64::new(0));
         let counter = hits.clone();
+        let targets = Arc::new(Mutex::new(Vec::new()));
+        let seen = targets.clone();
         let task = tokio::spawn(async move {
             // Dropping the set (when this task is aborted) aborts every
             // connection at once, like a process that dies.
@@ -49,9 +53,10 @@ impl TestServer {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let counter = counter.clone();
-                let service = service_fn(move |req| {
+                let (counter, seen) = (counter.clone(), seen.clone());
+                let service = service_fn(move |req: Request<Incoming>| {
                     counter.fetch_add(1, Ordering::Relaxed);
+                    seen.lock().unwrap().push(req.uri().to_string());
                     answer(body, req)
                 });
                 connections
@@ -63,8 +68,13 @@ impl TestServer {
             id: id.to_owned(),
             port,
             hits,
+            targets,
             task,
         }
+    }
+
+    pub fn targets(&self) -> Vec<String> {
+        self.targets.lock().unwrap().clone()
     }
 
     pub fn hits(&self) -> u64 {
