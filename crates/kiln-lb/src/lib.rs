@@ -24,6 +24,7 @@ pub mod listen;
 pub mod loadgen;
 mod proxy;
 mod table;
+mod upgrade;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};

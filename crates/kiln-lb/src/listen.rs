@@ -32,9 +32,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
@@ -273,7 +272,9 @@ pub async fn serve<H, F, B>(
         next_id: AtomicU64::new(0),
         open: Mutex::new(HashMap::new()),
     });
-    let graceful = GracefulShutdown::new();
+    // hyper-util's GracefulShutdown does not take connections that may
+    // upgrade, so each connection watches this flag itself.
+    let (stopping, _) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut builder = http1::Builder::new();
     builder
@@ -310,18 +311,33 @@ pub async fn serve<H, F, B>(
                         Ok::<_, Infallible>(resp.map(|inner| Guarded { inner, _busy: busy }))
                     }
                 });
-                let served = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                let served = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
                 let admitted = Admitted { id, registry: registry.clone() };
+                let mut stop_seen = stopping.subscribe();
                 connections.spawn(async move {
                     let _admitted = admitted;
-                    tokio::select! {
-                        result = served => {
-                            if let Err(e) = result {
-                                debug!(%client, error = %e, "client connection ended");
+                    tokio::pin!(served);
+                    let mut finishing = false;
+                    loop {
+                        let stop = async {
+                            let _ = stop_seen.wait_for(|stop| *stop).await.is_ok();
+                        };
+                        tokio::select! {
+                            result = &mut served => {
+                                if let Err(e) = result {
+                                    debug!(%client, error = %e, "client connection ended");
+                                }
+                                break;
                             }
-                        }
-                        () = conn.close.notified() => {
-                            debug!(%client, "closed an idle connection to make room for a new one");
+                            () = conn.close.notified() => {
+                                debug!(%client, "closed an idle connection to make room for a new one");
+                                break;
+                            }
+                            () = stop, if !finishing => {
+                                // Finishes the request in progress, then closes.
+                                served.as_mut().graceful_shutdown();
+                                finishing = true;
+                            }
                         }
                     }
                 });
@@ -331,10 +347,9 @@ pub async fn serve<H, F, B>(
         }
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    stopping.send_replace(true);
+    let finished = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, finished).await.is_err() {
         warn!(%local, ?grace, "connections still open after the grace period; closing them");
     }
     connections.shutdown().await;

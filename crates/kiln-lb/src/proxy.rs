@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 use crate::body::{ProxyBody, TrackedBody, UpBody};
 use crate::error::UpstreamError;
 use crate::table::{Backend, Lease, Pick, Sender, Table};
+use crate::upgrade;
 
 /// Request bodies up to this size are buffered so that the request can be
 /// sent again to another backend; larger ones are streamed, and can only be
@@ -25,7 +26,7 @@ const MAX_BUFFERED_BODY: u64 = 1 << 20;
 /// Attempts per request. Each attempt after a failure goes to a backend
 /// that has not failed this request yet, so this also bounds how long a
 /// client waits when several backends die at once.
-const MAX_ATTEMPTS: usize = 3;
+pub(crate) const MAX_ATTEMPTS: usize = 3;
 
 /// How long a pooled connection may take to signal it is ready. One handed
 /// back the moment its response ended may not have been marked idle by its
@@ -98,6 +99,9 @@ async fn forward(
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return resp;
+    }
+    if upgrade::requested(&req) {
+        return upgrade::forward(table, local, client, req).await;
     }
     let (mut parts, body) = req.into_parts();
     prepare_request_headers(&mut parts.headers, local, client);
@@ -243,7 +247,7 @@ fn ambiguous_framing(headers: &HeaderMap) -> Option<&'static str> {
     None
 }
 
-fn relay(resp: Response<Incoming>, lease: Lease, sender: Sender) -> Response<ProxyBody> {
+pub(crate) fn relay(resp: Response<Incoming>, lease: Lease, sender: Sender) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.append(header::VIA, VIA_KILN);
@@ -255,7 +259,10 @@ fn relay(resp: Response<Incoming>, lease: Lease, sender: Sender) -> Response<Pro
 
 /// A pooled connection if one is alive, otherwise a new one from the
 /// connector. The flag says whether the connection was pooled.
-async fn acquire(table: &Table, backend: &Backend) -> Result<(Sender, bool), UpstreamError> {
+pub(crate) async fn acquire(
+    table: &Table,
+    backend: &Backend,
+) -> Result<(Sender, bool), UpstreamError> {
     while let Some(mut sender) = backend.take_idle() {
         if sender.is_closed() {
             continue;
@@ -290,7 +297,7 @@ async fn acquire(table: &Table, backend: &Backend) -> Result<(Sender, bool), Ups
             })?;
         let id = backend.id.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = conn.with_upgrades().await {
                 debug!(backend = %id, error = %e, "upstream connection ended");
             }
         });
@@ -305,13 +312,18 @@ async fn acquire(table: &Table, backend: &Backend) -> Result<(Sender, bool), Ups
     }
 }
 
-fn prepare_request_headers(headers: &mut HeaderMap, local: SocketAddr, client: SocketAddr) {
+pub(crate) fn prepare_request_headers(
+    headers: &mut HeaderMap,
+    local: SocketAddr,
+    client: SocketAddr,
+) {
     strip_hop_by_hop(headers);
     // The balancer has already read the body (or streams it right away), so
     // the backend must not wait for a 100 Continue that nobody relays.
     headers.remove(header::EXPECT);
-    // Upgrades (WebSocket) are not relayed: the upstream connection is
-    // pooled per request.
+    // Upgrades are relayed only by `upgrade::forward`, which puts the
+    // header back; elsewhere an instance must not switch protocols on a
+    // pooled connection.
     headers.remove(header::UPGRADE);
 
     let client_ip = client.ip().to_string();
@@ -355,7 +367,7 @@ fn join_values(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
 
 /// The request target as sent to a backend: path and query only, since the
 /// backend is reached directly, not as a proxy.
-fn origin_form(uri: &Uri) -> Uri {
+pub(crate) fn origin_form(uri: &Uri) -> Uri {
     if uri.scheme().is_none() && uri.authority().is_none() {
         return uri.clone();
     }
@@ -363,7 +375,7 @@ fn origin_form(uri: &Uri) -> Uri {
     path.parse().unwrap_or_else(|_| Uri::from_static("/"))
 }
 
-fn local_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+pub(crate) fn local_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::local(text));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::SendRequest;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::body::UpBody;
 use crate::{BackendStats, Connector, Settings};
@@ -50,6 +50,9 @@ pub(crate) struct Backend {
     /// Oldest first, each with the moment it became idle.
     idle: Mutex<Vec<(Sender, Instant)>>,
     quiet: Notify,
+    /// Set once the backend is removed: upgraded connections (WebSocket)
+    /// to it close then, as ALB closes them when the deregistration delay ends.
+    closing: watch::Sender<bool>,
 }
 
 impl Backend {
@@ -67,6 +70,7 @@ impl Backend {
             latencies: Mutex::new(LatencyWindow::default()),
             idle: Mutex::new(Vec::new()),
             quiet: Notify::new(),
+            closing: watch::Sender::new(false),
         }
     }
 
@@ -115,6 +119,15 @@ impl Backend {
         if !self.keeps_connections() {
             self.close_idle();
         }
+    }
+
+    /// Resolves to true once the backend has been removed.
+    pub(crate) fn removal(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    fn close_tunnels(&self) {
+        self.closing.send_replace(true);
     }
 
     pub(crate) fn close_idle(&self) {
@@ -223,6 +236,7 @@ impl Table {
             let old = backends.remove(pos);
             old.removed.store(true, Ordering::Release);
             old.close_idle();
+            old.close_tunnels();
         }
         backends.push(Arc::new(Backend::new(id)));
     }
@@ -258,6 +272,7 @@ impl Table {
         drop(backends);
         backend.removed.store(true, Ordering::Release);
         backend.close_idle();
+        backend.close_tunnels();
     }
 
     pub(crate) fn deregister(&self, id: &str) -> bool {
@@ -269,6 +284,7 @@ impl Table {
         drop(backends);
         backend.removed.store(true, Ordering::Release);
         backend.close_idle();
+        backend.close_tunnels();
         true
     }
 

@@ -137,6 +137,11 @@ impl Ports {
             .insert(server.id.clone(), server.port);
     }
 
+    /// Maps `id` to any loopback port.
+    pub fn insert(&self, id: &str, port: u16) {
+        self.ports.lock().unwrap().insert(id.to_owned(), port);
+    }
+
     pub fn attempts(&self, id: &str) -> u64 {
         self.attempts.lock().unwrap().get(id).copied().unwrap_or(0)
     }
