@@ -50,6 +50,33 @@ pub trait Connector: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send + '_>>;
 }
 
+/// How a group's balancer chooses an instance for a request, as ALB's
+/// target group attributes choose it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// The instance with the fewest requests in flight; ties round robin.
+    /// Slow start does not apply, as with ALB.
+    #[default]
+    LeastOutstandingRequests,
+    RoundRobin,
+    /// Random, in proportion to each instance's weight (all equal, except
+    /// while slow start ramps a new one up).
+    WeightedRandom,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Routing {
+    pub algorithm: Algorithm,
+    /// With a duration, a client is kept on the instance that answered it
+    /// by an `AWSALB` cookie that lasts that long, until the instance
+    /// drains or leaves service.
+    pub stickiness: Option<Duration>,
+    /// A new instance's share rises linearly from a tenth to a full one over
+    /// this long after it enters service (round robin and weighted random).
+    pub slow_start: Duration,
+}
+
 /// Timing of drains and connections, and what clients may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
@@ -69,6 +96,7 @@ pub struct Settings {
     /// Header-read timeout (also the keep-alive idle timeout), the caps on
     /// client connections and on request headers.
     pub client_limits: Limits,
+    pub routing: Routing,
 }
 
 impl Default for Settings {
@@ -81,6 +109,7 @@ impl Default for Settings {
             // Headers come much faster than the idle timeout from any
             // client that means to send a request.
             client_limits: Limits::DEFAULT,
+            routing: Routing::default(),
         }
     }
 }

@@ -2,8 +2,9 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -48,6 +49,10 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+/// ALB's request id header; a client's own value is kept, as ALB keeps it.
+const X_AMZN_TRACE_ID: HeaderName = HeaderName::from_static("x-amzn-trace-id");
 const VIA_KILN: HeaderValue = HeaderValue::from_static("1.1 kiln");
 
 pub(crate) async fn handle(
@@ -117,6 +122,11 @@ async fn forward(
         _ => Payload::Streaming(Some(body)),
     };
 
+    let sticky = table
+        .settings
+        .routing
+        .stickiness
+        .and_then(|_| sticky_backend(&parts.headers));
     let mut failed: Vec<Arc<Backend>> = Vec::new();
     let mut last_error = None;
     // Failures on pooled connections do not use up attempts: a backend that
@@ -127,7 +137,7 @@ async fn forward(
         if failed.len() >= MAX_ATTEMPTS {
             break;
         }
-        let lease = match table.pick(&failed) {
+        let lease = match table.pick(&failed, sticky.as_deref()) {
             Pick::Leased(lease) => lease,
             Pick::NoneInService if last_error.is_none() => {
                 return local_response(
@@ -161,7 +171,11 @@ async fn forward(
         let mut e = match answer {
             Ok(Ok(resp)) => {
                 table.mark_up(&backend);
-                return relay(resp, lease, sender);
+                let mut resp = relay(resp, lease, sender);
+                if let Some(duration) = table.settings.routing.stickiness {
+                    set_sticky_cookie(&mut resp, &backend.id, duration);
+                }
+                return resp;
             }
             Ok(Err(e)) => e,
             Err(_) => {
@@ -334,6 +348,14 @@ pub(crate) fn prepare_request_headers(
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR, value);
     }
+    // The balancer listens on plain HTTP: whatever a client claims is replaced.
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PORT, HeaderValue::from(local.port()));
+    if !headers.contains_key(&X_AMZN_TRACE_ID) {
+        if let Ok(value) = HeaderValue::from_str(&trace_id()) {
+            headers.insert(X_AMZN_TRACE_ID, value);
+        }
+    }
     headers.append(header::VIA, VIA_KILN);
     if !headers.contains_key(header::HOST) {
         // HTTP/1.0 clients may omit Host, but the upstream request is 1.1.
@@ -341,6 +363,50 @@ pub(crate) fn prepare_request_headers(
             headers.insert(header::HOST, value);
         }
     }
+}
+
+/// The load balancer's stickiness cookie, named as ALB names it.
+const STICKY_COOKIE: &str = "AWSALB";
+
+/// The backend id a client's stickiness cookie names (hex, so that any id
+/// fits in a cookie).
+fn sticky_backend(headers: &HeaderMap) -> Option<String> {
+    let value = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(STICKY_COOKIE)?.strip_prefix('='))?;
+    let bytes = (0..value.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(value.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+fn set_sticky_cookie(resp: &mut Response<ProxyBody>, backend: &str, duration: Duration) {
+    let hex: String = backend.bytes().map(|b| format!("{b:02x}")).collect();
+    let cookie = format!(
+        "{STICKY_COOKIE}={hex}; Max-Age={}; Path=/",
+        duration.as_secs().max(1)
+    );
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+/// A request id in ALB's format, `Root=1-<epoch seconds, 8 hex>-<24 hex>`:
+/// unique within the process by a counter, across restarts by the moment
+/// the process made its first one.
+fn trace_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static SALT: OnceLock<u32> = OnceLock::new();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let salt = *SALT.get_or_init(|| now.subsec_nanos() ^ std::process::id().rotate_left(16));
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("Root=1-{:08x}-{salt:08x}{n:016x}", now.as_secs() as u32)
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -418,6 +484,24 @@ mod tests {
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 127.0.0.2");
         assert_eq!(h[header::VIA], "1.1 kiln");
         assert_eq!(h[header::HOST], "127.0.0.1:80");
+        assert_eq!(
+            (
+                h[&X_FORWARDED_PROTO].as_bytes(),
+                h[&X_FORWARDED_PORT].as_bytes()
+            ),
+            (&b"http"[..], &b"80"[..])
+        );
+        let id = h[&X_AMZN_TRACE_ID].to_str().unwrap().to_owned();
+        assert!(
+            id.starts_with("Root=1-") && id.len() == 7 + 8 + 1 + 24,
+            "{id}"
+        );
+        // Each request gets its own; a client's is kept.
+        prepare_request_headers(&mut h, local, client);
+        assert_eq!(h[&X_AMZN_TRACE_ID], id.as_str());
+        let mut fresh = HeaderMap::new();
+        prepare_request_headers(&mut fresh, local, client);
+        assert_ne!(fresh[&X_AMZN_TRACE_ID], id.as_str());
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub(crate) async fn forward(
 
     let mut failed: Vec<Arc<Backend>> = Vec::new();
     while failed.len() < MAX_ATTEMPTS {
-        let lease = match table.pick(&failed) {
+        let lease = match table.pick(&failed, None) {
             Pick::Leased(lease) => lease,
             Pick::NoneInService if failed.is_empty() => {
                 return local_response(

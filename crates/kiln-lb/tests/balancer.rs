@@ -284,13 +284,17 @@ async fn forwarding_headers_are_added_and_hop_by_hop_ones_stripped() {
         .header("x-forwarded-for", "10.1.1.1")
         .header("connection", "keep-alive, x-hop")
         .header("x-hop", "secret")
+        .header("x-forwarded-proto", "https")
         .body(Full::new(Bytes::new()))
         .unwrap();
     let (resp, body) = send(lb.local_addr(), req).await;
 
+    let port = lb.local_addr().port();
     assert_eq!(
         body,
-        "xff=10.1.1.1, 127.0.0.1 via=1.1 kiln hop=- host=app.example"
+        format!(
+            "xff=10.1.1.1, 127.0.0.1 via=1.1 kiln hop=- host=app.example proto=http port={port} trace=40"
+        )
     );
     assert_eq!(resp.headers()["via"], "1.1 kiln");
 }

@@ -39,6 +39,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(id: &str, body: &'static str) -> TestServer {
+        TestServer::start_delayed(id, body, Duration::ZERO).await
+    }
+
+    /// Like `start`, but every answer takes at least `delay`.
+    pub async fn start_delayed(id: &str, body: &'static str, delay: Duration) -> TestServer {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let hits = Arc::new(AtomicU64::new(0));
@@ -57,7 +62,7 @@ impl TestServer {
                 let service = service_fn(move |req: Request<Incoming>| {
                     counter.fetch_add(1, Ordering::Relaxed);
                     seen.lock().unwrap().push(req.uri().to_string());
-                    answer(body, req)
+                    answer(body, delay, req)
                 });
                 connections
                     .spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
@@ -90,8 +95,12 @@ impl TestServer {
 
 async fn answer(
     body: &'static str,
+    delay: Duration,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let text = match (req.method().as_str(), req.uri().path()) {
         ("POST", _) => {
             let received = req.into_body().collect().await.map(|c| c.to_bytes().len());
@@ -110,11 +119,14 @@ async fn answer(
                     .to_owned()
             };
             format!(
-                "xff={} via={} hop={} host={}",
+                "xff={} via={} hop={} host={} proto={} port={} trace={}",
                 get("x-forwarded-for"),
                 get("via"),
                 get("x-hop"),
-                get("host")
+                get("host"),
+                get("x-forwarded-proto"),
+                get("x-forwarded-port"),
+                get("x-amzn-trace-id").len(),
             )
         }
         _ => body.to_owned(),
