@@ -39,6 +39,7 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 
 pub use listen::Limits;
+pub use proxy::ACCESS_LOG;
 use table::Table;
 
 /// Opens a connection to a backend; implemented by the fleet (it connects

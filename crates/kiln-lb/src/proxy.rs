@@ -55,13 +55,49 @@ const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port")
 const X_AMZN_TRACE_ID: HeaderName = HeaderName::from_static("x-amzn-trace-id");
 const VIA_KILN: HeaderValue = HeaderValue::from_static("1.1 kiln");
 
+/// The tracing target of the access log: one line per request at info
+/// level (`KILN_LOG=warn,kiln_lb::access=info`), off by default.
+pub const ACCESS_LOG: &str = "kiln_lb::access";
+
+/// Which backend answered, for the access log.
+#[derive(Clone)]
+pub(crate) struct ServedBy(pub(crate) Arc<Backend>);
+
 pub(crate) async fn handle(
     table: Arc<Table>,
     local: SocketAddr,
     client: SocketAddr,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(forward(&table, local, client, req).await)
+    if !tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO) {
+        return Ok(forward(&table, local, client, req).await);
+    }
+    let started = std::time::Instant::now();
+    // Made here rather than in `prepare_request_headers` so that the log
+    // line carries the id the instance saw.
+    if !req.headers().contains_key(&X_AMZN_TRACE_ID) {
+        if let Ok(value) = HeaderValue::from_str(&trace_id()) {
+            req.headers_mut().insert(X_AMZN_TRACE_ID, value);
+        }
+    }
+    let trace = join_values(req.headers(), &X_AMZN_TRACE_ID).unwrap_or_default();
+    let forwarded_for = join_values(req.headers(), &X_FORWARDED_FOR).unwrap_or_default();
+    let method = req.method().clone();
+    let target = req.uri().to_string();
+    let mut resp = forward(&table, local, client, req).await;
+    let backend = resp.extensions_mut().remove::<ServedBy>();
+    tracing::info!(
+        target: ACCESS_LOG,
+        %client,
+        forwarded_for,
+        %method,
+        target,
+        status = resp.status().as_u16(),
+        backend = backend.as_ref().map_or("-", |b| b.0.id.as_str()),
+        trace_id = trace,
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+    );
+    Ok(resp)
 }
 
 /// The request body, kept so that a failed attempt can be repeated.
@@ -265,6 +301,7 @@ pub(crate) fn relay(resp: Response<Incoming>, lease: Lease, sender: Sender) -> R
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.append(header::VIA, VIA_KILN);
+    parts.extensions.insert(ServedBy(lease.backend.clone()));
     Response::from_parts(
         parts,
         ProxyBody::Stream(TrackedBody::new(body, lease, sender)),

@@ -110,8 +110,10 @@ pub(crate) async fn forward(
         // From here on the connection is no request in flight: a drain does
         // not wait for it, and it closes when the backend is removed.
         drop(lease);
-        tokio::spawn(splice(client_side, instance_side, backend, client));
+        tokio::spawn(splice(client_side, instance_side, backend.clone(), client));
         let (mut head, _) = resp.into_parts();
+        head.extensions
+            .insert(crate::proxy::ServedBy(backend.clone()));
         head.headers
             .append(header::VIA, HeaderValue::from_static("1.1 kiln"));
         return Response::from_parts(head, ProxyBody::full(Bytes::new()));
