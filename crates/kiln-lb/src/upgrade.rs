@@ -2,10 +2,15 @@
 //! instance answers 101, the client's and the instance's connections are
 //! spliced and bytes flow both ways until either side closes or the
 //! instance is deregistered, which closes them as ALB does when the
-//! deregistration delay ends.
+//! deregistration delay ends. As ALB's, an upgraded connection on which
+//! neither side sends anything for the idle timeout is closed.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -13,6 +18,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::{debug, warn};
 
 use crate::body::{ProxyBody, UpBody};
@@ -110,7 +116,13 @@ pub(crate) async fn forward(
         // From here on the connection is no request in flight: a drain does
         // not wait for it, and it closes when the backend is removed.
         drop(lease);
-        tokio::spawn(splice(client_side, instance_side, backend.clone(), client));
+        tokio::spawn(splice(
+            client_side,
+            instance_side,
+            backend.clone(),
+            client,
+            table.settings.idle_timeout,
+        ));
         let (mut head, _) = resp.into_parts();
         head.extensions
             .insert(crate::proxy::ServedBy(backend.clone()));
@@ -129,6 +141,7 @@ async fn splice(
     instance_side: OnUpgrade,
     backend: Arc<Backend>,
     client: SocketAddr,
+    idle_timeout: Duration,
 ) {
     let mut removal = backend.removal();
     let (client_io, instance_io) = match tokio::try_join!(client_side, instance_side) {
@@ -138,12 +151,28 @@ async fn splice(
             return;
         }
     };
-    let (mut client_io, mut instance_io) = (TokioIo::new(client_io), TokioIo::new(instance_io));
+    let last_read = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut client_io = Watched::new(TokioIo::new(client_io), &last_read, started);
+    let mut instance_io = Watched::new(TokioIo::new(instance_io), &last_read, started);
     let removed = async move {
         // The guard `wait_for` returns is not Send; drop it at once.
         let _ = removal.wait_for(|removed| *removed).await.is_ok();
     };
+    let idle = async {
+        let mut tick = tokio::time::interval(idle_timeout / 4);
+        loop {
+            tick.tick().await;
+            let quiet_since = Duration::from_micros(last_read.load(Ordering::Relaxed));
+            if started.elapsed().saturating_sub(quiet_since) >= idle_timeout {
+                return;
+            }
+        }
+    };
     tokio::select! {
+        () = idle => {
+            debug!(%client, backend = %backend.id, ?idle_timeout, "closing an idle upgraded connection");
+        }
         copied = tokio::io::copy_bidirectional(&mut client_io, &mut instance_io) => {
             if let Err(e) = copied {
                 debug!(%client, backend = %backend.id, error = %e, "upgraded connection ended");
@@ -152,5 +181,58 @@ async fn splice(
         () = removed => {
             debug!(%client, backend = %backend.id, "closing an upgraded connection: its instance was deregistered");
         }
+    }
+}
+
+/// One side of an upgraded connection, noting when it last delivered bytes
+/// (microseconds since `started`) in a stamp both sides share.
+struct Watched<T> {
+    io: T,
+    last_read: Arc<AtomicU64>,
+    started: Instant,
+}
+
+impl<T> Watched<T> {
+    fn new(io: T, last_read: &Arc<AtomicU64>, started: Instant) -> Self {
+        Watched {
+            io,
+            last_read: last_read.clone(),
+            started,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let now = u64::try_from(this.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            this.last_read.store(now, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }

@@ -202,3 +202,30 @@ async fn a_drain_keeps_websockets_until_the_deregistration_delay_ends() {
         assert_eq!(echo(ws, "new").await, "new");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_websocket_closes_after_the_idle_timeout_and_a_busy_one_stays() {
+    let v1 = echo_app("v1").await;
+    let idle = Duration::from_millis(400);
+    let settings = Settings {
+        idle_timeout: idle,
+        ..Settings::default()
+    };
+    let lb = balancer(&[("v1", v1)], settings).await;
+    lb.register("v1");
+    lb.set_in_service("v1", true);
+    let (mut silent, _) = open(lb.local_addr()).await;
+    let (mut busy, _) = open(lb.local_addr()).await;
+    let started = Instant::now();
+    // The busy one talks every 100 ms for three idle timeouts.
+    while started.elapsed() < idle * 3 {
+        assert_eq!(echo(&mut busy, "ping").await, "ping");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut buf = [0u8; 8];
+    let read = tokio::time::timeout(Duration::from_millis(10), silent.read(&mut buf))
+        .await
+        .expect("the silent connection was closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert_eq!(echo(&mut busy, "still").await, "still");
+}
