@@ -39,6 +39,7 @@ pub struct AppState {
 pub const LIMITS: Limits = Limits {
     header_read_timeout: Duration::from_secs(10),
     max_connections: 256,
+    ..Limits::DEFAULT
 };
 
 /// How long requests in flight may take to finish once the daemon stops.

@@ -205,6 +205,7 @@ impl Fleet {
         }
         let settings = Settings {
             deregistration_delay: Duration::from_millis(group.spec.deregistration_delay_ms),
+            routing: group.spec.routing.to_lb(),
             ..Settings::default()
         };
         let connector = Arc::new(crate::connect::FleetConnector {

@@ -133,6 +133,31 @@ pub struct GroupSpec {
     pub health: HealthCheck,
     pub rolling: RollingPolicy,
     pub deregistration_delay_ms: u64,
+    /// How the group's load balancer chooses an instance.
+    pub routing: RoutingSpec,
+}
+
+pub use kiln_lb::{Algorithm, Routing};
+
+/// ALB's target group routing attributes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingSpec {
+    pub algorithm: Algorithm,
+    /// Stickiness by load-balancer cookie, lasting this long; none if unset.
+    pub stickiness_ms: Option<u64>,
+    /// Slow start for instances entering service; 0 for none.
+    pub slow_start_ms: u64,
+}
+
+impl RoutingSpec {
+    pub fn to_lb(&self) -> Routing {
+        Routing {
+            algorithm: self.algorithm,
+            stickiness: self.stickiness_ms.map(std::time::Duration::from_millis),
+            slow_start: std::time::Duration::from_millis(self.slow_start_ms),
+        }
+    }
 }
 
 impl Default for GroupSpec {
@@ -146,6 +171,7 @@ impl Default for GroupSpec {
             health: HealthCheck::default(),
             rolling: RollingPolicy::default(),
             deregistration_delay_ms: 500,
+            routing: RoutingSpec::default(),
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! `cargo bench -p kiln-lb`; `KILN_BENCH_CONCURRENCY` (default 16),
 //! `KILN_BENCH_REQUESTS` (default 50000) and `KILN_BENCH_SECONDS` (default 5)
-//! change the bounds of each run.
+//! change the bounds of each run; `KILN_BENCH_KEEP_ALIVE=0` opens a
+//! connection per request.
 //!
 //! The backend, the balancer and the load generator each get a runtime with
 //! one worker thread, and nginx one worker process, so that the two proxies
@@ -41,7 +42,7 @@ fn main() {
         max_requests,
         max_duration: Duration::from_secs(seconds),
         path: "/".to_owned(),
-        keep_alive: true,
+        keep_alive: env_number("KILN_BENCH_KEEP_ALIVE", 1) != 0,
         ..LoadOptions::default()
     };
 
@@ -61,8 +62,13 @@ fn main() {
     lb.set_in_service("backend", true);
 
     println!(
-        "{} cores; concurrency {concurrency}, keep-alive, at most {max_requests} requests or {seconds} s per target",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "{} cores; concurrency {concurrency}, {}, at most {max_requests} requests or {seconds} s per target",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if opts.keep_alive {
+            "keep-alive"
+        } else {
+            "a connection per request"
+        }
     );
     println!(
         "{:<10} {:>10} {:>8} {:>8} {:>8} {:>8}",

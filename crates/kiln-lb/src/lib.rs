@@ -24,6 +24,7 @@ pub mod listen;
 pub mod loadgen;
 mod proxy;
 mod table;
+mod upgrade;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -38,6 +39,7 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 
 pub use listen::Limits;
+pub use proxy::ACCESS_LOG;
 use table::Table;
 
 /// Opens a connection to a backend; implemented by the fleet (it connects
@@ -47,6 +49,33 @@ pub trait Connector: Send + Sync + 'static {
         &self,
         backend: &str,
     ) -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send + '_>>;
+}
+
+/// How a group's balancer chooses an instance for a request, as ALB's
+/// target group attributes choose it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// The instance with the fewest requests in flight; ties round robin.
+    /// Slow start does not apply, as with ALB.
+    #[default]
+    LeastOutstandingRequests,
+    RoundRobin,
+    /// Random, in proportion to each instance's weight (all equal, except
+    /// while slow start ramps a new one up).
+    WeightedRandom,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Routing {
+    pub algorithm: Algorithm,
+    /// With a duration, a client is kept on the instance that answered it
+    /// by an `AWSALB` cookie that lasts that long, until the instance
+    /// drains or leaves service.
+    pub stickiness: Option<Duration>,
+    /// A new instance's share rises linearly from a tenth to a full one over
+    /// this long after it enters service (round robin and weighted random).
+    pub slow_start: Duration,
 }
 
 /// Timing of drains and connections, and what clients may hold.
@@ -62,9 +91,13 @@ pub struct Settings {
     /// The longest the connector may take to produce a connection; after
     /// that the request is retried on another backend.
     pub connect_timeout: Duration,
-    /// Header-read timeout (also the keep-alive idle timeout) and the cap
-    /// on client connections.
+    /// How long an instance may take to answer a request (its response
+    /// headers) before the client gets a 504; ALB's idle timeout.
+    pub idle_timeout: Duration,
+    /// Header-read timeout (also the keep-alive idle timeout), the caps on
+    /// client connections and on request headers.
     pub client_limits: Limits,
+    pub routing: Routing,
 }
 
 impl Default for Settings {
@@ -73,12 +106,11 @@ impl Default for Settings {
             deregistration_delay: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
-            // An ALB's idle timeout is 60 s; headers come much faster than
-            // that from any client that means to send a request.
-            client_limits: Limits {
-                header_read_timeout: Duration::from_secs(30),
-                max_connections: 4096,
-            },
+            idle_timeout: Duration::from_secs(60),
+            // Headers come much faster than the idle timeout from any
+            // client that means to send a request.
+            client_limits: Limits::DEFAULT,
+            routing: Routing::default(),
         }
     }
 }

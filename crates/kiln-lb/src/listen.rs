@@ -12,12 +12,15 @@
 //! When every connection is busy with a request, the new one is closed.
 //! All the servers of a process together (the API and every group's
 //! balancer) also keep at most half of its open-file limit, evicting the
-//! same way when they reach it.
+//! same way when they reach it. One client address may hold at most
+//! `max_connections_per_client`; past that its own longest-idle connection
+//! makes room, or the new one is closed. Request headers are bounded in
+//! size and count: past either hyper answers 431 and closes.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,9 +32,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
@@ -66,6 +68,30 @@ pub struct Limits {
     /// file-descriptor limit when that is smaller; and all servers of the
     /// process together keep at most half of it.
     pub max_connections: usize,
+    /// Connections one client IP address may hold at once.
+    pub max_connections_per_client: usize,
+    /// Header lines per request.
+    pub max_headers: usize,
+    /// Bytes of request line and headers together (also of chunked trailers).
+    pub max_header_bytes: usize,
+}
+
+impl Limits {
+    /// ALB's limits on headers (64 KiB in all) and an idle keep-alive
+    /// connection closed after 30 s.
+    pub const DEFAULT: Limits = Limits {
+        header_read_timeout: Duration::from_secs(30),
+        max_connections: 4096,
+        max_connections_per_client: 4096,
+        max_headers: 100,
+        max_header_bytes: 64 * 1024,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::DEFAULT
+    }
 }
 
 impl Limits {
@@ -84,6 +110,7 @@ struct Conn {
     /// When it last became idle, in microseconds since the server started;
     /// ties go to the older connection (the smaller id).
     idle_since: AtomicU64,
+    client: IpAddr,
     close: Notify,
 }
 
@@ -105,24 +132,39 @@ impl Registry {
     /// Makes room for one more connection, within this server's cap and
     /// the process's budget; None when every connection of this server is
     /// busy and the new one must be turned away.
-    fn admit(&self, max: usize, budget: usize) -> Option<(u64, Arc<Conn>)> {
+    fn admit(
+        &self,
+        max: usize,
+        budget: usize,
+        client: IpAddr,
+        per_client: usize,
+    ) -> Option<(u64, Arc<Conn>)> {
         let mut open = self.lock();
-        if open.len() >= max || OPEN_IN_PROCESS.load(Ordering::Acquire) >= budget {
+        let evict = |open: &mut HashMap<u64, Arc<Conn>>, only: Option<IpAddr>| {
             let oldest_idle = open
                 .iter()
                 .filter(|(_, c)| c.busy.load(Ordering::Acquire) == 0)
+                .filter(|(_, c)| only.is_none_or(|ip| c.client == ip))
                 .min_by_key(|(id, c)| (c.idle_since.load(Ordering::Acquire), **id))
                 .map(|(id, _)| *id)?;
-            if let Some(evicted) = open.remove(&oldest_idle) {
-                OPEN_IN_PROCESS.fetch_sub(1, Ordering::AcqRel);
-                evicted.close.notify_one();
-            }
+            let evicted = open.remove(&oldest_idle)?;
+            OPEN_IN_PROCESS.fetch_sub(1, Ordering::AcqRel);
+            evicted.close.notify_one();
+            Some(())
+        };
+        // A client at its own cap gives up one of its own connections, not
+        // someone else's.
+        if open.values().filter(|c| c.client == client).count() >= per_client {
+            evict(&mut open, Some(client))?;
+        } else if open.len() >= max || OPEN_IN_PROCESS.load(Ordering::Acquire) >= budget {
+            evict(&mut open, None)?;
         }
         OPEN_IN_PROCESS.fetch_add(1, Ordering::AcqRel);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn {
             busy: AtomicUsize::new(0),
             idle_since: AtomicU64::new(self.now()),
+            client,
             close: Notify::new(),
         });
         open.insert(id, conn.clone());
@@ -222,6 +264,7 @@ pub async fn serve<H, F, B>(
         }
     };
     let max = limits.effective_max_connections();
+    let per_client = limits.max_connections_per_client.max(1);
     let budget = usize::try_from(soft_fd_limit() / ALL_SERVERS_SHARE).unwrap_or(usize::MAX);
     debug!(%local, max_connections = max, header_read_timeout = ?limits.header_read_timeout, "serving");
     let registry = Arc::new(Registry {
@@ -229,12 +272,16 @@ pub async fn serve<H, F, B>(
         next_id: AtomicU64::new(0),
         open: Mutex::new(HashMap::new()),
     });
-    let graceful = GracefulShutdown::new();
+    // hyper-util's GracefulShutdown does not take connections that may
+    // upgrade, so each connection watches this flag itself.
+    let (stopping, _) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_header_size(limits.max_header_bytes);
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -248,7 +295,7 @@ pub async fn serve<H, F, B>(
                         continue;
                     }
                 };
-                let Some((id, conn)) = registry.admit(max, budget) else {
+                let Some((id, conn)) = registry.admit(max, budget, client.ip(), per_client) else {
                     debug!(%local, %client, max, "every connection is busy; closing the new one");
                     continue;
                 };
@@ -264,18 +311,33 @@ pub async fn serve<H, F, B>(
                         Ok::<_, Infallible>(resp.map(|inner| Guarded { inner, _busy: busy }))
                     }
                 });
-                let served = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                let served = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
                 let admitted = Admitted { id, registry: registry.clone() };
+                let mut stop_seen = stopping.subscribe();
                 connections.spawn(async move {
                     let _admitted = admitted;
-                    tokio::select! {
-                        result = served => {
-                            if let Err(e) = result {
-                                debug!(%client, error = %e, "client connection ended");
+                    tokio::pin!(served);
+                    let mut finishing = false;
+                    loop {
+                        let stop = async {
+                            let _ = stop_seen.wait_for(|stop| *stop).await.is_ok();
+                        };
+                        tokio::select! {
+                            result = &mut served => {
+                                if let Err(e) = result {
+                                    debug!(%client, error = %e, "client connection ended");
+                                }
+                                break;
                             }
-                        }
-                        () = conn.close.notified() => {
-                            debug!(%client, "closed an idle connection to make room for a new one");
+                            () = conn.close.notified() => {
+                                debug!(%client, "closed an idle connection to make room for a new one");
+                                break;
+                            }
+                            () = stop, if !finishing => {
+                                // Finishes the request in progress, then closes.
+                                served.as_mut().graceful_shutdown();
+                                finishing = true;
+                            }
                         }
                     }
                 });
@@ -285,10 +347,9 @@ pub async fn serve<H, F, B>(
         }
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    stopping.send_replace(true);
+    let finished = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, finished).await.is_err() {
         warn!(%local, ?grace, "connections still open after the grace period; closing them");
     }
     connections.shutdown().await;
@@ -300,6 +361,8 @@ mod tests {
 
     /// The process budget is one counter: tests that move it take turns.
     static COUNTER: Mutex<()> = Mutex::new(());
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     fn registry() -> Arc<Registry> {
         Arc::new(Registry {
@@ -313,11 +376,11 @@ mod tests {
     fn at_the_cap_the_longest_idle_connection_makes_room_and_busy_ones_stay() {
         let _turn = COUNTER.lock().unwrap_or_else(PoisonError::into_inner);
         let reg = registry();
-        let (a, conn_a) = reg.admit(2, usize::MAX).unwrap();
-        let (b, conn_b) = reg.admit(2, usize::MAX).unwrap();
+        let (a, conn_a) = reg.admit(2, usize::MAX, IP, usize::MAX).unwrap();
+        let (b, conn_b) = reg.admit(2, usize::MAX, IP, usize::MAX).unwrap();
         // b went idle after a request; a never sent one and is older.
         drop(Busy::new(conn_b.clone(), reg.clone()));
-        let (c, conn_c) = reg.admit(2, usize::MAX).unwrap();
+        let (c, conn_c) = reg.admit(2, usize::MAX, IP, usize::MAX).unwrap();
         let open: Vec<u64> = reg.lock().keys().copied().collect();
         assert!(!open.contains(&a) && open.contains(&b) && open.contains(&c));
         drop(conn_a);
@@ -326,10 +389,35 @@ mod tests {
             Busy::new(conn_b, reg.clone()),
             Busy::new(conn_c, reg.clone()),
         );
-        assert!(reg.admit(2, usize::MAX).is_none());
+        assert!(reg.admit(2, usize::MAX, IP, usize::MAX).is_none());
         assert_eq!(reg.lock().len(), 2);
         reg.release(b);
         reg.release(c);
+    }
+
+    #[test]
+    fn a_client_at_its_own_cap_gives_up_its_own_idle_connection() {
+        let _turn = COUNTER.lock().unwrap_or_else(PoisonError::into_inner);
+        let reg = registry();
+        let other = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+        let (o, _) = reg.admit(10, usize::MAX, other, 2).unwrap();
+        let (a, conn_a) = reg.admit(10, usize::MAX, IP, 2).unwrap();
+        let (b, conn_b) = reg.admit(10, usize::MAX, IP, 2).unwrap();
+        // The third from IP evicts IP's oldest idle one, not the other client's.
+        let (c, conn_c) = reg.admit(10, usize::MAX, IP, 2).unwrap();
+        let open: Vec<u64> = reg.lock().keys().copied().collect();
+        assert!(open.contains(&o) && !open.contains(&a) && open.contains(&b) && open.contains(&c));
+        drop(conn_a);
+        let _busy = (
+            Busy::new(conn_b, reg.clone()),
+            Busy::new(conn_c, reg.clone()),
+        );
+        assert!(reg.admit(10, usize::MAX, IP, 2).is_none());
+        // Another client still gets in.
+        let (o2, _) = reg.admit(10, usize::MAX, other, 2).unwrap();
+        for id in [o, b, c, o2] {
+            reg.release(id);
+        }
     }
 
     #[test]
@@ -337,16 +425,18 @@ mod tests {
         let _turn = COUNTER.lock().unwrap_or_else(PoisonError::into_inner);
         let before = OPEN_IN_PROCESS.load(Ordering::Acquire);
         let (first, second) = (registry(), registry());
-        let admitted = first.admit(100, before + 1).map(|(id, _)| Admitted {
-            id,
-            registry: first.clone(),
-        });
+        let admitted = first
+            .admit(100, before + 1, IP, usize::MAX)
+            .map(|(id, _)| Admitted {
+                id,
+                registry: first.clone(),
+            });
         assert!(admitted.is_some());
         // The other server has nothing idle to give up: turned away.
-        assert!(second.admit(100, before + 1).is_none());
+        assert!(second.admit(100, before + 1, IP, usize::MAX).is_none());
         drop(admitted);
         assert_eq!(OPEN_IN_PROCESS.load(Ordering::Acquire), before);
-        let (id, _) = second.admit(100, before + 1).unwrap();
+        let (id, _) = second.admit(100, before + 1, IP, usize::MAX).unwrap();
         second.release(id);
         assert_eq!(OPEN_IN_PROCESS.load(Ordering::Acquire), before);
     }

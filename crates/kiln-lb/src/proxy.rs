@@ -2,8 +2,9 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -16,6 +17,7 @@ use tracing::{debug, warn};
 use crate::body::{ProxyBody, TrackedBody, UpBody};
 use crate::error::UpstreamError;
 use crate::table::{Backend, Lease, Pick, Sender, Table};
+use crate::upgrade;
 
 /// Request bodies up to this size are buffered so that the request can be
 /// sent again to another backend; larger ones are streamed, and can only be
@@ -25,7 +27,7 @@ const MAX_BUFFERED_BODY: u64 = 1 << 20;
 /// Attempts per request. Each attempt after a failure goes to a backend
 /// that has not failed this request yet, so this also bounds how long a
 /// client waits when several backends die at once.
-const MAX_ATTEMPTS: usize = 3;
+pub(crate) const MAX_ATTEMPTS: usize = 3;
 
 /// How long a pooled connection may take to signal it is ready. One handed
 /// back the moment its response ended may not have been marked idle by its
@@ -47,15 +49,55 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+/// ALB's request id header; a client's own value is kept, as ALB keeps it.
+const X_AMZN_TRACE_ID: HeaderName = HeaderName::from_static("x-amzn-trace-id");
 const VIA_KILN: HeaderValue = HeaderValue::from_static("1.1 kiln");
+
+/// The tracing target of the access log: one line per request at info
+/// level (`KILN_LOG=warn,kiln_lb::access=info`), off by default.
+pub const ACCESS_LOG: &str = "kiln_lb::access";
+
+/// Which backend answered, for the access log.
+#[derive(Clone)]
+pub(crate) struct ServedBy(pub(crate) Arc<Backend>);
 
 pub(crate) async fn handle(
     table: Arc<Table>,
     local: SocketAddr,
     client: SocketAddr,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(forward(&table, local, client, req).await)
+    if !tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO) {
+        return Ok(forward(&table, local, client, req).await);
+    }
+    let started = std::time::Instant::now();
+    // Made here rather than in `prepare_request_headers` so that the log
+    // line carries the id the instance saw.
+    if !req.headers().contains_key(&X_AMZN_TRACE_ID) {
+        if let Ok(value) = HeaderValue::from_str(&trace_id()) {
+            req.headers_mut().insert(X_AMZN_TRACE_ID, value);
+        }
+    }
+    let trace = join_values(req.headers(), &X_AMZN_TRACE_ID).unwrap_or_default();
+    let forwarded_for = join_values(req.headers(), &X_FORWARDED_FOR).unwrap_or_default();
+    let method = req.method().clone();
+    let target = req.uri().to_string();
+    let mut resp = forward(&table, local, client, req).await;
+    let backend = resp.extensions_mut().remove::<ServedBy>();
+    tracing::info!(
+        target: ACCESS_LOG,
+        %client,
+        forwarded_for,
+        %method,
+        target,
+        status = resp.status().as_u16(),
+        backend = backend.as_ref().map_or("-", |b| b.0.id.as_str()),
+        trace_id = trace,
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+    );
+    Ok(resp)
 }
 
 /// The request body, kept so that a failed attempt can be repeated.
@@ -90,6 +132,18 @@ async fn forward(
     client: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    if let Some(why) = ambiguous_framing(req.headers()) {
+        debug!(%client, why, "refusing a request with ambiguous framing");
+        let mut resp = local_response(StatusCode::BAD_REQUEST, why);
+        // Whatever follows on this connection cannot be trusted to start a
+        // request where the client claims it does.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
+    if upgrade::requested(&req) {
+        return upgrade::forward(table, local, client, req).await;
+    }
     let (mut parts, body) = req.into_parts();
     prepare_request_headers(&mut parts.headers, local, client);
     let uri = origin_form(&parts.uri);
@@ -104,6 +158,11 @@ async fn forward(
         _ => Payload::Streaming(Some(body)),
     };
 
+    let sticky = table
+        .settings
+        .routing
+        .stickiness
+        .and_then(|_| sticky_backend(&parts.headers));
     let mut failed: Vec<Arc<Backend>> = Vec::new();
     let mut last_error = None;
     // Failures on pooled connections do not use up attempts: a backend that
@@ -114,10 +173,13 @@ async fn forward(
         if failed.len() >= MAX_ATTEMPTS {
             break;
         }
-        let lease = match table.pick(&failed) {
+        let lease = match table.pick(&failed, sticky.as_deref()) {
             Pick::Leased(lease) => lease,
             Pick::NoneInService if last_error.is_none() => {
-                return local_response(StatusCode::SERVICE_UNAVAILABLE, "no backend in service\n");
+                return local_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service unavailable: no instance in service\n",
+                );
             }
             Pick::NoneInService | Pick::Exhausted => break,
         };
@@ -140,12 +202,27 @@ async fn forward(
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri.clone();
         *up.headers_mut() = parts.headers.clone();
-        let mut e = match sender.try_send_request(up).await {
-            Ok(resp) => {
+        let idle_timeout = table.settings.idle_timeout;
+        let answer = tokio::time::timeout(idle_timeout, sender.try_send_request(up)).await;
+        let mut e = match answer {
+            Ok(Ok(resp)) => {
                 table.mark_up(&backend);
-                return relay(resp, lease, sender);
+                let mut resp = relay(resp, lease, sender);
+                if let Some(duration) = table.settings.routing.stickiness {
+                    set_sticky_cookie(&mut resp, &backend.id, duration);
+                }
+                return resp;
             }
-            Err(e) => e,
+            Ok(Err(e)) => e,
+            Err(_) => {
+                // The request may have been seen: never repeated, as ALB.
+                lease.failed();
+                warn!(backend = %backend.id, ?idle_timeout, "backend did not answer in time");
+                return local_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "gateway timeout: the instance did not answer within the idle timeout\n",
+                );
+            }
         };
         let unsent = e.take_message();
         let sent = unsent.is_none();
@@ -161,7 +238,10 @@ async fn forward(
             // may have seen it (RFC 9110 9.2.2).
             lease.failed();
             warn!(error = %error, "request failed after it was sent");
-            return local_response(StatusCode::BAD_GATEWAY, "bad gateway\n");
+            return local_response(
+                StatusCode::BAD_GATEWAY,
+                "bad gateway: the instance closed the connection or sent a malformed response\n",
+            );
         }
         if sent || !reused {
             lease.failed();
@@ -177,17 +257,51 @@ async fn forward(
         debug!(error = %error, "retrying");
         last_error = Some(error);
     }
-    match last_error {
+    match &last_error {
         Some(e) => warn!(error = %e, "no backend could take the request"),
         None => warn!("no backend could take the request"),
     }
-    local_response(StatusCode::BAD_GATEWAY, "bad gateway\n")
+    if let Some(UpstreamError::ConnectTimeout { .. }) = last_error {
+        return local_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "gateway timeout: no instance accepted a connection in time\n",
+        );
+    }
+    local_response(
+        StatusCode::BAD_GATEWAY,
+        "bad gateway: no instance could be reached or answered properly\n",
+    )
 }
 
-fn relay(resp: Response<Incoming>, lease: Lease, sender: Sender) -> Response<ProxyBody> {
+/// Why a request's framing is ambiguous, if it is. hyper already refuses
+/// differing Content-Lengths, obsolete line folding, Transfer-Encoding in
+/// HTTP/1.0 and codings that do not end in chunked; when both
+/// Content-Length and Transfer-Encoding arrive it drops the length and
+/// closes the connection after the response. What it lets through and an
+/// instance might read differently is a list of codings: only a lone
+/// `chunked` is accepted, as ALB in its strictest mode.
+fn ambiguous_framing(headers: &HeaderMap) -> Option<&'static str> {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next() {
+        let lone_chunked = first.as_bytes().eq_ignore_ascii_case(b"chunked");
+        if !lone_chunked || codings.next().is_some() {
+            return Some("bad request: Transfer-Encoding other than chunked\n");
+        }
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Some("bad request: both Content-Length and Transfer-Encoding\n");
+        }
+    }
+    if headers.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Some("bad request: more than one Content-Length\n");
+    }
+    None
+}
+
+pub(crate) fn relay(resp: Response<Incoming>, lease: Lease, sender: Sender) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.append(header::VIA, VIA_KILN);
+    parts.extensions.insert(ServedBy(lease.backend.clone()));
     Response::from_parts(
         parts,
         ProxyBody::Stream(TrackedBody::new(body, lease, sender)),
@@ -196,7 +310,10 @@ fn relay(resp: Response<Incoming>, lease: Lease, sender: Sender) -> Response<Pro
 
 /// A pooled connection if one is alive, otherwise a new one from the
 /// connector. The flag says whether the connection was pooled.
-async fn acquire(table: &Table, backend: &Backend) -> Result<(Sender, bool), UpstreamError> {
+pub(crate) async fn acquire(
+    table: &Table,
+    backend: &Backend,
+) -> Result<(Sender, bool), UpstreamError> {
     while let Some(mut sender) = backend.take_idle() {
         if sender.is_closed() {
             continue;
@@ -231,7 +348,7 @@ async fn acquire(table: &Table, backend: &Backend) -> Result<(Sender, bool), Ups
             })?;
         let id = backend.id.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = conn.with_upgrades().await {
                 debug!(backend = %id, error = %e, "upstream connection ended");
             }
         });
@@ -246,13 +363,18 @@ async fn acquire(table: &Table, backend: &Backend) -> Result<(Sender, bool), Ups
     }
 }
 
-fn prepare_request_headers(headers: &mut HeaderMap, local: SocketAddr, client: SocketAddr) {
+pub(crate) fn prepare_request_headers(
+    headers: &mut HeaderMap,
+    local: SocketAddr,
+    client: SocketAddr,
+) {
     strip_hop_by_hop(headers);
     // The balancer has already read the body (or streams it right away), so
     // the backend must not wait for a 100 Continue that nobody relays.
     headers.remove(header::EXPECT);
-    // Upgrades (WebSocket) are not relayed: the upstream connection is
-    // pooled per request.
+    // Upgrades are relayed only by `upgrade::forward`, which puts the
+    // header back; elsewhere an instance must not switch protocols on a
+    // pooled connection.
     headers.remove(header::UPGRADE);
 
     let client_ip = client.ip().to_string();
@@ -263,6 +385,14 @@ fn prepare_request_headers(headers: &mut HeaderMap, local: SocketAddr, client: S
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR, value);
     }
+    // The balancer listens on plain HTTP: whatever a client claims is replaced.
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PORT, HeaderValue::from(local.port()));
+    if !headers.contains_key(&X_AMZN_TRACE_ID) {
+        if let Ok(value) = HeaderValue::from_str(&trace_id()) {
+            headers.insert(X_AMZN_TRACE_ID, value);
+        }
+    }
     headers.append(header::VIA, VIA_KILN);
     if !headers.contains_key(header::HOST) {
         // HTTP/1.0 clients may omit Host, but the upstream request is 1.1.
@@ -270,6 +400,50 @@ fn prepare_request_headers(headers: &mut HeaderMap, local: SocketAddr, client: S
             headers.insert(header::HOST, value);
         }
     }
+}
+
+/// The load balancer's stickiness cookie, named as ALB names it.
+const STICKY_COOKIE: &str = "AWSALB";
+
+/// The backend id a client's stickiness cookie names (hex, so that any id
+/// fits in a cookie).
+fn sticky_backend(headers: &HeaderMap) -> Option<String> {
+    let value = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(STICKY_COOKIE)?.strip_prefix('='))?;
+    let bytes = (0..value.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(value.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+fn set_sticky_cookie(resp: &mut Response<ProxyBody>, backend: &str, duration: Duration) {
+    let hex: String = backend.bytes().map(|b| format!("{b:02x}")).collect();
+    let cookie = format!(
+        "{STICKY_COOKIE}={hex}; Max-Age={}; Path=/",
+        duration.as_secs().max(1)
+    );
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+/// A request id in ALB's format, `Root=1-<epoch seconds, 8 hex>-<24 hex>`:
+/// unique within the process by a counter, across restarts by the moment
+/// the process made its first one.
+fn trace_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static SALT: OnceLock<u32> = OnceLock::new();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let salt = *SALT.get_or_init(|| now.subsec_nanos() ^ std::process::id().rotate_left(16));
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("Root=1-{:08x}-{salt:08x}{n:016x}", now.as_secs() as u32)
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -296,7 +470,7 @@ fn join_values(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
 
 /// The request target as sent to a backend: path and query only, since the
 /// backend is reached directly, not as a proxy.
-fn origin_form(uri: &Uri) -> Uri {
+pub(crate) fn origin_form(uri: &Uri) -> Uri {
     if uri.scheme().is_none() && uri.authority().is_none() {
         return uri.clone();
     }
@@ -304,7 +478,7 @@ fn origin_form(uri: &Uri) -> Uri {
     path.parse().unwrap_or_else(|_| Uri::from_static("/"))
 }
 
-fn local_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+pub(crate) fn local_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::local(text));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -347,6 +521,24 @@ mod tests {
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 127.0.0.2");
         assert_eq!(h[header::VIA], "1.1 kiln");
         assert_eq!(h[header::HOST], "127.0.0.1:80");
+        assert_eq!(
+            (
+                h[&X_FORWARDED_PROTO].as_bytes(),
+                h[&X_FORWARDED_PORT].as_bytes()
+            ),
+            (&b"http"[..], &b"80"[..])
+        );
+        let id = h[&X_AMZN_TRACE_ID].to_str().unwrap().to_owned();
+        assert!(
+            id.starts_with("Root=1-") && id.len() == 7 + 8 + 1 + 24,
+            "{id}"
+        );
+        // Each request gets its own; a client's is kept.
+        prepare_request_headers(&mut h, local, client);
+        assert_eq!(h[&X_AMZN_TRACE_ID], id.as_str());
+        let mut fresh = HeaderMap::new();
+        prepare_request_headers(&mut fresh, local, client);
+        assert_ne!(fresh[&X_AMZN_TRACE_ID], id.as_str());
     }
 
     #[test]

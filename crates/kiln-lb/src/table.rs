@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::SendRequest;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::body::UpBody;
-use crate::{BackendStats, Connector, Settings};
+use crate::{Algorithm, BackendStats, Connector, Settings};
 
 /// Latency percentiles are taken over this many most recent requests, so
 /// that they follow the backend's current behaviour rather than its history.
@@ -46,10 +46,16 @@ pub(crate) struct Backend {
     response_bytes: AtomicU64,
     /// Milliseconds since the table's epoch; 0 when not marked down.
     down_until_ms: AtomicU64,
+    /// Milliseconds since the table's epoch when it last entered service,
+    /// for slow start.
+    in_service_since_ms: AtomicU64,
     latencies: Mutex<LatencyWindow>,
     /// Oldest first, each with the moment it became idle.
     idle: Mutex<Vec<(Sender, Instant)>>,
     quiet: Notify,
+    /// Set once the backend is removed: upgraded connections (WebSocket)
+    /// to it close then, as ALB closes them when the deregistration delay ends.
+    closing: watch::Sender<bool>,
 }
 
 impl Backend {
@@ -64,9 +70,11 @@ impl Backend {
             failures: AtomicU64::new(0),
             response_bytes: AtomicU64::new(0),
             down_until_ms: AtomicU64::new(0),
+            in_service_since_ms: AtomicU64::new(0),
             latencies: Mutex::new(LatencyWindow::default()),
             idle: Mutex::new(Vec::new()),
             quiet: Notify::new(),
+            closing: watch::Sender::new(false),
         }
     }
 
@@ -115,6 +123,15 @@ impl Backend {
         if !self.keeps_connections() {
             self.close_idle();
         }
+    }
+
+    /// Resolves to true once the backend has been removed.
+    pub(crate) fn removal(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    fn close_tunnels(&self) {
+        self.closing.send_replace(true);
     }
 
     pub(crate) fn close_idle(&self) {
@@ -196,6 +213,8 @@ pub(crate) enum Pick {
 pub(crate) struct Table {
     backends: RwLock<Vec<Arc<Backend>>>,
     next: AtomicUsize,
+    /// xorshift state for weighted random choices.
+    rng: AtomicU64,
     epoch: Instant,
     pub(crate) settings: Settings,
     pub(crate) connector: Arc<dyn Connector>,
@@ -206,6 +225,12 @@ impl Table {
         Table {
             backends: RwLock::new(Vec::new()),
             next: AtomicUsize::new(0),
+            rng: AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)
+                    | 1,
+            ),
             epoch: Instant::now(),
             settings,
             connector,
@@ -223,6 +248,7 @@ impl Table {
             let old = backends.remove(pos);
             old.removed.store(true, Ordering::Release);
             old.close_idle();
+            old.close_tunnels();
         }
         backends.push(Arc::new(Backend::new(id)));
     }
@@ -233,6 +259,10 @@ impl Table {
         let backends = write(&self.backends);
         match backends.iter().find(|b| b.id == id) {
             Some(b) => {
+                if in_service && !b.in_service.load(Ordering::Acquire) {
+                    b.in_service_since_ms
+                        .store(self.now_ms(), Ordering::Relaxed);
+                }
                 b.in_service.store(in_service, Ordering::Release);
                 true
             }
@@ -258,6 +288,7 @@ impl Table {
         drop(backends);
         backend.removed.store(true, Ordering::Release);
         backend.close_idle();
+        backend.close_tunnels();
     }
 
     pub(crate) fn deregister(&self, id: &str) -> bool {
@@ -269,6 +300,7 @@ impl Table {
         drop(backends);
         backend.removed.store(true, Ordering::Release);
         backend.close_idle();
+        backend.close_tunnels();
         true
     }
 
@@ -276,10 +308,10 @@ impl Table {
         read(&self.backends).iter().map(|b| b.stats()).collect()
     }
 
-    /// Chooses the in-service backend with the fewest requests in flight,
-    /// starting the scan at a rotating position so that ties are broken
-    /// round robin. Backends in `exclude` already failed this request.
-    pub(crate) fn pick(&self, exclude: &[Arc<Backend>]) -> Pick {
+    /// Chooses an in-service backend by the group's algorithm; `sticky`
+    /// names the backend a stickiness cookie points at, taken while it is
+    /// routable. Backends in `exclude` already failed this request.
+    pub(crate) fn pick(&self, exclude: &[Arc<Backend>], sticky: Option<&str>) -> Pick {
         let now_ms = self.now_ms();
         // The read lock is held until `in_flight` is raised, so a drain
         // (which takes the write lock) either sees this request or prevents it.
@@ -306,6 +338,26 @@ impl Table {
         if candidates.is_empty() {
             return Pick::Exhausted;
         }
+        let stuck = sticky.and_then(|id| candidates.iter().find(|b| b.id == id));
+        let best = match (stuck, self.settings.routing.algorithm) {
+            (Some(b), _) => *b,
+            (None, Algorithm::LeastOutstandingRequests) => self.least_outstanding(&candidates),
+            (None, Algorithm::RoundRobin) if !self.slow_starting(&candidates, now_ms) => {
+                candidates[self.next.fetch_add(1, Ordering::Relaxed) % candidates.len()]
+            }
+            (None, _) => self.weighted_random(&candidates, now_ms),
+        };
+        best.in_flight.fetch_add(1, Ordering::AcqRel);
+        best.requests.fetch_add(1, Ordering::Relaxed);
+        Pick::Leased(Lease {
+            backend: best.clone(),
+            started: Instant::now(),
+        })
+    }
+
+    /// The fewest requests in flight, starting the scan at a rotating
+    /// position so that ties are broken round robin.
+    fn least_outstanding<'a>(&self, candidates: &[&'a Arc<Backend>]) -> &'a Arc<Backend> {
         let start = self.next.fetch_add(1, Ordering::Relaxed) % candidates.len();
         let mut best = candidates[start];
         let mut best_load = best.in_flight();
@@ -317,12 +369,51 @@ impl Table {
                 best_load = load;
             }
         }
-        best.in_flight.fetch_add(1, Ordering::AcqRel);
-        best.requests.fetch_add(1, Ordering::Relaxed);
-        Pick::Leased(Lease {
-            backend: best.clone(),
-            started: Instant::now(),
-        })
+        best
+    }
+
+    /// A backend's share while in slow start: from a tenth up to a full
+    /// share, linearly over the slow-start duration, as ALB ramps it.
+    fn weight(&self, b: &Backend, now_ms: u64) -> f64 {
+        let ramp = self.settings.routing.slow_start.as_millis() as f64;
+        if ramp == 0.0 {
+            return 1.0;
+        }
+        let since = b.in_service_since_ms.load(Ordering::Relaxed);
+        let elapsed = now_ms.saturating_sub(since) as f64;
+        (elapsed / ramp).clamp(0.1, 1.0)
+    }
+
+    fn slow_starting(&self, candidates: &[&Arc<Backend>], now_ms: u64) -> bool {
+        candidates.iter().any(|b| self.weight(b, now_ms) < 1.0)
+    }
+
+    fn weighted_random<'a>(
+        &self,
+        candidates: &[&'a Arc<Backend>],
+        now_ms: u64,
+    ) -> &'a Arc<Backend> {
+        let weights: Vec<f64> = candidates.iter().map(|b| self.weight(b, now_ms)).collect();
+        let total: f64 = weights.iter().sum();
+        let mut point = self.random_unit() * total;
+        for (b, w) in candidates.iter().zip(&weights) {
+            if point < *w {
+                return b;
+            }
+            point -= w;
+        }
+        candidates[candidates.len() - 1]
+    }
+
+    /// A uniform number in [0, 1) from a shared xorshift64 generator; races
+    /// between threads only mix the state further.
+    fn random_unit(&self) -> f64 {
+        let mut x = self.rng.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.store(x, Ordering::Relaxed);
+        (x >> 11) as f64 / (1u64 << 53) as f64
     }
 
     pub(crate) fn mark_down(&self, backend: &Backend) {

@@ -116,13 +116,21 @@ async fn no_backend_in_service_is_503() {
 
     let (resp, body) = get(lb.local_addr(), "/").await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body, "no backend in service\n");
+    assert_eq!(body, "service unavailable: no instance in service\n");
 
     lb.register("v1");
     let report = loadgen::run(lb.local_addr(), opts(2, 10)).await;
     assert_eq!((report.ok, report.failed), (0, 10), "{report:?}");
-    assert_eq!(report.bodies.get("no backend in service"), Some(&10));
-    assert_eq!(report.errors, vec!["HTTP 503: no backend in service"]);
+    assert_eq!(
+        report
+            .bodies
+            .get("service unavailable: no instance in service"),
+        Some(&10)
+    );
+    assert_eq!(
+        report.errors,
+        vec!["HTTP 503: service unavailable: no instance in service"]
+    );
     assert_eq!(v1.hits(), 0);
 }
 
@@ -276,13 +284,17 @@ async fn forwarding_headers_are_added_and_hop_by_hop_ones_stripped() {
         .header("x-forwarded-for", "10.1.1.1")
         .header("connection", "keep-alive, x-hop")
         .header("x-hop", "secret")
+        .header("x-forwarded-proto", "https")
         .body(Full::new(Bytes::new()))
         .unwrap();
     let (resp, body) = send(lb.local_addr(), req).await;
 
+    let port = lb.local_addr().port();
     assert_eq!(
         body,
-        "xff=10.1.1.1, 127.0.0.1 via=1.1 kiln hop=- host=app.example"
+        format!(
+            "xff=10.1.1.1, 127.0.0.1 via=1.1 kiln hop=- host=app.example proto=http port={port} trace=40"
+        )
     );
     assert_eq!(resp.headers()["via"], "1.1 kiln");
 }

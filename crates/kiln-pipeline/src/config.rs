@@ -15,6 +15,7 @@
 //!   rolling: { max_batch: 1, min_in_service: 1, pause: 5s, batch_timeout: 60s }
 //!   rollback: auto
 //!   deregistration_delay: 500ms
+//!   routing: { algorithm: round_robin, stickiness: 1h, slow_start: 30s }   # or least_outstanding_requests (default), weighted_random
 //!   tags: { Team: web }
 //!   environment: { MODE: production }
 //!   secrets: { DB_PASSWORD: /web/DbPassword }   # from the parameter store, as ECS's valueFrom
@@ -28,7 +29,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use kiln_bake::Recipe;
-use kiln_fleet::{GroupSpec, HealthCheck, RollingPolicy};
+use kiln_fleet::{GroupSpec, HealthCheck, RollingPolicy, RoutingSpec};
 use kiln_schedule::Schedule;
 use kiln_toe::error::{Collector, Diagnostics};
 use kiln_toe::yaml::{self, Node, Pos};
@@ -452,6 +453,7 @@ const DEPLOY: &[&str] = &[
     "rolling",
     "rollback",
     "deregistration_delay",
+    "routing",
     "tags",
     "environment",
     "secrets",
@@ -510,6 +512,7 @@ fn deploy(top: &Map, c: &mut Collector) -> Option<DeployConfig> {
     if let Some(delay) = d.duration("deregistration_delay", c) {
         spec.deregistration_delay_ms = delay.as_millis() as u64;
     }
+    spec.routing = routing(&d, c);
     let environment = d.strings("environment", c);
     let secrets = d.strings("secrets", c);
     if let Some(both) = secrets.keys().find(|k| environment.contains_key(*k)) {
@@ -581,6 +584,41 @@ fn rolling(d: &Map, c: &mut Collector) -> RollingPolicy {
     r.batch_timeout_ms = m
         .duration("batch_timeout", c)
         .map_or(r.batch_timeout_ms, |d| d.as_millis() as u64);
+    r
+}
+
+fn routing(d: &Map, c: &mut Collector) -> RoutingSpec {
+    let mut r = RoutingSpec::default();
+    let allowed = ["algorithm", "stickiness", "slow_start"];
+    let Some(m) = d.section("routing", &allowed, c) else {
+        return r;
+    };
+    match m.string("algorithm", c).as_deref() {
+        None => {}
+        Some("least_outstanding_requests") => {
+            r.algorithm = kiln_fleet::Algorithm::LeastOutstandingRequests;
+        }
+        Some("round_robin") => r.algorithm = kiln_fleet::Algorithm::RoundRobin,
+        Some("weighted_random") => r.algorithm = kiln_fleet::Algorithm::WeightedRandom,
+        Some(other) => m.fail(
+            "algorithm",
+            format!(
+                "{other:?}: expected least_outstanding_requests, round_robin or weighted_random"
+            ),
+            c,
+        ),
+    }
+    r.stickiness_ms = m.duration("stickiness", c).map(|d| d.as_millis() as u64);
+    r.slow_start_ms = m
+        .duration("slow_start", c)
+        .map_or(0, |d| d.as_millis() as u64);
+    if r.slow_start_ms > 0 && r.algorithm == kiln_fleet::Algorithm::LeastOutstandingRequests {
+        m.fail(
+            "slow_start",
+            "slow start needs round_robin or weighted_random, as with ALB",
+            c,
+        );
+    }
     r
 }
 

@@ -32,15 +32,24 @@ pub struct TestServer {
     pub id: String,
     pub port: u16,
     pub hits: Arc<AtomicU64>,
+    /// Every request target the backend parsed, in order.
+    pub targets: Arc<Mutex<Vec<String>>>,
     task: JoinHandle<()>,
 }
 
 impl TestServer {
     pub async fn start(id: &str, body: &'static str) -> TestServer {
+        TestServer::start_delayed(id, body, Duration::ZERO).await
+    }
+
+    /// Like `start`, but every answer takes at least `delay`.
+    pub async fn start_delayed(id: &str, body: &'static str, delay: Duration) -> TestServer {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let hits = Arc::new(AtomicU64::new(0));
         let counter = hits.clone();
+        let targets = Arc::new(Mutex::new(Vec::new()));
+        let seen = targets.clone();
         let task = tokio::spawn(async move {
             // Dropping the set (when this task is aborted) aborts every
             // connection at once, like a process that dies.
@@ -49,10 +58,11 @@ impl TestServer {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let counter = counter.clone();
-                let service = service_fn(move |req| {
+                let (counter, seen) = (counter.clone(), seen.clone());
+                let service = service_fn(move |req: Request<Incoming>| {
                     counter.fetch_add(1, Ordering::Relaxed);
-                    answer(body, req)
+                    seen.lock().unwrap().push(req.uri().to_string());
+                    answer(body, delay, req)
                 });
                 connections
                     .spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
@@ -63,8 +73,13 @@ impl TestServer {
             id: id.to_owned(),
             port,
             hits,
+            targets,
             task,
         }
+    }
+
+    pub fn targets(&self) -> Vec<String> {
+        self.targets.lock().unwrap().clone()
     }
 
     pub fn hits(&self) -> u64 {
@@ -80,8 +95,12 @@ impl TestServer {
 
 async fn answer(
     body: &'static str,
+    delay: Duration,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let text = match (req.method().as_str(), req.uri().path()) {
         ("POST", _) => {
             let received = req.into_body().collect().await.map(|c| c.to_bytes().len());
@@ -100,11 +119,14 @@ async fn answer(
                     .to_owned()
             };
             format!(
-                "xff={} via={} hop={} host={}",
+                "xff={} via={} hop={} host={} proto={} port={} trace={}",
                 get("x-forwarded-for"),
                 get("via"),
                 get("x-hop"),
-                get("host")
+                get("host"),
+                get("x-forwarded-proto"),
+                get("x-forwarded-port"),
+                get("x-amzn-trace-id").len(),
             )
         }
         _ => body.to_owned(),
@@ -125,6 +147,11 @@ impl Ports {
             .lock()
             .unwrap()
             .insert(server.id.clone(), server.port);
+    }
+
+    /// Maps `id` to any loopback port.
+    pub fn insert(&self, id: &str, port: u16) {
+        self.ports.lock().unwrap().insert(id.to_owned(), port);
     }
 
     pub fn attempts(&self, id: &str) -> u64 {

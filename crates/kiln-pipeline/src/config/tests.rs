@@ -39,6 +39,7 @@ deploy:
   health: { path: /ready, interval: 500ms, healthy_threshold: 3 }
   rolling: { max_batch: 2, min_in_service: 2, pause: 5s }
   rollback: auto
+  routing: { algorithm: round_robin, stickiness: 1h, slow_start: 30s }
   tags: { Team: payments }
 retention: { keep_images: 2 }
 triggers: { on_commit: false, schedule: "cron(0 9 * * ? *)", only_if_changed: true }
@@ -65,6 +66,14 @@ triggers: { on_commit: false, schedule: "cron(0 9 * * ? *)", only_if_changed: tr
     assert_eq!(d.spec.rolling.max_batch_size, 2);
     assert_eq!(d.spec.rolling.pause_ms, 5000);
     assert_eq!(d.tags["Team"], "payments");
+    assert_eq!(
+        d.spec.routing.to_lb(),
+        kiln_fleet::Routing {
+            algorithm: kiln_fleet::Algorithm::RoundRobin,
+            stickiness: Some(Duration::from_secs(3600)),
+            slow_start: Duration::from_secs(30),
+        }
+    );
     assert_eq!(c.keep_images, 2);
     assert!(!c.triggers.on_commit && c.triggers.only_if_changed);
     assert!(c.triggers.schedule.is_some());
@@ -112,6 +121,16 @@ fn bad_values_name_their_field() {
             "deploy: { group: g, rolling: { max_batch: 0 } }\n",
             "deploy.rolling.max_batch",
             "at least 1",
+        ),
+        (
+            "deploy: { group: g, routing: { algorithm: fastest } }\n",
+            "deploy.routing.algorithm",
+            "expected least_outstanding_requests",
+        ),
+        (
+            "deploy: { group: g, routing: { slow_start: 30s } }\n",
+            "deploy.routing.slow_start",
+            "needs round_robin",
         ),
         (
             "deploy: { group: \"no spaces\" }\n",
