@@ -208,9 +208,69 @@ fn each_role_names_only_the_resources_its_principal_touches() {
             "arn:${AWS::Partition}:s3:::${ArtifactBucket}/image-logs/*".into(),
             arn("ec2", "instance/*"),
             arn("imagebuilder", "component/shop-*"),
-            objects,
+            objects.clone(),
         ])
     );
+    let role = |name: &str| format!("arn:${{AWS::Partition}}:iam::${{AWS::AccountId}}:role/{name}");
+    assert_eq!(
+        resources_of(&t, "VersionActionRole"),
+        set(&[arn("codebuild", "project/shop-version")])
+    );
+    for (stage, stack) in [("Image", "shop-image"), ("Deploy", "shop-deploy")] {
+        assert_eq!(
+            resources_of(&t, &format!("{stage}ExecuteActionRole")),
+            set(&[arn("cloudformation", &format!("stack/{stack}/*"))])
+        );
+        // A change set is made with the stack's own role, and no other.
+        assert_eq!(
+            resources_of(&t, &format!("{stage}ChangeSetActionRole")),
+            set(&[
+                arn("cloudformation", &format!("stack/{stack}/*")),
+                role(&format!("{stack}-stack")),
+                objects.clone(),
+            ])
+        );
+    }
+    // The pipeline itself only reaches its bucket and assumes its actions' roles.
+    let mut pipeline = vec![
+        "arn:${AWS::Partition}:s3:::${ArtifactBucket}".to_string(),
+        objects.clone(),
+    ];
+    for action in [
+        "source",
+        "build-action",
+        "version-action",
+        "image-changeset",
+        "image-execute",
+        "deploy-changeset",
+        "deploy-execute",
+    ] {
+        pipeline.push(role(&format!("shop-{action}")));
+    }
+    assert_eq!(resources_of(&t, "PipelineRole"), set(&pipeline));
+    // Retention deletes this recipe's images; AMIs and snapshots have no
+    // name to scope by, and listing has no resource type.
+    assert_eq!(
+        resources_of(&t, "ImageLifecycleRole"),
+        set(&[
+            "*".into(),
+            arn("imagebuilder", "image/shop-*"),
+            "arn:${AWS::Partition}:ec2:${AWS::Region}::image/*".into(),
+            "arn:${AWS::Partition}:ec2:${AWS::Region}::snapshot/*".into(),
+        ])
+    );
+    // The image stack's role makes only this pipeline's Image Builder
+    // resources, roles and parameter, and reads AWS's public AMI ids.
+    for r in resources_of(&t, "ImageStackRole") {
+        assert!(
+            r.contains("/shop-")
+                || r.ends_with("/shop-image-instance")
+                || r.ends_with("parameter/shop/ImageId")
+                || r.ends_with(":parameter/aws/service/*")
+                || r.ends_with("aws-service-role/imagebuilder.amazonaws.com/*"),
+            "ImageStackRole reaches {r}"
+        );
+    }
     // An existing VPC: the deploy role may use that VPC, no other.
     let deploy = resources_of(&t, "DeployStackRole");
     assert!(deploy.contains(&arn("ec2", "vpc/vpc-0abc1234")));
