@@ -8,9 +8,11 @@ use super::support::*;
 
 #[test]
 fn a_failed_build_stops_at_build_and_retry_resumes_from_it() {
-    // Outside /tmp (a tmpfs in the build sandbox anyway), so that the build
-    // would see the state directory if kiln did not hide it.
-    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // Outside /tmp, which the build sandbox covers with a tmpfs anyway: the
+    // build must see this directory to prove that kiln hides the state
+    // directory in it, and to see the ready file. /var/tmp, since the
+    // workspace itself (and so its target directory) may be under /tmp.
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
     let api_token = tmp.path().join("state/api-token");
     // The host's root is the build's, read-only: a file the test makes
     // lets the second attempt's command pass where the first one failed.
