@@ -70,8 +70,7 @@ impl Drop for Podman {
 fn layout_counts(dir: &Path) -> (usize, usize) {
     let read = |digest: &str| -> serde_json::Value {
         let hex = digest.strip_prefix("sha256:").unwrap();
-        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap())
-            .unwrap()
+        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
     };
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
@@ -176,7 +175,11 @@ fn podman_and_skopeo_build_on_and_copy_what_kiln_exports() {
             out.to_str().unwrap(),
         ]);
         let written = std::fs::read_to_string(&out).unwrap();
-        let mark = if expect_mark { "baked-by-kiln" } else { "no-mark" };
+        let mark = if expect_mark {
+            "baked-by-kiln"
+        } else {
+            "no-mark"
+        };
         assert_eq!(written, format!("{mark}\nran\n"), "built FROM {name}");
     }
 }
