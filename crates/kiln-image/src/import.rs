@@ -16,8 +16,8 @@ use std::io::{BufReader, BufWriter, Read};
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::{
-    ConfigBuilder, Descriptor, ImageConfiguration, ImageConfigurationBuilder, ImageManifest,
-    ImageManifestBuilder, MediaType, RootFsBuilder,
+    ConfigBuilder, Descriptor, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder,
+    ImageManifest, ImageManifestBuilder, MediaType, RootFsBuilder,
 };
 
 use crate::store::{ImageRecord, Status, Store, StoreError, parse_digest};
@@ -100,7 +100,7 @@ pub fn image_from_tree(
 ) -> Result<ImageRecord> {
     let (layer, info) = write_layer(store, tree, false)?;
     store.put_unpacked_layer(tree, &info.diff_id)?;
-    let config = base_config(vec![info.diff_id.clone()])?;
+    let config = base_config(vec![info.diff_id.clone()], source)?;
     finish_image(store, &config, vec![layer], name, version, source)
 }
 
@@ -128,7 +128,18 @@ pub fn write_layer(
     Ok((descriptor, info))
 }
 
-fn base_config(diff_ids: Vec<String>) -> Result<ImageConfiguration> {
+fn base_config(diff_ids: Vec<String>, source: &str) -> Result<ImageConfiguration> {
+    let created = jiff::Timestamp::now().to_string();
+    let history = diff_ids
+        .iter()
+        .map(|_| {
+            HistoryBuilder::default()
+                .created(created.clone())
+                .created_by(format!("kiln import {source}"))
+                .build()
+                .map_err(|e| invalid("config", e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let rootfs = RootFsBuilder::default()
         .typ("layers")
         .diff_ids(diff_ids)
@@ -137,7 +148,8 @@ fn base_config(diff_ids: Vec<String>) -> Result<ImageConfiguration> {
     ImageConfigurationBuilder::default()
         .architecture(oci_spec::image::Arch::Amd64)
         .os(oci_spec::image::Os::Linux)
-        .created(jiff::Timestamp::now().to_string())
+        .created(created)
+        .history(history)
         .config(
             ConfigBuilder::default()
                 .build()
@@ -169,7 +181,8 @@ pub fn write_manifest(
     config: &ImageConfiguration,
     layers: Vec<Descriptor>,
 ) -> Result<Descriptor> {
-    let config_json = serde_json::to_vec(config).map_err(|e| invalid("config", e.to_string()))?;
+    let config = with_layer_history("config", config, layers.len())?;
+    let config_json = serde_json::to_vec(&config).map_err(|e| invalid("config", e.to_string()))?;
     let config_desc = store.put_blob(MediaType::ImageConfig, &config_json)?;
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
@@ -181,6 +194,44 @@ pub fn write_manifest(
     let manifest_json =
         serde_json::to_vec(&manifest).map_err(|e| invalid("manifest", e.to_string()))?;
     Ok(store.put_blob(MediaType::ImageManifest, &manifest_json)?)
+}
+
+/// `config` with exactly one non-empty history entry per layer, as the
+/// OCI image spec asks and podman/buildah check before they build on an
+/// image. Layers without an entry (images imported without history) get
+/// one in front, since a tool that wrote none recorded nothing about its
+/// lowest layers; entries beyond the layers are an error, because the
+/// image would be refused by every tool that reads it.
+pub fn with_layer_history(
+    source_name: &str,
+    config: &ImageConfiguration,
+    layers: usize,
+) -> Result<ImageConfiguration> {
+    let mut history = config.history().clone().unwrap_or_default();
+    let non_empty = history
+        .iter()
+        .filter(|h| h.empty_layer() != Some(true))
+        .count();
+    if non_empty > layers {
+        return Err(invalid(
+            source_name,
+            format!(
+                "config: history lists {non_empty} non-empty layers, but the image has {layers}"
+            ),
+        ));
+    }
+    let missing = (0..layers - non_empty)
+        .map(|_| {
+            HistoryBuilder::default()
+                .created_by("kiln: layer imported without history")
+                .build()
+                .map_err(|e| invalid("config", e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    history.splice(0..0, missing);
+    let mut config = config.clone();
+    config.set_history(Some(history));
+    Ok(config)
 }
 
 /// Makes sure every layer of `manifest` is unpacked (in overlayfs form);

@@ -221,8 +221,9 @@ impl Published<'_> {
                 parse_digest(&layer.digest)?,
             ));
         }
+        let config = super::with_layer_history(source, config, descriptors.len())?;
         let config_json =
-            serde_json::to_vec(config).map_err(|e| invalid("config", e.to_string()))?;
+            serde_json::to_vec(&config).map_err(|e| invalid("config", e.to_string()))?;
         let config_desc = self.put_blob(MediaType::ImageConfig, &config_json)?;
         let manifest = ImageManifestBuilder::default()
             .schema_version(2u32)
