@@ -5,11 +5,14 @@
 //! Their build phases change the image, their validate and test phases
 //! pass, and the reboot one reboots.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use kiln_bake::{BakeObserver, BakeOptions, TestReport};
 use kiln_image::{Status, Store};
+
+#[path = "../../kiln-toe/tests/common/corpus_dir.rs"]
+mod corpus_dir;
+use corpus_dir::corpus;
 
 /// The corpus components that run offline on Debian, and why the rest do
 /// not: the others install with yum or curl, call sudo or the AWS CLI,
@@ -21,20 +24,6 @@ const OFFLINE: &[&str] = &[
     "linux-slurm-path-config-cfn-hpc-recipes.yaml",
     "linux-reboot-hardening-pipeline.yaml",
 ];
-
-fn corpus() -> PathBuf {
-    let dir = match std::env::var_os("KILN_CORPUS") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"),
-    };
-    assert!(
-        dir.join("components").is_dir(),
-        "the real-world corpus is missing: no folder {}/components \
-         (set KILN_CORPUS to the folder holding components/ and buildspecs/)",
-        dir.display()
-    );
-    dir
-}
 
 struct Print;
 impl kiln_toe::Observer for Print {
@@ -53,7 +42,7 @@ impl BakeObserver for Print {
 
 #[test]
 fn offline_real_components_bake_on_debian() {
-    let components = corpus().join("components");
+    let components = corpus("components").join("components");
     let dir = tempfile::tempdir().unwrap();
     let mut recipe =
         String::from("name: corpus\nversion: 1.0.0\nparent: debian:bookworm\ncomponents:\n");

@@ -115,9 +115,7 @@ pub fn restore(cache: &Path, workspace: &Path) -> CacheReport {
     let started = Instant::now();
     for place in [Place::Src, Place::Home] {
         let from = cache.join("data").join(place.dir());
-        let mut files = Vec::new();
-        walk(&from, "", &mut files);
-        for rel in files {
+        for rel in crate::files::regular_files(&from) {
             let dest = workspace.join(place.dir()).join(&rel);
             if let Ok(n) = copy_no_follow(&from.join(&rel), workspace.join(place.dir()), &rel) {
                 report.restored_files += 1;
@@ -219,9 +217,7 @@ fn save(
             continue;
         }
         let root = workspace.join(place.dir());
-        let mut files = Vec::new();
-        walk(&root, "", &mut files);
-        for rel in files {
+        for rel in crate::files::regular_files(&root) {
             if !patterns.iter().any(|p| glob::matches(p, &rel)) {
                 continue;
             }
@@ -257,29 +253,6 @@ fn save(
     report.saved_files = files_n;
     report.saved_bytes = bytes;
     Ok(())
-}
-
-/// Regular files under `dir`, relative to it, symlinks not followed.
-fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.filter_map(Result::ok) {
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let rel = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
-        if kind.is_dir() {
-            walk(&entry.path(), &rel, out);
-        } else if kind.is_file() {
-            out.push(rel);
-        }
-    }
 }
 
 /// Copies `from` to `root/rel`, creating the directories between and

@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod batch;
 pub mod buildspec;
 pub mod cache;
+mod files;
 pub mod glob;
 pub mod reports;
 pub mod run;

@@ -240,8 +240,7 @@ fn collect_group(src: &Path, g: &ReportGroup) -> Report {
         ));
         return report;
     };
-    let mut found = Vec::new();
-    walk(&src.join(&base_rel), "", &mut found);
+    let mut found = crate::files::regular_files(&src.join(&base_rel));
     found.sort();
     found.retain(|rel| g.files.iter().any(|pat| glob::matches(pat, rel)));
     found.truncate(MAX_FILES);
@@ -273,30 +272,6 @@ fn collect_group(src: &Path, g: &ReportGroup) -> Report {
         report.status = "FAILED".into();
     }
     report
-}
-
-/// Regular files under `dir`, relative to it; symlinks are not followed,
-/// so nothing outside the source directory is read.
-fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.filter_map(Result::ok) {
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let rel = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
-        if kind.is_dir() {
-            walk(&entry.path(), &rel, out);
-        } else if kind.is_file() {
-            out.push(rel);
-        }
-    }
 }
 
 fn read_limited(path: &Path) -> Result<String, String> {

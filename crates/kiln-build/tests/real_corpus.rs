@@ -7,25 +7,13 @@
 
 use std::path::PathBuf;
 
-/// The corpus folder: `$KILN_CORPUS`, else `<workspace>/../shared/corpus`.
-/// A missing folder fails the test: a skipped corpus would look green.
-fn corpus() -> PathBuf {
-    let dir = match std::env::var_os("KILN_CORPUS") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"),
-    };
-    assert!(
-        dir.join("buildspecs").is_dir(),
-        "the real-world corpus is missing: no folder {}/buildspecs \
-         (set KILN_CORPUS to the folder holding components/ and buildspecs/)",
-        dir.display()
-    );
-    dir
-}
+#[path = "../../kiln-toe/tests/common/corpus_dir.rs"]
+mod corpus_dir;
+use corpus_dir::corpus;
 
 #[test]
 fn every_real_buildspec_validates() {
-    let dir = corpus().join("buildspecs");
+    let dir = corpus("buildspecs").join("buildspecs");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
         .map(|e| e.expect("a directory entry").path())
@@ -73,7 +61,7 @@ const SELF_CONTAINED: &[(&str, &str)] = &[(
 
 #[test]
 fn self_contained_real_buildspecs_run() {
-    let dir = corpus().join("buildspecs");
+    let dir = corpus("buildspecs").join("buildspecs");
     for (name, expect) in SELF_CONTAINED {
         let spec = kiln_build::buildspec::load(&dir.join(name)).unwrap_or_else(|d| panic!("{d}"));
         let tmp = tempfile::tempdir().unwrap();

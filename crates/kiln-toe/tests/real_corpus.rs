@@ -5,6 +5,10 @@
 
 use std::path::PathBuf;
 
+#[path = "common/corpus_dir.rs"]
+mod corpus_dir;
+use corpus_dir::corpus;
+
 /// Documents of the corpus that AWS refuses too: file name, what kiln's
 /// error says, and why AWS refuses it. Each must be refused, with that error.
 const AWS_REFUSES: &[(&str, &str, &str)] = &[(
@@ -14,25 +18,9 @@ const AWS_REFUSES: &[(&str, &str, &str)] = &[(
      ExecuteBash step has no commands, which AWSTOE requires",
 )];
 
-/// The corpus folder: `$KILN_CORPUS`, else `<workspace>/../shared/corpus`.
-/// A missing folder fails the test: a skipped corpus would look green.
-fn corpus() -> PathBuf {
-    let dir = match std::env::var_os("KILN_CORPUS") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"),
-    };
-    assert!(
-        dir.join("components").is_dir(),
-        "the real-world corpus is missing: no folder {}/components \
-         (set KILN_CORPUS to the folder holding components/ and buildspecs/)",
-        dir.display()
-    );
-    dir
-}
-
 #[test]
 fn every_real_component_validates() {
-    let dir = corpus().join("components");
+    let dir = corpus("components").join("components");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
         .map(|e| e.expect("a directory entry").path())
