@@ -27,20 +27,18 @@ impl kiln_lb::Connector for FleetConnector {
                 )
             };
             let inner = self.inner.upgrade().ok_or_else(gone)?;
-            let connector = inner
+            let machine = inner
                 .live
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&backend)
-                .map(|l| l.connector.clone())
+                .cloned()
                 .ok_or_else(gone)?;
             let port = self.port;
-            let stream = tokio::task::spawn_blocking(move || {
-                connector.connect(port, Duration::from_secs(2))
-            })
-            .await
-            .map_err(std::io::Error::other)?
-            .map_err(std::io::Error::other)?;
+            let stream =
+                tokio::task::spawn_blocking(move || machine.connect(port, Duration::from_secs(2)))
+                    .await
+                    .map_err(std::io::Error::other)??;
             stream.set_nonblocking(true)?;
             tokio::net::TcpStream::from_std(stream)
         })

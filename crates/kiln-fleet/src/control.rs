@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use crate::fleet::{Fleet, FleetError, Health, lock};
 use crate::model::*;
-use crate::runtime::{self, Live};
+use crate::policy::{self, Action, Liveness, Observation};
+use crate::runtime::{self, Machine};
 
 type Result<T> = std::result::Result<T, FleetError>;
 
 impl Fleet {
     pub(crate) async fn control_loop(self) {
-        loop {
+        while !self.is_stopped() {
             if let Err(e) = self.reconcile_all().await {
                 tracing::error!("reconcile: {e}");
             }
@@ -42,156 +43,49 @@ impl Fleet {
     async fn reconcile(&self, group: &Group) -> Result<()> {
         let name = &group.name;
         let rollout = self.db().active_rollout(name)?;
-        // Dead, lost and unhealthy instances go first.
-        let recorded = self.db().instances(Some(name), false)?;
-        for i in recorded {
+        let instances = self.db().instances(Some(name), false)?;
+        let since_batch = lock(&self.inner.batch_done).get(name).map(Instant::elapsed);
+        let liveness = |i: &Instance| {
             if self.is_busy(&i.id) {
-                continue;
+                return Liveness::Busy;
             }
-            let live = lock(&self.inner.live).get(&i.id).cloned();
-            let reason = match (&live, i.state) {
-                (None, _) => Some("lost: no process"),
-                (Some(l), _) if !l.running.is_alive() => Some("its process exited"),
-                (_, InstanceState::Unhealthy) => Some("it failed its health checks"),
-                (_, InstanceState::Draining) => Some("it was draining when the daemon stopped"),
-                _ => None,
-            };
-            if let Some(reason) = reason {
-                if i.version == group.version
-                    && rollout
-                        .as_ref()
-                        .is_some_and(|r| r.state == RolloutState::InProgress)
-                {
-                    lock(&self.inner.failed_new).insert(
-                        name.clone(),
-                        format!(
-                            "instance {} of version {} failed: {reason}",
-                            i.id, i.version
-                        ),
-                    );
+            match lock(&self.inner.live).get(&i.id) {
+                None => Liveness::Lost,
+                Some(l) if !l.is_alive() => Liveness::Exited,
+                Some(_) => Liveness::Alive,
+            }
+        };
+        let actions = policy::plan(&Observation {
+            group,
+            rollout: rollout.as_ref(),
+            instances: &instances,
+            liveness: &liveness,
+            since_batch,
+            now: jiff::Timestamp::now(),
+        });
+        for action in actions {
+            match action {
+                Action::Terminate { id, reason, drain } => {
+                    if let Some(i) = instances.iter().find(|i| i.id == id) {
+                        self.terminate(i, &reason, drain);
+                    }
                 }
-                self.terminate(&i, reason, false);
-            }
-        }
-        let instances: Vec<Instance> = self
-            .db()
-            .instances(Some(name), false)?
-            .into_iter()
-            .filter(|i| matches!(i.state, InstanceState::Pending | InstanceState::InService))
-            .collect();
-        let (new, old): (Vec<&Instance>, Vec<&Instance>) =
-            instances.iter().partition(|i| i.version == group.version);
-        let desired = group.spec.desired as usize;
-        let policy = &group.spec.rolling;
-
-        if let Some(r) = &rollout
-            && r.state == RolloutState::InProgress
-        {
-            let failure = lock(&self.inner.failed_new).remove(name);
-            let timed_out = new
-                .iter()
-                .filter(|i| i.state == InstanceState::Pending)
-                .find(|i| age(&i.created) > Duration::from_millis(policy.batch_timeout_ms));
-            let why = failure.or_else(|| {
-                timed_out.map(|i| {
-                    format!(
-                        "instance {} of version {} did not become healthy within {} ms",
-                        i.id, i.version, policy.batch_timeout_ms
-                    )
-                })
-            });
-            if let Some(why) = why {
-                tracing::warn!(group = %name, "rolling back: {why}");
-                self.rollback(name, &why)?;
-                for i in new.iter().filter(|i| i.state == InstanceState::Pending) {
-                    self.terminate(i, "rolled back", false);
+                Action::Launch => self.launch(group),
+                Action::RollBack { why } => {
+                    tracing::warn!(group = %name, "rolling back: {why}");
+                    self.rollback(name, &why)?;
                 }
-                return Ok(());
-            }
-        }
-
-        if old.is_empty() {
-            if let Some(mut r) = rollout {
-                r.state = if r.state == RolloutState::InProgress {
-                    RolloutState::Succeeded
-                } else {
-                    RolloutState::RolledBack
-                };
-                r.ended = now();
-                self.db().update_rollout(&r)?;
-                tracing::info!(group = %name, "rollout to version {} {}", r.to_version, r.state.as_str());
-            }
-            if new.len() < desired {
-                for _ in new.len()..desired {
-                    self.launch(group);
+                Action::FinishRollout(state) => {
+                    if let Some(mut r) = rollout.clone() {
+                        r.state = state;
+                        r.ended = now();
+                        self.db().update_rollout(&r)?;
+                        tracing::info!(group = %name, "rollout to version {} {}", r.to_version, r.state.as_str());
+                    }
                 }
-            } else if new.len() > desired {
-                let mut surplus: Vec<&&Instance> = new.iter().collect();
-                // Pending ones first, then the newest.
-                surplus.sort_by_key(|i| {
-                    (
-                        i.state == InstanceState::InService,
-                        std::cmp::Reverse(i.created.clone()),
-                    )
-                });
-                for i in surplus.into_iter().take(new.len() - desired) {
-                    self.terminate(i, "scaled in", true);
+                Action::BatchDone => {
+                    lock(&self.inner.batch_done).insert(name.clone(), Instant::now());
                 }
-            }
-            return Ok(());
-        }
-
-        // Rolling: old instances that never served go at once.
-        for i in old.iter().filter(|i| i.state == InstanceState::Pending) {
-            self.terminate(i, "replaced by a rollout", false);
-        }
-        let old_serving: Vec<&&Instance> = old
-            .iter()
-            .filter(|i| i.state == InstanceState::InService)
-            .collect();
-        let new_pending = new
-            .iter()
-            .filter(|i| i.state == InstanceState::Pending)
-            .count();
-        let new_serving = new
-            .iter()
-            .filter(|i| i.state == InstanceState::InService)
-            .count();
-        if new_pending > 0 {
-            return Ok(());
-        }
-        let paused = lock(&self.inner.batch_done)
-            .get(name)
-            .is_some_and(|t| t.elapsed() < Duration::from_millis(policy.pause_ms));
-        if paused {
-            return Ok(());
-        }
-        let batch = policy.max_batch_size.max(1) as usize;
-        let floor = (policy.min_instances_in_service as usize).max(
-            policy
-                .min_healthy_percentage
-                .map_or(0, |p| (desired * p as usize).div_ceil(100)),
-        );
-        let serving = new_serving + old_serving.len();
-        let surplus = serving.saturating_sub(desired);
-        if surplus > 0 {
-            // The new batch serves: drain as many old instances.
-            for i in old_serving.iter().take(surplus.min(batch)) {
-                self.terminate(i, "replaced by a rollout", true);
-            }
-            lock(&self.inner.batch_done).insert(name.clone(), Instant::now());
-        } else if policy.max_healthy_percentage == Some(100)
-            && serving > floor
-            && new.len() + old_serving.len() >= desired
-        {
-            // No capacity above desired: make room first, never below the floor.
-            for i in old_serving.iter().take(batch.min(serving - floor)) {
-                self.terminate(i, "replaced by a rollout", true);
-            }
-        } else {
-            // Launch before terminating, so in-service capacity never dips.
-            for _ in 0..batch.min(desired.saturating_sub(new.len())) {
-                self.launch(group);
             }
         }
         Ok(())
@@ -229,13 +123,8 @@ impl Fleet {
                     let f = fleet.clone();
                     let (id2, group2) = (id.clone(), group.clone());
                     tokio::task::spawn_blocking(move || {
-                        runtime::launch(
-                            &f.inner.store,
-                            &f.inner.instances_dir,
-                            &id2,
-                            &group2,
-                            &template,
-                        )
+                        let dir = f.inner.instances_dir.join(&id2);
+                        f.inner.runtime.launch(&id2, &dir, &group2, &template)
                     })
                     .await
                     .map_err(|e| e.to_string())
@@ -245,7 +134,7 @@ impl Fleet {
             };
             match launched {
                 Ok(live) => {
-                    let identity = live.running.identity;
+                    let identity = live.identity();
                     let mut record = record;
                     record.pid = identity.pid;
                     record.start_time = identity.start_time;
@@ -262,9 +151,7 @@ impl Fleet {
                             instance = %id, group = %group.name, pid = identity.pid, error = %e,
                             "the launched instance's identity could not be recorded; stopping it"
                         );
-                        tokio::task::spawn_blocking(move || {
-                            runtime::stop(&live, Duration::from_secs(5))
-                        })
+                        tokio::task::spawn_blocking(move || live.stop(Duration::from_secs(5)))
                         .await
                         .unwrap_or_else(|e| {
                             tracing::error!(instance = %id, error = %e, "stopping the instance panicked")
@@ -278,7 +165,7 @@ impl Fleet {
                         fleet.inner.wake.notify_one();
                         return;
                     }
-                    lock(&fleet.inner.live).insert(id.clone(), Arc::new(live));
+                    lock(&fleet.inner.live).insert(id.clone(), live);
                     tracing::info!(instance = %id, group = %group.name, version = group.version, "launched");
                     lock(&fleet.inner.busy).remove(&id);
                     fleet.attach(&id, InstanceState::Pending).await;
@@ -290,7 +177,7 @@ impl Fleet {
                         InstanceState::Terminated,
                         &format!("launch failed: {e}"),
                     );
-                    runtime::cleanup(&dir);
+                    fleet.inner.runtime.cleanup(&dir);
                     lock(&fleet.inner.busy).remove(&id);
                 }
             }
@@ -364,7 +251,7 @@ impl Fleet {
         }
     }
 
-    pub(crate) fn is_live(&self, id: &str) -> Option<Arc<Live>> {
+    pub(crate) fn is_live(&self, id: &str) -> Option<Arc<dyn Machine>> {
         lock(&self.inner.live).get(id).cloned()
     }
 
@@ -390,9 +277,10 @@ impl Fleet {
             let live = lock(&fleet.inner.live).remove(&instance.id);
             lock(&fleet.inner.health).remove(&instance.id);
             let dir = PathBuf::from(&instance.dir);
+            let runtime = fleet.inner.runtime.clone();
             let stopped = tokio::task::spawn_blocking(move || match live {
-                Some(live) => runtime::stop(&live, Duration::from_secs(5)),
-                None => runtime::cleanup(&dir),
+                Some(live) => live.stop(Duration::from_secs(5)),
+                None => runtime.cleanup(&dir),
             })
             .await;
             if let Err(e) = stopped {
@@ -407,12 +295,4 @@ impl Fleet {
             fleet.inner.wake.notify_one();
         });
     }
-}
-
-fn age(created: &str) -> Duration {
-    created
-        .parse::<jiff::Timestamp>()
-        .ok()
-        .and_then(|t| jiff::Timestamp::now().duration_since(t).try_into().ok())
-        .unwrap_or_default()
 }

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use tokio::sync::Notify;
 
 use crate::db::{Db, DbError};
 use crate::model::*;
-use crate::runtime::{self, Live};
+use crate::runtime::{Machine, Namespaces, Runtime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -48,17 +49,17 @@ pub(crate) struct Inner {
     pub(crate) instances_dir: PathBuf,
     pub(crate) store: Store,
     pub(crate) db: Mutex<Db>,
-    pub(crate) live: Mutex<HashMap<String, Arc<Live>>>,
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) live: Mutex<HashMap<String, Arc<dyn Machine>>>,
     pub(crate) lbs: Mutex<HashMap<String, LoadBalancer>>,
     /// Instances being launched or terminated: the controller leaves them be.
     pub(crate) busy: Mutex<HashSet<String>>,
     pub(crate) health: Mutex<HashMap<String, Health>>,
     /// When each group's last batch finished, for the pause between batches.
     pub(crate) batch_done: Mutex<HashMap<String, Instant>>,
-    /// Why a rollout must roll back, noticed when an instance of the new
-    /// version failed.
-    pub(crate) failed_new: Mutex<HashMap<String, String>>,
     pub(crate) wake: Notify,
+    /// Set by [`Fleet::shutdown`]: the control loop and health checks end.
+    pub(crate) stopped: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -94,8 +95,16 @@ pub struct GroupUpdate {
 }
 
 impl Fleet {
-    /// Opens the fleet's state in `state_dir` (database, images, instances).
+    /// Opens the fleet's state in `state_dir` (database, images, instances),
+    /// with instances in namespaces of this machine.
     pub fn open(state_dir: &Path) -> Result<Fleet> {
+        let runtime = Namespaces::new(Store::open(&state_dir.join("images"))?);
+        Fleet::with_runtime(state_dir, Arc::new(runtime))
+    }
+
+    /// Opens the fleet's state in `state_dir`, with instances run by
+    /// `runtime`.
+    pub fn with_runtime(state_dir: &Path, runtime: Arc<dyn Runtime>) -> Result<Fleet> {
         std::fs::create_dir_all(state_dir.join("instances"))
             .map_err(|e| FleetError::Invalid(format!("{}: {e}", state_dir.display())))?;
         let db = Db::open(&state_dir.join("kiln.db"))?;
@@ -104,16 +113,21 @@ impl Fleet {
             inner: Arc::new(Inner {
                 instances_dir: state_dir.join("instances"),
                 store,
+                runtime,
                 db: Mutex::new(db),
                 live: Mutex::new(HashMap::new()),
                 lbs: Mutex::new(HashMap::new()),
                 busy: Mutex::new(HashSet::new()),
                 health: Mutex::new(HashMap::new()),
                 batch_done: Mutex::new(HashMap::new()),
-                failed_new: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
+                stopped: AtomicBool::new(false),
             }),
         })
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.inner.stopped.load(Ordering::SeqCst)
     }
 
     pub(crate) fn db(&self) -> std::sync::MutexGuard<'_, Db> {
@@ -143,23 +157,16 @@ impl Fleet {
     fn recover(&self) -> Result<Vec<(String, InstanceState)>> {
         let mut adopted = Vec::new();
         let recorded = self.db().instances(None, false)?;
+        let runtime = &self.inner.runtime;
         for i in recorded {
-            let identity = kiln_sandbox::instance::InstanceIdentity {
-                pid: i.pid,
-                start_time: i.start_time,
-                init_pid: i.init_pid,
-            };
-            match (i.pid != 0)
-                .then(|| runtime::adopt(&i.id, Path::new(&i.dir), identity))
-                .flatten()
-            {
+            match runtime.adopt(&i) {
                 Some(live) => {
                     tracing::info!(instance = %i.id, group = %i.group, "adopted a running instance");
-                    lock(&self.inner.live).insert(i.id.clone(), Arc::new(live));
+                    lock(&self.inner.live).insert(i.id.clone(), live);
                     adopted.push((i.id.clone(), i.state));
                 }
                 None => {
-                    runtime::cleanup(Path::new(&i.dir));
+                    runtime.cleanup(Path::new(&i.dir));
                     self.db().set_instance_state(
                         &i.id,
                         InstanceState::Terminated,
@@ -168,34 +175,11 @@ impl Fleet {
                 }
             }
         }
-        let live: HashSet<String> = lock(&self.inner.live).keys().cloned().collect();
-        let live_pids: HashSet<u32> = lock(&self.inner.live)
-            .values()
-            .map(|l| l.running.identity.pid)
+        let live: Vec<(String, Arc<dyn Machine>)> = lock(&self.inner.live)
+            .iter()
+            .map(|(id, m)| (id.clone(), m.clone()))
             .collect();
-        for p in kiln_sandbox::instance::processes_with_root_below(&self.inner.instances_dir) {
-            if !live_pids.contains(&p.pid) {
-                tracing::warn!(pid = p.pid, "killing an instance process nobody owns");
-                for pid in [p.init_pid, p.pid] {
-                    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32)
-                        && let Err(e) =
-                            rustix::process::kill_process(pid, rustix::process::Signal::KILL)
-                        && e != rustix::io::Errno::SRCH
-                    {
-                        tracing::error!(pid = pid.as_raw_nonzero().get(), error = %e, "an instance process nobody owns could not be killed");
-                    }
-                }
-            }
-        }
-        if let Ok(entries) = std::fs::read_dir(&self.inner.instances_dir) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !live.contains(&name) {
-                    tracing::warn!(dir = %entry.path().display(), "removing an instance directory nobody owns");
-                    runtime::cleanup(&entry.path());
-                }
-            }
-        }
+        runtime.reap(&self.inner.instances_dir, &live);
         Ok(adopted)
     }
 
@@ -470,9 +454,11 @@ impl Fleet {
         Ok(format!("{out}{err}"))
     }
 
-    /// Stops the control loop's effects on shutdown: load balancers close,
-    /// instances keep running for the next daemon to adopt.
+    /// Stops the control loop and health checks and closes the load
+    /// balancers; instances keep running for the next daemon to adopt.
     pub async fn shutdown(&self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        self.inner.wake.notify_one();
         let lbs: Vec<LoadBalancer> = lock(&self.inner.lbs).drain().map(|(_, lb)| lb).collect();
         for lb in lbs {
             lb.shutdown().await;

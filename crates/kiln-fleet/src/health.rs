@@ -4,14 +4,13 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use kiln_sandbox::netns::Connector;
-
 use crate::fleet::Fleet;
 use crate::model::Group;
+use crate::runtime::Machine;
 
 /// One check: a 2xx or 3xx answer within the timeout passes.
-pub fn check(connector: &Connector, port: u16, path: &str, timeout: Duration) -> bool {
-    let Ok(mut stream) = connector.connect(port, timeout) else {
+pub fn check(machine: &dyn Machine, port: u16, path: &str, timeout: Duration) -> bool {
+    let Ok(mut stream) = machine.connect(port, timeout) else {
         return false;
     };
     // Only a zero timeout is refused, and without one a check could wait
@@ -53,16 +52,18 @@ pub(crate) async fn check_loop(fleet: Fleet, id: String, group: Group) {
             tokio::time::sleep(Duration::from_millis(h.interval_ms)).await;
         }
         first = false;
+        if fleet.is_stopped() {
+            return;
+        }
         let Some(live) = fleet.is_live(&id) else {
             return;
         };
-        let (connector, port, path, timeout) = (
-            live.connector.clone(),
+        let (port, path, timeout) = (
             group.spec.port,
             h.path.clone(),
             Duration::from_millis(h.timeout_ms),
         );
-        let ok = tokio::task::spawn_blocking(move || check(&connector, port, &path, timeout))
+        let ok = tokio::task::spawn_blocking(move || check(live.as_ref(), port, &path, timeout))
             .await
             .unwrap_or(false);
         if ok {

@@ -8,6 +8,7 @@ pub mod db;
 pub mod fleet;
 pub mod health;
 pub mod model;
+pub mod policy;
 pub mod runtime;
 
 pub use db::{Db, DbError};

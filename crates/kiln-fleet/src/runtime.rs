@@ -1,15 +1,54 @@
-//! Instances on this machine: an overlay of the image's layers with a
-//! writable layer of the instance's own, started isolated in namespaces of
-//! its own (network included) by the sandbox, and cleaned up again.
+//! Where instances run. The controller decides what to launch and stop;
+//! a [`Runtime`] carries it out. [`Namespaces`] runs instances on this
+//! machine: an overlay of the image's layers with a writable layer of the
+//! instance's own, started isolated in namespaces of its own (network
+//! included) by the sandbox, and cleaned up again. Tests above this line
+//! drive the controller with a runtime of their own.
 
+use std::collections::HashSet;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_image::Store;
 use kiln_sandbox::instance::{InstanceIdentity, InstanceSpec, RunningInstance};
 use kiln_sandbox::netns::Connector;
 
-use crate::model::{Group, Template};
+use crate::model::{Group, Instance, Template};
+
+/// The operations the fleet needs from whatever runs its instances. Every
+/// method blocks: the controller calls them from blocking threads.
+pub trait Runtime: Send + Sync {
+    /// Starts instance `id` of `group` from `template`, with its files
+    /// under `dir`.
+    fn launch(
+        &self,
+        id: &str,
+        dir: &Path,
+        group: &Group,
+        template: &Template,
+    ) -> Result<Arc<dyn Machine>, RuntimeError>;
+    /// Re-attaches to an instance a previous daemon started, if its
+    /// process is still the one on record.
+    fn adopt(&self, instance: &Instance) -> Option<Arc<dyn Machine>>;
+    /// Removes an instance's files; harmless when they are gone.
+    fn cleanup(&self, dir: &Path);
+    /// Stops every process under `instances_dir` that none of `live`
+    /// owns, and removes the directories none of them owns.
+    fn reap(&self, instances_dir: &Path, live: &[(String, Arc<dyn Machine>)]);
+}
+
+/// One running instance.
+pub trait Machine: Send + Sync {
+    /// What the database keeps so that a later daemon can adopt it.
+    fn identity(&self) -> InstanceIdentity;
+    fn is_alive(&self) -> bool;
+    /// A connection to `port` of the instance's network.
+    fn connect(&self, port: u16, timeout: Duration) -> std::io::Result<TcpStream>;
+    /// Stops it and removes its files.
+    fn stop(&self, grace: Duration);
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -29,12 +68,104 @@ fn err(id: &str, what: &'static str, e: impl std::fmt::Display) -> RuntimeError 
     }
 }
 
-/// A started or adopted instance.
-pub struct Live {
-    pub id: String,
-    pub running: RunningInstance,
-    pub connector: Connector,
-    pub dir: PathBuf,
+/// Instances in namespaces of this machine, rooted in the image store's
+/// layers.
+pub struct Namespaces {
+    store: Store,
+}
+
+impl Namespaces {
+    pub fn new(store: Store) -> Namespaces {
+        Namespaces { store }
+    }
+}
+
+impl Runtime for Namespaces {
+    fn launch(
+        &self,
+        id: &str,
+        dir: &Path,
+        group: &Group,
+        template: &Template,
+    ) -> Result<Arc<dyn Machine>, RuntimeError> {
+        Ok(Arc::new(launch(&self.store, dir, id, group, template)?))
+    }
+
+    fn adopt(&self, instance: &Instance) -> Option<Arc<dyn Machine>> {
+        let identity = InstanceIdentity {
+            pid: instance.pid,
+            start_time: instance.start_time,
+            init_pid: instance.init_pid,
+        };
+        if identity.pid == 0 {
+            return None;
+        }
+        let live = adopt(&instance.id, Path::new(&instance.dir), identity)?;
+        Some(Arc::new(live))
+    }
+
+    fn cleanup(&self, dir: &Path) {
+        cleanup(dir)
+    }
+
+    fn reap(&self, instances_dir: &Path, live: &[(String, Arc<dyn Machine>)]) {
+        let live_pids: HashSet<u32> = live.iter().map(|(_, m)| m.identity().pid).collect();
+        for p in kiln_sandbox::instance::processes_with_root_below(instances_dir) {
+            if !live_pids.contains(&p.pid) {
+                tracing::warn!(pid = p.pid, "killing an instance process nobody owns");
+                for pid in [p.init_pid, p.pid] {
+                    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32)
+                        && let Err(e) =
+                            rustix::process::kill_process(pid, rustix::process::Signal::KILL)
+                        && e != rustix::io::Errno::SRCH
+                    {
+                        tracing::error!(pid = pid.as_raw_nonzero().get(), error = %e, "an instance process nobody owns could not be killed");
+                    }
+                }
+            }
+        }
+        let owned: HashSet<&str> = live.iter().map(|(id, _)| id.as_str()).collect();
+        if let Ok(entries) = std::fs::read_dir(instances_dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !owned.contains(name.as_str()) {
+                    tracing::warn!(dir = %entry.path().display(), "removing an instance directory nobody owns");
+                    cleanup(&entry.path());
+                }
+            }
+        }
+    }
+}
+
+/// A started or adopted instance in namespaces of this machine.
+struct Live {
+    id: String,
+    running: RunningInstance,
+    connector: Connector,
+    dir: PathBuf,
+}
+
+impl Machine for Live {
+    fn identity(&self) -> InstanceIdentity {
+        self.running.identity
+    }
+
+    fn is_alive(&self) -> bool {
+        self.running.is_alive()
+    }
+
+    fn connect(&self, port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
+        self.connector
+            .connect(port, timeout)
+            .map_err(std::io::Error::other)
+    }
+
+    fn stop(&self, grace: Duration) {
+        if let Err(e) = self.running.stop(grace) {
+            tracing::warn!("stopping instance {}: {e}", self.id);
+        }
+        cleanup(&self.dir);
+    }
 }
 
 /// `i-` and 17 hex digits, as EC2 names instances.
@@ -43,33 +174,29 @@ pub fn new_instance_id() -> String {
     format!("i-{}", &hex[..17])
 }
 
-/// Mounts the instance's root and starts it. Blocking: call it from a
-/// blocking thread.
-pub fn launch(
+/// Mounts the instance's root and starts it.
+fn launch(
     store: &Store,
-    instances_dir: &Path,
+    dir: &Path,
     id: &str,
     group: &Group,
     template: &Template,
 ) -> Result<Live, RuntimeError> {
-    let dir = instances_dir.join(id);
-    let lowers = {
+    let dir = dir.to_path_buf();
+    // Resolved once, under the store lock, so that garbage collection
+    // cannot remove the image between its layers and its config.
+    let (lowers, config) = {
         let _lock = store.lock().map_err(|e| err(id, "image store", e))?;
         let image = store
             .resolve(&template.image_digest)
             .map_err(|e| err(id, "image", e))?;
         let manifest = store.manifest(&image).map_err(|e| err(id, "image", e))?;
-        kiln_image::import::unpack_layers(store, &manifest)
-            .map_err(|e| err(id, "image layers", e))?
-    };
-    let config = {
-        let image = store
-            .resolve(&template.image_digest)
-            .map_err(|e| err(id, "image", e))?;
-        let manifest = store.manifest(&image).map_err(|e| err(id, "image", e))?;
-        store
+        let lowers = kiln_image::import::unpack_layers(store, &manifest)
+            .map_err(|e| err(id, "image layers", e))?;
+        let config = store
             .config(&manifest)
-            .map_err(|e| err(id, "image config", e))?
+            .map_err(|e| err(id, "image config", e))?;
+        (lowers, config)
     };
     let top_first: Vec<&Path> = lowers.iter().rev().map(PathBuf::as_path).collect();
     let mount = kiln_sandbox::OverlayMount::mount(
@@ -200,7 +327,7 @@ pub fn launch(
 }
 
 /// Re-attaches to an instance a previous daemon started.
-pub fn adopt(id: &str, dir: &Path, identity: InstanceIdentity) -> Option<Live> {
+fn adopt(id: &str, dir: &Path, identity: InstanceIdentity) -> Option<Live> {
     let running = RunningInstance::adopt(identity).ok()??;
     let connector = running.netns().connector().ok()?;
     Some(Live {
@@ -211,16 +338,8 @@ pub fn adopt(id: &str, dir: &Path, identity: InstanceIdentity) -> Option<Live> {
     })
 }
 
-/// Stops the instance and removes everything it had. Blocking.
-pub fn stop(live: &Live, grace: Duration) {
-    if let Err(e) = live.running.stop(grace) {
-        tracing::warn!("stopping instance {}: {e}", live.id);
-    }
-    cleanup(&live.dir);
-}
-
 /// Unmounts and removes an instance's directory; harmless when it is gone.
-pub fn cleanup(dir: &Path) {
+fn cleanup(dir: &Path) {
     let merged = dir.join("merged");
     for _ in 0..3 {
         match rustix_unmount(&merged) {
