@@ -14,8 +14,8 @@ pub enum DbError {
         path: String,
         error: rusqlite::Error,
     },
-    #[error("state database {path}: cannot make it private: {error}")]
-    Private { path: String, error: std::io::Error },
+    #[error(transparent)]
+    Open(#[from] kiln_db::OpenError),
     #[error("state database: {what} {id:?} does not exist")]
     NotFound { what: &'static str, id: String },
     #[error("state database: {what} {id:?} already exists")]
@@ -60,24 +60,11 @@ fn parse<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Resu
 
 impl Db {
     pub fn open(path: &Path) -> Result<Db> {
-        let shown = path.display().to_string();
-        let sql = |error| DbError::Sql {
-            path: shown.clone(),
-            error,
-        };
-        kiln_sandbox::private::secret_file(path).map_err(|error| DbError::Private {
-            path: shown.clone(),
-            error,
-        })?;
-        let conn = Connection::open(path).map_err(sql)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(sql)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(sql)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(sql)?;
-        conn.execute_batch(SCHEMA).map_err(sql)?;
-        Ok(Db { conn, path: shown })
+        let conn = kiln_db::open(path, SCHEMA)?;
+        Ok(Db {
+            conn,
+            path: path.display().to_string(),
+        })
     }
 
     fn sql(&self, error: rusqlite::Error) -> DbError {

@@ -13,8 +13,8 @@ pub enum ParamError {
         path: String,
         error: rusqlite::Error,
     },
-    #[error("parameter store {path}: cannot make it private: {error}")]
-    Private { path: String, error: std::io::Error },
+    #[error(transparent)]
+    Open(#[from] kiln_db::OpenError),
     #[error("parameter {0:?} does not exist")]
     NotFound(String),
     #[error(
@@ -56,22 +56,11 @@ fn valid(name: &str) -> bool {
 impl Params {
     /// Opens the store in the database at `path` (WAL, shared with the daemon).
     pub fn open(path: &Path) -> Result<Params> {
-        let shown = path.display().to_string();
-        let sql = |error| ParamError::Sql {
-            path: shown.clone(),
-            error,
-        };
-        kiln_sandbox::private::secret_file(path).map_err(|error| ParamError::Private {
-            path: shown.clone(),
-            error,
-        })?;
-        let conn = Connection::open(path).map_err(sql)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(sql)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(sql)?;
-        conn.execute_batch(SCHEMA).map_err(sql)?;
-        Ok(Params { conn, path: shown })
+        let conn = kiln_db::open(path, SCHEMA)?;
+        Ok(Params {
+            conn,
+            path: path.display().to_string(),
+        })
     }
 
     fn sql(&self, error: rusqlite::Error) -> ParamError {

@@ -12,11 +12,8 @@ use crate::model::*;
 pub enum DbError {
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("database {path}: cannot make it private: {error}")]
-    Private {
-        path: std::path::PathBuf,
-        error: std::io::Error,
-    },
+    #[error(transparent)]
+    Open(#[from] kiln_db::OpenError),
     #[error("{what} {id} does not exist")]
     NotFound { what: &'static str, id: String },
 }
@@ -70,14 +67,7 @@ CREATE TABLE IF NOT EXISTS stages (
 
 impl Db {
     pub fn open(path: &Path) -> Result<Db> {
-        kiln_sandbox::private::secret_file(path).map_err(|error| DbError::Private {
-            path: path.to_path_buf(),
-            error,
-        })?;
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.execute_batch(SCHEMA)?;
+        let conn = kiln_db::open(path, SCHEMA)?;
         Ok(Db { conn })
     }
 
