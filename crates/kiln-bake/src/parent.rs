@@ -4,7 +4,7 @@
 //! Built and imported parents are kept in the store and found again.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use kiln_image::import::{self, ImportError};
 use kiln_image::tarball::ExtractLimits;
@@ -211,7 +211,7 @@ fn busybox(store: &Store, progress: &mut dyn FnMut(&str)) -> Result<ImageRecord,
 }
 
 fn busybox_version(binary: &Path) -> Option<Version> {
-    let out = Command::new(binary).output().ok()?;
+    let out = kiln_sandbox::tool::output(&mut Command::new(binary), None).ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let v = text.split_whitespace().nth(1)?.trim_start_matches('v');
     v.parse().ok()
@@ -250,40 +250,12 @@ fn debian(
     let mut cmd = Command::new("mmdebstrap");
     cmd.args(["--variant=minbase", "--mode=root", "--quiet", suite])
         .arg(&tree)
-        .arg("-")
-        .stdin(Stdio::piped());
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| build(format!("cannot start mmdebstrap: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        use std::io::Write;
-        stdin
-            .write_all(sources.as_bytes())
-            .map_err(|e| build(format!("writing apt sources to mmdebstrap: {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| build(format!("mmdebstrap: {e}")))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr
-            .lines()
-            .rev()
-            .take(15)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        .arg("-");
+    if let Err(e) = kiln_sandbox::tool::run_with_input(&mut cmd, Some(sources.as_bytes())) {
         // Best effort: mmdebstrap's failure is the error to report; the tree is
         // in the store's temporary area, which the next bake empties.
         let _ = std::fs::remove_dir_all(&tree);
-        return Err(build(format!(
-            "mmdebstrap {suite} failed ({}):\n{}",
-            out.status,
-            tail.join("\n")
-        )));
+        return Err(build(format!("building debian:{suite}: {e}")));
     }
     let version = std::fs::read_to_string(tree.join("etc/debian_version"))
         .ok()

@@ -11,6 +11,7 @@
 // The security defaults every sandbox shares (read-only and masked kernel
 // interfaces, capabilities, seccomp).
 use kiln_sandbox::hardening::{self, HardeningError, Mounts};
+use kiln_sandbox::tool::quote;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -448,11 +449,6 @@ pub fn secondary_dir(output_dir: &Path, id: &str) -> PathBuf {
     output_dir.with_file_name(name)
 }
 
-/// A string as one single-quoted shell word.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 /// The script that runs one phase.
 fn script(spec: &Buildspec, phase: &Phase, succeeding: bool) -> String {
     let shared = spec.shared_shell();
@@ -748,11 +744,6 @@ fn run_streaming(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quoting_survives_single_quotes() {
-        assert_eq!(quote("it's"), r"'it'\''s'");
-    }
 
     #[test]
     fn environment_precedence() {

@@ -4,8 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
+
+use kiln_sandbox::tool::ToolError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -30,23 +32,19 @@ fn git(dir: Option<&Path>, args: &[&str]) -> Result<Vec<u8>> {
         cmd.arg("-C").arg(d);
     }
     // Nothing may prompt: the daemon has no terminal.
-    cmd.args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(Stdio::null());
-    let out = cmd.output().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => GitError::Missing,
-        _ => GitError::Failed {
+    cmd.args(args).env("GIT_TERMINAL_PROMPT", "0");
+    match kiln_sandbox::tool::run(&mut cmd) {
+        Ok(out) => Ok(out.stdout),
+        Err(ToolError::NotFound { .. }) => Err(GitError::Missing),
+        Err(ToolError::Failed { stderr_tail, .. }) => Err(GitError::Failed {
+            args: args.join(" "),
+            message: stderr_tail,
+        }),
+        Err(e) => Err(GitError::Failed {
             args: args.join(" "),
             message: e.to_string(),
-        },
-    })?;
-    if !out.status.success() {
-        return Err(GitError::Failed {
-            args: args.join(" "),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
+        }),
     }
-    Ok(out.stdout)
 }
 
 fn text(dir: Option<&Path>, args: &[&str]) -> Result<String> {

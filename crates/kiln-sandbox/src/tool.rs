@@ -51,9 +51,10 @@ fn tail(text: &[u8], n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Quotes a word only when a shell would need it, so that logged command
-/// lines can be pasted into a terminal.
-fn quote(word: &str) -> String {
+/// `word` as one shell word, quoted only when a shell would need it, so
+/// that logged command lines can be pasted into a terminal and generated
+/// scripts read plainly.
+pub fn quote(word: &str) -> String {
     let plain = !word.is_empty()
         && word
             .chars()
@@ -65,32 +66,91 @@ fn quote(word: &str) -> String {
     }
 }
 
-/// The command line as a shell would read it.
+/// The command line as a shell would read it, with the credentials of any
+/// URL in it (`https://user:token@host/...`) masked: it goes to logs and
+/// errors.
 pub fn command_line(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
-        .map(|w| quote(&w.to_string_lossy()))
+        .map(|w| quote(&mask_userinfo(&w.to_string_lossy())))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+fn mask_userinfo(word: &str) -> std::borrow::Cow<'_, str> {
+    let Some(scheme_end) = word.find("://") else {
+        return word.into();
+    };
+    let rest = &word[scheme_end + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{}***{}", &word[..scheme_end + 3], &rest[at..]).into(),
+        None => word.into(),
+    }
 }
 
 /// Runs `cmd` to completion with stdout and stderr captured; a non-zero
 /// exit is an error that names the command and shows the end of stderr.
 pub fn run(cmd: &mut Command) -> Result<Output, ToolError> {
+    run_with_input(cmd, None)
+}
+
+/// [`run`], with `input` written to the tool's standard input (closed
+/// after it); without input the tool reads nothing.
+pub fn run_with_input(cmd: &mut Command, input: Option<&[u8]>) -> Result<Output, ToolError> {
+    let output = output(cmd, input)?;
+    check(cmd, output)
+}
+
+/// Runs `cmd` to completion and returns its output whatever its exit
+/// status, for tools whose status means something other than failure
+/// (a version probe, a comparison).
+pub fn output(cmd: &mut Command, input: Option<&[u8]>) -> Result<Output, ToolError> {
+    use std::io::Write;
+    use std::process::Stdio;
     let line = command_line(cmd);
+    let program = cmd.get_program().to_string_lossy().into_owned();
     tracing::debug!(command = %line, "running host tool");
-    let output = cmd.output().map_err(|error| {
+    let spawn_error = |error: io::Error| {
         if error.kind() == io::ErrorKind::NotFound {
-            ToolError::NotFound {
-                program: cmd.get_program().to_string_lossy().into_owned(),
-            }
+            ToolError::NotFound { program }
         } else {
             ToolError::Spawn {
                 command: line.clone(),
                 error,
             }
         }
-    })?;
+    };
+    let mut child = cmd
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        // A tool that exits without reading all of it fails on its own
+        // terms; its status and stderr say more than a broken pipe.
+        if let Err(error) = stdin.write_all(input)
+            && error.kind() != io::ErrorKind::BrokenPipe
+        {
+            return Err(ToolError::Spawn {
+                command: line.clone(),
+                error,
+            });
+        }
+    }
+    child.wait_with_output().map_err(|error| ToolError::Spawn {
+        command: line.clone(),
+        error,
+    })
+}
+
+fn check(cmd: &Command, output: Output) -> Result<Output, ToolError> {
+    let line = command_line(cmd);
     if output.status.success() {
         return Ok(output);
     }
@@ -121,6 +181,62 @@ mod tests {
         assert!(msg.contains("exit status 3"), "{msg}");
         assert!(msg.contains("line30") && msg.contains("line11"), "{msg}");
         assert!(!msg.contains("line10\n"), "{msg}");
+    }
+
+    #[test]
+    fn quoted_words_come_back_whole_from_a_shell() {
+        assert_eq!(quote("/usr/bin/kiln"), "/usr/bin/kiln");
+        for word in ["", "it's", "a b", "$(id)", "`id`", "x\ny", "*", "~", "'\''"] {
+            let out = run(Command::new("/bin/busybox").args([
+                "sh",
+                "-c",
+                &format!("printf %s {}", quote(word)),
+            ]))
+            .unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), word, "{word:?}");
+        }
+    }
+
+    #[test]
+    fn input_reaches_the_tool_and_output_keeps_a_failing_status() {
+        let out = run_with_input(
+            Command::new("/bin/busybox").args(["tr", "a-z", "A-Z"]),
+            Some(b"deb http://deb.debian.org/debian bookworm main\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            out.stdout,
+            b"DEB HTTP://DEB.DEBIAN.ORG/DEBIAN BOOKWORM MAIN\n"
+        );
+        let out = output(
+            Command::new("/bin/busybox").args(["sh", "-c", "echo v1; exit 1"]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (out.status.code(), out.stdout.as_slice()),
+            (Some(1), &b"v1\n"[..])
+        );
+    }
+
+    #[test]
+    fn credentials_in_urls_never_reach_the_logged_command_line() {
+        let mut cmd = Command::new("git");
+        cmd.args([
+            "clone",
+            "https://kiln:s3cr3t@git.example.com/app.git",
+            "ssh://git@host/x",
+            "/srv/a@b",
+        ]);
+        let line = command_line(&cmd);
+        assert!(
+            !line.contains("s3cr3t") && !line.contains("kiln:"),
+            "{line}"
+        );
+        assert_eq!(
+            line,
+            "git clone 'https://***@git.example.com/app.git' 'ssh://***@host/x' /srv/a@b"
+        );
     }
 
     #[test]

@@ -82,8 +82,8 @@ fn catch_signals() {
 }
 
 fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("git")
-        .arg("-C")
+    let mut cmd = Command::new("git");
+    cmd.arg("-C")
         .arg(dir)
         .args([
             "-c",
@@ -91,17 +91,8 @@ fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
             "-c",
             "user.email=demo@kiln.invalid",
         ])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("running git (apt-get install git)")?;
-    if !out.status.success() {
-        bail!(
-            "git {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+        .args(args);
+    let out = kiln_sandbox::tool::run(&mut cmd).context("git (apt-get install git)")?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 

@@ -428,8 +428,8 @@ pub fn hooks(args: HooksArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
     // In the background, so that a commit never waits for the daemon.
     let command = format!(
         "nohup {} --state-dir {} trigger --hook {pipeline} >/dev/null 2>&1 &",
-        shell_quote(&exe.display().to_string()),
-        shell_quote(&state_dir.display().to_string())
+        kiln_sandbox::tool::quote(&exe.display().to_string()),
+        kiln_sandbox::tool::quote(&state_dir.display().to_string())
     );
     let files = kiln_pipeline::git::install_hooks(&repo, &command)?;
     client.send(
@@ -441,10 +441,6 @@ pub fn hooks(args: HooksArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
         println!("installed {}", f.display());
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 fn short(commit: &str) -> &str {

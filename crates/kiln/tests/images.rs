@@ -5,7 +5,7 @@ mod common;
 
 use common::{kiln, ok};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn tool(program: &str, args: &[&str]) -> String {
@@ -191,8 +191,19 @@ fn inspect_shows_the_lineage() {
     );
 }
 
-/// Every blob's name is the digest of its content: nothing half written.
+/// Every blob's name is the digest of its content (nothing half written),
+/// and nothing is left mounted.
 fn assert_store_consistent(state: &Path) {
+    assert_blobs_whole(state);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(state.to_str().unwrap()),
+        "a mount under the state directory remains"
+    );
+}
+
+/// Every blob's name is the digest of its content: nothing half written.
+fn assert_blobs_whole(state: &Path) {
     use sha2::{Digest, Sha256};
     for entry in std::fs::read_dir(state.join("images/oci/blobs/sha256")).unwrap() {
         let path = entry.unwrap().path();
@@ -204,33 +215,53 @@ fn assert_store_consistent(state: &Path) {
             path.display()
         );
     }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        !mounts.contains(state.to_str().unwrap()),
-        "a mount under the state directory remains"
-    );
+}
+
+/// The files whose names start with `prefix` in the store's temporary
+/// directory, with their sizes.
+fn temp_files(state: &Path, prefix: &str) -> Vec<(PathBuf, u64)> {
+    std::fs::read_dir(state.join("images/tmp"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                .map(|e| (e.path(), e.metadata().map_or(0, |m| m.len())))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[test]
-fn a_bake_killed_midway_leaves_no_partial_blob_or_mount_and_the_next_bake_succeeds() {
+fn a_bake_killed_while_it_writes_a_layer_leaves_no_partial_blob_or_mount_and_the_next_bake_succeeds()
+ {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
+    // 96 MiB that does not compress: the layer takes long enough to write
+    // for the kill to land in the middle of it.
     std::fs::write(
-        dir.path().join("slow.yaml"),
-        "name: slow\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Work\n        action: ExecuteBash\n        inputs:\n          commands:\n            - dd if=/dev/urandom of=/big bs=1M count=8 2>/dev/null\n            - sleep 3\n",
+        dir.path().join("big.yaml"),
+        "name: big\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Work\n        action: ExecuteBash\n        inputs:\n          commands:\n            - sleep 1\n            - dd if=/dev/urandom of=/big bs=1M count=96 2>/dev/null\n",
     )
     .unwrap();
     let recipe = dir.path().join("recipe.yaml");
-    std::fs::write(&recipe, "name: slow\nversion: 1.0.0\nparent: busybox\nshell: sh\ncomponents:\n  - path: slow.yaml\n").unwrap();
+    std::fs::write(
+        &recipe,
+        "name: big\nversion: 1.0.0\nparent: busybox\nshell: sh\ncomponents:\n  - path: big.yaml\n",
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .arg("--state-dir")
         .arg(&state)
         .arg("bake")
         .arg(&recipe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     let merged = state.join("images/tmp");
+    // The parent's layer is written before the bake's overlay is mounted;
+    // the component's layer after its step ends.
     loop {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         if mounts.contains(merged.to_str().unwrap()) {
@@ -240,15 +271,45 @@ fn a_bake_killed_midway_leaves_no_partial_blob_or_mount_and_the_next_bake_succee
             Instant::now() < deadline,
             "the bake never mounted its overlay"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    let before: Vec<PathBuf> = temp_files(&state, "layer-")
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    let writing = loop {
+        if let Some((path, _)) = temp_files(&state, "layer-")
+            .into_iter()
+            .find(|(p, size)| !before.contains(p) && *size > (1 << 20))
+        {
+            break path;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the bake ended before it was seen writing its layer"
+        );
+        assert!(Instant::now() < deadline, "the bake never wrote its layer");
+        std::thread::sleep(Duration::from_millis(1));
+    };
     child.kill().unwrap();
     child.wait().unwrap();
+    assert!(
+        writing.exists(),
+        "the kill came after the layer {} was published: the test did not kill during the write",
+        writing.display()
+    );
+    // Nothing the killed bake half wrote is a blob, and no image names it.
+    assert_blobs_whole(&state);
+    let listed = ok(kiln(&state, &["images", "ls"]));
+    assert!(!listed.contains("big/"), "{listed}");
 
     let out = ok(kiln(&state, &["bake", recipe.to_str().unwrap()]));
-    assert!(out.starts_with("slow/1.0.0/1 available"), "{out}");
+    assert!(out.starts_with("big/1.0.0/1 available"), "{out}");
     assert_store_consistent(&state);
+    assert!(
+        !writing.exists(),
+        "the next bake cleared what the killed one left"
+    );
     assert_eq!(
         std::fs::read_dir(state.join("images/tmp")).unwrap().count(),
         0
