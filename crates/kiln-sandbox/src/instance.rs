@@ -186,10 +186,10 @@ pub struct RunningInstance {
     reaped: Option<Arc<Mutex<Reaped>>>,
 }
 
-/// cgroup v2 is mounted writable at /sys/fs/cgroup, so instances get
-/// memory and pids limits.
-pub fn cgroup2_writable() -> bool {
-    cgroup::Hierarchy::host().writable()
+/// Instances get memory and pids limits here: the host has writable
+/// cgroup hierarchies with both controllers (v2, or v1 on a hybrid host).
+pub fn limits_available() -> bool {
+    cgroup::Hierarchy::host().limits_available()
 }
 
 fn check_id(id: &str) -> Result<(), InstanceError> {
@@ -218,9 +218,8 @@ fn create_cgroup(
     if !hierarchy.writable() {
         UNAVAILABLE.call_once(|| {
             tracing::warn!(
-                "cgroup v2 is not mounted writable at {} (no cgroup.controllers there): \
-                 instances run without memory and pids limits",
-                hierarchy.root().display()
+                "{}: instances run without memory and pids limits",
+                hierarchy.describe()
             );
         });
         return None;
@@ -279,7 +278,7 @@ fn describe(status: &ExitStatus) -> String {
 /// the daemon's process-group signals never reach it, and, with a cgroup,
 /// moves it into that group before it forks anything.
 #[allow(unsafe_code)]
-fn detach(cmd: &mut Command, cgroup_procs: Option<CString>) {
+fn detach(cmd: &mut Command, cgroup_procs: Vec<CString>) {
     // SAFETY: the closure runs in the forked child before exec, where only
     // async-signal-safe work is allowed. It makes three plain system calls
     // through rustix (setsid, open, write), whose errors become io::Errors
@@ -288,7 +287,7 @@ fn detach(cmd: &mut Command, cgroup_procs: Option<CString>) {
     unsafe {
         cmd.pre_exec(move || {
             rustix::process::setsid()?;
-            if let Some(procs) = &cgroup_procs {
+            for procs in &cgroup_procs {
                 let fd = rustix::fs::open(
                     procs.as_c_str(),
                     OFlags::WRONLY | OFlags::CLOEXEC,
@@ -405,7 +404,13 @@ impl RunningInstance {
         let reaper = Reaper::spawn(id)?;
         let cgroup = create_cgroup(hierarchy, id, spec.memory_max, spec.pids_max);
         cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
-        detach(&mut cmd, cgroup.as_ref().and_then(cgroup::Cgroup::procs));
+        detach(
+            &mut cmd,
+            cgroup
+                .as_ref()
+                .map(cgroup::Cgroup::procs)
+                .unwrap_or_default(),
+        );
         tracing::debug!(id, command = %tool::command_line(&cmd), "starting instance");
         let mut child = match cmd.spawn() {
             Ok(child) => child,
@@ -621,7 +626,7 @@ impl RunningInstance {
         if let Some(cg) = &self.cgroup {
             cg.remove().map_err(|error| InstanceError::Cgroup {
                 instance: self.name(),
-                path: cg.path.clone(),
+                path: cg.path().to_owned(),
                 error,
             })?;
         }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_sandbox::instance::cgroup2_writable;
+use kiln_sandbox::instance::limits_available;
 use kiln_sandbox::{
     InstanceError, InstanceIdentity, InstanceSpec, NetNs, OverlayMount, RunningInstance,
     processes_with_root_below,
@@ -473,32 +473,60 @@ fn start_failures_name_the_instance_and_quote_stderr() {
 }
 
 #[test]
-fn limits_apply_when_cgroup2_is_writable() {
-    if !can_run() {
+fn memory_and_pids_limits_hold_inside_the_instance() {
+    if !can_run()
+        || !kiln_sandbox::probe::require_for_test(
+            "writable memory and pids cgroup controllers (v2, or v1 on a hybrid host)",
+            limits_available(),
+        )
+    {
         return;
     }
     let fx = Fixture::new();
-    let port = host_port().local_addr().unwrap().port();
-    let inst = fx.start_with("limited", &argv(&httpd(port)), |s| {
+    // 100 MiB in one buffer against a 64 MiB limit, then more processes
+    // than 32 allow (the shell gives up at the first fork refused).
+    let script = "dd if=/dev/zero of=/dev/null bs=100M count=1 2>/dev/null; echo \"dd exit $?\"; \
+                  i=0; while [ $i -lt 40 ]; do sleep 1000 & i=$((i+1)); done; \
+                  echo all-forked";
+    let inst = fx.start_with("limited", &["/bin/sh", "-c", script], |s| {
         s.memory_max = Some(64 << 20);
         s.pids_max = Some(32);
     });
-    // Limits or not, the instance runs.
-    get(inst.get().netns(), port, "/");
-    if !cgroup2_writable() {
-        eprintln!("limits not checked: cgroup v2 is not mounted writable at /sys/fs/cgroup");
-        return;
-    }
-    let init = inst.get().identity.init_pid;
     let id = inst.get().id().unwrap().to_owned();
+    let init = inst.get().identity.init_pid;
     let own = std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap();
-    assert!(own.lines().any(|l| l == format!("0::/kiln/{id}")), "{own}");
-    let group = Path::new("/sys/fs/cgroup/kiln").join(&id);
-    let read = |f: &str| std::fs::read_to_string(group.join(f)).unwrap();
-    assert_eq!(read("memory.max").trim(), (64u64 << 20).to_string());
-    assert_eq!(read("pids.max").trim(), "32");
+    assert!(
+        own.lines().any(|l| l.ends_with(&format!(":/kiln/{id}"))),
+        "{own}"
+    );
+    let read = |name: &str| std::fs::read_to_string(inst.logs.join(name)).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !read("stderr.log").contains("can't fork") && !read("stdout.log").contains("all-forked") {
+        assert!(
+            Instant::now() < deadline,
+            "the script never got to its forks: {}",
+            read("stdout.log")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = read("stdout.log");
+    assert!(
+        out.contains("dd exit 137"),
+        "the memory limit did not stop dd: {out}"
+    );
+    assert!(
+        !out.contains("all-forked"),
+        "the pids limit let 40 more processes start"
+    );
     inst.get().stop(Duration::from_secs(5)).unwrap();
-    assert!(!group.exists());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if matches!(f.get(2), Some(&"cgroup") | Some(&"cgroup2")) {
+            let group = Path::new(f[1]).join("kiln").join(&id);
+            assert!(!group.exists(), "{} remains after stop", group.display());
+        }
+    }
 }
 
 /// The daemon half of `instances_survive_a_killed_daemon`, which runs it
