@@ -23,8 +23,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kiln_toe::error::{Collector, Diagnostics};
-use kiln_toe::yaml::{self, Node, Pos};
+use kiln_doc::diag::{Collector, Diagnostics};
+use kiln_doc::yaml::{self, Node, Pos};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recipe {
@@ -325,7 +325,7 @@ pub const MAX_TEST_TIMEOUT: Duration = Duration::from_secs(1440 * 60);
 /// `tests.timeout`: kiln.yaml's duration grammar, more than zero and at
 /// most [`MAX_TEST_TIMEOUT`].
 pub fn parse_test_timeout(text: &str) -> Result<Duration, String> {
-    match kiln_toe::duration::parse_within(text, MAX_TEST_TIMEOUT) {
+    match kiln_doc::duration::parse_within(text, MAX_TEST_TIMEOUT) {
         Ok(d) if d.is_zero() => Err("must be longer than zero".into()),
         Ok(d) => Ok(d),
         Err(e) => Err(e.to_string()),

@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::parent::ParentError;
+use kiln_doc::Diagnostics;
 use kiln_image::Status;
 use kiln_image::import::ImportError;
 use kiln_image::store::StoreError;
 use kiln_sandbox::Isolation;
-use kiln_toe::{Diagnostics, Observer};
+use kiln_toe::Observer;
 
 pub struct BakeOptions {
     pub isolation: Arc<dyn Isolation>,

@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use kiln_toe::yaml::Node;
+use kiln_doc::yaml::Node;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use kiln_toe::error::{Collector, Diagnostics, DocError};
-use kiln_toe::yaml::{self, Node, Pos};
+use kiln_doc::diag::{Collector, Diagnostics, DocError};
+use kiln_doc::yaml::{self, Node, Pos};
 use serde::Serialize;
 
 /// The shell that runs a phase's commands.

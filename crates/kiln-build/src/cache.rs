@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kiln_toe::yaml::Node;
+use kiln_doc::yaml::Node;
 use serde::{Deserialize, Serialize};
 
 use crate::buildspec::{Parser, join};

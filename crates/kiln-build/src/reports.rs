@@ -8,7 +8,7 @@ use std::fs;
 use std::io::Read;
 use std::path::Path;
 
-use kiln_toe::yaml::Node;
+use kiln_doc::yaml::Node;
 use serde::{Deserialize, Serialize};
 
 use crate::buildspec::{Parser, join};

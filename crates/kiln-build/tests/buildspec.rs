@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use kiln_build::buildspec::{self, Buildspec, OnFailure, PhaseName, Shell};
-use kiln_toe::Diagnostics;
+use kiln_doc::Diagnostics;
 
 fn p(src: &str) -> Result<Buildspec, Diagnostics> {
     buildspec::parse(src, Path::new("buildspec.yml"))

@@ -29,10 +29,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use kiln_bake::Recipe;
+use kiln_doc::diag::{Collector, Diagnostics};
+use kiln_doc::yaml::{self, Node, Pos};
 use kiln_fleet::{GroupSpec, HealthCheck, RollingPolicy, RoutingSpec};
 use kiln_schedule::Schedule;
-use kiln_toe::error::{Collector, Diagnostics};
-use kiln_toe::yaml::{self, Node, Pos};
 
 mod aws;
 pub use aws::{AwsConfig, AwsSource, Network};
@@ -290,8 +290,8 @@ fn join(prefix: &str, name: &str) -> String {
 
 /// `500ms`, `0s`, `2s`, `10m`, `1h30m`, or a number of seconds: the
 /// grammar recipes share, bounded so that no duration overflows a clock.
-pub fn parse_duration(text: &str) -> Result<Duration, kiln_toe::duration::DurationError> {
-    kiln_toe::duration::parse(text)
+pub fn parse_duration(text: &str) -> Result<Duration, kiln_doc::duration::DurationError> {
+    kiln_doc::duration::parse(text)
 }
 
 fn valid_name(s: &str) -> bool {

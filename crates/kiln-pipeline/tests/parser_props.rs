@@ -156,8 +156,8 @@ fn documents(fields: &'static [&'static str]) -> impl Strategy<Value = String> {
 
 fn recipe(text: &str) -> Result<(), Vec<String>> {
     let file = Path::new("recipe.yaml");
-    let mut c = kiln_toe::error::Collector::new(file);
-    let root = match kiln_toe::yaml::parse(text) {
+    let mut c = kiln_doc::diag::Collector::new(file);
+    let root = match kiln_doc::yaml::parse(text) {
         Ok(root) => root,
         Err(e) => {
             c.push(e.pos, "", e.message);
@@ -214,7 +214,7 @@ proptest! {
     #[test]
     fn durations_never_panic_and_stay_within_a_year(text in "[0-9hms ]{0,60}") {
         if let Ok(d) = kiln_pipeline::config::parse_duration(&text) {
-            prop_assert!(d <= kiln_toe::duration::MAX);
+            prop_assert!(d <= kiln_doc::duration::MAX);
         }
     }
 }

@@ -60,7 +60,7 @@ pub enum SynthError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Buildspec(kiln_toe::error::Diagnostics),
+    Buildspec(kiln_doc::diag::Diagnostics),
 }
 
 /// The templates by file name, and the summary.

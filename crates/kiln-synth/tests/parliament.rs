@@ -37,7 +37,7 @@ fn every_role_passes_parliament() {
         let config = kiln_pipeline::config::load(&file).unwrap_or_else(|d| panic!("{d}"));
         let s = kiln_synth::synth(&config, &file).unwrap();
         for (name, text) in s.files.iter().filter(|(n, _)| n.ends_with(".yaml")) {
-            let t = kiln_toe::yaml::parse(text).unwrap().to_json();
+            let t = kiln_doc::yaml::parse(text).unwrap().to_json();
             for (id, r) in t["Resources"].as_object().unwrap() {
                 if r["Type"] != "AWS::IAM::Role" {
                     continue;

@@ -29,7 +29,7 @@ fn parsed(s: &kiln_synth::Synthesis) -> Vec<(String, Value)> {
         .iter()
         .filter(|(n, _)| n.ends_with(".yaml"))
         .map(|(n, text)| {
-            let node = kiln_toe::yaml::parse(text).unwrap_or_else(|e| panic!("{n}: {e:?}"));
+            let node = kiln_doc::yaml::parse(text).unwrap_or_else(|e| panic!("{n}: {e:?}"));
             (n.clone(), node.to_json())
         })
         .collect()

@@ -11,8 +11,6 @@ pub mod actions;
 pub mod condition;
 pub mod digest;
 pub mod document;
-pub mod duration;
-pub mod error;
 mod parameters;
 pub mod parse;
 mod references;
@@ -20,7 +18,11 @@ pub mod report;
 pub mod runner;
 pub mod schema;
 pub mod vars;
-pub mod yaml;
+
+// The document basics live in kiln-doc, shared with buildspecs, recipes
+// and kiln.yaml; these paths keep naming them here too.
+pub use kiln_doc::diag as error;
+pub use kiln_doc::{duration, yaml};
 
 pub use document::Document;
 pub use error::{Diagnostics, DocError};

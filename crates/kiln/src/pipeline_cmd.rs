@@ -52,7 +52,7 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if args.strict && !warnings.is_empty() {
-        problems.push(kiln_toe::Diagnostics(warnings).to_string());
+        problems.push(kiln_doc::Diagnostics(warnings).to_string());
     } else {
         for w in &warnings {
             eprintln!("warning: {w}");

@@ -115,7 +115,7 @@ struct ErrorJson {
     message: String,
 }
 
-fn json_errors(errors: Vec<kiln_toe::DocError>) -> Vec<ErrorJson> {
+fn json_errors(errors: Vec<kiln_doc::DocError>) -> Vec<ErrorJson> {
     errors
         .into_iter()
         .map(|e| ErrorJson {
@@ -133,7 +133,7 @@ fn validate(documents: &[PathBuf], strict: bool, output: Format) -> anyhow::Resu
     for path in documents {
         let result = match kiln_toe::load(path) {
             Ok(doc) if strict && !doc.warnings.is_empty() => {
-                let d = kiln_toe::Diagnostics(doc.warnings);
+                let d = kiln_doc::Diagnostics(doc.warnings);
                 if output == Format::Text {
                     eprintln!("{d}");
                 }

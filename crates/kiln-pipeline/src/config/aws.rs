@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use kiln_toe::error::Collector;
+use kiln_doc::diag::Collector;
 
 use super::Map;
 

@@ -1,4 +1,4 @@
-//! Errors that point into a component document.
+//! Errors and warnings that point into a document: file, line, column and field.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
