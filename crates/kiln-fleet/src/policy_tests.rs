@@ -58,6 +58,20 @@ fn rollout(state: RolloutState) -> Rollout {
     }
 }
 
+/// `n` old (version 1) instances in service, `i-old1` onwards.
+fn olds(n: usize) -> Vec<Instance> {
+    (1..=n)
+        .map(|k| instance(&format!("i-old{k}"), 1, InstanceState::InService, 0))
+        .collect()
+}
+
+/// A pass during a rollout in progress.
+fn in_rollout(group: &Group, instances: Vec<Instance>) -> Pass<'_> {
+    let mut pass = Pass::new(group, instances);
+    pass.rollout = Some(rollout(RolloutState::InProgress));
+    pass
+}
+
 fn alive(_: &Instance) -> Liveness {
     Liveness::Alive
 }
@@ -157,12 +171,14 @@ fn a_failing_new_instance_rolls_the_rollout_back_and_stops_the_pending_new_ones(
     };
     let mut pass = Pass::new(
         &g,
-        vec![
-            instance("i-old1", 1, InstanceState::InService, 0),
-            instance("i-old2", 1, InstanceState::InService, 0),
-            instance("i-new1", 2, InstanceState::Pending, 5),
-            instance("i-new2", 2, InstanceState::Pending, 5),
-        ],
+        [
+            olds(2),
+            vec![
+                instance("i-new1", 2, InstanceState::Pending, 5),
+                instance("i-new2", 2, InstanceState::Pending, 5),
+            ],
+        ]
+        .concat(),
     );
     pass.liveness = &liveness;
     pass.rollout = Some(rollout(RolloutState::InProgress));
@@ -190,7 +206,7 @@ fn a_failing_new_instance_rolls_the_rollout_back_and_stops_the_pending_new_ones(
 #[test]
 fn an_old_instance_failing_during_a_rollout_does_not_roll_it_back() {
     let g = group(2, 2, RollingPolicy::default());
-    let mut pass = Pass::new(
+    let pass = in_rollout(
         &g,
         vec![
             instance("i-old1", 1, InstanceState::Unhealthy, 0),
@@ -198,7 +214,6 @@ fn an_old_instance_failing_during_a_rollout_does_not_roll_it_back() {
             instance("i-new1", 2, InstanceState::InService, 5),
         ],
     );
-    pass.rollout = Some(rollout(RolloutState::InProgress));
     let actions = pass.plan();
     assert!(!actions.iter().any(|a| matches!(a, Action::RollBack { .. })));
     assert_eq!(terminated(&actions)[0].0, "i-old1");
@@ -214,15 +229,14 @@ fn a_batch_that_outlives_its_timeout_rolls_back_and_one_within_it_waits() {
             ..RollingPolicy::default()
         },
     );
-    let mut pass = Pass::new(
+    let mut pass = in_rollout(
         &g,
-        vec![
-            instance("i-old1", 1, InstanceState::InService, 0),
-            instance("i-old2", 1, InstanceState::InService, 0),
-            instance("i-new1", 2, InstanceState::Pending, 0),
-        ],
+        [
+            olds(2),
+            vec![instance("i-new1", 2, InstanceState::Pending, 0)],
+        ]
+        .concat(),
     );
-    pass.rollout = Some(rollout(RolloutState::InProgress));
     pass.now = 30;
     assert_eq!(
         pass.plan(),
@@ -257,8 +271,7 @@ fn an_unreadable_creation_time_never_counts_as_timed_out() {
 #[test]
 fn with_no_old_instances_left_the_rollout_ends_and_capacity_is_made_up() {
     let g = group(2, 3, RollingPolicy::default());
-    let mut pass = Pass::new(&g, vec![instance("i-new1", 2, InstanceState::InService, 0)]);
-    pass.rollout = Some(rollout(RolloutState::InProgress));
+    let mut pass = in_rollout(&g, vec![instance("i-new1", 2, InstanceState::InService, 0)]);
     let actions = pass.plan();
     assert_eq!(actions[0], Action::FinishRollout(RolloutState::Succeeded));
     assert_eq!(launches(&actions), 2);
@@ -299,15 +312,17 @@ fn scaling_in_stops_pending_instances_first_then_the_newest_draining_them() {
 #[test]
 fn old_instances_that_never_served_are_replaced_at_once_and_new_pending_ones_hold_the_batch() {
     let g = group(2, 2, RollingPolicy::default());
-    let mut pass = Pass::new(
+    let pass = in_rollout(
         &g,
-        vec![
-            instance("i-old1", 1, InstanceState::InService, 0),
-            instance("i-old2", 1, InstanceState::Pending, 0),
-            instance("i-new1", 2, InstanceState::Pending, 5),
-        ],
+        [
+            olds(1),
+            vec![
+                instance("i-old2", 1, InstanceState::Pending, 0),
+                instance("i-new1", 2, InstanceState::Pending, 5),
+            ],
+        ]
+        .concat(),
     );
-    pass.rollout = Some(rollout(RolloutState::InProgress));
     let actions = pass.plan();
     // The old pending one goes without draining; nothing else happens
     // while the new batch is not yet in service.
@@ -331,15 +346,14 @@ fn the_pause_between_batches_holds_the_next_batch() {
             ..RollingPolicy::default()
         },
     );
-    let mut pass = Pass::new(
+    let mut pass = in_rollout(
         &g,
-        vec![
-            instance("i-old1", 1, InstanceState::InService, 0),
-            instance("i-old2", 1, InstanceState::InService, 0),
-            instance("i-new1", 2, InstanceState::InService, 5),
-        ],
+        [
+            olds(2),
+            vec![instance("i-new1", 2, InstanceState::InService, 5)],
+        ]
+        .concat(),
     );
-    pass.rollout = Some(rollout(RolloutState::InProgress));
     pass.since_batch = Some(Duration::from_millis(4_999));
     assert_eq!(pass.plan(), []);
     pass.since_batch = Some(Duration::from_millis(5_000));
@@ -356,19 +370,18 @@ fn a_serving_new_batch_drains_as_many_old_instances_up_to_the_batch_size() {
             ..RollingPolicy::default()
         },
     );
-    let mut pass = Pass::new(
+    let pass = in_rollout(
         &g,
-        vec![
-            instance("i-old1", 1, InstanceState::InService, 0),
-            instance("i-old2", 1, InstanceState::InService, 0),
-            instance("i-old3", 1, InstanceState::InService, 0),
-            instance("i-old4", 1, InstanceState::InService, 0),
-            instance("i-new1", 2, InstanceState::InService, 5),
-            instance("i-new2", 2, InstanceState::InService, 5),
-            instance("i-new3", 2, InstanceState::InService, 5),
-        ],
+        [
+            olds(4),
+            vec![
+                instance("i-new1", 2, InstanceState::InService, 5),
+                instance("i-new2", 2, InstanceState::InService, 5),
+                instance("i-new3", 2, InstanceState::InService, 5),
+            ],
+        ]
+        .concat(),
     );
-    pass.rollout = Some(rollout(RolloutState::InProgress));
     let actions = pass.plan();
     assert_eq!(
         terminated(&actions),
@@ -391,22 +404,17 @@ fn launch_before_terminate_adds_a_batch_above_desired() {
             ..RollingPolicy::default()
         },
     );
-    let mut pass = Pass::new(
-        &g,
-        vec![
-            instance("i-old1", 1, InstanceState::InService, 0),
-            instance("i-old2", 1, InstanceState::InService, 0),
-            instance("i-old3", 1, InstanceState::InService, 0),
-        ],
-    );
-    pass.rollout = Some(rollout(RolloutState::InProgress));
+    let mut pass = in_rollout(&g, olds(3));
     assert_eq!(pass.plan(), [Action::Launch, Action::Launch]);
     // The last batch launches only what desired still lacks.
-    pass.instances = vec![
-        instance("i-old1", 1, InstanceState::InService, 0),
-        instance("i-new1", 2, InstanceState::InService, 5),
-        instance("i-new2", 2, InstanceState::InService, 5),
-    ];
+    pass.instances = [
+        olds(1),
+        vec![
+            instance("i-new1", 2, InstanceState::InService, 5),
+            instance("i-new2", 2, InstanceState::InService, 5),
+        ],
+    ]
+    .concat();
     assert_eq!(pass.plan(), [Action::Launch]);
 }
 
@@ -419,15 +427,7 @@ fn max_healthy_100_terminates_first_but_never_below_the_floor() {
         ..RollingPolicy::default()
     };
     let g = group(2, 3, rolling.clone());
-    let mut pass = Pass::new(
-        &g,
-        vec![
-            instance("i-old1", 1, InstanceState::InService, 0),
-            instance("i-old2", 1, InstanceState::InService, 0),
-            instance("i-old3", 1, InstanceState::InService, 0),
-        ],
-    );
-    pass.rollout = Some(rollout(RolloutState::InProgress));
+    let mut pass = in_rollout(&g, olds(3));
     // A batch of three, but one must stay in service.
     assert_eq!(
         terminated(&pass.plan()),
@@ -466,8 +466,7 @@ fn at_the_floor_with_max_healthy_100_the_room_made_is_filled_before_more_go() {
             ..RollingPolicy::default()
         },
     );
-    let mut pass = Pass::new(&g, vec![instance("i-old1", 1, InstanceState::InService, 0)]);
-    pass.rollout = Some(rollout(RolloutState::InProgress));
+    let pass = in_rollout(&g, vec![instance("i-old1", 1, InstanceState::InService, 0)]);
     assert_eq!(pass.plan(), [Action::Launch]);
 }
 
@@ -481,14 +480,7 @@ fn a_batch_size_of_zero_is_a_batch_of_one() {
             ..RollingPolicy::default()
         },
     );
-    let mut pass = Pass::new(
-        &g,
-        vec![
-            instance("i-old1", 1, InstanceState::InService, 0),
-            instance("i-old2", 1, InstanceState::InService, 0),
-        ],
-    );
-    pass.rollout = Some(rollout(RolloutState::InProgress));
+    let pass = in_rollout(&g, olds(2));
     assert_eq!(pass.plan(), [Action::Launch]);
 }
 

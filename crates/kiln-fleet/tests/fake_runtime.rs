@@ -282,6 +282,36 @@ fn template(s: &Setup, env: &[(&str, &str)]) -> Template {
         .unwrap()
 }
 
+/// Group `web` of `desired` instances of template version 1, all in
+/// service.
+async fn serving_group(s: &Setup, desired: u32) -> GroupView {
+    template(s, &[]);
+    let view = s
+        .fleet
+        .create_group("web", "web", None, spec(desired, RollingPolicy::default()))
+        .await
+        .unwrap();
+    wait_for("the group in service", || {
+        settled(&s.fleet, "web", 1, desired as usize)
+    })
+    .await;
+    view
+}
+
+/// A new template version with `env`, and the group rolling to it.
+fn roll(s: &Setup, env: &[(&str, &str)]) {
+    let version = template(s, env).version;
+    s.fleet
+        .update_group(
+            "web",
+            GroupUpdate {
+                template_version: Some(version),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+}
+
 fn spec(desired: u32, rolling: RollingPolicy) -> GroupSpec {
     GroupSpec {
         min: 0,
@@ -359,30 +389,12 @@ fn load(url: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u32, u32
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rollout_replaces_every_instance_behind_the_balancer_with_no_failed_request() {
     let s = setup().await;
-    template(&s, &[]);
-    let view = s
-        .fleet
-        .create_group("web", "web", None, spec(3, RollingPolicy::default()))
-        .await
-        .unwrap();
-    wait_for("three instances of version 1 in service", || {
-        settled(&s.fleet, "web", 1, 3)
-    })
-    .await;
+    let view = serving_group(&s, 3).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = load(format!("{}/", view.load_balancer), stop.clone());
     s.runtime.reset_peak();
-    template(&s, &[("RELEASE", "2")]);
-    s.fleet
-        .update_group(
-            "web",
-            GroupUpdate {
-                template_version: Some(2),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    roll(&s, &[("RELEASE", "2")]);
     wait_for("the rollout to version 2", || {
         settled(&s.fleet, "web", 2, 3)
     })
@@ -423,28 +435,10 @@ async fn a_rollout_replaces_every_instance_behind_the_balancer_with_no_failed_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_version_that_never_becomes_healthy_is_rolled_back_and_the_old_one_keeps_serving() {
     let s = setup().await;
-    template(&s, &[]);
-    let view = s
-        .fleet
-        .create_group("web", "web", None, spec(2, RollingPolicy::default()))
-        .await
-        .unwrap();
-    wait_for("two instances in service", || {
-        settled(&s.fleet, "web", 1, 2)
-    })
-    .await;
+    let view = serving_group(&s, 2).await;
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = load(format!("{}/", view.load_balancer), stop.clone());
-    template(&s, &[("HEALTH", "fail")]);
-    s.fleet
-        .update_group(
-            "web",
-            GroupUpdate {
-                template_version: Some(2),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    roll(&s, &[("HEALTH", "fail")]);
     wait_for("the rollback", || {
         s.fleet
             .group("web")
@@ -471,15 +465,7 @@ async fn a_version_that_never_becomes_healthy_is_rolled_back_and_the_old_one_kee
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crashed_instance_is_replaced_and_a_restarted_controller_adopts_the_rest() {
     let s = setup().await;
-    template(&s, &[]);
-    s.fleet
-        .create_group("web", "web", None, spec(2, RollingPolicy::default()))
-        .await
-        .unwrap();
-    wait_for("two instances in service", || {
-        settled(&s.fleet, "web", 1, 2)
-    })
-    .await;
+    serving_group(&s, 2).await;
     let victim = s.runtime.running()[0].clone();
     victim.crash();
     wait_for("a replacement", || {
