@@ -32,6 +32,6 @@ pub async fn create(
     let fleet = s.fleet.clone();
     let t = tokio::task::spawn_blocking(move || fleet.create_template(&body.name, body.spec))
         .await
-        .map_err(|e| ApiError(kiln_fleet::FleetError::Invalid(e.to_string())))??;
+        .map_err(|e| ApiError(kiln_fleet::FleetError::Task(e.to_string())))??;
     Ok((StatusCode::CREATED, Json(t.masked())))
 }

@@ -13,7 +13,7 @@
 use kiln_sandbox::hardening::{self, HardeningError, Mounts};
 use kiln_sandbox::tool::quote;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -688,17 +688,8 @@ fn run_streaming(
         open += 1;
         let tx = tx.clone();
         std::thread::spawn(move || {
-            let mut reader = BufReader::new(stream);
-            let mut buf = Vec::new();
-            while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
-                let line = String::from_utf8_lossy(&buf)
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string();
-                buf.clear();
-                if tx.send(Event::Line(line)).is_err() {
-                    return;
-                }
-            }
+            kiln_sandbox::tool::each_line(stream, |line| tx.send(Event::Line(line)).is_ok());
+            // The receiver is gone only when the phase has ended already.
             let _ = tx.send(Event::Closed);
         });
     }

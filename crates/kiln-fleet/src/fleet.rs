@@ -29,6 +29,9 @@ pub enum FleetError {
     Store(#[from] kiln_image::StoreError),
     #[error("{0}")]
     Invalid(String),
+    /// A task of the daemon's own failed (a panic): never the client's doing.
+    #[error("internal error: {0}")]
+    Task(String),
     #[error("load balancer of group {group}: {error}")]
     Lb {
         group: String,
@@ -140,7 +143,7 @@ impl Fleet {
         let fleet = self.clone();
         let adopted = tokio::task::spawn_blocking(move || fleet.recover())
             .await
-            .map_err(|e| FleetError::Invalid(e.to_string()))??;
+            .map_err(|e| FleetError::Task(e.to_string()))??;
         let groups = self.db().groups()?;
         for group in groups {
             self.open_lb(&group).await?;

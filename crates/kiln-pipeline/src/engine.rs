@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use crate::db::Db;
 use crate::model::{Execution, ExecutionStatus, STAGES, StageStatus};
+use crate::stage_error::StageError;
 use crate::stages::{Env, Outcome, Run, StageLog};
 
 pub fn log_path(env: &Env, e: &Execution, stage: &str) -> PathBuf {
@@ -170,8 +171,10 @@ fn try_execute(env: &Env, control: &Shared, id: &str) -> Result<(), crate::db::D
                     .db()
                     .set_stage(id, stage, StageStatus::Skipped, &why)?;
             }
-            Err(message) => {
+            Err(error) => {
+                tracing::warn!(pipeline = %pipeline.name, execution = %id, stage, error = &error as &dyn std::error::Error, "stage failed");
                 // Files in the checkout are named as the repository has them.
+                let message = error.to_string();
                 let checkout = format!("{}/", run.dir.join("source").display());
                 let message = message.replace(&checkout, "");
                 let mut log = StageLog::open(path);
@@ -242,12 +245,9 @@ fn newer_waiting(control: &Shared, run: &mut Run) -> Result<Option<i64>, crate::
 
 /// triggers.only_if_changed: why the rest is skipped, if nothing the bake
 /// depends on changed since an execution that baked it.
-fn only_if_changed(control: &Shared, run: &mut Run) -> Result<Option<String>, String> {
+fn only_if_changed(control: &Shared, run: &mut Run) -> Result<Option<String>, StageError> {
     let wanted = run.config()?.triggers.only_if_changed && !run.out.force;
-    let earlier = control
-        .db()
-        .executions(Some(&run.pipeline.name), 100)
-        .map_err(|e| e.to_string())?;
+    let earlier = control.db().executions(Some(&run.pipeline.name), 100)?;
     // The digest is recorded either way, for the next execution to compare.
     let since = run.unchanged_since(&earlier)?;
     Ok(match since {

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod git;
 mod manager;
 pub mod model;
+pub mod stage_error;
 pub mod stages;
 pub mod vars;
 

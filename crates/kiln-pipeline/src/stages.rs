@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{self, Config};
 use crate::git::Mirror;
 use crate::model::{Execution, Outputs, Pipeline};
+use crate::stage_error::StageError;
 use crate::vars::{Variables, substitute, substitute_known};
 use kiln_fleet::{Fleet, GroupUpdate, RolloutState, TemplateSpec};
 
@@ -83,7 +84,7 @@ pub enum Outcome {
     Skipped(String),
 }
 
-pub type StageResult = Result<Outcome, String>;
+pub type StageResult = Result<Outcome, StageError>;
 
 /// Everything one execution carries from stage to stage.
 pub struct Run<'a> {
@@ -103,17 +104,20 @@ impl Run<'_> {
 
     /// A variable an earlier stage set; a stage that needs one that is
     /// missing fails saying so.
-    fn var(&self, namespace: &str, name: &str) -> Result<String, String> {
+    fn var(&self, namespace: &str, name: &str) -> Result<String, StageError> {
         crate::model::variable(&self.vars, namespace, name)
             .map(str::to_string)
-            .ok_or_else(|| format!("{namespace}.{name} is not set: an earlier stage did not run"))
+            .ok_or_else(|| StageError::MissingVariable {
+                namespace: namespace.into(),
+                name: name.into(),
+            })
     }
 
     /// kiln.yaml from this execution's checkout (a retry reads it again).
-    pub fn config(&mut self) -> Result<&Config, String> {
+    pub fn config(&mut self) -> Result<&Config, StageError> {
         if self.config.is_none() {
             let path = self.source_dir().join(&self.pipeline.file);
-            self.config = Some(config::load(&path).map_err(|d| d.to_string())?);
+            self.config = Some(config::load(&path)?);
         }
         Ok(self.config.as_ref().expect("loaded above"))
     }
@@ -124,15 +128,15 @@ impl Run<'_> {
             "fetching {} branch {}",
             self.pipeline.repository, self.pipeline.branch
         ));
-        let head = mirror.fetch().map_err(|e| e.to_string())?;
+        let head = mirror.fetch()?;
         // A commit trigger names its commit; a retry keeps the one it had.
         let commit = Some(self.execution.commit_id.clone())
             .filter(|c| !c.is_empty())
             .unwrap_or(head);
         let dest = self.source_dir();
         let _ = std::fs::remove_dir_all(&dest);
-        mirror.checkout(&commit, &dest).map_err(|e| e.to_string())?;
-        let vars = mirror.variables(&commit).map_err(|e| e.to_string())?;
+        mirror.checkout(&commit, &dest)?;
+        let vars = mirror.variables(&commit)?;
         log.line(&format!(
             "commit {commit}: {}",
             vars.get("CommitMessage").map(String::as_str).unwrap_or("")
@@ -142,10 +146,11 @@ impl Run<'_> {
         let pipeline = self.pipeline;
         let config = self.config()?;
         if config.name != pipeline.name {
-            return Err(format!(
-                "{}: name: this file names pipeline {:?}, but it was read for pipeline {:?}",
-                pipeline.file, config.name, pipeline.name
-            ));
+            return Err(StageError::NameMismatch {
+                file: pipeline.file.clone(),
+                found: config.name.clone(),
+                expected: pipeline.name.clone(),
+            });
         }
         Ok(Outcome::Done(format!(
             "commit {}",
@@ -159,7 +164,7 @@ impl Run<'_> {
         };
         let source = self.source_dir();
         let spec_path = source.join(&build.buildspec);
-        let spec = kiln_build::buildspec::load(&spec_path).map_err(|d| d.to_string())?;
+        let spec = kiln_build::buildspec::load(&spec_path)?;
         let workspace = self.dir.join("build");
         let _ = std::fs::remove_dir_all(&workspace);
         let tmp_out = self
@@ -172,19 +177,20 @@ impl Run<'_> {
         let root = if build.image == "host" {
             PathBuf::from("/")
         } else {
-            let store = kiln_image::Store::open(&self.env.state.join("images"))
-                .map_err(|e| e.to_string())?;
+            let store = kiln_image::Store::open(&self.env.state.join("images"))?;
             let reference = build.image.strip_prefix("kiln:").unwrap_or(&build.image);
             let image = store
                 .resolve(reference)
-                .map_err(|e| format!("build.image {}: {e}", build.image))?;
-            let dir = kiln_image::flatten::flatten(&store, &image).map_err(|e| e.to_string())?;
+                .map_err(|source| StageError::BuildImage {
+                    image: build.image.clone(),
+                    source,
+                })?;
+            let dir = kiln_image::flatten::flatten(&store, &image)?;
             flattened = Some(dir.clone());
             dir
         };
         let mut opts =
-            kiln_build::BuildOptions::new(root, source, workspace.clone(), tmp_out.clone())
-                .map_err(|e| e.to_string())?;
+            kiln_build::BuildOptions::new(root, source, workspace.clone(), tmp_out.clone())?;
         let commit = self.var("SourceVariables", "CommitId")?;
         opts.env = vec![
             (
@@ -240,7 +246,7 @@ impl Run<'_> {
         if let Some(dir) = flattened {
             let _ = std::fs::remove_dir_all(dir);
         }
-        let report = report.map_err(|e| e.to_string())?;
+        let report = report?;
         // Kept whether the build failed or not: a failed suite's report
         // says which tests failed.
         self.out.build_reports = report.reports.clone();
@@ -254,7 +260,7 @@ impl Run<'_> {
                 p.status != kiln_build::PhaseStatus::Succeeded
                     && p.status != kiln_build::PhaseStatus::Skipped
             });
-            return Err(match failed {
+            return Err(StageError::BuildFailed(match failed {
                 Some(p) => format!(
                     "phase {} {:?}: {}",
                     p.phase.upper(),
@@ -264,7 +270,7 @@ impl Run<'_> {
                 None => report
                     .artifact_error
                     .unwrap_or_else(|| "the build failed".into()),
-            });
+            }));
         }
         self.out.commands_ms.insert(
             "Build".into(),
@@ -311,7 +317,7 @@ impl Run<'_> {
         &self,
         collected: &Path,
         set: &kiln_build::ArtifactSet,
-    ) -> Result<String, String> {
+    ) -> Result<String, StageError> {
         let hex = set.digest.trim_start_matches("sha256:");
         let key = format!("{}/{hex}", self.pipeline.name);
         let dest = self.env.artifacts_dir().join(&key);
@@ -321,7 +327,10 @@ impl Run<'_> {
         } else {
             std::fs::create_dir_all(dest.parent().expect("a parent"))
                 .and_then(|_| std::fs::rename(collected, &dest))
-                .map_err(|e| format!("storing the artifacts in {}: {e}", dest.display()))?;
+                .map_err(|source| StageError::Artifacts {
+                    path: dest.clone(),
+                    source,
+                })?;
         }
         Ok(key)
     }
@@ -329,7 +338,7 @@ impl Run<'_> {
     /// The recipe the bake runs: kiln.yaml's image with `vars` in its
     /// component parameters; with `all_set` false, references to
     /// namespaces missing from `vars` stay as written.
-    fn recipe(&mut self, vars: &Variables, all_set: bool) -> Result<kiln_bake::Recipe, String> {
+    fn recipe(&mut self, vars: &Variables, all_set: bool) -> Result<kiln_bake::Recipe, StageError> {
         let source = self.source_dir();
         let mut recipe = self.config()?.image.clone();
         for c in &mut recipe.components {
@@ -339,9 +348,9 @@ impl Run<'_> {
                 } else {
                     substitute_known(value, vars)
                 };
-                *value = replaced.map_err(|e| {
-                    let shown = c.path.strip_prefix(&source).unwrap_or(&c.path);
-                    format!("image.components {}: {e}", shown.display())
+                *value = replaced.map_err(|message| StageError::Parameter {
+                    path: c.path.strip_prefix(&source).unwrap_or(&c.path).to_owned(),
+                    message,
                 })?;
             }
         }
@@ -357,7 +366,7 @@ impl Run<'_> {
     /// values (a new version every time), not inputs, so references to
     /// them count as written. Otherwise a parameter that takes
     /// `#{VersionVariables.Version}` would make every execution differ.
-    fn inputs_digest(&mut self) -> Result<String, String> {
+    fn inputs_digest(&mut self) -> Result<String, StageError> {
         let inputs: Variables = self
             .vars
             .iter()
@@ -365,8 +374,7 @@ impl Run<'_> {
             .map(|(ns, v)| (ns.clone(), v.clone()))
             .collect();
         let recipe = self.recipe(&inputs, false)?;
-        let store =
-            kiln_image::Store::open(&self.env.state.join("images")).map_err(|e| e.to_string())?;
+        let store = kiln_image::Store::open(&self.env.state.join("images"))?;
         let parent = recipe
             .parent
             .strip_prefix("kiln:")
@@ -377,8 +385,10 @@ impl Run<'_> {
             .unwrap_or_default();
         let mut docs = Vec::new();
         for c in &recipe.components {
-            let data = std::fs::read(&c.path)
-                .map_err(|e| format!("image.components {}: {e}", c.path.display()))?;
+            let data = std::fs::read(&c.path).map_err(|source| StageError::Component {
+                path: c.path.clone(),
+                source,
+            })?;
             docs.push(hex::encode(Sha256::digest(&data)));
         }
         let params: Vec<_> = recipe.components.iter().map(|c| &c.parameters).collect();
@@ -400,7 +410,7 @@ impl Run<'_> {
 
     /// only_if_changed: the earlier execution that already baked exactly
     /// these inputs, if any.
-    pub fn unchanged_since(&mut self, earlier: &[Execution]) -> Result<Option<i64>, String> {
+    pub fn unchanged_since(&mut self, earlier: &[Execution]) -> Result<Option<i64>, StageError> {
         let digest = self.inputs_digest()?;
         self.out.inputs_digest = digest.clone();
         Ok(earlier
@@ -416,11 +426,8 @@ impl Run<'_> {
 
     pub fn version(&mut self, log: &mut StageLog) -> StageResult {
         let v = self.config()?.version.clone();
-        let mut params = kiln_params::Params::open(&self.env.state.join("kiln.db"))
-            .map_err(|e| e.to_string())?;
-        let version = params
-            .take_version(&v.parameter, &v.start)
-            .map_err(|e| e.to_string())?;
+        let mut params = kiln_params::Params::open(&self.env.state.join("kiln.db"))?;
+        let version = params.take_version(&v.parameter, &v.start)?;
         log.line(&format!(
             "{}: this execution gets {version}; the parameter now holds the next one",
             v.parameter
@@ -439,18 +446,18 @@ impl Run<'_> {
         let vars = self.vars.clone();
         let mut recipe = self.recipe(&vars, true)?;
         let version = self.var("VersionVariables", "Version")?;
-        recipe.version = version
-            .parse()
-            .map_err(|e| format!("version {version}: {e}"))?;
-        let store =
-            kiln_image::Store::open(&self.env.state.join("images")).map_err(|e| e.to_string())?;
+        recipe.version = version.parse().map_err(|source| StageError::Version {
+            version: version.clone(),
+            source,
+        })?;
+        let store = kiln_image::Store::open(&self.env.state.join("images"))?;
         let source = self
             .vars
             .get("SourceVariables")
             .cloned()
             .unwrap_or_default();
         let opts = kiln_bake::BakeOptions {
-            isolation: Arc::new(kiln_sandbox::Bubblewrap::detect().map_err(|e| e.to_string())?),
+            isolation: Arc::new(kiln_sandbox::Bubblewrap::detect()?),
             log_root: self.dir.join("toe-logs"),
             artifacts: Some(kiln_toe::ArtifactStore {
                 bucket: ARTIFACT_BUCKET.into(),
@@ -468,16 +475,17 @@ impl Run<'_> {
         let mut observer = BakeLog(log, 0);
         let report = kiln_bake::bake(&store, &recipe, &opts, &mut observer);
         self.out.commands_ms.insert("Bake".into(), observer.1);
-        let report = report.map_err(|e| e.to_string())?;
+        let report = report?;
         if let kiln_bake::TestReport::Failed {
             message,
             log: test_log,
         } = &report.tests
         {
-            return Err(format!(
-                "{} failed its tests and cannot be deployed: {message} (test log: {test_log})",
-                report.image
-            ));
+            return Err(StageError::TestsFailed {
+                image: report.image.clone(),
+                message: message.clone(),
+                log: test_log.clone(),
+            });
         }
         self.vars.insert(
             "BakeVariables".into(),
@@ -507,13 +515,13 @@ impl Run<'_> {
         let secrets = if deploy.secrets.is_empty() {
             BTreeMap::new()
         } else {
-            let params = kiln_params::Params::open(&self.env.state.join("kiln.db"))
-                .map_err(|e| e.to_string())?;
+            let params = kiln_params::Params::open(&self.env.state.join("kiln.db"))?;
             let mut values = BTreeMap::new();
             for (var, name) in &deploy.secrets {
-                let p = params
-                    .get(name)
-                    .map_err(|e| format!("deploy.secrets.{var}: {e}"))?;
+                let p = params.get(name).map_err(|source| StageError::Secret {
+                    var: var.clone(),
+                    source,
+                })?;
                 values.insert(var.clone(), p.value);
             }
             log.line(&format!(
@@ -536,7 +544,10 @@ impl Run<'_> {
         };
         let template = fleet
             .create_template(&deploy.group, spec)
-            .map_err(|e| format!("launch template {}: {e}", deploy.group))?;
+            .map_err(|source| StageError::Template {
+                group: deploy.group.clone(),
+                source,
+            })?;
         log.line(&format!(
             "launch template {} version {} for {}",
             template.name, template.version, template.image
@@ -549,10 +560,10 @@ impl Run<'_> {
             let last_rollout = match &existing {
                 Some(view) => {
                     if view.group.template != group {
-                        return Err(format!(
-                            "group {group} runs launch template {}, not {group}; kiln will not take it over",
-                            view.group.template
-                        ));
+                        return Err(StageError::NotOurGroup {
+                            group: group.clone(),
+                            template: view.group.template.clone(),
+                        });
                     }
                     let last = view.rollouts.iter().map(|r| r.id).max().unwrap_or(0);
                     fleet
@@ -567,15 +578,24 @@ impl Run<'_> {
                                 rolling: Some(deploy.spec.rolling.clone()),
                             },
                         )
-                        .map_err(|e| format!("group {group}: {e}"))?;
-                    log.line(&format!("rolling group {group} to template version {}", template.version));
+                        .map_err(|source| StageError::Group {
+                            group: group.clone(),
+                            source,
+                        })?;
+                    log.line(&format!(
+                        "rolling group {group} to template version {}",
+                        template.version
+                    ));
                     last
                 }
                 None => {
                     fleet
                         .create_group(&group, &group, Some(template.version), deploy.spec.clone())
                         .await
-                        .map_err(|e| format!("group {group}: {e}"))?;
+                        .map_err(|source| StageError::Group {
+                            group: group.clone(),
+                            source,
+                        })?;
                     log.line(&format!(
                         "created group {group} with {} instances",
                         deploy.spec.desired
@@ -583,7 +603,15 @@ impl Run<'_> {
                     0
                 }
             };
-            wait_for_group(&fleet, &group, template.version, last_rollout, deadline, log).await
+            wait_for_group(
+                &fleet,
+                &group,
+                template.version,
+                last_rollout,
+                deadline,
+                log,
+            )
+            .await
         });
         let lb = fleet
             .group(&group)
@@ -615,10 +643,13 @@ async fn wait_for_group(
     last_rollout: i64,
     deadline: Instant,
     log: &mut StageLog,
-) -> Result<(), String> {
+) -> Result<(), StageError> {
     let mut seen = String::new();
     loop {
-        let view = fleet.group(group).map_err(|e| e.to_string())?;
+        let view = fleet.group(group).map_err(|source| StageError::Group {
+            group: group.to_string(),
+            source,
+        })?;
         let rollout = view
             .rollouts
             .iter()
@@ -648,10 +679,11 @@ async fn wait_for_group(
         match rollout.map(|r| r.state) {
             Some(RolloutState::RolledBack) | Some(RolloutState::RollingBack) => {
                 let r = rollout.expect("matched");
-                return Err(format!(
-                    "the rollout to template version {version} failed and the group rolled back to version {}: {}",
-                    r.from_version, r.reason
-                ));
+                return Err(StageError::RolledBack {
+                    version,
+                    from: r.from_version,
+                    reason: r.reason.clone(),
+                });
             }
             Some(RolloutState::Succeeded) => return Ok(()),
             _ => {}
@@ -660,9 +692,7 @@ async fn wait_for_group(
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(format!(
-                "the group did not converge within deploy.timeout: {seen}"
-            ));
+            return Err(StageError::NotConverged { state: seen });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -162,6 +162,26 @@ fn check(cmd: &Command, output: Output) -> Result<Output, ToolError> {
     })
 }
 
+/// Reads `stream` line by line, as lossy UTF-8 without the line ending,
+/// handing each line to `each` until the stream ends or `each` says stop.
+/// How the output of builds and component steps reaches their logs while
+/// they run: a line can be any length, and invalid UTF-8 loses nothing
+/// around it.
+pub fn each_line(stream: impl io::Read, mut each: impl FnMut(String) -> bool) {
+    use std::io::BufRead;
+    let mut reader = io::BufReader::new(stream);
+    let mut buf = Vec::new();
+    while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+        let line = String::from_utf8_lossy(&buf)
+            .trim_end_matches(['\n', '\r'])
+            .to_string();
+        buf.clear();
+        if !each(line) {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +257,22 @@ mod tests {
             line,
             "git clone 'https://***@git.example.com/app.git' 'ssh://***@host/x' /srv/a@b"
         );
+    }
+
+    #[test]
+    fn each_line_splits_on_newlines_and_keeps_a_last_line_without_one() {
+        let mut lines = Vec::new();
+        each_line(&b"one\r\ntwo \xff\n\nlast"[..], |l| {
+            lines.push(l);
+            true
+        });
+        assert_eq!(lines, ["one", "two \u{fffd}", "", "last"]);
+        let mut first = Vec::new();
+        each_line(&b"a\nb\n"[..], |l| {
+            first.push(l);
+            false
+        });
+        assert_eq!(first, ["a"]);
     }
 
     #[test]

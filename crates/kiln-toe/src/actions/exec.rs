@@ -1,7 +1,7 @@
 //! Modules that run processes inside the instance: ExecuteBash,
 //! ExecuteBinary, ExecutePowerShell and UpdateOS.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Instant;
@@ -119,17 +119,9 @@ pub fn run_process(
         let Some(stream) = stream else { continue };
         let tx = tx.clone();
         std::thread::spawn(move || {
-            let mut reader = BufReader::new(stream);
-            let mut buf = Vec::new();
-            while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
-                let line = String::from_utf8_lossy(&buf)
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string();
-                buf.clear();
-                if tx.send(Event::Line { err, line }).is_err() {
-                    return;
-                }
-            }
+            kiln_sandbox::tool::each_line(stream, |line| {
+                tx.send(Event::Line { err, line }).is_ok()
+            });
             // The receiver is gone only when the step has ended already.
             let _ = tx.send(Event::Closed);
         });
