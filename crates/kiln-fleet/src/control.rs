@@ -16,8 +16,15 @@ type Result<T> = std::result::Result<T, FleetError>;
 impl Fleet {
     pub(crate) async fn control_loop(self) {
         while !self.is_stopped() {
-            if let Err(e) = self.reconcile_all().await {
-                tracing::error!("reconcile: {e}");
+            // The database is SQLite, whose calls block (up to the busy
+            // timeout when another process writes): a pass runs on a
+            // blocking thread, never on the runtime's workers. What it
+            // starts (launches, terminations) are tasks of their own.
+            let fleet = self.clone();
+            match tokio::task::spawn_blocking(move || fleet.reconcile_all()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("reconcile: {e}"),
+                Err(e) => tracing::error!("reconcile pass panicked: {e}"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -26,10 +33,10 @@ impl Fleet {
         }
     }
 
-    async fn reconcile_all(&self) -> Result<()> {
+    fn reconcile_all(&self) -> Result<()> {
         let groups = self.db().groups()?;
         for g in groups {
-            if let Err(e) = self.reconcile(&g).await {
+            if let Err(e) = self.reconcile(&g) {
                 tracing::error!(group = %g.name, "reconcile: {e}");
             }
         }
@@ -40,7 +47,7 @@ impl Fleet {
         lock(&self.inner.busy).contains(id)
     }
 
-    async fn reconcile(&self, group: &Group) -> Result<()> {
+    fn reconcile(&self, group: &Group) -> Result<()> {
         let name = &group.name;
         let rollout = self.db().active_rollout(name)?;
         let instances = self.db().instances(Some(name), false)?;

@@ -70,15 +70,25 @@ pub(crate) async fn check_loop(fleet: Fleet, id: String, group: Group) {
             successes += 1;
             failures = 0;
             if successes >= h.healthy_threshold {
-                fleet.health_changed(&id, &group.name, true);
+                changed(&fleet, &id, &group.name, true).await;
             }
         } else {
             failures += 1;
             successes = 0;
             if failures >= h.unhealthy_threshold {
-                fleet.health_changed(&id, &group.name, false);
+                changed(&fleet, &id, &group.name, false).await;
                 return;
             }
         }
+    }
+}
+
+/// Records a health change on a blocking thread: it writes the database.
+async fn changed(fleet: &Fleet, id: &str, group: &str, healthy: bool) {
+    let (f, id, group) = (fleet.clone(), id.to_string(), group.to_string());
+    if let Err(e) =
+        tokio::task::spawn_blocking(move || f.health_changed(&id, &group, healthy)).await
+    {
+        tracing::error!(error = %e, "recording a health change panicked");
     }
 }
