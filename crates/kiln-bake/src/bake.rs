@@ -300,7 +300,7 @@ fn short(digest: &str) -> &str {
 /// Unmounts what a killed bake left mounted and clears its temporary files.
 fn recover(store: &Store, observer: &mut dyn BakeObserver) {
     let tmp = store.dir().join("tmp");
-    for m in crate::mounts::unmount_below(&tmp) {
+    for m in kiln_sandbox::mounts::unmount_below(&tmp) {
         observer.event(&format!(
             "unmounted {} left by an interrupted bake",
             m.display()

@@ -3,7 +3,6 @@
 //! whether the new image may be deployed.
 
 pub mod bake;
-pub mod mounts;
 pub mod parent;
 pub mod recipe;
 mod sandbox;

@@ -187,6 +187,13 @@ fn measure(cache: &Path, phases_ms: u64, report: &mut CacheReport) {
     }
 }
 
+fn remove_if_present(dir: &Path) -> std::io::Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Replaces the cache with the files `spec` names in the workspace.
 fn save(
     cache: &Path,
@@ -195,7 +202,7 @@ fn save(
     report: &mut CacheReport,
 ) -> std::io::Result<()> {
     let fresh = cache.with_extension("new");
-    let _ = fs::remove_dir_all(&fresh);
+    remove_if_present(&fresh)?;
     fs::create_dir_all(fresh.join("data"))?;
     let mut wanted: Vec<(Place, String)> = Vec::new();
     for path in &spec.paths {
@@ -225,7 +232,7 @@ fn save(
             files_n += 1;
             bytes += n;
             if bytes > MAX_BYTES {
-                let _ = fs::remove_dir_all(&fresh);
+                remove_if_present(&fresh)?;
                 report.skipped.push(format!(
                     "the cached paths hold more than {} GiB: nothing saved",
                     MAX_BYTES >> 30
@@ -244,12 +251,16 @@ fn save(
     fs::File::create(fresh.join("meta.json"))?
         .write_all(&serde_json::to_vec(&meta).expect("plain data"))?;
     let old = cache.with_extension("old");
-    let _ = fs::remove_dir_all(&old);
+    remove_if_present(&old)?;
     if cache.exists() {
         fs::rename(cache, &old)?;
     }
     fs::rename(&fresh, cache)?;
-    let _ = fs::remove_dir_all(&old);
+    // The new cache is in place; an old one left behind is removed by the
+    // next save, before it matters.
+    if let Err(e) = remove_if_present(&old) {
+        tracing::warn!(path = %old.display(), error = %e, "cannot remove the previous build cache");
+    }
     report.saved_files = files_n;
     report.saved_bytes = bytes;
     Ok(())

@@ -113,14 +113,8 @@ impl Runtime for Namespaces {
         for p in kiln_sandbox::instance::processes_with_root_below(instances_dir) {
             if !live_pids.contains(&p.pid) {
                 tracing::warn!(pid = p.pid, "killing an instance process nobody owns");
-                for pid in [p.init_pid, p.pid] {
-                    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32)
-                        && let Err(e) =
-                            rustix::process::kill_process(pid, rustix::process::Signal::KILL)
-                        && e != rustix::io::Errno::SRCH
-                    {
-                        tracing::error!(pid = pid.as_raw_nonzero().get(), error = %e, "an instance process nobody owns could not be killed");
-                    }
+                if let Err(e) = kiln_sandbox::instance::kill_orphan(&p) {
+                    tracing::error!(pid = p.pid, error = %e, "an instance process nobody owns could not be killed");
                 }
             }
         }
@@ -340,26 +334,11 @@ fn adopt(id: &str, dir: &Path, identity: InstanceIdentity) -> Option<Live> {
 
 /// Unmounts and removes an instance's directory; harmless when it is gone.
 fn cleanup(dir: &Path) {
-    let merged = dir.join("merged");
-    for _ in 0..3 {
-        match rustix_unmount(&merged) {
-            Ok(()) => continue,
-            Err(_) => break,
-        }
-    }
+    // Every mount at its root, stacked ones included.
+    kiln_sandbox::mounts::unmount_below(&dir.join("merged"));
     if let Err(e) = std::fs::remove_dir_all(dir)
         && e.kind() != std::io::ErrorKind::NotFound
     {
         tracing::warn!("removing {}: {e}", dir.display());
     }
-}
-
-fn rustix_unmount(path: &Path) -> std::io::Result<()> {
-    let mounted = std::fs::read_to_string("/proc/self/mountinfo")?
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(&path.display().to_string()));
-    if !mounted {
-        return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
-    }
-    rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH).map_err(std::io::Error::from)
 }

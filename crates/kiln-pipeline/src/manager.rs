@@ -126,7 +126,7 @@ impl Pipelines {
         let store = kiln_image::Store::open(&self.inner.env.state.join("images"))
             .map_err(|e| PipelineError::Io(e.to_string()))?;
         if let Ok(_lock) = store.lock() {
-            for m in kiln_bake::mounts::unmount_below(&store.dir().join("tmp")) {
+            for m in kiln_sandbox::mounts::unmount_below(&store.dir().join("tmp")) {
                 tracing::warn!(mount = %m.display(), "unmounted what an interrupted bake left");
             }
             if let Err(e) = store.clean_temp() {

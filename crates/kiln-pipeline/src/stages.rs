@@ -73,6 +73,8 @@ impl StageLog {
         if let Some(f) = &mut self.file {
             let ts = jiff::Timestamp::now().strftime("%H:%M:%S%.3f");
             for l in text.lines() {
+                // A full disk must not fail the stage it logs; the stage's
+                // status and summary are in the database.
                 let _ = writeln!(f, "[{ts}] {l}");
             }
         }
@@ -134,7 +136,7 @@ impl Run<'_> {
             .filter(|c| !c.is_empty())
             .unwrap_or(head);
         let dest = self.source_dir();
-        let _ = std::fs::remove_dir_all(&dest);
+        remove_scratch(&dest);
         mirror.checkout(&commit, &dest)?;
         let vars = mirror.variables(&commit)?;
         log.line(&format!(
@@ -166,13 +168,13 @@ impl Run<'_> {
         let spec_path = source.join(&build.buildspec);
         let spec = kiln_build::buildspec::load(&spec_path)?;
         let workspace = self.dir.join("build");
-        let _ = std::fs::remove_dir_all(&workspace);
+        remove_scratch(&workspace);
         let tmp_out = self
             .env
             .state
             .join("artifacts/tmp")
             .join(&self.execution.id);
-        let _ = std::fs::remove_dir_all(&tmp_out);
+        remove_scratch(&tmp_out);
         let mut flattened = None;
         let root = if build.image == "host" {
             PathBuf::from("/")
@@ -242,9 +244,9 @@ impl Run<'_> {
         } else {
             kiln_build::run(&spec, &opts, &mut kiln_build::NoObserver)
         };
-        let _ = std::fs::remove_dir_all(&workspace);
+        remove_scratch(&workspace);
         if let Some(dir) = flattened {
-            let _ = std::fs::remove_dir_all(dir);
+            remove_scratch(dir);
         }
         let report = report?;
         // Kept whether the build failed or not: a failed suite's report
@@ -252,9 +254,9 @@ impl Run<'_> {
         self.out.build_reports = report.reports.clone();
         self.out.build_cache = report.cache.clone();
         if !report.succeeded {
-            let _ = std::fs::remove_dir_all(&tmp_out);
+            remove_scratch(&tmp_out);
             for id in spec.artifacts.iter().flat_map(|a| a.secondary.keys()) {
-                let _ = std::fs::remove_dir_all(kiln_build::run::secondary_dir(&tmp_out, id));
+                remove_scratch(kiln_build::run::secondary_dir(&tmp_out, id));
             }
             let failed = report.phases.iter().find(|p| {
                 p.status != kiln_build::PhaseStatus::Succeeded
@@ -287,7 +289,7 @@ impl Run<'_> {
             );
             vars.insert("ArtifactDigest".into(), set.digest.clone());
         } else {
-            let _ = std::fs::remove_dir_all(&tmp_out);
+            remove_scratch(&tmp_out);
         }
         for (id, set) in &report.secondary_artifacts {
             let dir = kiln_build::run::secondary_dir(&tmp_out, id);
@@ -323,7 +325,7 @@ impl Run<'_> {
         let dest = self.env.artifacts_dir().join(&key);
         if dest.exists() {
             // The same content is already there.
-            let _ = std::fs::remove_dir_all(collected);
+            remove_scratch(collected);
         } else {
             std::fs::create_dir_all(dest.parent().expect("a parent"))
                 .and_then(|_| std::fs::rename(collected, &dest))
@@ -695,6 +697,18 @@ async fn wait_for_group(
             return Err(StageError::NotConverged { state: seen });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Removes a stage's scratch directory. A failure is logged, not fatal:
+/// what the stage does next (a checkout, a build) refuses a directory
+/// that is in its way, and the daemon's recovery empties scratch space.
+fn remove_scratch(path: impl AsRef<Path>) {
+    let path = path.as_ref();
+    if let Err(e) = std::fs::remove_dir_all(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove scratch space");
     }
 }
 

@@ -26,7 +26,7 @@ mod scan;
 
 use reaper::{Reaped, Reaper};
 
-pub use scan::processes_with_root_below;
+pub use scan::{kill_orphan, processes_with_root_below};
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};

@@ -9,6 +9,7 @@ pub mod busybox;
 pub mod exec;
 pub mod hardening;
 pub mod instance;
+pub mod mounts;
 pub mod netns;
 pub mod overlay;
 pub mod private;

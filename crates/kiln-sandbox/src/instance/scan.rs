@@ -10,6 +10,26 @@ use super::{InstanceIdentity, command, procfs};
 /// bwrap parent was killed is listed by itself (`pid == init_pid`), since
 /// it still holds a running namespace.
 pub fn processes_with_root_below(dir: &Path) -> Vec<InstanceIdentity> {
+    scan(dir)
+}
+
+/// Kills what [`processes_with_root_below`] found, init first so that
+/// nothing in the namespace outlives it; a process already gone is no
+/// error.
+pub fn kill_orphan(orphan: &InstanceIdentity) -> std::io::Result<()> {
+    for pid in [orphan.init_pid, orphan.pid] {
+        let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+            continue;
+        };
+        match rustix::process::kill_process(pid, rustix::process::Signal::KILL) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn scan(dir: &Path) -> Vec<InstanceIdentity> {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
     let own_pidns = procfs::namespace("self", "pid");
     let mut outer = Vec::new();

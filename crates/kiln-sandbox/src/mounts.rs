@@ -1,4 +1,5 @@
-//! Recovery after a crash: overlay mounts that a killed bake left behind.
+//! Mounts found by what the kernel lists: recovery after a crash leaves
+//! overlay roots of killed bakes and instances, which are detached here.
 
 use std::path::{Path, PathBuf};
 
