@@ -529,14 +529,10 @@ fn memory_and_pids_limits_hold_inside_the_instance() {
     }
 }
 
-/// The daemon half of `instances_survive_a_killed_daemon`, which runs it
-/// in a copy of this binary: starts an instance, prints its identity, and
-/// waits to be killed. Ignored, so that it is no test of its own.
-#[test]
-#[ignore = "the daemon half of instances_survive_a_killed_daemon, run by it"]
-fn daemon_child() {
-    let root = std::env::var(DAEMON_ENV)
-        .expect("run by instances_survive_a_killed_daemon, which sets the environment");
+/// The daemon half of `instances_survive_a_killed_daemon`, which runs
+/// that same test in a copy of this binary with `DAEMON_ENV` set: starts
+/// an instance, prints its identity, and waits to be killed.
+fn daemon_child(root: String) {
     let port: u16 = std::env::var("KILN_INSTANCE_TEST_PORT")
         .unwrap()
         .parse()
@@ -562,6 +558,9 @@ fn daemon_child() {
 
 #[test]
 fn instances_survive_a_killed_daemon() {
+    if let Ok(root) = std::env::var(DAEMON_ENV) {
+        return daemon_child(root);
+    }
     if !can_run() {
         return;
     }
@@ -570,9 +569,8 @@ fn instances_survive_a_killed_daemon() {
     let (_mount, _upper, merged, logs) = fx.prepare("survivor");
     let mut daemon = Command::new(std::env::current_exe().unwrap())
         .args([
-            "daemon_child",
+            "instances_survive_a_killed_daemon",
             "--exact",
-            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
