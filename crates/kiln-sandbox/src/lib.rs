@@ -14,6 +14,7 @@ pub mod netns;
 pub mod overlay;
 pub mod private;
 pub mod probe;
+pub mod recording;
 pub mod rootfs;
 pub mod seccomp;
 pub mod tool;
