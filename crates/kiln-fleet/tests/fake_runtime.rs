@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use kiln_fleet::runtime::{Machine, Runtime, RuntimeError};
 use kiln_fleet::*;
+use kiln_lb::loadgen::{LoadOptions, LoadReport, StopHandle};
 use kiln_sandbox::instance::InstanceIdentity;
 
 /// What the runtime was asked to do, in order.
@@ -361,29 +362,20 @@ fn settled(fleet: &Fleet, group: &str, version: u32, desired: usize) -> bool {
             .all(|i| i.state == InstanceState::InService && i.version == version)
 }
 
-/// Requests through the load balancer until told to stop; counts failures.
-fn load(url: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u32, u32, Vec<String>)> {
-    std::thread::spawn(move || {
-        let agent = ureq::Agent::new_with_defaults();
-        let (mut ok, mut failed, mut bodies) = (0, 0, Vec::new());
-        while !stop.load(Ordering::SeqCst) {
-            match agent.get(&url).call() {
-                Ok(mut r) if r.status() == 200 => {
-                    ok += 1;
-                    bodies.push(r.body_mut().read_to_string().unwrap_or_default());
-                }
-                Ok(r) => {
-                    failed += 1;
-                    bodies.push(format!("status {}", r.status()));
-                }
-                Err(e) => {
-                    failed += 1;
-                    bodies.push(e.to_string());
-                }
-            }
-        }
-        (ok, failed, bodies)
-    })
+/// Requests through the group's load balancer until stopped.
+fn load(view: &GroupView) -> (tokio::task::JoinHandle<LoadReport>, StopHandle) {
+    let addr = view
+        .load_balancer
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let opts = LoadOptions {
+        concurrency: 2,
+        max_requests: u64::MAX,
+        max_duration: Duration::from_secs(120),
+        ..LoadOptions::default()
+    };
+    kiln_lb::loadgen::spawn(addr, opts)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -391,8 +383,7 @@ async fn a_rollout_replaces_every_instance_behind_the_balancer_with_no_failed_re
     let s = setup().await;
     let view = serving_group(&s, 3).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = load(format!("{}/", view.load_balancer), stop.clone());
+    let (traffic, stop) = load(&view);
     s.runtime.reset_peak();
     roll(&s, &[("RELEASE", "2")]);
     wait_for("the rollout to version 2", || {
@@ -401,11 +392,19 @@ async fn a_rollout_replaces_every_instance_behind_the_balancer_with_no_failed_re
     .await;
     let view = s.fleet.group("web").unwrap();
     assert_eq!(view.rollouts.last().unwrap().state, RolloutState::Succeeded);
-    stop.store(true, Ordering::SeqCst);
-    let (ok, failed, bodies) = traffic.join().unwrap();
-    assert_eq!(failed, 0, "failed requests during the rollout: {bodies:?}");
-    assert!(ok > 0);
-    assert!(bodies.last().unwrap().contains("version 2"), "{bodies:?}");
+    stop.stop();
+    let report = traffic.await.unwrap();
+    assert_eq!(
+        report.failed, 0,
+        "failed requests during the rollout: {:?}",
+        report.errors
+    );
+    assert!(report.ok > 0);
+    assert!(
+        report.bodies.keys().any(|b| b.contains("version 2")),
+        "{:?}",
+        report.bodies
+    );
     assert!(
         s.runtime.peak() <= 4,
         "launch before terminate, one batch at a time: at most desired + 1 ran at once, saw {}",
@@ -436,8 +435,7 @@ async fn a_rollout_replaces_every_instance_behind_the_balancer_with_no_failed_re
 async fn a_version_that_never_becomes_healthy_is_rolled_back_and_the_old_one_keeps_serving() {
     let s = setup().await;
     let view = serving_group(&s, 2).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = load(format!("{}/", view.load_balancer), stop.clone());
+    let (traffic, stop) = load(&view);
     roll(&s, &[("HEALTH", "fail")]);
     wait_for("the rollback", || {
         s.fleet
@@ -448,10 +446,14 @@ async fn a_version_that_never_becomes_healthy_is_rolled_back_and_the_old_one_kee
             .is_some_and(|r| r.state == RolloutState::RolledBack)
     })
     .await;
-    stop.store(true, Ordering::SeqCst);
-    let (_, failed, bodies) = traffic.join().unwrap();
-    assert_eq!(failed, 0, "{bodies:?}");
-    assert!(bodies.iter().all(|b| b.contains("version 1")), "{bodies:?}");
+    stop.stop();
+    let report = traffic.await.unwrap();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert!(
+        report.bodies.keys().all(|b| b.contains("version 1")),
+        "{:?}",
+        report.bodies
+    );
     let view = s.fleet.group("web").unwrap();
     assert_eq!(view.group.version, 1);
     assert!(
