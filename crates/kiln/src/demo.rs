@@ -6,8 +6,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -213,54 +212,51 @@ impl Daemon {
     }
 }
 
-/// Requests to the load balancer in a loop, until stopped.
+/// Requests to the load balancer in a loop, until stopped: kiln-lb's
+/// load generator, one request at a time, on a runtime of its own.
 struct Load {
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    stop: kiln_lb::loadgen::StopHandle,
+    thread: std::thread::JoinHandle<Option<kiln_lb::loadgen::LoadReport>>,
 }
 
 impl Load {
-    fn start(url: &str) -> Load {
-        let (ok, failed, stop) = (
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (o, f, s, url) = (ok.clone(), failed.clone(), stop.clone(), url.to_string());
+    fn start(url: &str) -> anyhow::Result<Load> {
+        let addr: std::net::SocketAddr = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .with_context(|| format!("the load balancer's address {url}"))?;
+        let opts = kiln_lb::loadgen::LoadOptions {
+            concurrency: 1,
+            max_requests: u64::MAX,
+            max_duration: Duration::from_secs(24 * 3600),
+            request_timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(5)))
-                .build()
-                .into();
-            while !s.load(Ordering::SeqCst) {
-                match agent.get(&url).call() {
-                    Ok(r) if r.status().is_success() => o.fetch_add(1, Ordering::SeqCst),
-                    _ => f.fetch_add(1, Ordering::SeqCst),
-                };
-            }
+            rt.block_on(async {
+                let (task, stop) = kiln_lb::loadgen::spawn(addr, opts);
+                tx.send(stop).ok()?;
+                task.await.ok()
+            })
         });
-        Load {
-            ok,
-            failed,
-            stop,
-            thread: Some(thread),
-        }
+        let stop = rx.recv().context("the load generator did not start")?;
+        Ok(Load { stop, thread })
     }
 
-    fn finish(mut self) -> (u64, u64) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            // The load thread only counts requests; a panic in it loses the
-            // counts, which the demo prints as they are.
-            let _ = t.join();
+    /// Stops the load; the requests that got a 2xx and those that did not.
+    fn finish(self) -> (u64, u64) {
+        self.stop.stop();
+        match self.thread.join() {
+            Ok(Some(report)) => (report.ok, report.failed),
+            // The load thread only counts requests; if it panicked the
+            // counts are lost, and the demo says so by reporting none.
+            _ => (0, 0),
         }
-        (
-            self.ok.load(Ordering::SeqCst),
-            self.failed.load(Ordering::SeqCst),
-        )
     }
 }
 
@@ -401,7 +397,7 @@ fn run(args: &DemoArgs, dir: &Path, client: &Client, state: &StateDir) -> anyhow
         .stdout(Stdio::null())
         .status()?;
     anyhow::ensure!(hooked.success(), "kiln hooks install demo failed");
-    let load = Load::start(&format!("{url}/"));
+    let load = Load::start(&url)?;
     let second_start = Instant::now();
     let commit = second_commit(dir)?;
     say!(
