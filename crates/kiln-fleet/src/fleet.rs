@@ -449,11 +449,15 @@ impl Fleet {
         Ok(self.db().instances(group, all)?)
     }
 
+    /// The end of what an instance printed, as EC2's GetConsoleOutput
+    /// returns the latest 64 KB: the last [`CONSOLE_TAIL`] bytes of its
+    /// stdout, then of its stderr. An instance that logs without end is
+    /// never read whole into memory.
     pub fn instance_logs(&self, id: &str) -> Result<String> {
         let i = self.db().instance(id)?;
         let dir = Path::new(&i.dir).join("logs");
-        let out = std::fs::read_to_string(dir.join("stdout.log")).unwrap_or_default();
-        let err = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+        let out = tail(&dir.join("stdout.log"), CONSOLE_TAIL);
+        let err = tail(&dir.join("stderr.log"), CONSOLE_TAIL);
         Ok(format!("{out}{err}"))
     }
 
@@ -467,6 +471,31 @@ impl Fleet {
             lb.shutdown().await;
         }
     }
+}
+
+/// How much of each of an instance's logs [`Fleet::instance_logs`] returns.
+pub const CONSOLE_TAIL: u64 = 64 * 1024;
+
+/// The last `max` bytes of a file, from the start of a line where one
+/// begins within them; empty when the file is missing.
+fn tail(path: &Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(max);
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_err() || file.take(max).read_to_end(&mut bytes).is_err()
+    {
+        return String::new();
+    }
+    if start > 0
+        && let Some(nl) = bytes.iter().position(|b| *b == b'\n')
+    {
+        bytes.drain(..=nl);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 fn valid_name(s: &str) -> bool {
@@ -495,4 +524,24 @@ fn check_capacity(spec: &GroupSpec) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_is_read_from_its_end_only_and_from_a_line_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdout.log");
+        let line = "x".repeat(99) + "\n";
+        std::fs::write(&path, line.repeat(10_000) + "last line\n").unwrap();
+        let text = tail(&path, CONSOLE_TAIL);
+        assert!(text.len() as u64 <= CONSOLE_TAIL, "{}", text.len());
+        assert!(text.ends_with("last line\n"));
+        assert!(text.starts_with(&line), "it begins at a line");
+        assert_eq!(tail(&dir.path().join("missing.log"), CONSOLE_TAIL), "");
+        std::fs::write(&path, "short\n").unwrap();
+        assert_eq!(tail(&path, CONSOLE_TAIL), "short\n");
+    }
 }
