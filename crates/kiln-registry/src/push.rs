@@ -1,0 +1,209 @@
+//! Pushing an image of the store: each blob the registry lacks (a HEAD
+//! tells) is uploaded in one PUT, or in PATCH chunks when it is large,
+//! then the manifest is PUT with its own media type, byte for byte, so
+//! the registry's digest is the store's.
+
+use std::fs::File;
+use std::io::Read;
+
+use kiln_image::{ImageRecord, Store};
+use oci_spec::image::ImageManifest;
+use ureq::http::{self, Method};
+
+use crate::client::{Client, Options, Payload};
+use crate::{Reference, RegistryError};
+
+/// Blobs up to this size go up in one PUT; larger ones in chunks of it.
+pub const DEFAULT_CHUNK: u64 = 32 << 20;
+
+/// Overrides [`DEFAULT_CHUNK`] (bytes), for registries or proxies that
+/// bound a request's size.
+pub const ENV_CHUNK: &str = "KILN_REGISTRY_CHUNK_SIZE";
+
+#[derive(Debug, serde::Serialize)]
+pub struct Pushed {
+    pub reference: String,
+    pub digest: String,
+    /// Blobs uploaded, and blobs the registry had already.
+    pub uploaded: usize,
+    pub existing: usize,
+}
+
+fn chunk_size() -> u64 {
+    std::env::var(ENV_CHUNK)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(DEFAULT_CHUNK)
+}
+
+/// Pushes `image` of the store to `dest` (its tag, or its digest alone).
+pub fn push(
+    store: &Store,
+    image: &ImageRecord,
+    dest: &Reference,
+    opts: &Options,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Pushed, RegistryError> {
+    let manifest_json = store.read_blob(&image.digest())?;
+    let manifest: ImageManifest =
+        serde_json::from_slice(&manifest_json).map_err(|e| RegistryError::Unsupported {
+            reference: image.reference(),
+            why: format!("manifest: {}", kiln_image::tarball::shorten(&e.to_string())),
+        })?;
+    if let Some(d) = &dest.digest
+        && *d != image.digest()
+    {
+        return Err(RegistryError::DigestMismatch {
+            reference: dest.to_string(),
+            expected: d.clone(),
+            actual: image.digest(),
+        });
+    }
+    let media_type = kiln_image::import::manifest::manifest_media_type(&manifest_json)
+        .unwrap_or_else(|| kiln_image::import::manifest::OCI_MANIFEST.into());
+    let mut client = Client::connect(dest, opts, "pull,push")?;
+    let mut blobs = vec![manifest.config().clone()];
+    blobs.extend(manifest.layers().iter().cloned());
+    let (mut uploaded, mut existing) = (0, 0);
+    for blob in &blobs {
+        let digest = blob.digest().to_string();
+        if exists(&mut client, &digest)? {
+            existing += 1;
+            continue;
+        }
+        progress(&format!("uploading {digest} ({} bytes)", blob.size()));
+        upload(&mut client, store, &digest, blob.size())?;
+        uploaded += 1;
+    }
+    let object = dest.object().to_string();
+    let action = format!("PUT manifest {object}");
+    let url = client.url(&format!("manifests/{object}"));
+    let response = client.send(
+        Method::PUT,
+        &url,
+        &[("Content-Type", media_type)],
+        Payload::Bytes(&manifest_json),
+        &action,
+    )?;
+    if !response.status().is_success() {
+        return Err(client.status_error(&action, response));
+    }
+    if let Some(d) = response
+        .headers()
+        .get("Docker-Content-Digest")
+        .and_then(|v| v.to_str().ok())
+        && d != image.digest()
+    {
+        return Err(client.protocol(
+            &action,
+            format!(
+                "the registry stored the manifest as {d}, not {}",
+                image.digest()
+            ),
+        ));
+    }
+    Ok(Pushed {
+        reference: dest.to_string(),
+        digest: image.digest(),
+        uploaded,
+        existing,
+    })
+}
+
+fn exists(client: &mut Client, digest: &str) -> Result<bool, RegistryError> {
+    let action = format!("HEAD blob {digest}");
+    let url = client.url(&format!("blobs/{digest}"));
+    let response = client.send(Method::HEAD, &url, &[], Payload::Empty, &action)?;
+    match response.status().as_u16() {
+        200 => Ok(true),
+        404 => Ok(false),
+        _ => Err(client.status_error(&action, response)),
+    }
+}
+
+fn location(
+    client: &Client,
+    action: &str,
+    response: &http::Response<ureq::Body>,
+) -> Result<String, RegistryError> {
+    response
+        .headers()
+        .get(http::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|l| client.resolve(l))
+        .ok_or_else(|| client.protocol(action, "the answer has no Location"))
+}
+
+fn with_digest(url: &str, digest: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}digest={digest}")
+}
+
+/// POST, then one PUT with the blob, or PATCHes of chunks and an empty
+/// PUT with the digest; the registry checks the digest either way.
+fn upload(
+    client: &mut Client,
+    store: &Store,
+    digest: &str,
+    size: u64,
+) -> Result<(), RegistryError> {
+    let path = store.blob_path(digest)?;
+    let mut file = File::open(&path).map_err(|error| RegistryError::Read {
+        path: path.clone(),
+        error,
+    })?;
+    let action = format!("upload blob {digest}");
+    let start = client.url("blobs/uploads/");
+    let response = client.send(Method::POST, &start, &[], Payload::Empty, &action)?;
+    if response.status().as_u16() != 202 {
+        return Err(client.status_error(&action, response));
+    }
+    let mut url = location(client, &action, &response)?;
+    let octets = ("Content-Type", "application/octet-stream".to_string());
+    let chunk = chunk_size();
+    if size > chunk {
+        let mut sent = 0u64;
+        while sent < size {
+            let n = chunk.min(size - sent);
+            let range = ("Content-Range", format!("{sent}-{}", sent + n - 1));
+            let mut part = (&mut file).take(n);
+            let response = client.send_stream(
+                Method::PATCH,
+                &url,
+                &[octets.clone(), range],
+                &mut part,
+                n,
+                &action,
+            )?;
+            if response.status().as_u16() != 202 {
+                return Err(client.status_error(&action, response));
+            }
+            url = location(client, &action, &response)?;
+            sent += n;
+        }
+        let response = client.send(
+            Method::PUT,
+            &with_digest(&url, digest),
+            &[],
+            Payload::Empty,
+            &action,
+        )?;
+        if response.status().as_u16() != 201 {
+            return Err(client.status_error(&action, response));
+        }
+    } else {
+        let response = client.send_stream(
+            Method::PUT,
+            &with_digest(&url, digest),
+            &[octets],
+            &mut file,
+            size,
+            &action,
+        )?;
+        if response.status().as_u16() != 201 {
+            return Err(client.status_error(&action, response));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,448 @@
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::{json, kiln, ok};
+use crate::support::{Registry, RegistryConfig, tool};
+
+/// The config's diff_ids of the image `digest` in an OCI layout.
+fn diff_ids(layout: &Path, digest: &str) -> Vec<String> {
+    let read = |d: &str| -> serde_json::Value {
+        let hex = d.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap())
+            .unwrap()
+    };
+    let manifest = read(digest);
+    let config = read(manifest["config"]["digest"].as_str().unwrap());
+    config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The blob of the top layer of the image `digest` in an OCI layout.
+fn diff_layer(layout: &Path, digest: &str) -> std::path::PathBuf {
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.strip_prefix("sha256:").unwrap())
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(digest)).unwrap()).unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    blob(layers.last().unwrap()["digest"].as_str().unwrap())
+}
+
+fn write_component(dir: &Path, name: &str, command: &str) {
+    std::fs::write(
+        dir.join(format!("{name}.yaml")),
+        format!(
+            "name: {name}\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Run\n        action: ExecuteBash\n        inputs:\n          commands: [\"{command}\"]\n"
+        ),
+    )
+    .unwrap();
+}
+
+fn write_recipe(dir: &Path, file: &str, name: &str, version: &str, parent: &str, extra: &str) {
+    std::fs::write(
+        dir.join(file),
+        format!(
+            "name: {name}\nversion: {version}\nparent: {parent}\n{extra}shell: sh\ncomponents:\n  - path: {name}.yaml\ntests: {{ enabled: false }}\n"
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn push_skopeo_reads_it_pull_back_and_bake_on_a_pulled_parent_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    write_component(dir.path(), "marked", "echo baked-by-kiln > /etc/kiln-mark");
+    write_recipe(
+        dir.path(),
+        "marked-recipe.yaml",
+        "marked",
+        "1.0.0",
+        "busybox",
+        "",
+    );
+    ok(kiln(
+        &state,
+        &[
+            "bake",
+            dir.path().join("marked-recipe.yaml").to_str().unwrap(),
+        ],
+    ));
+    let image = json(kiln(&state, &["images", "ls", "--output", "json"]));
+    let digest = image
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "marked")
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut registry = Registry::start(RegistryConfig::default());
+    let host = registry.host();
+    let remote = format!("docker://{host}/kiln/marked:1.0.0");
+
+    // Verified TLS is the default: a plain-HTTP registry is refused, and
+    // the error says what to do.
+    let refused = kiln(&state, &["images", "push", "marked", &remote]);
+    assert!(!refused.status.success());
+    let e = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        e.contains(&format!("registry {host}: TLS")) && e.contains("--tls-verify=false"),
+        "{e}"
+    );
+
+    let pushed = json(kiln(
+        &state,
+        &[
+            "images",
+            "push",
+            "marked",
+            &remote,
+            "--tls-verify=false",
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!(pushed["digest"], digest.as_str());
+    assert_eq!(pushed["uploaded"], 3, "config and two layers: {pushed}");
+    // Pushed again: the registry has every blob, so only the manifest goes.
+    let again = json(kiln(
+        &state,
+        &[
+            "images",
+            "push",
+            "marked",
+            &remote,
+            "--tls-verify=false",
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!(
+        (again["uploaded"].clone(), again["existing"].clone()),
+        (0.into(), 3.into())
+    );
+
+    // skopeo reads what kiln pushed, with the same digest and layers.
+    let inspect: serde_json::Value = serde_json::from_str(&tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{host}/kiln/marked:1.0.0"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(inspect["Digest"], digest.as_str());
+    assert_eq!(inspect["Layers"].as_array().unwrap().len(), 2);
+    let copied = dir.path().join("copied");
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{host}/kiln/marked:1.0.0"),
+            &format!("oci:{}:pulled", copied.display()),
+        ],
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copied.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], digest.as_str());
+    // The top layer, as skopeo copied it, holds what the bake wrote.
+    // (Debian's umoci reads no zstd layers, so tar reads it.)
+    let top = diff_layer(&copied, &digest);
+    assert_eq!(
+        tool(
+            "tar",
+            &[
+                "--zstd",
+                "-xOf",
+                top.to_str().unwrap(),
+                "--wildcards",
+                "*etc/kiln-mark"
+            ]
+        ),
+        "baked-by-kiln\n"
+    );
+
+    // Chunked uploads (PATCH by PATCH) give the same image.
+    let chunked = format!("docker://{host}/kiln/chunked:1");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["images", "push", "marked", &chunked, "--tls-verify=false"])
+        .env("KILN_REGISTRY_CHUNK_SIZE", "65536")
+        .output()
+        .unwrap();
+    ok(out);
+    assert!(
+        registry.requests("PATCH /v2/kiln/chunked/blobs/uploads/") > 2,
+        "{}",
+        registry.log()
+    );
+    let inspect: serde_json::Value = serde_json::from_str(&tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{host}/kiln/chunked:1"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(inspect["Digest"], digest.as_str());
+
+    // Pulled into another store, by tag and by digest: the same image.
+    let other = dir.path().join("other");
+    let pulled = json(kiln(
+        &other,
+        &[
+            "images",
+            "pull",
+            &remote,
+            "--tls-verify=false",
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!(pulled["digest"], digest.as_str());
+    assert_eq!(pulled["registry_digest"], digest.as_str());
+    let by_digest = format!("docker://{host}/kiln/marked@{digest}");
+    let pulled = json(kiln(
+        &other,
+        &[
+            "images",
+            "pull",
+            &by_digest,
+            "--tls-verify=false",
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!(pulled["digest"], digest.as_str());
+    assert_eq!(
+        json(kiln(&other, &["images", "ls", "--output", "json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "the same digest is one image"
+    );
+
+    // A Docker schema 2 image (gzip layers), as skopeo pushes what
+    // `docker save` writes, pulls as the same file system: its layers
+    // unpack to the same diff_ids.
+    let v2s2 = format!("docker://{host}/kiln/v2s2:1");
+    let archive = dir.path().join("marked-docker.tar");
+    ok(kiln(
+        &state,
+        &[
+            "images",
+            "export",
+            "marked",
+            "--format",
+            "docker-archive",
+            archive.to_str().unwrap(),
+        ],
+    ));
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("docker-archive:{}", archive.display()),
+            &v2s2,
+        ],
+    );
+    let inspect: serde_json::Value = serde_json::from_str(&tool(
+        "skopeo",
+        &["inspect", "--raw", "--tls-verify=false", &v2s2],
+    ))
+    .unwrap();
+    assert_eq!(
+        inspect["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let pulled = json(kiln(
+        &other,
+        &[
+            "images",
+            "pull",
+            &v2s2,
+            "--tls-verify=false",
+            "--output",
+            "json",
+        ],
+    ));
+    let layout = other.join("images/oci");
+    assert_eq!(
+        diff_ids(&layout, pulled["digest"].as_str().unwrap()),
+        diff_ids(&state.join("images/oci"), &digest)
+    );
+
+    // An image index: the linux/amd64 entry is the one pulled.
+    let index_layout = dir.path().join("multi");
+    make_index(&copied, &state.join("images/oci"), &digest, &index_layout);
+    let multi = format!("docker://{host}/kiln/multi:1");
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:multi", index_layout.display()),
+            &multi,
+        ],
+    );
+    let pulled = json(kiln(
+        &other,
+        &[
+            "images",
+            "pull",
+            &multi,
+            "--tls-verify=false",
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!(pulled["registry_digest"], digest.as_str());
+
+    // A bake on the pulled parent, in a third store: pulled once.
+    let third = dir.path().join("third");
+    write_component(
+        dir.path(),
+        "derived",
+        "grep baked-by-kiln /etc/kiln-mark && echo derived > /etc/derived",
+    );
+    let parent = format!("docker://{host}/kiln/marked:1.0.0");
+    write_recipe(
+        dir.path(),
+        "derived-recipe.yaml",
+        "derived",
+        "1.0.0",
+        &parent,
+        "parent_tls_verify: false\n",
+    );
+    let manifests_before = registry.requests("GET /v2/kiln/marked/manifests/");
+    ok(kiln(
+        &third,
+        &[
+            "bake",
+            dir.path().join("derived-recipe.yaml").to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        registry.requests("GET /v2/kiln/marked/manifests/"),
+        manifests_before + 1,
+        "{}",
+        registry.log()
+    );
+    // With the registry gone, a second bake (a new version) still finds
+    // its parent: it is in the store.
+    registry.stop();
+    write_recipe(
+        dir.path(),
+        "derived-recipe.yaml",
+        "derived",
+        "1.0.1",
+        &parent,
+        "parent_tls_verify: false\n",
+    );
+    ok(kiln(
+        &third,
+        &[
+            "bake",
+            dir.path().join("derived-recipe.yaml").to_str().unwrap(),
+        ],
+    ));
+    let images = json(kiln(&third, &["images", "ls", "--output", "json"]));
+    let names: Vec<&str> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["reference"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "docker-kiln-marked/1.0.0/1",
+            "derived/1.0.0/1",
+            "derived/1.0.1/1"
+        ]
+    );
+}
+
+/// An OCI layout holding an index of two images: the busybox parent as
+/// linux/arm64 and the marked image as linux/amd64.
+fn make_index(copied: &Path, store: &Path, amd64: &str, dest: &Path) {
+    tool(
+        "cp",
+        &["-a", copied.to_str().unwrap(), dest.to_str().unwrap()],
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("index.json")).unwrap()).unwrap();
+    let busybox = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["dev.kiln.image.name"] == "busybox")
+        .unwrap();
+    let busybox_digest = busybox["digest"].as_str().unwrap();
+    let busybox_ref = busybox["annotations"]["org.opencontainers.image.ref.name"]
+        .as_str()
+        .unwrap();
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            &format!("oci:{}:{busybox_ref}", store.display()),
+            &format!("oci:{}:busybox", dest.display()),
+        ],
+    );
+    let size = |d: &str| {
+        std::fs::metadata(
+            dest.join("blobs/sha256")
+                .join(d.strip_prefix("sha256:").unwrap()),
+        )
+        .unwrap()
+        .len()
+    };
+    let entry = |d: &str, arch: &str| {
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": d, "size": size(d),
+            "platform": {"architecture": arch, "os": "linux"}
+        })
+    };
+    let image_index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry(busybox_digest, "arm64"), entry(amd64, "amd64")]
+    });
+    let bytes = serde_json::to_vec(&image_index).unwrap();
+    let d = crate::support::sha256(&bytes);
+    std::fs::write(
+        dest.join("blobs/sha256")
+            .join(d.strip_prefix("sha256:").unwrap()),
+        &bytes,
+    )
+    .unwrap();
+    let mut top: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dest.join("index.json")).unwrap()).unwrap();
+    top["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": d, "size": bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"}
+        }));
+    std::fs::write(dest.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+}

@@ -1,0 +1,270 @@
+//! A real registry (Debian's docker-registry, the CNCF distribution
+//! registry) on loopback, started by the tests in a temporary directory,
+//! and a small hostile registry of our own for what a real one refuses to
+//! serve (blobs that do not match their digest, huge manifests).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::common::ok;
+
+pub fn tool(program: &str, args: &[&str]) -> String {
+    ok(Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} (scripts/deps.sh installs it): {e}")))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[derive(Default)]
+pub struct RegistryConfig {
+    /// `htpasswd` basic auth with this user and password.
+    pub basic_auth: Option<(String, String)>,
+    /// Serve HTTPS with this certificate and key.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// `docker-registry` listening on 127.0.0.1, its storage and log in a
+/// temporary directory; killed on drop.
+pub struct Registry {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Registry {
+    pub fn start(config: RegistryConfig) -> Registry {
+        assert!(
+            Path::new("/usr/bin/docker-registry").exists(),
+            "/usr/bin/docker-registry is missing: scripts/deps.sh installs the Debian package docker-registry"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("storage").display()
+        );
+        if let Some((cert, key)) = &config.tls {
+            yaml += &format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+        }
+        if let Some((user, password)) = &config.basic_auth {
+            let line = tool("htpasswd", &["-Bbn", user, password]);
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, line.trim()).unwrap();
+            yaml += &format!(
+                "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+                file.display()
+            );
+        }
+        std::fs::write(dir.path().join("config.yml"), yaml).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let registry = Registry {
+            port,
+            dir,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen on {port}: {}",
+                registry.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// How many requests the registry logged for `path` (its access log).
+    pub fn requests(&self, path: &str) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(&format!("\"{path}")))
+            .count()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What the hostile registry answers for one path.
+#[derive(Clone)]
+pub struct Canned {
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+/// A registry API of our own on loopback that serves whatever it is told
+/// to, for paths under `/v2/`.
+pub struct Hostile {
+    pub port: u16,
+    pub routes: Arc<Mutex<HashMap<String, Canned>>>,
+}
+
+impl Hostile {
+    pub fn start() -> Hostile {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let routes: Arc<Mutex<HashMap<String, Canned>>> = Arc::default();
+        let table = routes.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let table = table.clone();
+                std::thread::spawn(move || serve(stream, &table));
+            }
+        });
+        Hostile { port, routes }
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn route(&self, path: &str, content_type: &str, body: Vec<u8>) {
+        self.routes.lock().unwrap().insert(
+            path.to_string(),
+            Canned {
+                content_type: content_type.to_string(),
+                body,
+            },
+        );
+    }
+}
+
+fn serve(stream: TcpStream, routes: &Mutex<HashMap<String, Canned>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut length = 0usize;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+            break;
+        }
+        if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; length];
+    let _ = reader.read_exact(&mut body);
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("");
+    let path = parts.next().unwrap_or("");
+    let found = if path == "/v2/" {
+        Some(Canned {
+            content_type: "application/json".into(),
+            body: b"{}".to_vec(),
+        })
+    } else {
+        routes.lock().unwrap().get(path).cloned()
+    };
+    let mut stream = stream;
+    let (status, canned) = match found {
+        Some(c) => ("200 OK", c),
+        None => (
+            "404 Not Found",
+            Canned {
+                content_type: "application/json".into(),
+                body: br#"{"errors":[{"code":"NOT_FOUND","message":"not here"}]}"#.to_vec(),
+            },
+        ),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        canned.content_type,
+        canned.body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    if method != "HEAD" {
+        let _ = stream.write_all(&canned.body);
+    }
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+/// A gzip tar layer holding one file, and its diff_id.
+pub fn layer(dir: &Path, name: &str, content: &str) -> (Vec<u8>, String) {
+    let tree = dir.join(format!("tree-{name}"));
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join(name), content).unwrap();
+    let tar = dir.join(format!("{name}.tar"));
+    tool(
+        "tar",
+        &[
+            "-cf",
+            tar.to_str().unwrap(),
+            "-C",
+            tree.to_str().unwrap(),
+            name,
+        ],
+    );
+    let plain = std::fs::read(&tar).unwrap();
+    tool("gzip", &["-kn", tar.to_str().unwrap()]);
+    let gz = std::fs::read(dir.join(format!("{name}.tar.gz"))).unwrap();
+    (gz, sha256(&plain))
+}
+
+/// Files below `dir`, recursively (what a store holds).
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.push(p.clone());
+                out.extend(files_below(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
