@@ -11,10 +11,10 @@ use std::io::{BufWriter, Read, Write};
 
 use sha2::{Digest as _, Sha256};
 
-use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest, MediaType};
+use oci_spec::image::{Descriptor, ImageManifest, MediaType};
 
-use super::member::{check_digests, parse};
-use super::stage::{Expected, Manifest, Stage, Temp};
+use super::member::{check_digests, parse, parse_config};
+use super::stage::{Manifest, Stage, Temp};
 use super::{ImageRecord, ImportError, Result, find_by_source, invalid, io};
 use crate::store::{Store, digest_hex, sha256_hex};
 use crate::tarball::{ExtractLimits, shorten};
@@ -140,19 +140,8 @@ pub fn import_manifest(
     }
     let config_json = read_blob(src, blobs, config_desc, "config")?;
     let cfile = format!("config {}", config_desc.digest());
-    check_digests(src, &cfile, &config_json, &["rootfs.diff_ids[]"])?;
-    let config: ImageConfiguration = parse(src, &cfile, &config_json)?;
+    let config = parse_config(src, &cfile, &config_json, manifest.layers().len())?;
     let diff_ids = config.rootfs().diff_ids();
-    if diff_ids.len() != manifest.layers().len() {
-        return Err(invalid(
-            src,
-            format!(
-                "the manifest lists {} layers, its config {} diff_ids",
-                manifest.layers().len(),
-                diff_ids.len()
-            ),
-        ));
-    }
     let mut keep = media_type == OCI_MANIFEST && config_type == OCI_CONFIG;
     let mut stage = Stage::new(store, src, limits);
     for (i, (layer, diff_id)) in manifest.layers().iter().zip(diff_ids).enumerate() {
@@ -182,18 +171,7 @@ pub fn import_manifest(
             continue;
         }
         let file = download(store, src, blobs, layer, i)?;
-        stage.layer(
-            &format!("layer {i} ({digest})"),
-            file,
-            Some(Expected {
-                digest: &digest,
-                field: format!("the manifest's layers[{i}].digest"),
-            }),
-            Expected {
-                digest: diff_id,
-                field: format!("the config's rootfs.diff_ids[{i}]"),
-            },
-        )?;
+        stage.manifest_layer(i, &digest, diff_id, file)?;
     }
     // An image kept as it is must already be one every tool takes.
     if keep {

@@ -167,6 +167,29 @@ impl<'s> Stage<'s> {
         Ok(())
     }
 
+    /// Stages layer `i` of a manifest: its blob must have the digest the
+    /// manifest gives it, its content the config's diff_id.
+    pub fn manifest_layer(
+        &mut self,
+        i: usize,
+        digest: &str,
+        diff_id: &str,
+        file: impl Read,
+    ) -> Result<()> {
+        self.layer(
+            &format!("layer {i} ({digest})"),
+            file,
+            Some(Expected {
+                digest,
+                field: format!("the manifest's layers[{i}].digest"),
+            }),
+            Expected {
+                digest: diff_id,
+                field: format!("the config's rootfs.diff_ids[{i}]"),
+            },
+        )
+    }
+
     /// Takes a layer that the store already holds, as blob and unpacked
     /// form, without reading it again.
     pub fn reuse(&mut self, digest: &str, diff_id: &str, media_type: MediaType) -> Result<()> {

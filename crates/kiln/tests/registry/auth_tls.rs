@@ -2,7 +2,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use crate::common::{json, kiln, ok};
-use crate::support::{Registry, RegistryConfig, tool};
+use crate::support::{Registry, RegistryConfig, bake, tool};
 
 const USER: &str = "kiln-ci";
 const PASSWORD: &str = "pw-9f3c7e1d-never-printed";
@@ -45,33 +45,10 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// A store with one small image in it (the busybox parent), and its digest.
+/// A store with one small image in it, and its digest.
 fn store_with_image(dir: &Path) -> (std::path::PathBuf, String) {
     let state = dir.join("state");
-    std::fs::write(
-        dir.join("c.yaml"),
-        "name: c\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Run\n        action: ExecuteBash\n        inputs:\n          commands: [\"true\"]\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("r.yaml"),
-        "name: small\nversion: 1.0.0\nparent: busybox\nshell: sh\ncomponents:\n  - path: c.yaml\ntests: { enabled: false }\n",
-    )
-    .unwrap();
-    ok(kiln(
-        &state,
-        &["bake", dir.join("r.yaml").to_str().unwrap()],
-    ));
-    let images = json(kiln(&state, &["images", "ls", "--output", "json"]));
-    let digest = images
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == "small")
-        .unwrap()["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let digest = bake(dir, &state, "small", "1.0.0", "busybox", "", "true");
     (state, digest)
 }
 

@@ -2,7 +2,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::common::{json, kiln, ok};
-use crate::support::{Registry, RegistryConfig, tool};
+use crate::support::{Registry, RegistryConfig, bake, image_references, tool};
 
 /// The config's diff_ids of the image `digest` in an OCI layout.
 fn diff_ids(layout: &Path, digest: &str) -> Vec<String> {
@@ -34,56 +34,19 @@ fn diff_layer(layout: &Path, digest: &str) -> std::path::PathBuf {
     blob(layers.last().unwrap()["digest"].as_str().unwrap())
 }
 
-fn write_component(dir: &Path, name: &str, command: &str) {
-    std::fs::write(
-        dir.join(format!("{name}.yaml")),
-        format!(
-            "name: {name}\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Run\n        action: ExecuteBash\n        inputs:\n          commands: [\"{command}\"]\n"
-        ),
-    )
-    .unwrap();
-}
-
-fn write_recipe(dir: &Path, file: &str, name: &str, version: &str, parent: &str, extra: &str) {
-    std::fs::write(
-        dir.join(file),
-        format!(
-            "name: {name}\nversion: {version}\nparent: {parent}\n{extra}shell: sh\ncomponents:\n  - path: {name}.yaml\ntests: {{ enabled: false }}\n"
-        ),
-    )
-    .unwrap();
-}
-
 #[test]
 fn push_skopeo_reads_it_pull_back_and_bake_on_a_pulled_parent_once() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    write_component(dir.path(), "marked", "echo baked-by-kiln > /etc/kiln-mark");
-    write_recipe(
+    let digest = bake(
         dir.path(),
-        "marked-recipe.yaml",
+        &state,
         "marked",
         "1.0.0",
         "busybox",
         "",
+        "echo baked-by-kiln > /etc/kiln-mark",
     );
-    ok(kiln(
-        &state,
-        &[
-            "bake",
-            dir.path().join("marked-recipe.yaml").to_str().unwrap(),
-        ],
-    ));
-    let image = json(kiln(&state, &["images", "ls", "--output", "json"]));
-    let digest = image
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == "marked")
-        .unwrap()["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
 
     let mut registry = Registry::start(RegistryConfig::default());
     let host = registry.host();
@@ -316,28 +279,11 @@ fn push_skopeo_reads_it_pull_back_and_bake_on_a_pulled_parent_once() {
 
     // A bake on the pulled parent, in a third store: pulled once.
     let third = dir.path().join("third");
-    write_component(
-        dir.path(),
-        "derived",
-        "grep baked-by-kiln /etc/kiln-mark && echo derived > /etc/derived",
-    );
     let parent = format!("docker://{host}/kiln/marked:1.0.0");
-    write_recipe(
-        dir.path(),
-        "derived-recipe.yaml",
-        "derived",
-        "1.0.0",
-        &parent,
-        "parent_tls_verify: false\n",
-    );
+    let tls = "parent_tls_verify: false\n";
+    let check = "grep baked-by-kiln /etc/kiln-mark && echo derived > /etc/derived";
     let manifests_before = registry.requests("GET /v2/kiln/marked/manifests/");
-    ok(kiln(
-        &third,
-        &[
-            "bake",
-            dir.path().join("derived-recipe.yaml").to_str().unwrap(),
-        ],
-    ));
+    bake(dir.path(), &third, "derived", "1.0.0", &parent, tls, check);
     assert_eq!(
         registry.requests("GET /v2/kiln/marked/manifests/"),
         manifests_before + 1,
@@ -347,30 +293,9 @@ fn push_skopeo_reads_it_pull_back_and_bake_on_a_pulled_parent_once() {
     // With the registry gone, a second bake (a new version) still finds
     // its parent: it is in the store.
     registry.stop();
-    write_recipe(
-        dir.path(),
-        "derived-recipe.yaml",
-        "derived",
-        "1.0.1",
-        &parent,
-        "parent_tls_verify: false\n",
-    );
-    ok(kiln(
-        &third,
-        &[
-            "bake",
-            dir.path().join("derived-recipe.yaml").to_str().unwrap(),
-        ],
-    ));
-    let images = json(kiln(&third, &["images", "ls", "--output", "json"]));
-    let names: Vec<&str> = images
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["reference"].as_str().unwrap())
-        .collect();
+    bake(dir.path(), &third, "derived", "1.0.1", &parent, tls, check);
     assert_eq!(
-        names,
+        image_references(&third),
         [
             "docker-kiln-marked/1.0.0/1",
             "derived/1.0.0/1",

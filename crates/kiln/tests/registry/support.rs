@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::ok;
+use crate::common::{json, kiln, ok};
 
 pub fn tool(program: &str, args: &[&str]) -> String {
     ok(Command::new(program)
@@ -267,4 +267,61 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Writes a recipe `NAME-recipe.yaml` whose one component (`NAME.yaml`)
+/// runs `command`, bakes it into `state` and returns the image's digest.
+pub fn bake(
+    dir: &Path,
+    state: &Path,
+    name: &str,
+    version: &str,
+    parent: &str,
+    extra: &str,
+    command: &str,
+) -> String {
+    std::fs::write(
+        dir.join(format!("{name}.yaml")),
+        format!(
+            "name: {name}\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Run\n        action: ExecuteBash\n        inputs:\n          commands: [\"{command}\"]\n"
+        ),
+    )
+    .unwrap();
+    let recipe = dir.join(format!("{name}-recipe.yaml"));
+    std::fs::write(
+        &recipe,
+        format!(
+            "name: {name}\nversion: {version}\nparent: {parent}\n{extra}shell: sh\ncomponents:\n  - path: {name}.yaml\ntests: {{ enabled: false }}\n"
+        ),
+    )
+    .unwrap();
+    ok(kiln(state, &["bake", recipe.to_str().unwrap()]));
+    image_field(state, &format!("{name}/{version}"), "digest")
+}
+
+/// A field of `kiln images ls --output json` for the image `reference`
+/// (`NAME/VERSION/BUILD`, or `NAME/VERSION` for its newest build).
+pub fn image_field(state: &Path, reference: &str, field: &str) -> String {
+    let images = json(kiln(state, &["images", "ls", "--output", "json"]));
+    let found = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|i| {
+            let r = i["reference"].as_str().unwrap();
+            r == reference || r.rsplit_once('/').is_some_and(|(nv, _)| nv == reference)
+        })
+        .unwrap_or_else(|| panic!("no image {reference} in {images}"));
+    found[field].as_str().unwrap().to_string()
+}
+
+/// The references of every image of the store, oldest first.
+pub fn image_references(state: &Path) -> Vec<String> {
+    json(kiln(state, &["images", "ls", "--output", "json"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["reference"].as_str().unwrap().to_string())
+        .collect()
 }
