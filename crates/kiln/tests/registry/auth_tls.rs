@@ -2,25 +2,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use crate::common::{json, kiln, ok};
-use crate::support::{Registry, RegistryConfig, bake, tool};
+use crate::support::{Registry, RegistryConfig, bake, base64, tool};
 
 const USER: &str = "kiln-ci";
 const PASSWORD: &str = "pw-9f3c7e1d-never-printed";
-
-fn base64(text: &str) -> String {
-    let out = Command::new("base64")
-        .args(["-w0"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(text.as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn kiln_env(state: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));

@@ -1,14 +1,14 @@
 use std::path::Path;
 
 use crate::common::{json, kiln};
-use crate::support::{Hostile, files_below, layer, sha256};
+use crate::support::{Hostile, TokenAuth, files_below, layer, sha256};
 
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// An image served by a hostile registry: its manifest, config and layer
 /// blobs, each routed by digest; returns the manifest and its digest.
 fn serve_image(server: &Hostile, dir: &Path, repo: &str, corrupt: bool) -> (Vec<u8>, String) {
-    let (blob, diff_id) = layer(dir, repo, "the real layer\n");
+    let (blob, diff_id) = layer(dir, &repo.replace('/', "-"), "the real layer\n");
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
@@ -78,7 +78,7 @@ fn refused(state: &Path, reference: &str, expect: &[&str]) {
 #[test]
 fn a_hostile_registry_is_refused_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Hostile::start();
+    let server = Hostile::start(None);
     let host = server.host();
 
     // The layer it serves is not the one the manifest names.
@@ -135,4 +135,92 @@ fn a_hostile_registry_is_refused_and_leaves_nothing_behind() {
         ],
     ));
     assert_eq!(pulled["registry_digest"], digest.as_str());
+}
+
+#[test]
+fn a_bearer_token_comes_from_the_realm_with_the_auth_file_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "tok-pw-5e2a-never-printed";
+    let basic = format!(
+        "Basic {}",
+        crate::support::base64(&format!("puller:{secret}"))
+    );
+    let server = Hostile::start(Some(TokenAuth {
+        token: "granted-token-31".into(),
+        basic,
+    }));
+    let host = server.host();
+    let (_, digest) = serve_image(&server, dir.path(), "team/app", false);
+    let reference = format!("docker://{host}/team/app:1");
+
+    // No credentials: the realm refuses, and the error says where kiln
+    // looked for them.
+    let state = dir.path().join("anonymous");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["images", "pull", &reference, "--tls-verify=false"])
+        .env("HOME", &state)
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        e.contains(&format!("registry {host}: team/app"))
+            && e.contains("access denied (401)")
+            && e.contains("no credentials"),
+        "{e}"
+    );
+
+    let auth = dir.path().join("auth.json");
+    std::fs::write(
+        &auth,
+        format!(
+            r#"{{"auths": {{"{host}": {{"auth": "{}"}}}}}}"#,
+            crate::support::base64(&format!("puller:{secret}"))
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("authorized");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--state-dir")
+        .arg(&state)
+        .args([
+            "images",
+            "pull",
+            &reference,
+            "--tls-verify=false",
+            "--output",
+            "json",
+        ])
+        .env("REGISTRY_AUTH_FILE", &auth)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&digest) && !text.contains(secret) && !text.contains("granted-token-31"),
+        "{text}"
+    );
+    let token_requests: Vec<String> = server
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("GET /token"))
+        .cloned()
+        .collect();
+    assert!(
+        token_requests
+            .iter()
+            .any(|l| l.contains("scope=repository%3Ateam%2Fapp%3Apull")
+                && l.contains("service=hostile")),
+        "{token_requests:?}"
+    );
 }

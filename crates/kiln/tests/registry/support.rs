@@ -137,26 +137,38 @@ pub struct Canned {
 }
 
 /// A registry API of our own on loopback that serves whatever it is told
-/// to, for paths under `/v2/`.
+/// to, for paths under `/v2/`; with a token, it asks for bearer auth as
+/// Docker Hub does, and its `/token` realm hands the token out for the
+/// right basic credentials only. Every request line is kept.
 pub struct Hostile {
     pub port: u16,
     pub routes: Arc<Mutex<HashMap<String, Canned>>>,
+    pub seen: Arc<Mutex<Vec<String>>>,
+}
+
+/// Bearer auth of the hostile registry: the token it hands out, and the
+/// `Authorization` header its realm wants for it.
+#[derive(Clone)]
+pub struct TokenAuth {
+    pub token: String,
+    pub basic: String,
 }
 
 impl Hostile {
-    pub fn start() -> Hostile {
+    pub fn start(auth: Option<TokenAuth>) -> Hostile {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let routes: Arc<Mutex<HashMap<String, Canned>>> = Arc::default();
-        let table = routes.clone();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (table, log) = (routes.clone(), seen.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let table = table.clone();
-                std::thread::spawn(move || serve(stream, &table));
+                let (table, log, auth) = (table.clone(), log.clone(), auth.clone());
+                std::thread::spawn(move || serve(stream, port, &table, &log, auth.as_ref()));
             }
         });
-        Hostile { port, routes }
+        Hostile { port, routes, seen }
     }
 
     pub fn host(&self) -> String {
@@ -174,48 +186,85 @@ impl Hostile {
     }
 }
 
-fn serve(stream: TcpStream, routes: &Mutex<HashMap<String, Canned>>) {
+fn serve(
+    stream: TcpStream,
+    port: u16,
+    routes: &Mutex<HashMap<String, Canned>>,
+    seen: &Mutex<Vec<String>>,
+    auth: Option<&TokenAuth>,
+) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     if reader.read_line(&mut line).is_err() {
         return;
     }
     let mut length = 0usize;
+    let mut authorization = String::new();
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
             break;
         }
-        if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap_or(0);
+        let (name, value) = header.split_once(':').unwrap_or((&header, ""));
+        match name.to_ascii_lowercase().as_str() {
+            "content-length" => length = value.trim().parse().unwrap_or(0),
+            "authorization" => authorization = value.trim().to_string(),
+            _ => {}
         }
     }
     let mut body = vec![0; length];
     let _ = reader.read_exact(&mut body);
+    seen.lock().unwrap().push(line.trim().to_string());
     let mut parts = line.split_whitespace();
     let method = parts.next().unwrap_or("");
     let path = parts.next().unwrap_or("");
-    let found = if path == "/v2/" {
-        Some(Canned {
-            content_type: "application/json".into(),
-            body: b"{}".to_vec(),
-        })
+    let json = |body: &[u8]| Canned {
+        content_type: "application/json".into(),
+        body: body.to_vec(),
+    };
+    let mut extra = String::new();
+    let (status, canned) = if let (Some(a), true) = (auth, path.starts_with("/token")) {
+        if authorization == a.basic {
+            (
+                "200 OK",
+                json(format!(r#"{{"token":"{}"}}"#, a.token).as_bytes()),
+            )
+        } else {
+            (
+                "401 Unauthorized",
+                json(br#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#),
+            )
+        }
+    } else if auth.is_some_and(|a| authorization != format!("Bearer {}", a.token)) {
+        let repo = path
+            .strip_prefix("/v2/")
+            .and_then(|p| {
+                p.split_once("/manifests/")
+                    .or_else(|| p.split_once("/blobs/"))
+            })
+            .map(|(r, _)| r)
+            .unwrap_or("");
+        extra = format!(
+            "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"hostile\",scope=\"repository:{repo}:pull\"\r\n"
+        );
+        (
+            "401 Unauthorized",
+            json(br#"{"errors":[{"code":"UNAUTHORIZED","message":"token wanted"}]}"#),
+        )
+    } else if path == "/v2/" {
+        ("200 OK", json(b"{}"))
     } else {
-        routes.lock().unwrap().get(path).cloned()
+        match routes.lock().unwrap().get(path).cloned() {
+            Some(c) => ("200 OK", c),
+            None => (
+                "404 Not Found",
+                json(br#"{"errors":[{"code":"NOT_FOUND","message":"not here"}]}"#),
+            ),
+        }
     };
     let mut stream = stream;
-    let (status, canned) = match found {
-        Some(c) => ("200 OK", c),
-        None => (
-            "404 Not Found",
-            Canned {
-                content_type: "application/json".into(),
-                body: br#"{"errors":[{"code":"NOT_FOUND","message":"not here"}]}"#.to_vec(),
-            },
-        ),
-    };
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
         canned.content_type,
         canned.body.len()
     );
@@ -324,4 +373,21 @@ pub fn image_references(state: &Path) -> Vec<String> {
         .iter()
         .map(|i| i["reference"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// base64 of `text`, as auth files hold credentials.
+pub fn base64(text: &str) -> String {
+    let mut child = Command::new("base64")
+        .arg("-w0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
 }
