@@ -10,6 +10,8 @@ mod files;
 pub mod glob;
 pub mod reports;
 pub mod run;
+mod run_as;
+mod script;
 pub mod secrets;
 mod workspace;
 

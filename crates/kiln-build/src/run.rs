@@ -30,7 +30,7 @@ use crate::workspace::{copy_tree, environment, read_exported};
 /// Where the source is inside the sandbox, as on CodeBuild.
 pub const SRC_DIR: &str = "/codebuild/output/src";
 /// The phase scripts and the state carried between phases, inside the sandbox.
-const STATE_DIR: &str = "/codebuild/kiln";
+pub(crate) const STATE_DIR: &str = "/codebuild/kiln";
 pub(crate) const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// CodeBuild's default build timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
@@ -109,6 +109,12 @@ pub enum BuildError {
     /// Valid on CodeBuild, but not runnable on the local target.
     #[error("the buildspec is valid on CodeBuild but cannot run here: {why}")]
     NotLocal { why: String },
+    #[error("{at}: run-as: {user:?}: {why}")]
+    RunAs {
+        at: String,
+        user: String,
+        why: String,
+    },
     #[error("workspace {workspace} already holds a build")]
     WorkspaceInUse { workspace: PathBuf },
     #[error("env.parameter-store.{var}: parameter {name:?} not found in the parameter store")]
@@ -241,6 +247,7 @@ pub fn run(
             shell: shell.to_string(),
         });
     }
+    let users = crate::run_as::users(spec, &opts.root)?;
     let (env, masked) = environment(spec, opts)?;
     let build_id = env
         .iter()
@@ -321,8 +328,9 @@ pub fn run(
         }
         observer.phase_started(name);
         log.line(&format!("Entering phase {}", name.upper()));
+        let user = users.iter().find(|(p, _)| *p == name).map(|(_, u)| u);
         let report = run_phase(
-            spec, phase, opts, &env, &state, succeeding, deadline, observer, &mut log,
+            spec, phase, opts, &env, &state, succeeding, deadline, user, observer, &mut log,
         )?;
         log.line(&format!(
             "Phase complete: {} State: {}",
@@ -448,63 +456,6 @@ pub fn secondary_dir(output_dir: &Path, id: &str) -> PathBuf {
     output_dir.with_file_name(name)
 }
 
-/// A string as one single-quoted shell word.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// The script that runs one phase.
-fn script(spec: &Buildspec, phase: &Phase, succeeding: bool) -> String {
-    let shared = spec.shared_shell();
-    let mut s = String::new();
-    s.push_str("set -a\n");
-    if shared {
-        s.push_str(&format!(
-            "if [ -f {STATE_DIR}/env ]; then . {STATE_DIR}/env; fi\n\
-             if [ -f {STATE_DIR}/cwd ]; then cd \"$(cat {STATE_DIR}/cwd)\" 2>/dev/null || cd {SRC_DIR}; fi\n"
-        ));
-    }
-    s.push_str(&format!(
-        "CODEBUILD_BUILD_SUCCEEDING={}\nrm -f {STATE_DIR}/result {STATE_DIR}/done\n__kiln_rc=0\n",
-        u8::from(succeeding)
-    ));
-    for (block, commands) in [("commands", &phase.commands), ("finally", &phase.finally)] {
-        if block == "finally" {
-            s.push_str("__kiln_rc=0\n");
-        }
-        for (i, cmd) in commands.iter().enumerate() {
-            let run = if shared {
-                format!("eval {}", quote(cmd))
-            } else {
-                format!("( eval {} )", quote(cmd))
-            };
-            s.push_str(&format!(
-                "if [ \"$__kiln_rc\" -eq 0 ]; then\n\
-                 printf '%s\\n' {}\n\
-                 {run}\n\
-                 __kiln_rc=$?\n\
-                 if [ \"$__kiln_rc\" -ne 0 ] && [ ! -f {STATE_DIR}/result ]; then printf '%s %s %s\\n' {block} {i} \"$__kiln_rc\" > {STATE_DIR}/result; fi\n\
-                 fi\n",
-                quote(&format!("[Container] Running command {cmd}")),
-            ));
-        }
-    }
-    s.push_str("unset __kiln_rc\n");
-    if shared {
-        s.push_str(&format!(
-            "export -p > {STATE_DIR}/env.new && mv {STATE_DIR}/env.new {STATE_DIR}/env\n\
-             pwd > {STATE_DIR}/cwd\n"
-        ));
-    }
-    for var in &spec.env.exported_variables {
-        s.push_str(&format!(
-            "if [ -n \"${{{var}+x}}\" ]; then printf '%s' \"${var}\" > {STATE_DIR}/exported/{var}; fi\n"
-        ));
-    }
-    s.push_str(&format!("echo ok > {STATE_DIR}/done\n"));
-    s
-}
-
 #[allow(clippy::too_many_arguments)]
 fn run_phase(
     spec: &Buildspec,
@@ -514,15 +465,20 @@ fn run_phase(
     state: &Path,
     succeeding: bool,
     deadline: Instant,
+    user: Option<&crate::run_as::User>,
     observer: &mut dyn BuildObserver,
     log: &mut Log,
 ) -> Result<PhaseReport, BuildError> {
     let started = Instant::now();
     let script_name = format!("{}.sh", phase.name.as_str());
     let script_path = state.join(&script_name);
-    fs::write(&script_path, script(spec, phase, succeeding))
+    fs::write(&script_path, crate::script::script(spec, phase, succeeding))
         .map_err(io("cannot write", &script_path))?;
     let mut command = sandbox_command(opts, env)?;
+    if let Some(user) = user {
+        crate::run_as::grant(user, &opts.workspace.join("src"), state)?;
+        crate::run_as::drop_to(&mut command, user);
+    }
     command
         .arg(spec.env.shell.path())
         .arg(format!("{STATE_DIR}/{script_name}"));
@@ -609,7 +565,13 @@ fn sandbox_command(opts: &BuildOptions, env: &[(String, String)]) -> Result<Comm
             cmd.arg("--ro-bind").arg(entry.path()).arg(&inside);
         }
     }
-    cmd.args(["--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]);
+    // Sticky and writable by all, as /tmp is: a run-as user writes there.
+    cmd.args([
+        "--perms", "1777", "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev",
+    ]);
+    // bwrap makes missing parents 0700; a run-as user must get through.
+    cmd.args(["--perms", "0755", "--dir", "/codebuild"]);
+    cmd.args(["--perms", "0755", "--dir", "/codebuild/output"]);
     // The build's home is in the workspace, so cache.paths can keep
     // /root/.m2 and the like.
     cmd.arg("--bind")
@@ -751,7 +713,7 @@ mod tests {
 
     #[test]
     fn quoting_survives_single_quotes() {
-        assert_eq!(quote("it's"), r"'it'\''s'");
+        assert_eq!(crate::script::quote("it's"), r"'it'\''s'");
     }
 
     #[test]
