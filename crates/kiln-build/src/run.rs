@@ -15,8 +15,8 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -70,6 +70,23 @@ pub struct BuildOptions {
     /// The pipeline's `cache.paths` store, restored before the install
     /// phase and replaced after a build that succeeds.
     pub cache_dir: Option<PathBuf>,
+    /// Set from outside to stop the build (its running phase is killed).
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// How many builds of a batch run at once: `KILN_BATCH_MAX_PARALLEL`,
+    /// else the number of CPUs.
+    pub batch_parallel: usize,
+}
+
+/// Overrides the number of a batch's builds that run at once.
+pub const ENV_BATCH_MAX_PARALLEL: &str = "KILN_BATCH_MAX_PARALLEL";
+
+fn default_batch_parallel() -> usize {
+    std::env::var(ENV_BATCH_MAX_PARALLEL)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
 }
 
 impl BuildOptions {
@@ -94,6 +111,8 @@ impl BuildOptions {
             timeout: DEFAULT_TIMEOUT,
             hidden: Vec::new(),
             cache_dir: None,
+            cancel: None,
+            batch_parallel: default_batch_parallel(),
         })
     }
 }
@@ -153,6 +172,8 @@ pub enum PhaseStatus {
     Succeeded,
     Failed,
     TimedOut,
+    /// Stopped from outside (a batch's fast-fail), as CodeBuild's STOPPED.
+    Stopped,
     /// Not run, because an earlier phase failed.
     Skipped,
 }
@@ -212,14 +233,15 @@ impl Log {
         let text = crate::secrets::mask(text, &self.1);
         if let Some(f) = &mut self.0 {
             let ts = jiff::Timestamp::now().strftime("%Y/%m/%d %H:%M:%S%.3f");
-            let _ = writeln!(f, "[Container] {ts} {text}");
+            // One write a line: the builds of a batch share the log.
+            let _ = f.write_all(format!("[Container] {ts} {text}\n").as_bytes());
         }
     }
 
     fn raw(&mut self, text: &str) {
         let text = crate::secrets::mask(text, &self.1);
         if let Some(f) = &mut self.0 {
-            let _ = writeln!(f, "{text}");
+            let _ = f.write_all(format!("{text}\n").as_bytes());
         }
     }
 }
@@ -339,6 +361,7 @@ pub fn run(
                 PhaseStatus::Succeeded => "SUCCEEDED",
                 PhaseStatus::Failed => "FAILED",
                 PhaseStatus::TimedOut => "TIMED_OUT",
+                PhaseStatus::Stopped => "STOPPED",
                 PhaseStatus::Skipped => "SKIPPED",
             }
         ));
@@ -353,7 +376,7 @@ pub fn run(
         ));
         match report.status {
             PhaseStatus::Succeeded | PhaseStatus::Skipped => {}
-            PhaseStatus::TimedOut => {
+            PhaseStatus::TimedOut | PhaseStatus::Stopped => {
                 succeeding = false;
                 timed_out = true;
             }
@@ -482,7 +505,8 @@ fn run_phase(
     command
         .arg(spec.env.shell.path())
         .arg(format!("{STATE_DIR}/{script_name}"));
-    let (code, timed_out) = run_streaming(command, &opts.bwrap, deadline, observer, log)?;
+    let cancel = opts.cancel.as_deref();
+    let (code, ending) = run_streaming(command, &opts.bwrap, deadline, cancel, observer, log)?;
 
     let mut report = PhaseReport {
         phase: phase.name,
@@ -493,10 +517,18 @@ fn run_phase(
         message: None,
         duration_ms: started.elapsed().as_millis() as u64,
     };
-    if timed_out {
-        report.status = PhaseStatus::TimedOut;
-        report.message = Some(format!("build timed out after {:?}", opts.timeout));
-        return Ok(report);
+    match ending {
+        Ending::Exited => {}
+        Ending::TimedOut => {
+            report.status = PhaseStatus::TimedOut;
+            report.message = Some(format!("build timed out after {:?}", opts.timeout));
+            return Ok(report);
+        }
+        Ending::Stopped => {
+            report.status = PhaseStatus::Stopped;
+            report.message = Some("the build was stopped".into());
+            return Ok(report);
+        }
     }
     let result = fs::read_to_string(state.join("result")).ok();
     let done = state.join("done").exists();
@@ -620,15 +652,24 @@ enum Event {
     Closed,
 }
 
+/// How a phase's shell ended.
+enum Ending {
+    Exited,
+    TimedOut,
+    Stopped,
+}
+
 /// Runs `command`, streaming its output line by line, and kills it at
-/// `deadline`. Returns the exit code and whether it timed out.
+/// `deadline` or when `cancel` is set. Returns the exit code and how it
+/// ended.
 fn run_streaming(
     mut command: Command,
     bwrap: &Path,
     deadline: Instant,
+    cancel: Option<&AtomicBool>,
     observer: &mut dyn BuildObserver,
     log: &mut Log,
-) -> Result<(Option<i32>, bool), BuildError> {
+) -> Result<(Option<i32>, Ending), BuildError> {
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -669,9 +710,12 @@ fn run_streaming(
         });
     }
     drop(tx);
-    let mut timed_out = false;
+    let mut ending = Ending::Exited;
     while open > 0 {
-        let wait = deadline.saturating_duration_since(Instant::now());
+        // Woken now and then to see whether the build was stopped.
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(200));
         match rx.recv_timeout(wait) {
             Ok(Event::Line(line)) => {
                 let line = crate::secrets::mask(&line, &log.1);
@@ -680,11 +724,15 @@ fn run_streaming(
             }
             Ok(Event::Closed) => open -= 1,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if !timed_out {
-                    timed_out = true;
-                    // The sandbox dies with bwrap (--die-with-parent).
-                    let _ = child.kill();
+                if Instant::now() >= deadline {
+                    ending = Ending::TimedOut;
+                } else if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+                    ending = Ending::Stopped;
+                } else {
+                    continue;
                 }
+                // The sandbox dies with bwrap (--die-with-parent).
+                let _ = child.kill();
                 // Drain what the dying processes still wrote.
                 while let Ok(ev) = rx.recv_timeout(Duration::from_secs(5)) {
                     match ev {
@@ -704,7 +752,7 @@ fn run_streaming(
         bwrap: bwrap.to_owned(),
         source,
     })?;
-    Ok((status.code(), timed_out))
+    Ok((status.code(), ending))
 }
 
 #[cfg(test)]
@@ -739,6 +787,8 @@ mod tests {
             timeout: DEFAULT_TIMEOUT,
             hidden: Vec::new(),
             cache_dir: None,
+            cancel: None,
+            batch_parallel: 1,
         };
         assert!(matches!(
             environment(&spec, &opts),
