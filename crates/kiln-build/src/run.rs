@@ -36,7 +36,15 @@ pub(crate) const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 /// Looks a parameter of kiln's parameter store up by name.
-pub type ParameterLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+pub type ParameterLookup = dyn Fn(&str) -> Option<ParameterValue> + Send + Sync;
+
+/// A parameter's value, and whether it is a SecureString, which the build
+/// log masks as it masks secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParameterValue {
+    pub value: String,
+    pub secure: bool,
+}
 /// Looks a secret up by id; `Err` says why the store cannot tell.
 pub type SecretLookup = dyn Fn(&str) -> Result<Option<String>, String> + Send + Sync;
 
@@ -795,7 +803,10 @@ mod tests {
             Err(BuildError::Parameter { .. })
         ));
         opts.parameters = Some(Arc::new(|name: &str| {
-            (name == "/x/y").then(|| "1.0.3".to_string())
+            (name == "/x/y").then(|| ParameterValue {
+                value: "1.0.3".to_string(),
+                secure: false,
+            })
         }));
         let (env, _) = environment(&spec, &opts).unwrap();
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
