@@ -1,8 +1,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::common::{json, kiln, ok};
-use crate::support::{Registry, RegistryConfig, bake, base64, tool};
+use crate::common::{kiln, ok};
+use crate::support::{Registry, RegistryConfig, bake, base64, pull, tool};
 
 const USER: &str = "kiln-ci";
 const PASSWORD: &str = "pw-9f3c7e1d-never-printed";
@@ -231,17 +231,6 @@ fn tls_is_verified_unless_turned_off_and_a_ca_can_be_named() {
     assert!(pushed.contains(&digest), "{pushed}");
     // Verified against the CA named with --cert-dir: no flag needed.
     let other = dir.path().join("other");
-    let pulled = json(kiln(
-        &other,
-        &[
-            "images",
-            "pull",
-            &remote,
-            "--cert-dir",
-            certs.to_str().unwrap(),
-            "--output",
-            "json",
-        ],
-    ));
+    let pulled = pull(&other, &remote, &["--cert-dir", certs.to_str().unwrap()]);
     assert_eq!(pulled["digest"], digest.as_str());
 }

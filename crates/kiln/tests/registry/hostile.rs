@@ -1,7 +1,7 @@
 use std::path::Path;
 
 use crate::common::{json, kiln};
-use crate::support::{Hostile, TokenAuth, files_below, layer, sha256};
+use crate::support::{Hostile, TokenAuth, files_below, layer, pull, sha256};
 
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -123,17 +123,8 @@ fn a_hostile_registry_is_refused_and_leaves_nothing_behind() {
     // The same image, honestly served, pulls: the refusals above were the
     // registry's lies, not the image.
     let ok_state = dir.path().join("s4");
-    let pulled = json(kiln(
-        &ok_state,
-        &[
-            "images",
-            "pull",
-            &format!("docker://{host}/honest@{digest}"),
-            "--tls-verify=false",
-            "--output",
-            "json",
-        ],
-    ));
+    let honest = format!("docker://{host}/honest@{digest}");
+    let pulled = pull(&ok_state, &honest, &["--tls-verify=false"]);
     assert_eq!(pulled["registry_digest"], digest.as_str());
 }
 

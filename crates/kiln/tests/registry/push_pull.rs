@@ -2,7 +2,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::common::{json, kiln, ok};
-use crate::support::{Registry, RegistryConfig, bake, image_references, tool};
+use crate::support::{Registry, RegistryConfig, bake, image_references, pull, push, tool};
 
 /// The config's diff_ids of the image `digest` in an OCI layout.
 fn diff_ids(layout: &Path, digest: &str) -> Vec<String> {
@@ -62,33 +62,11 @@ fn push_skopeo_reads_it_pull_back_and_bake_on_a_pulled_parent_once() {
         "{e}"
     );
 
-    let pushed = json(kiln(
-        &state,
-        &[
-            "images",
-            "push",
-            "marked",
-            &remote,
-            "--tls-verify=false",
-            "--output",
-            "json",
-        ],
-    ));
+    let pushed = push(&state, "marked", &remote);
     assert_eq!(pushed["digest"], digest.as_str());
     assert_eq!(pushed["uploaded"], 3, "config and two layers: {pushed}");
     // Pushed again: the registry has every blob, so only the manifest goes.
-    let again = json(kiln(
-        &state,
-        &[
-            "images",
-            "push",
-            "marked",
-            &remote,
-            "--tls-verify=false",
-            "--output",
-            "json",
-        ],
-    ));
+    let again = push(&state, "marked", &remote);
     assert_eq!(
         (again["uploaded"].clone(), again["existing"].clone()),
         (0.into(), 3.into())
@@ -164,31 +142,11 @@ fn push_skopeo_reads_it_pull_back_and_bake_on_a_pulled_parent_once() {
 
     // Pulled into another store, by tag and by digest: the same image.
     let other = dir.path().join("other");
-    let pulled = json(kiln(
-        &other,
-        &[
-            "images",
-            "pull",
-            &remote,
-            "--tls-verify=false",
-            "--output",
-            "json",
-        ],
-    ));
+    let pulled = pull(&other, &remote, &["--tls-verify=false"]);
     assert_eq!(pulled["digest"], digest.as_str());
     assert_eq!(pulled["registry_digest"], digest.as_str());
     let by_digest = format!("docker://{host}/kiln/marked@{digest}");
-    let pulled = json(kiln(
-        &other,
-        &[
-            "images",
-            "pull",
-            &by_digest,
-            "--tls-verify=false",
-            "--output",
-            "json",
-        ],
-    ));
+    let pulled = pull(&other, &by_digest, &["--tls-verify=false"]);
     assert_eq!(pulled["digest"], digest.as_str());
     assert_eq!(
         json(kiln(&other, &["images", "ls", "--output", "json"]))
@@ -233,17 +191,7 @@ fn push_skopeo_reads_it_pull_back_and_bake_on_a_pulled_parent_once() {
         inspect["mediaType"],
         "application/vnd.docker.distribution.manifest.v2+json"
     );
-    let pulled = json(kiln(
-        &other,
-        &[
-            "images",
-            "pull",
-            &v2s2,
-            "--tls-verify=false",
-            "--output",
-            "json",
-        ],
-    ));
+    let pulled = pull(&other, &v2s2, &["--tls-verify=false"]);
     let layout = other.join("images/oci");
     assert_eq!(
         diff_ids(&layout, pulled["digest"].as_str().unwrap()),
@@ -264,17 +212,7 @@ fn push_skopeo_reads_it_pull_back_and_bake_on_a_pulled_parent_once() {
             &multi,
         ],
     );
-    let pulled = json(kiln(
-        &other,
-        &[
-            "images",
-            "pull",
-            &multi,
-            "--tls-verify=false",
-            "--output",
-            "json",
-        ],
-    ));
+    let pulled = pull(&other, &multi, &["--tls-verify=false"]);
     assert_eq!(pulled["registry_digest"], digest.as_str());
 
     // A bake on the pulled parent, in a third store: pulled once.

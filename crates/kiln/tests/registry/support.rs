@@ -391,3 +391,26 @@ pub fn base64(text: &str) -> String {
         .unwrap();
     String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
 }
+
+/// `kiln images push IMAGE DEST --tls-verify=false --output json`.
+pub fn push(state: &Path, image: &str, dest: &str) -> serde_json::Value {
+    json(kiln(
+        state,
+        &[
+            "images",
+            "push",
+            image,
+            dest,
+            "--tls-verify=false",
+            "--output",
+            "json",
+        ],
+    ))
+}
+
+/// `kiln images pull SOURCE --output json` with `flags`.
+pub fn pull(state: &Path, source: &str, flags: &[&str]) -> serde_json::Value {
+    let mut args = vec!["images", "pull", source, "--output", "json"];
+    args.extend_from_slice(flags);
+    json(kiln(state, &args))
+}
