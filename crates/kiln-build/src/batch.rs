@@ -496,11 +496,11 @@ pub fn run(
                     reports[i] = Some(TaskReport {
                         identifier: task.identifier.clone(),
                         status: status.into(),
-                        message: was_stopped.then(|| {
-                            format!(
-                                "fast-fail: build {} failed, and the batch stopped it",
-                                stopped.as_deref().unwrap_or("?")
-                            )
+                        message: was_stopped.then(|| match &stopped {
+                            Some(failed) => format!(
+                                "fast-fail: build {failed} failed, and the batch stopped it"
+                            ),
+                            None => "another build could not run, and the batch stopped it".into(),
                         }),
                         build: Some(build),
                         output_dir: output_dir(task),
