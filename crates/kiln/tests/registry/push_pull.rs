@@ -228,6 +228,35 @@ fn push_skopeo_reads_it_pull_back_and_bake_on_a_pulled_parent_once() {
         "{}",
         registry.log()
     );
+    // A parent pinned by digest, with TLS turned off on the command line
+    // instead of in the recipe, in a fourth store.
+    let fourth = dir.path().join("fourth");
+    let pinned = dir.path().join("pinned-recipe.yaml");
+    std::fs::write(
+        &pinned,
+        format!(
+            "name: pinned\nversion: 1.0.0\nparent: docker://{host}/kiln/marked@{digest}\nshell: sh\ncomponents:\n  - path: derived.yaml\ntests: {{ enabled: false }}\n"
+        ),
+    )
+    .unwrap();
+    let refused = kiln(&fourth, &["bake", pinned.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    let e = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        e.contains(&format!(
+            "parent docker://{host}/kiln/marked@{digest}: registry {host}: TLS"
+        )),
+        "{e}"
+    );
+    ok(kiln(
+        &fourth,
+        &["bake", pinned.to_str().unwrap(), "--tls-verify=false"],
+    ));
+    assert_eq!(
+        image_references(&fourth),
+        ["docker-kiln-marked/1.0.0/1", "pinned/1.0.0/1"]
+    );
+
     // With the registry gone, a second bake (a new version) still finds
     // its parent: it is in the store.
     registry.stop();
