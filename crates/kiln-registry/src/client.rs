@@ -56,6 +56,9 @@ pub(crate) struct Client {
     challenge: Option<Challenge>,
     credentials: Option<Credentials>,
     token: Option<String>,
+    /// Other repositories of the registry the token must let us pull
+    /// from: the sources of cross-repository blob mounts.
+    also_pull: Vec<String>,
 }
 
 /// A request body that can be sent again after a new token.
@@ -181,6 +184,7 @@ impl Client {
             challenge: None,
             credentials: None,
             token: None,
+            also_pull: Vec::new(),
         };
         let ping = match client.agent.get(format!("{}/v2/", client.base)).call() {
             Ok(r) => r,
@@ -221,6 +225,12 @@ impl Client {
                 why: e.to_string(),
             }
         }
+    }
+
+    /// Asks for pull access to `repos` too, with the next token.
+    pub fn also_pull(&mut self, repos: Vec<String>) {
+        self.also_pull = repos;
+        self.token = None;
     }
 
     /// `/v2/REPO/PATH` on the registry.
@@ -323,6 +333,9 @@ impl Client {
     ) -> Result<String, RegistryError> {
         let scope = format!("repository:{}:{}", self.repo, self.actions);
         let mut request = self.agent.get(realm).query("scope", &scope);
+        for repo in &self.also_pull {
+            request = request.query("scope", format!("repository:{repo}:pull"));
+        }
         if let Some(s) = service {
             request = request.query("service", s);
         }

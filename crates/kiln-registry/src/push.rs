@@ -1,7 +1,8 @@
-//! Pushing an image of the store: each blob the registry lacks (a HEAD
-//! tells) is uploaded in one PUT, or in PATCH chunks when it is large,
-//! then the manifest is PUT with its own media type, byte for byte, so
-//! the registry's digest is the store's.
+//! Pushing an image of the store: each blob the repository lacks (a HEAD
+//! tells) is mounted from another repository of the registry that an
+//! image of the store was pulled from, or uploaded in one PUT, or in PATCH
+//! chunks when it is large; then the manifest is PUT with its own media
+//! type, byte for byte, so the registry's digest is the store's.
 
 use std::fs::File;
 use std::io::Read;
@@ -24,9 +25,41 @@ pub const ENV_CHUNK: &str = "KILN_REGISTRY_CHUNK_SIZE";
 pub struct Pushed {
     pub reference: String,
     pub digest: String,
-    /// Blobs uploaded, and blobs the registry had already.
+    /// Blobs uploaded, blobs the registry had already in the repository,
+    /// and blobs mounted from another of its repositories.
     pub uploaded: usize,
     pub existing: usize,
+    pub mounted: usize,
+}
+
+/// Repositories of `dest`'s registry that images of the store were pulled
+/// from, with the layer blobs each holds: a blob the destination lacks is
+/// mounted from one of them instead of uploaded again.
+fn mount_sources(
+    store: &Store,
+    dest: &Reference,
+) -> Result<Vec<(String, Vec<String>)>, RegistryError> {
+    let mut sources: Vec<(String, Vec<String>)> = Vec::new();
+    for image in store.images()? {
+        let Some(from) = image
+            .annotation(crate::pull::ANNOTATION_PULLED)
+            .and_then(|r| Reference::parse(r).ok())
+        else {
+            continue;
+        };
+        if from.host != dest.host || from.repo == dest.repo {
+            continue;
+        }
+        let Ok(manifest) = store.manifest(&image) else {
+            continue;
+        };
+        let digests = manifest.layers().iter().map(|l| l.digest().to_string());
+        match sources.iter_mut().find(|(r, _)| *r == from.repo) {
+            Some((_, d)) => d.extend(digests),
+            None => sources.push((from.repo, digests.collect())),
+        }
+    }
+    Ok(sources)
 }
 
 fn chunk_size() -> u64 {
@@ -63,17 +96,36 @@ pub fn push(
     let media_type = kiln_image::import::manifest::manifest_media_type(&manifest_json)
         .unwrap_or_else(|| kiln_image::import::manifest::OCI_MANIFEST.into());
     let mut client = Client::connect(dest, opts, "pull,push")?;
+    let sources = mount_sources(store, dest)?;
+    if !sources.is_empty() {
+        client.also_pull(sources.iter().map(|(r, _)| r.clone()).collect());
+    }
     let mut blobs = vec![manifest.config().clone()];
     blobs.extend(manifest.layers().iter().cloned());
-    let (mut uploaded, mut existing) = (0, 0);
+    let (mut uploaded, mut existing, mut mounted) = (0, 0, 0);
     for blob in &blobs {
         let digest = blob.digest().to_string();
         if exists(&mut client, &digest)? {
             existing += 1;
             continue;
         }
+        let from = sources
+            .iter()
+            .find(|(_, d)| d.contains(&digest))
+            .map(|(r, _)| r.as_str());
+        let started = match from {
+            Some(repo) => match mount(&mut client, &digest, repo)? {
+                Mount::Mounted => {
+                    progress(&format!("mounted {digest} from {repo}"));
+                    mounted += 1;
+                    continue;
+                }
+                Mount::Upload(location) => Some(location),
+            },
+            None => None,
+        };
         progress(&format!("uploading {digest} ({} bytes)", blob.size()));
-        upload(&mut client, store, &digest, blob.size())?;
+        upload(&mut client, store, &digest, blob.size(), started)?;
         uploaded += 1;
     }
     let object = dest.object().to_string();
@@ -108,6 +160,7 @@ pub fn push(
         digest: image.digest(),
         uploaded,
         existing,
+        mounted,
     })
 }
 
@@ -140,13 +193,33 @@ fn with_digest(url: &str, digest: &str) -> String {
     format!("{url}{sep}digest={digest}")
 }
 
-/// POST, then one PUT with the blob, or PATCHes of chunks and an empty
-/// PUT with the digest; the registry checks the digest either way.
+enum Mount {
+    Mounted,
+    /// The registry did not mount the blob but started an upload here.
+    Upload(String),
+}
+
+/// Asks the registry to mount `digest` from its repository `from`.
+fn mount(client: &mut Client, digest: &str, from: &str) -> Result<Mount, RegistryError> {
+    let action = format!("mount blob {digest} from {from}");
+    let url = client.url(&format!("blobs/uploads/?mount={digest}&from={from}"));
+    let response = client.send(Method::POST, &url, &[], Payload::Empty, &action)?;
+    match response.status().as_u16() {
+        201 => Ok(Mount::Mounted),
+        202 => Ok(Mount::Upload(location(client, &action, &response)?)),
+        _ => Err(client.status_error(&action, response)),
+    }
+}
+
+/// POST (unless an upload was `started` already), then one PUT with the
+/// blob, or PATCHes of chunks and an empty PUT with the digest; the
+/// registry checks the digest either way.
 fn upload(
     client: &mut Client,
     store: &Store,
     digest: &str,
     size: u64,
+    started: Option<String>,
 ) -> Result<(), RegistryError> {
     let path = store.blob_path(digest)?;
     let mut file = File::open(&path).map_err(|error| RegistryError::Read {
@@ -154,12 +227,17 @@ fn upload(
         error,
     })?;
     let action = format!("upload blob {digest}");
-    let start = client.url("blobs/uploads/");
-    let response = client.send(Method::POST, &start, &[], Payload::Empty, &action)?;
-    if response.status().as_u16() != 202 {
-        return Err(client.status_error(&action, response));
-    }
-    let mut url = location(client, &action, &response)?;
+    let mut url = match started {
+        Some(url) => url,
+        None => {
+            let start = client.url("blobs/uploads/");
+            let response = client.send(Method::POST, &start, &[], Payload::Empty, &action)?;
+            if response.status().as_u16() != 202 {
+                return Err(client.status_error(&action, response));
+            }
+            location(client, &action, &response)?
+        }
+    };
     let octets = ("Content-Type", "application/octet-stream".to_string());
     let chunk = chunk_size();
     if size > chunk {

@@ -241,11 +241,12 @@ pub fn main(args: ImagesArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
                 print_json(&pushed)?;
             } else {
                 println!(
-                    "pushed {} to {} ({}; {} blobs uploaded, {} already there)",
+                    "pushed {} to {} ({}; {} blobs uploaded, {} mounted, {} already there)",
                     image.reference(),
                     pushed.reference,
                     pushed.digest,
                     pushed.uploaded,
+                    pushed.mounted,
                     pushed.existing
                 );
             }

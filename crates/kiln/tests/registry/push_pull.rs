@@ -228,6 +228,28 @@ fn push_skopeo_reads_it_pull_back_and_bake_on_a_pulled_parent_once() {
         "{}",
         registry.log()
     );
+    // Pushed to another repository of the registry, the image's parent
+    // layers are mounted from the repository they were pulled from.
+    let derived = format!("docker://{host}/kiln/derived:1");
+    let pushed = push(&third, "derived", &derived);
+    assert_eq!(
+        (&pushed["mounted"], &pushed["uploaded"], &pushed["existing"]),
+        (&2.into(), &2.into(), &0.into()),
+        "the parent's two layers mounted; config and top layer uploaded: {pushed}"
+    );
+    assert_eq!(
+        registry.requests("POST /v2/kiln/derived/blobs/uploads/?mount="),
+        2,
+        "{}",
+        registry.log()
+    );
+    let inspect: serde_json::Value = serde_json::from_str(&tool(
+        "skopeo",
+        &["inspect", "--tls-verify=false", &derived],
+    ))
+    .unwrap();
+    assert_eq!(inspect["Layers"].as_array().unwrap().len(), 3);
+
     // A parent pinned by digest, with TLS turned off on the command line
     // instead of in the recipe, in a fourth store.
     let fourth = dir.path().join("fourth");
