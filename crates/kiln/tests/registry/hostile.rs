@@ -7,7 +7,17 @@ const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// An image served by a hostile registry: its manifest, config and layer
 /// blobs, each routed by digest; returns the manifest and its digest.
-fn serve_image(server: &Hostile, dir: &Path, repo: &str, corrupt: bool) -> (Vec<u8>, String) {
+/// How the hostile registry lies about the layer blob.
+#[derive(Clone, Copy, PartialEq)]
+enum Lie {
+    None,
+    /// Same size, one byte off.
+    Corrupt,
+    /// The blob, then a megabyte more than its descriptor's size.
+    Longer,
+}
+
+fn serve_image(server: &Hostile, dir: &Path, repo: &str, lie: Lie) -> (Vec<u8>, String) {
     let (blob, diff_id) = layer(dir, &repo.replace('/', "-"), "the real layer\n");
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux",
@@ -24,10 +34,13 @@ fn serve_image(server: &Hostile, dir: &Path, repo: &str, corrupt: bool) -> (Vec<
     }))
     .unwrap();
     let mut served = blob.clone();
-    if corrupt {
-        // Same size, one byte off: only its digest can tell.
-        let mid = served.len() / 2;
-        served[mid] ^= 0xff;
+    match lie {
+        Lie::None => {}
+        Lie::Corrupt => {
+            let mid = served.len() / 2;
+            served[mid] ^= 0xff;
+        }
+        Lie::Longer => served.extend(std::iter::repeat_n(0u8, 1 << 20)),
     }
     server.route(
         &format!("/v2/{repo}/blobs/{}", sha256(&blob)),
@@ -82,7 +95,7 @@ fn a_hostile_registry_is_refused_and_leaves_nothing_behind() {
     let host = server.host();
 
     // The layer it serves is not the one the manifest names.
-    serve_image(&server, dir.path(), "swapped", true);
+    serve_image(&server, dir.path(), "swapped", Lie::Corrupt);
     refused(
         &dir.path().join("s1"),
         &format!("docker://{host}/swapped:1"),
@@ -90,6 +103,14 @@ fn a_hostile_registry_is_refused_and_leaves_nothing_behind() {
             "the manifest's layers[0].digest",
             "but the layer's content is",
         ],
+    );
+
+    // A layer longer than its descriptor says: read no further than that.
+    serve_image(&server, dir.path(), "longer", Lie::Longer);
+    refused(
+        &dir.path().join("s5"),
+        &format!("docker://{host}/longer:1"),
+        &["layer 0", "bytes or more, the manifest's layers[0].size is"],
     );
 
     // A manifest that never ends.
@@ -103,7 +124,7 @@ fn a_hostile_registry_is_refused_and_leaves_nothing_behind() {
 
     // The right image, but asked for by another digest: whatever the
     // registry sends for that digest must have it.
-    let (manifest, digest) = serve_image(&server, dir.path(), "honest", false);
+    let (manifest, digest) = serve_image(&server, dir.path(), "honest", Lie::None);
     let wanted = format!("sha256:{}", "0".repeat(64));
     server.route(
         &format!("/v2/honest/manifests/{wanted}"),
@@ -141,7 +162,7 @@ fn a_bearer_token_comes_from_the_realm_with_the_auth_file_credentials() {
         basic,
     }));
     let host = server.host();
-    let (_, digest) = serve_image(&server, dir.path(), "team/app", false);
+    let (_, digest) = serve_image(&server, dir.path(), "team/app", Lie::None);
     let reference = format!("docker://{host}/team/app:1");
 
     // No credentials: the realm refuses, and the error says where kiln
