@@ -77,7 +77,7 @@ struct RegistryArgs {
     /// Credentials from this file only (containers-auth.json format);
     /// otherwise REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json,
     /// ~/.config/containers/auth.json, ~/.docker/config.json.
-    #[arg(long, env = "REGISTRY_AUTH_FILE")]
+    #[arg(long)]
     authfile: Option<PathBuf>,
     /// CA certificates (*.crt) to trust for the registry, instead of
     /// /etc/containers/certs.d/HOST/ and the built-in roots.
