@@ -95,6 +95,42 @@ impl RegistryArgs {
     }
 }
 
+/// What a push or pull is doing: a spinner on a terminal, lines elsewhere.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
+        Progress { bar }
+    }
+
+    fn say(&mut self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.set_message(message.to_string()),
+            None => eprintln!("==> {message}"),
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 #[derive(serde::Serialize)]
 struct PulledOut {
     reference: String,
@@ -260,14 +296,16 @@ pub fn main(args: ImagesArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
             let _lock = store.lock()?;
             let limits =
                 kiln_image::tarball::ExtractLimits::from_env().map_err(anyhow::Error::msg)?;
+            let mut progress = Progress::new();
             let pulled = kiln_registry::pull(
                 &store,
                 &reference,
                 &registry.options(),
                 kiln_registry::Policy::Always,
                 &limits,
-                &mut |m| eprintln!("==> {m}"),
+                &mut |m| progress.say(m),
             )?;
+            drop(progress);
             let out = PulledOut {
                 reference: reference.to_string(),
                 image: pulled.image.reference(),
