@@ -150,7 +150,8 @@ pub(crate) fn grant(user: &User, src: &Path, state: &Path) -> Result<(), BuildEr
     })
     .map_err(io(src.to_path_buf()))?;
     walk(state, &mut |p| {
-        std::os::unix::fs::chown(p, Some(user.uid), Some(user.gid))
+        // Never through a link: an earlier phase may have left one.
+        std::os::unix::fs::lchown(p, Some(user.uid), Some(user.gid))
     })
     .map_err(io(state.to_path_buf()))?;
     Ok(())

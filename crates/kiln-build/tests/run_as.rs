@@ -127,3 +127,39 @@ fn an_unknown_user_or_an_image_without_setpriv_is_refused_naming_the_line() {
         "{e}"
     );
 }
+
+#[test]
+fn links_left_by_an_earlier_phase_do_not_give_the_user_host_files() {
+    // A root phase leaves links to a host file in the directories kiln
+    // hands to the run-as user; the host file stays root's, mode and all.
+    let f = Fixture::new(true);
+    let host_file = f.dir.path().join("host-secret");
+    fs::write(&host_file, "root's\n").unwrap();
+    fs::set_permissions(
+        &host_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let target = host_file.display().to_string();
+    let report = f
+        .run(&format!(
+            r#"
+version: 0.2
+phases:
+  install:
+    commands:
+      - ln -s {target} /codebuild/kiln/link-in-state
+      - ln -s {target} link-in-source
+  build:
+    run-as: builder
+    commands:
+      - echo "build runs as $(id -un)"
+"#
+        ))
+        .unwrap();
+    assert!(report.succeeded, "{}", f.log());
+    let meta = fs::metadata(&host_file).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+}
