@@ -77,4 +77,6 @@ pub enum RegistryError {
     Import(#[from] ImportError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Export(Box<kiln_image::export::ExportError>),
 }

@@ -19,5 +19,5 @@ pub mod reference;
 pub use client::Options;
 pub use error::RegistryError;
 pub use pull::{Policy, Pulled, pull};
-pub use push::{Pushed, push};
+pub use push::{LayerFormat, Pushed, push};
 pub use reference::Reference;

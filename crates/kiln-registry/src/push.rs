@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use kiln_image::{ImageRecord, Store};
 use oci_spec::image::ImageManifest;
@@ -70,27 +71,83 @@ fn chunk_size() -> u64 {
         .unwrap_or(DEFAULT_CHUNK)
 }
 
+/// How the layers go to the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LayerFormat {
+    /// As the store holds them (zstd for what kiln bakes): the registry's
+    /// digest is the store's.
+    #[default]
+    AsStored,
+    /// zstd layers recompressed as gzip, for tools that read no zstd
+    /// (docker before 23, umoci 0.4, Docker schema 2): the manifest, and
+    /// so the digest, differ from the store's; the config and the layers'
+    /// diff_ids do not.
+    Gzip,
+}
+
+/// A directory under the store's temporary area, removed on drop.
+struct TempDir(Option<PathBuf>);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            // Best effort: what is left is in the store's temporary area,
+            // which the next bake empties.
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// Pushes `image` of the store to `dest` (its tag, or its digest alone).
 pub fn push(
     store: &Store,
     image: &ImageRecord,
     dest: &Reference,
     opts: &Options,
+    format: LayerFormat,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Pushed, RegistryError> {
-    let manifest_json = store.read_blob(&image.digest())?;
+    let mut _work = TempDir(None);
+    let (layout, digest) = match format {
+        LayerFormat::AsStored => (store.layout(), image.digest()),
+        LayerFormat::Gzip => {
+            // The OCI export recompresses zstd layers as gzip.
+            let dir = store.temp_path("push");
+            _work = TempDir(Some(dir.clone()));
+            progress("recompressing the layers as gzip");
+            kiln_image::export::export_oci_dir(&store.layout(), &image.descriptor, "push", &dir)
+                .map_err(|e| RegistryError::Export(Box::new(e)))?;
+            let index: oci_spec::image::ImageIndex = serde_json::from_slice(
+                &std::fs::read(dir.join("index.json")).map_err(|error| RegistryError::Read {
+                    path: dir.join("index.json"),
+                    error,
+                })?,
+            )
+            .map_err(|e| RegistryError::Unsupported {
+                reference: image.reference(),
+                why: format!("exported index.json: {e}"),
+            })?;
+            let digest = index
+                .manifests()
+                .first()
+                .map(|d| d.digest().to_string())
+                .unwrap_or_default();
+            (dir, digest)
+        }
+    };
+    let manifest_json = read_json_blob(&layout, &digest)?;
     let manifest: ImageManifest =
         serde_json::from_slice(&manifest_json).map_err(|e| RegistryError::Unsupported {
             reference: image.reference(),
             why: format!("manifest: {}", kiln_image::tarball::shorten(&e.to_string())),
         })?;
     if let Some(d) = &dest.digest
-        && *d != image.digest()
+        && *d != digest
     {
         return Err(RegistryError::DigestMismatch {
             reference: dest.to_string(),
             expected: d.clone(),
-            actual: image.digest(),
+            actual: digest,
         });
     }
     let media_type = kiln_image::import::manifest::manifest_media_type(&manifest_json)
@@ -125,7 +182,7 @@ pub fn push(
             None => None,
         };
         progress(&format!("uploading {digest} ({} bytes)", blob.size()));
-        upload(&mut client, store, &digest, blob.size(), started)?;
+        upload(&mut client, &layout, &digest, blob.size(), started)?;
         uploaded += 1;
     }
     let object = dest.object().to_string();
@@ -145,23 +202,44 @@ pub fn push(
         .headers()
         .get("Docker-Content-Digest")
         .and_then(|v| v.to_str().ok())
-        && d != image.digest()
+        && d != digest
     {
         return Err(client.protocol(
             &action,
-            format!(
-                "the registry stored the manifest as {d}, not {}",
-                image.digest()
-            ),
+            format!("the registry stored the manifest as {d}, not {digest}"),
         ));
     }
     Ok(Pushed {
         reference: dest.to_string(),
-        digest: image.digest(),
+        digest,
         uploaded,
         existing,
         mounted,
     })
+}
+
+/// Where the blob `digest` of an OCI layout is; only a sha256 digest
+/// makes a path.
+fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf, RegistryError> {
+    let hex = kiln_image::store::digest_hex(digest)?;
+    Ok(layout.join("blobs/sha256").join(hex))
+}
+
+/// A manifest of the layout, read whole and checked against its digest.
+fn read_json_blob(layout: &Path, digest: &str) -> Result<Vec<u8>, RegistryError> {
+    let path = blob_path(layout, digest)?;
+    let data = std::fs::read(&path).map_err(|error| RegistryError::Read {
+        path: path.clone(),
+        error,
+    })?;
+    let actual = format!("sha256:{}", kiln_image::store::sha256_hex(&data));
+    if actual != digest {
+        return Err(RegistryError::Unsupported {
+            reference: path.display().to_string(),
+            why: format!("the blob's content is {actual}, not {digest}"),
+        });
+    }
+    Ok(data)
 }
 
 fn exists(client: &mut Client, digest: &str) -> Result<bool, RegistryError> {
@@ -216,12 +294,12 @@ fn mount(client: &mut Client, digest: &str, from: &str) -> Result<Mount, Registr
 /// registry checks the digest either way.
 fn upload(
     client: &mut Client,
-    store: &Store,
+    layout: &Path,
     digest: &str,
     size: u64,
     started: Option<String>,
 ) -> Result<(), RegistryError> {
-    let path = store.blob_path(digest)?;
+    let path = blob_path(layout, digest)?;
     let mut file = File::open(&path).map_err(|error| RegistryError::Read {
         path: path.clone(),
         error,

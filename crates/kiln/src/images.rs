@@ -50,6 +50,11 @@ enum ImagesCommand {
         reference: String,
         /// docker://HOST/REPO:TAG (or docker://HOST/REPO@sha256:... of this image).
         dest: String,
+        /// zstd: the layers as stored (kiln bakes zstd; the registry's
+        /// digest is the store's). gzip: recompressed for tools that read
+        /// no zstd (docker before 23, umoci 0.4), with another digest.
+        #[arg(long, value_enum, default_value_t)]
+        compression_format: Compression,
         #[command(flatten)]
         registry: RegistryArgs,
         #[arg(long, value_enum, default_value_t)]
@@ -64,6 +69,14 @@ enum ImagesCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Format,
     },
+}
+
+/// `--compression-format`, as podman push names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+enum Compression {
+    #[default]
+    Zstd,
+    Gzip,
 }
 
 /// How to reach a registry, with skopeo's and podman's flag names.
@@ -264,15 +277,26 @@ pub fn main(args: ImagesArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
         ImagesCommand::Push {
             reference,
             dest,
+            compression_format,
             registry,
             output,
         } => {
             let image = store.resolve(&reference)?;
             let dest = kiln_registry::Reference::parse(&dest)?;
-            let pushed =
-                kiln_registry::push(&store, &image, &dest, &registry.options(), &mut |m| {
-                    eprintln!("==> {m}")
-                })?;
+            let format = match compression_format {
+                Compression::Zstd => kiln_registry::LayerFormat::AsStored,
+                Compression::Gzip => kiln_registry::LayerFormat::Gzip,
+            };
+            let mut progress = Progress::new();
+            let pushed = kiln_registry::push(
+                &store,
+                &image,
+                &dest,
+                &registry.options(),
+                format,
+                &mut |m| progress.say(m),
+            )?;
+            drop(progress);
             if output == Format::Json {
                 print_json(&pushed)?;
             } else {

@@ -140,6 +140,67 @@ fn push_skopeo_reads_it_pull_back_and_bake_on_a_pulled_parent_once() {
     .unwrap();
     assert_eq!(inspect["Digest"], digest.as_str());
 
+    // Recompressed as gzip for tools that read no zstd: umoci unpacks it
+    // and skopeo converts it to Docker schema 2; its layers unpack to the
+    // same diff_ids, under another manifest digest.
+    let gzip = format!("docker://{host}/kiln/gzip:1");
+    let out = json(kiln(
+        &state,
+        &[
+            "images",
+            "push",
+            "marked",
+            &gzip,
+            "--compression-format",
+            "gzip",
+            "--tls-verify=false",
+            "--output",
+            "json",
+        ],
+    ));
+    let gzip_digest = out["digest"].as_str().unwrap().to_string();
+    assert_ne!(gzip_digest, digest);
+    let gz_copy = dir.path().join("gz-copy");
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &gzip,
+            &format!("oci:{}:g", gz_copy.display()),
+        ],
+    );
+    let unpacked = dir.path().join("unpacked");
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:g", gz_copy.display()),
+            unpacked.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(unpacked.join("rootfs/etc/kiln-mark")).unwrap(),
+        "baked-by-kiln\n"
+    );
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--format",
+            "v2s2",
+            &gzip,
+            &format!("docker://{host}/kiln/gzip-v2s2:1"),
+        ],
+    );
+    assert_eq!(
+        diff_ids(&gz_copy, &gzip_digest),
+        diff_ids(&state.join("images/oci"), &digest)
+    );
+
     // Pulled into another store, by tag and by digest: the same image.
     let other = dir.path().join("other");
     let pulled = pull(&other, &remote, &["--tls-verify=false"]);
