@@ -100,7 +100,11 @@ pub fn bake(
             why,
         })?
         .relative_to(recipe.path.parent().unwrap_or(Path::new(".")));
-    let parent = parent::resolve(store, &parent_ref, &recipe.parent, &mut |m| {
+    let registry = kiln_registry::Options {
+        tls_verify: recipe.parent_tls_verify,
+        ..Default::default()
+    };
+    let parent = parent::resolve(store, &parent_ref, &recipe.parent, &registry, &mut |m| {
         observer.event(m)
     })?;
     let parent_manifest = store.manifest(&parent)?;

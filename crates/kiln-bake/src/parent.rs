@@ -1,7 +1,9 @@
 //! Parent images, named with skopeo's transport names: `busybox`,
 //! `debian:SUITE`, `oci:DIR[:TAG]`, `oci-archive:PATH[:TAG]`,
-//! `docker-archive:PATH`, `rootfs:PATH.tar` and `kiln:NAME/VERSION`.
-//! Built and imported parents are kept in the store and found again.
+//! `docker-archive:PATH`, `rootfs:PATH.tar`, `kiln:NAME/VERSION` and
+//! `docker://HOST/REPO:TAG` (or `@sha256:...`) from a registry.
+//! Built, imported and pulled parents are kept in the store and found
+//! again: a registry parent is pulled once.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,6 +27,8 @@ pub enum ParentRef {
     DockerArchive(PathBuf),
     Rootfs(PathBuf),
     Kiln(String),
+    /// An image in a registry, pulled once into the store.
+    Registry(kiln_registry::Reference),
     /// A public AMI (`amazon-linux:2023`, `ubuntu:22.04`, `ubuntu:24.04`,
     /// `windows-server:2022`): valid in a recipe, baked only on the AWS
     /// target (`kiln synth aws`), where Image Builder starts from it.
@@ -42,6 +46,11 @@ pub enum ParentError {
     },
     #[error("parent {parent}: {why}")]
     Build { parent: String, why: String },
+    #[error("parent {parent}: {source}")]
+    Registry {
+        parent: String,
+        source: Box<kiln_registry::RegistryError>,
+    },
 }
 
 fn split_tag(rest: &str) -> (PathBuf, Option<String>) {
@@ -55,6 +64,11 @@ fn split_tag(rest: &str) -> (PathBuf, Option<String>) {
 
 impl ParentRef {
     pub fn parse(text: &str) -> Result<ParentRef, String> {
+        if text.starts_with("docker://") {
+            return kiln_registry::Reference::parse(text)
+                .map(ParentRef::Registry)
+                .map_err(|e| e.to_string());
+        }
         let (transport, rest) = text.split_once(':').unwrap_or((text, ""));
         Ok(match (transport, rest) {
             ("busybox", "") => ParentRef::Busybox,
@@ -79,7 +93,7 @@ impl ParentRef {
             | ("windows-server", "2022") => ParentRef::Ami(text.to_string()),
             _ => {
                 return Err(format!(
-                    "{text:?} is not a parent image; use busybox, debian:SUITE, oci:DIR[:TAG], oci-archive:PATH[:TAG], docker-archive:PATH, rootfs:PATH.tar or kiln:NAME/VERSION, or for the AWS target amazon-linux:2023, ubuntu:22.04, ubuntu:24.04 or windows-server:2022"
+                    "{text:?} is not a parent image; use busybox, debian:SUITE, oci:DIR[:TAG], oci-archive:PATH[:TAG], docker-archive:PATH, rootfs:PATH.tar, kiln:NAME/VERSION or docker://HOST/REPO:TAG, or for the AWS target amazon-linux:2023, ubuntu:22.04, ubuntu:24.04 or windows-server:2022"
                 ));
             }
         })
@@ -101,12 +115,13 @@ impl ParentRef {
     }
 }
 
-/// Finds or makes the parent image in the store. The caller holds the
-/// store lock.
+/// Finds or makes the parent image in the store; `registry` says how to
+/// reach a registry parent's registry. The caller holds the store lock.
 pub fn resolve(
     store: &Store,
     parent: &ParentRef,
     text: &str,
+    registry: &kiln_registry::Options,
     progress: &mut dyn FnMut(&str),
 ) -> Result<ImageRecord, ParentError> {
     let imp = |source: ImportError| ParentError::Import {
@@ -138,6 +153,19 @@ pub fn resolve(
                 .into(),
         }),
         ParentRef::Busybox => busybox(store, progress).map_err(imp),
+        ParentRef::Registry(reference) => kiln_registry::pull(
+            store,
+            reference,
+            registry,
+            kiln_registry::Policy::Missing,
+            &limits(text)?,
+            progress,
+        )
+        .map(|pulled| pulled.image)
+        .map_err(|source| ParentError::Registry {
+            parent: text.into(),
+            source: Box::new(source),
+        }),
         ParentRef::Debian(suite) => debian(store, suite, text, progress),
         ParentRef::Rootfs(path) => import::import_rootfs_tar(
             store,
@@ -333,7 +361,7 @@ mod tests {
         let store = Store::open(&dir.path().join("images")).unwrap();
         let text = "windows-server:2022";
         let parent = ParentRef::parse(text).unwrap();
-        let e = resolve(&store, &parent, text, &mut |_| {})
+        let e = resolve(&store, &parent, text, &Default::default(), &mut |_| {})
             .unwrap_err()
             .to_string();
         assert!(
@@ -372,7 +400,13 @@ mod tests {
             ParentRef::parse("kiln:web/1.x.x"),
             Ok(ParentRef::Kiln("web/1.x.x".into()))
         );
-        assert!(ParentRef::parse("docker://nginx").is_err());
+        assert_eq!(
+            ParentRef::parse("docker://127.0.0.1:5000/base:1"),
+            Ok(ParentRef::Registry(
+                kiln_registry::Reference::parse("docker://127.0.0.1:5000/base:1").unwrap()
+            ))
+        );
+        assert!(ParentRef::parse("docker://Bad/Name").is_err());
         assert!(ParentRef::parse("debian:").is_err());
     }
 }

@@ -5,7 +5,10 @@
 //! name: web
 //! version: 1.0.0
 //! parent: debian:bookworm        # busybox, oci:DIR[:TAG], oci-archive:PATH[:TAG],
-//!                                # docker-archive:PATH, rootfs:PATH.tar, kiln:NAME/VERSION
+//!                                # docker-archive:PATH, rootfs:PATH.tar, kiln:NAME/VERSION,
+//!                                # docker://HOST/REPO:TAG or docker://HOST/REPO@sha256:...
+//! parent_tls_verify: true        # false: a docker:// parent's registry is reached
+//!                                # without checking its certificate (or over HTTP)
 //! components:
 //!   - path: components/app.yaml
 //!     parameters: { Port: "8080" }
@@ -34,6 +37,8 @@ pub struct Recipe {
     pub version: kiln_image::Version,
     pub description: String,
     pub parent: String,
+    /// For a `docker://` parent: verify the registry's TLS certificate.
+    pub parent_tls_verify: bool,
     pub components: Vec<Component>,
     pub working_directory: String,
     pub entrypoint: Vec<String>,
@@ -62,6 +67,7 @@ const FIELDS: &[&str] = &[
     "version",
     "description",
     "parent",
+    "parent_tls_verify",
     "components",
     "working_directory",
     "entrypoint",
@@ -178,6 +184,13 @@ pub fn from_node(
         }
         p
     });
+    let parent_tls_verify = match node.get("parent_tls_verify") {
+        None => true,
+        Some(v) => v.as_bool().unwrap_or_else(|| {
+            c.push(v.pos, field("parent_tls_verify"), "expected true or false");
+            true
+        }),
+    };
     let working_directory = text("working_directory", false, c)
         .map(|t| t.0)
         .unwrap_or_else(|| "/".into());
@@ -246,6 +259,7 @@ pub fn from_node(
         }),
         description,
         parent: parent?,
+        parent_tls_verify,
         components,
         working_directory,
         entrypoint,

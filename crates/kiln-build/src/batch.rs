@@ -2,12 +2,15 @@
 //! a batch: every task is a build of its own (the same buildspec, or the
 //! one it names, with its own variables), a task starts once the tasks it
 //! depends on have succeeded, and a failed task fails the batch unless it
-//! has `ignore-failure`. With `fast-fail: true` nothing starts after a
-//! failure; otherwise the tasks that do not depend on it still run. The
-//! local target runs one task at a time, in the order of the graph.
+//! has `ignore-failure`. Tasks that are ready run at the same time, as on
+//! CodeBuild, up to a bound (the CPUs, or `KILN_BATCH_MAX_PARALLEL`). With
+//! `fast-fail: true` a failure stops the tasks still running and nothing
+//! more starts; otherwise the tasks that do not depend on it still run.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 
 use kiln_doc::yaml::Node;
 use serde::Serialize;
@@ -15,8 +18,9 @@ use sha2::{Digest, Sha256};
 
 use crate::artifacts::{Artifact, ArtifactSet};
 
+use crate::buildspec::PhaseName;
 use crate::buildspec::{Buildspec, Parser, join};
-use crate::run::{BuildError, BuildObserver, BuildOptions, BuildReport};
+use crate::run::{BuildError, BuildObserver, BuildOptions, BuildReport, PhaseReport, PhaseStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -312,8 +316,38 @@ pub struct BatchReport {
     pub tasks: Vec<TaskReport>,
 }
 
+/// What a build running on its own thread tells the batch.
+enum Message {
+    Started(PhaseName),
+    Output(String),
+    Finished(PhaseReport),
+    Done(Box<Result<BuildReport, BuildError>>),
+}
+
+/// A running build's observer: its events go to the batch's thread, which
+/// alone talks to the caller's observer.
+struct Relay {
+    task: usize,
+    tx: mpsc::Sender<(usize, Message)>,
+}
+
+impl BuildObserver for Relay {
+    fn phase_started(&mut self, phase: PhaseName) {
+        let _ = self.tx.send((self.task, Message::Started(phase)));
+    }
+    fn output(&mut self, line: &str) {
+        let _ = self.tx.send((self.task, Message::Output(line.to_owned())));
+    }
+    fn phase_finished(&mut self, report: &PhaseReport) {
+        let _ = self.tx.send((self.task, Message::Finished(report.clone())));
+    }
+}
+
 /// Runs every task of `main`'s batch. Each gets its own workspace and
-/// output directory under `base`'s, named by its identifier.
+/// output directory under `base`'s, named by its identifier, and its own
+/// log, appended to `base`'s when it ends. Tasks whose dependencies have
+/// succeeded run at once, up to `base.batch_parallel` of them; with
+/// fast-fail, a failure stops the running tasks and starts no more.
 pub fn run(
     main: &Buildspec,
     base: &BuildOptions,
@@ -322,95 +356,190 @@ pub fn run(
     let batch = main.batch.as_ref().ok_or_else(|| BuildError::NotLocal {
         why: "the buildspec has no batch section".into(),
     })?;
-    let mut reports: Vec<TaskReport> = Vec::new();
+    let n = batch.tasks.len();
+    let mut reports: Vec<Option<TaskReport>> = vec![None; n];
+    let mut started = vec![false; n];
+    let mut running = 0usize;
     let mut succeeded = true;
     let mut stopped: Option<String> = None;
-    for task in &batch.tasks {
-        let output_dir = base.output_dir.join(&task.identifier);
-        let not_run = |why: String| TaskReport {
-            identifier: task.identifier.clone(),
-            status: "NOT_RUN".into(),
-            message: Some(why),
-            build: None,
-            output_dir: output_dir.clone(),
-        };
-        if let Some(failed) = &stopped {
-            reports.push(not_run(format!(
-                "fast-fail: build {failed} failed, and the batch stopped"
-            )));
-            continue;
-        }
-        let blocked = task.depend_on.iter().find(|d| {
-            reports
-                .iter()
-                .find(|r| &r.identifier == *d)
-                .is_some_and(|r| r.status != "SUCCEEDED")
-        });
-        if let Some(dep) = blocked {
-            reports.push(not_run(format!(
-                "it depends on build {dep}, which did not succeed"
-            )));
-            continue;
-        }
-        let spec = match &task.buildspec {
-            Some(rel) => {
-                let path = base.source_dir.join(rel);
-                match crate::buildspec::load(&path) {
-                    Ok(s) => s,
-                    Err(d) => {
-                        succeeded &= task.ignore_failure;
-                        let r = TaskReport {
-                            status: "FAILED".into(),
-                            message: Some(d.to_string()),
-                            ..not_run(String::new())
-                        };
-                        reports.push(r);
-                        if batch.fast_fail && !task.ignore_failure {
-                            stopped = Some(task.identifier.clone());
+    let mut error: Option<BuildError> = None;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<(usize, Message)>();
+    let output_dir = |t: &Task| base.output_dir.join(&t.identifier);
+    let not_run = |t: &Task, status: &str, why: String| TaskReport {
+        identifier: t.identifier.clone(),
+        status: status.into(),
+        message: Some(why),
+        build: None,
+        output_dir: output_dir(t),
+    };
+    std::thread::scope(|scope| {
+        loop {
+            for (i, task) in batch.tasks.iter().enumerate() {
+                if started[i] || reports[i].is_some() {
+                    continue;
+                }
+                if let Some(failed) = &stopped {
+                    reports[i] = Some(not_run(
+                        task,
+                        "NOT_RUN",
+                        format!("fast-fail: build {failed} failed, and the batch stopped"),
+                    ));
+                    continue;
+                }
+                if error.is_some() {
+                    reports[i] = Some(not_run(task, "NOT_RUN", "the batch could not go on".into()));
+                    continue;
+                }
+                let dep = |d: &String| {
+                    batch
+                        .tasks
+                        .iter()
+                        .position(|t| &t.identifier == d)
+                        .and_then(|j| reports[j].as_ref())
+                };
+                if let Some(d) = task
+                    .depend_on
+                    .iter()
+                    .find(|d| dep(d).is_some_and(|r| r.status != "SUCCEEDED"))
+                {
+                    reports[i] = Some(not_run(
+                        task,
+                        "NOT_RUN",
+                        format!("it depends on build {d}, which did not succeed"),
+                    ));
+                    continue;
+                }
+                if !task.depend_on.iter().all(|d| dep(d).is_some())
+                    || running >= base.batch_parallel.max(1)
+                {
+                    continue;
+                }
+                let spec = match &task.buildspec {
+                    Some(rel) => match crate::buildspec::load(&base.source_dir.join(rel)) {
+                        Ok(s) => s,
+                        Err(d) => {
+                            reports[i] = Some(not_run(task, "FAILED", d.to_string()));
+                            if !task.ignore_failure {
+                                succeeded = false;
+                                if batch.fast_fail {
+                                    stopped = Some(task.identifier.clone());
+                                }
+                            }
+                            continue;
                         }
-                        continue;
+                    },
+                    None => Buildspec {
+                        batch: None,
+                        ..main.clone()
+                    },
+                };
+                let mut opts = options(base, &task.identifier, output_dir(task));
+                opts.env.extend(task.variables.iter().cloned());
+                opts.env.push((
+                    "CODEBUILD_BATCH_BUILD_IDENTIFIER".into(),
+                    task.identifier.clone(),
+                ));
+                opts.cancel = Some(cancel.clone());
+                started[i] = true;
+                running += 1;
+                let tx = tx.clone();
+                scope.spawn(move || {
+                    let mut relay = Relay { task: i, tx };
+                    let result = crate::run::run(&spec, &opts, &mut relay);
+                    let _ = relay.tx.send((i, Message::Done(Box::new(result))));
+                });
+            }
+            if running == 0 {
+                // Nothing runs and nothing could start: every task has
+                // its report (the graph has no cycle, its parser saw to it).
+                break;
+            }
+            let Ok((i, message)) = rx.recv() else { break };
+            match message {
+                Message::Started(p) => observer.phase_started(p),
+                Message::Output(line) => observer.output(&line),
+                Message::Finished(r) => observer.phase_finished(&r),
+                Message::Done(result) => {
+                    running -= 1;
+                    started[i] = false;
+                    let task = &batch.tasks[i];
+                    append_log(base, &task.identifier);
+                    let build = match *result {
+                        Ok(b) => b,
+                        Err(e) => {
+                            error.get_or_insert(e);
+                            cancel.store(true, Ordering::SeqCst);
+                            reports[i] =
+                                Some(not_run(task, "FAILED", "the build could not run".into()));
+                            continue;
+                        }
+                    };
+                    let was_stopped = build
+                        .phases
+                        .iter()
+                        .any(|p| p.status == PhaseStatus::Stopped);
+                    let status = if build.succeeded {
+                        "SUCCEEDED"
+                    } else if was_stopped {
+                        "STOPPED"
+                    } else {
+                        "FAILED"
+                    };
+                    if !build.succeeded && !task.ignore_failure {
+                        succeeded = false;
+                        if batch.fast_fail && stopped.is_none() && !was_stopped {
+                            stopped = Some(task.identifier.clone());
+                            cancel.store(true, Ordering::SeqCst);
+                        }
                     }
+                    reports[i] = Some(TaskReport {
+                        identifier: task.identifier.clone(),
+                        status: status.into(),
+                        message: was_stopped.then(|| match &stopped {
+                            Some(failed) => format!(
+                                "fast-fail: build {failed} failed, and the batch stopped it"
+                            ),
+                            None => "another build could not run, and the batch stopped it".into(),
+                        }),
+                        build: Some(build),
+                        output_dir: output_dir(task),
+                    });
                 }
             }
-            None => Buildspec {
-                batch: None,
-                ..main.clone()
-            },
-        };
-        if let Some(log) = &base.log_path
-            && let Ok(mut f) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-        {
-            let _ = writeln!(f, "[Container] Batch build {}", task.identifier);
         }
-        let mut opts = options(base, &task.identifier, output_dir.clone());
-        opts.env.extend(task.variables.iter().cloned());
-        opts.env.push((
-            "CODEBUILD_BATCH_BUILD_IDENTIFIER".into(),
-            task.identifier.clone(),
-        ));
-        let build = crate::run::run(&spec, &opts, observer)?;
-        let ok = build.succeeded;
-        if !ok && !task.ignore_failure {
-            succeeded = false;
-            if batch.fast_fail {
-                stopped = Some(task.identifier.clone());
-            }
-        }
-        reports.push(TaskReport {
-            identifier: task.identifier.clone(),
-            status: if ok { "SUCCEEDED" } else { "FAILED" }.into(),
-            message: None,
-            build: Some(build),
-            output_dir,
-        });
+    });
+    if let Some(e) = error {
+        return Err(e);
     }
     Ok(BatchReport {
         succeeded,
-        tasks: reports,
+        tasks: reports.into_iter().flatten().collect(),
     })
+}
+
+/// A task's own log, appended whole to the batch's log, so that builds
+/// running together do not interleave their lines.
+fn append_log(base: &BuildOptions, id: &str) {
+    let Some(log) = &base.log_path else { return };
+    let own = task_log(log, id);
+    let text = std::fs::read(&own).unwrap_or_default();
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let mut all = format!("[Container] Batch build {id}\n").into_bytes();
+        all.extend_from_slice(&text);
+        let _ = f.write_all(&all);
+    }
+    let _ = std::fs::remove_file(own);
+}
+
+fn task_log(log: &Path, id: &str) -> PathBuf {
+    let mut name = log.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{id}"));
+    log.with_file_name(name)
 }
 
 fn options(base: &BuildOptions, id: &str, output_dir: PathBuf) -> BuildOptions {
@@ -423,10 +552,12 @@ fn options(base: &BuildOptions, id: &str, output_dir: PathBuf) -> BuildOptions {
         env: base.env.clone(),
         parameters: base.parameters.clone(),
         secrets: base.secrets.clone(),
-        log_path: base.log_path.clone(),
+        log_path: base.log_path.as_deref().map(|l| task_log(l, id)),
         timeout: base.timeout,
         hidden: base.hidden.clone(),
         cache_dir: base.cache_dir.clone(),
+        cancel: base.cancel.clone(),
+        batch_parallel: 1,
     }
 }
 

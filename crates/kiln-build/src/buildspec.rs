@@ -88,10 +88,18 @@ impl std::fmt::Display for PhaseName {
     }
 }
 
+/// `run-as`: the Linux user that runs the commands, and where the
+/// buildspec names it (`FILE:LINE:COL`, for errors at run time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunAs {
+    pub user: String,
+    pub at: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Phase {
     pub name: PhaseName,
-    pub run_as: Option<String>,
+    pub run_as: Option<RunAs>,
     pub on_failure: OnFailure,
     pub commands: Vec<String>,
     pub finally: Vec<String>,
@@ -139,7 +147,8 @@ pub struct Artifacts {
 pub struct Buildspec {
     /// `0.2`, or `0.1` (each command in its own shell).
     pub version: String,
-    pub run_as: Option<String>,
+    /// Every phase's user unless the phase names its own.
+    pub run_as: Option<RunAs>,
     pub env: Env,
     /// The phases present, in execution order.
     pub phases: Vec<Phase>,
@@ -306,6 +315,22 @@ impl Parser {
         }
     }
 
+    fn run_as(&mut self, node: &Node, field: &str) -> Option<RunAs> {
+        let user = self.string(node, field)?;
+        if user.is_empty() || user.contains(['\n', ':', '/']) {
+            self.c.push(
+                node.pos,
+                field,
+                "must name a Linux user (such as codebuild-user)",
+            );
+            return None;
+        }
+        Some(RunAs {
+            user,
+            at: format!("{}:{}", self.c.file().display(), node.pos),
+        })
+    }
+
     /// A phase's `commands` or `finally`: a list, or, as CodeBuild takes
     /// them, nothing (`commands:` left empty) or a single string.
     fn commands(&mut self, node: &Node, field: &str) -> Vec<String> {
@@ -434,10 +459,7 @@ impl Parser {
                     }
                     _ => self.c.push(v.pos, key, "must be 0.2 (or the older 0.1)"),
                 },
-                "run-as" => {
-                    spec.run_as = self.string(v, key);
-                    self.ignored(v.pos, key, "ignored: commands run as root in the sandbox");
-                }
+                "run-as" => spec.run_as = self.run_as(v, key),
                 "env" => spec.env = self.env(v),
                 "phases" => spec.phases = self.phases(v),
                 "artifacts" => spec.artifacts = Some(self.artifacts(v)),
@@ -594,14 +616,7 @@ impl Parser {
         for (key, v) in self.map(node, &base, &known) {
             let field = join(&base, key);
             match key {
-                "run-as" => {
-                    phase.run_as = self.string(v, &field);
-                    self.ignored(
-                        v.pos,
-                        &field,
-                        "ignored: commands run as root in the sandbox",
-                    );
-                }
+                "run-as" => phase.run_as = self.run_as(v, &field),
                 "on-failure" => match v.scalar() {
                     Some("ABORT") => phase.on_failure = OnFailure::Abort,
                     Some("CONTINUE") => phase.on_failure = OnFailure::Continue,

@@ -10,6 +10,8 @@ mod files;
 pub mod glob;
 pub mod reports;
 pub mod run;
+mod run_as;
+mod script;
 pub mod secrets;
 mod workspace;
 
@@ -18,5 +20,6 @@ pub use buildspec::{Artifacts, Buildspec, Env, OnFailure, Phase, PhaseName, Shel
 pub use cache::CacheReport;
 pub use reports::{FailedTest, FileFormat, Report};
 pub use run::{
-    BuildError, BuildObserver, BuildOptions, BuildReport, NoObserver, PhaseReport, PhaseStatus, run,
+    BuildError, BuildObserver, BuildOptions, BuildReport, NoObserver, ParameterValue, PhaseReport,
+    PhaseStatus, run,
 };

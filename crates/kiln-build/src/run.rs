@@ -11,13 +11,12 @@
 // The security defaults every sandbox shares (read-only and masked kernel
 // interfaces, capabilities, seccomp).
 use kiln_sandbox::hardening::{self, HardeningError, Mounts};
-use kiln_sandbox::tool::quote;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -31,13 +30,21 @@ use crate::workspace::{copy_tree, environment, read_exported};
 /// Where the source is inside the sandbox, as on CodeBuild.
 pub const SRC_DIR: &str = "/codebuild/output/src";
 /// The phase scripts and the state carried between phases, inside the sandbox.
-const STATE_DIR: &str = "/codebuild/kiln";
+pub(crate) const STATE_DIR: &str = "/codebuild/kiln";
 pub(crate) const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// CodeBuild's default build timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 /// Looks a parameter of kiln's parameter store up by name.
-pub type ParameterLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+pub type ParameterLookup = dyn Fn(&str) -> Option<ParameterValue> + Send + Sync;
+
+/// A parameter's value, and whether it is a SecureString, which the build
+/// log masks as it masks secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParameterValue {
+    pub value: String,
+    pub secure: bool,
+}
 /// Looks a secret up by id; `Err` says why the store cannot tell.
 pub type SecretLookup = dyn Fn(&str) -> Result<Option<String>, String> + Send + Sync;
 
@@ -71,6 +78,23 @@ pub struct BuildOptions {
     /// The pipeline's `cache.paths` store, restored before the install
     /// phase and replaced after a build that succeeds.
     pub cache_dir: Option<PathBuf>,
+    /// Set from outside to stop the build (its running phase is killed).
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// How many builds of a batch run at once: `KILN_BATCH_MAX_PARALLEL`,
+    /// else the number of CPUs.
+    pub batch_parallel: usize,
+}
+
+/// Overrides the number of a batch's builds that run at once.
+pub const ENV_BATCH_MAX_PARALLEL: &str = "KILN_BATCH_MAX_PARALLEL";
+
+fn default_batch_parallel() -> usize {
+    std::env::var(ENV_BATCH_MAX_PARALLEL)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
 }
 
 impl BuildOptions {
@@ -95,6 +119,8 @@ impl BuildOptions {
             timeout: DEFAULT_TIMEOUT,
             hidden: Vec::new(),
             cache_dir: None,
+            cancel: None,
+            batch_parallel: default_batch_parallel(),
         })
     }
 }
@@ -110,6 +136,12 @@ pub enum BuildError {
     /// Valid on CodeBuild, but not runnable on the local target.
     #[error("the buildspec is valid on CodeBuild but cannot run here: {why}")]
     NotLocal { why: String },
+    #[error("{at}: run-as: {user:?}: {why}")]
+    RunAs {
+        at: String,
+        user: String,
+        why: String,
+    },
     #[error("workspace {workspace} already holds a build")]
     WorkspaceInUse { workspace: PathBuf },
     #[error("env.parameter-store.{var}: parameter {name:?} not found in the parameter store")]
@@ -148,6 +180,8 @@ pub enum PhaseStatus {
     Succeeded,
     Failed,
     TimedOut,
+    /// Stopped from outside (a batch's fast-fail), as CodeBuild's STOPPED.
+    Stopped,
     /// Not run, because an earlier phase failed.
     Skipped,
 }
@@ -207,14 +241,15 @@ impl Log {
         let text = crate::secrets::mask(text, &self.1);
         if let Some(f) = &mut self.0 {
             let ts = jiff::Timestamp::now().strftime("%Y/%m/%d %H:%M:%S%.3f");
-            let _ = writeln!(f, "[Container] {ts} {text}");
+            // One write a line: the builds of a batch share the log.
+            let _ = f.write_all(format!("[Container] {ts} {text}\n").as_bytes());
         }
     }
 
     fn raw(&mut self, text: &str) {
         let text = crate::secrets::mask(text, &self.1);
         if let Some(f) = &mut self.0 {
-            let _ = writeln!(f, "{text}");
+            let _ = f.write_all(format!("{text}\n").as_bytes());
         }
     }
 }
@@ -242,6 +277,7 @@ pub fn run(
             shell: shell.to_string(),
         });
     }
+    let users = crate::run_as::users(spec, &opts.root)?;
     let (env, masked) = environment(spec, opts)?;
     let build_id = env
         .iter()
@@ -322,8 +358,9 @@ pub fn run(
         }
         observer.phase_started(name);
         log.line(&format!("Entering phase {}", name.upper()));
+        let user = users.iter().find(|(p, _)| *p == name).map(|(_, u)| u);
         let report = run_phase(
-            spec, phase, opts, &env, &state, succeeding, deadline, observer, &mut log,
+            spec, phase, opts, &env, &state, succeeding, deadline, user, observer, &mut log,
         )?;
         log.line(&format!(
             "Phase complete: {} State: {}",
@@ -332,6 +369,7 @@ pub fn run(
                 PhaseStatus::Succeeded => "SUCCEEDED",
                 PhaseStatus::Failed => "FAILED",
                 PhaseStatus::TimedOut => "TIMED_OUT",
+                PhaseStatus::Stopped => "STOPPED",
                 PhaseStatus::Skipped => "SKIPPED",
             }
         ));
@@ -346,7 +384,7 @@ pub fn run(
         ));
         match report.status {
             PhaseStatus::Succeeded | PhaseStatus::Skipped => {}
-            PhaseStatus::TimedOut => {
+            PhaseStatus::TimedOut | PhaseStatus::Stopped => {
                 succeeding = false;
                 timed_out = true;
             }
@@ -449,58 +487,6 @@ pub fn secondary_dir(output_dir: &Path, id: &str) -> PathBuf {
     output_dir.with_file_name(name)
 }
 
-/// The script that runs one phase.
-fn script(spec: &Buildspec, phase: &Phase, succeeding: bool) -> String {
-    let shared = spec.shared_shell();
-    let mut s = String::new();
-    s.push_str("set -a\n");
-    if shared {
-        s.push_str(&format!(
-            "if [ -f {STATE_DIR}/env ]; then . {STATE_DIR}/env; fi\n\
-             if [ -f {STATE_DIR}/cwd ]; then cd \"$(cat {STATE_DIR}/cwd)\" 2>/dev/null || cd {SRC_DIR}; fi\n"
-        ));
-    }
-    s.push_str(&format!(
-        "CODEBUILD_BUILD_SUCCEEDING={}\nrm -f {STATE_DIR}/result {STATE_DIR}/done\n__kiln_rc=0\n",
-        u8::from(succeeding)
-    ));
-    for (block, commands) in [("commands", &phase.commands), ("finally", &phase.finally)] {
-        if block == "finally" {
-            s.push_str("__kiln_rc=0\n");
-        }
-        for (i, cmd) in commands.iter().enumerate() {
-            let run = if shared {
-                format!("eval {}", quote(cmd))
-            } else {
-                format!("( eval {} )", quote(cmd))
-            };
-            s.push_str(&format!(
-                "if [ \"$__kiln_rc\" -eq 0 ]; then\n\
-                 printf '%s\\n' {}\n\
-                 {run}\n\
-                 __kiln_rc=$?\n\
-                 if [ \"$__kiln_rc\" -ne 0 ] && [ ! -f {STATE_DIR}/result ]; then printf '%s %s %s\\n' {block} {i} \"$__kiln_rc\" > {STATE_DIR}/result; fi\n\
-                 fi\n",
-                quote(&format!("[Container] Running command {cmd}")),
-            ));
-        }
-    }
-    s.push_str("unset __kiln_rc\n");
-    if shared {
-        s.push_str(&format!(
-            "export -p > {STATE_DIR}/env.new && mv {STATE_DIR}/env.new {STATE_DIR}/env\n\
-             pwd > {STATE_DIR}/cwd\n"
-        ));
-    }
-    for var in &spec.env.exported_variables {
-        s.push_str(&format!(
-            "if [ -n \"${{{var}+x}}\" ]; then printf '%s' \"${var}\" > {STATE_DIR}/exported/{var}; fi\n"
-        ));
-    }
-    s.push_str(&format!("echo ok > {STATE_DIR}/done\n"));
-    s
-}
-
 #[allow(clippy::too_many_arguments)]
 fn run_phase(
     spec: &Buildspec,
@@ -510,19 +496,25 @@ fn run_phase(
     state: &Path,
     succeeding: bool,
     deadline: Instant,
+    user: Option<&crate::run_as::User>,
     observer: &mut dyn BuildObserver,
     log: &mut Log,
 ) -> Result<PhaseReport, BuildError> {
     let started = Instant::now();
     let script_name = format!("{}.sh", phase.name.as_str());
     let script_path = state.join(&script_name);
-    fs::write(&script_path, script(spec, phase, succeeding))
+    fs::write(&script_path, crate::script::script(spec, phase, succeeding))
         .map_err(io("cannot write", &script_path))?;
     let mut command = sandbox_command(opts, env)?;
+    if let Some(user) = user {
+        crate::run_as::grant(user, &opts.workspace.join("src"), state)?;
+        crate::run_as::drop_to(&mut command, user);
+    }
     command
         .arg(spec.env.shell.path())
         .arg(format!("{STATE_DIR}/{script_name}"));
-    let (code, timed_out) = run_streaming(command, &opts.bwrap, deadline, observer, log)?;
+    let cancel = opts.cancel.as_deref();
+    let (code, ending) = run_streaming(command, &opts.bwrap, deadline, cancel, observer, log)?;
 
     let mut report = PhaseReport {
         phase: phase.name,
@@ -533,10 +525,18 @@ fn run_phase(
         message: None,
         duration_ms: started.elapsed().as_millis() as u64,
     };
-    if timed_out {
-        report.status = PhaseStatus::TimedOut;
-        report.message = Some(format!("build timed out after {:?}", opts.timeout));
-        return Ok(report);
+    match ending {
+        Ending::Exited => {}
+        Ending::TimedOut => {
+            report.status = PhaseStatus::TimedOut;
+            report.message = Some(format!("build timed out after {:?}", opts.timeout));
+            return Ok(report);
+        }
+        Ending::Stopped => {
+            report.status = PhaseStatus::Stopped;
+            report.message = Some("the build was stopped".into());
+            return Ok(report);
+        }
     }
     let result = fs::read_to_string(state.join("result")).ok();
     let done = state.join("done").exists();
@@ -605,7 +605,13 @@ fn sandbox_command(opts: &BuildOptions, env: &[(String, String)]) -> Result<Comm
             cmd.arg("--ro-bind").arg(entry.path()).arg(&inside);
         }
     }
-    cmd.args(["--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]);
+    // Sticky and writable by all, as /tmp is: a run-as user writes there.
+    cmd.args([
+        "--perms", "1777", "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev",
+    ]);
+    // bwrap makes missing parents 0700; a run-as user must get through.
+    cmd.args(["--perms", "0755", "--dir", "/codebuild"]);
+    cmd.args(["--perms", "0755", "--dir", "/codebuild/output"]);
     // The build's home is in the workspace, so cache.paths can keep
     // /root/.m2 and the like.
     cmd.arg("--bind")
@@ -654,15 +660,24 @@ enum Event {
     Closed,
 }
 
+/// How a phase's shell ended.
+enum Ending {
+    Exited,
+    TimedOut,
+    Stopped,
+}
+
 /// Runs `command`, streaming its output line by line, and kills it at
-/// `deadline`. Returns the exit code and whether it timed out.
+/// `deadline` or when `cancel` is set. Returns the exit code and how it
+/// ended.
 fn run_streaming(
     mut command: Command,
     bwrap: &Path,
     deadline: Instant,
+    cancel: Option<&AtomicBool>,
     observer: &mut dyn BuildObserver,
     log: &mut Log,
-) -> Result<(Option<i32>, bool), BuildError> {
+) -> Result<(Option<i32>, Ending), BuildError> {
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -694,9 +709,12 @@ fn run_streaming(
         });
     }
     drop(tx);
-    let mut timed_out = false;
+    let mut ending = Ending::Exited;
     while open > 0 {
-        let wait = deadline.saturating_duration_since(Instant::now());
+        // Woken now and then to see whether the build was stopped.
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(200));
         match rx.recv_timeout(wait) {
             Ok(Event::Line(line)) => {
                 let line = crate::secrets::mask(&line, &log.1);
@@ -705,11 +723,15 @@ fn run_streaming(
             }
             Ok(Event::Closed) => open -= 1,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if !timed_out {
-                    timed_out = true;
-                    // The sandbox dies with bwrap (--die-with-parent).
-                    let _ = child.kill();
+                if Instant::now() >= deadline {
+                    ending = Ending::TimedOut;
+                } else if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+                    ending = Ending::Stopped;
+                } else {
+                    continue;
                 }
+                // The sandbox dies with bwrap (--die-with-parent).
+                let _ = child.kill();
                 // Drain what the dying processes still wrote.
                 while let Ok(ev) = rx.recv_timeout(Duration::from_secs(5)) {
                     match ev {
@@ -729,7 +751,7 @@ fn run_streaming(
         bwrap: bwrap.to_owned(),
         source,
     })?;
-    Ok((status.code(), timed_out))
+    Ok((status.code(), ending))
 }
 
 #[cfg(test)]
@@ -759,13 +781,18 @@ mod tests {
             timeout: DEFAULT_TIMEOUT,
             hidden: Vec::new(),
             cache_dir: None,
+            cancel: None,
+            batch_parallel: 1,
         };
         assert!(matches!(
             environment(&spec, &opts),
             Err(BuildError::Parameter { .. })
         ));
         opts.parameters = Some(Arc::new(|name: &str| {
-            (name == "/x/y").then(|| "1.0.3".to_string())
+            (name == "/x/y").then(|| ParameterValue {
+                value: "1.0.3".to_string(),
+                secure: false,
+            })
         }));
         let (env, _) = environment(&spec, &opts).unwrap();
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());

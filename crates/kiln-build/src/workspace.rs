@@ -72,8 +72,10 @@ pub(crate) fn environment(
         ("CODEBUILD_INITIATOR".into(), "kiln".into()),
     ];
     env.extend(spec.env.variables.iter().cloned());
+    // Values masked in the log: secrets, and SecureString parameters.
+    let mut secrets = Vec::new();
     for (var, name) in &spec.env.parameter_store {
-        let value = opts
+        let found = opts
             .parameters
             .as_ref()
             .and_then(|lookup| lookup(name))
@@ -81,9 +83,11 @@ pub(crate) fn environment(
                 var: var.clone(),
                 name: name.clone(),
             })?;
-        env.push((var.clone(), value));
+        if found.secure {
+            secrets.push(found.value.clone());
+        }
+        env.push((var.clone(), found.value));
     }
-    let mut secrets = Vec::new();
     for (var, reference) in &spec.env.secrets_manager {
         let lookup = |id: &str| opts.secrets.as_ref().map_or(Ok(None), |l| l(id));
         let value =

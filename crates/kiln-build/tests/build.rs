@@ -296,7 +296,10 @@ fn parameter_store_variables_come_from_the_callback() {
     let f = Fixture::new();
     let mut opts = f.options();
     opts.parameters = Some(Arc::new(|name: &str| {
-        (name == "/demo/ImageVersion").then(|| "1.0.7".to_string())
+        (name == "/demo/ImageVersion").then(|| kiln_build::ParameterValue {
+            value: "1.0.7".to_string(),
+            secure: false,
+        })
     }));
     let report = f.run_with(
         "version: 0.2\nenv:\n  parameter-store:\n    IMAGE_VERSION: /demo/ImageVersion\nphases:\n  build:\n    commands: [echo \"$IMAGE_VERSION\" > v]\n",
@@ -577,7 +580,10 @@ fn parameter_values_never_reach_a_command_line_other_users_can_read() {
     let f = Fixture::new();
     let mut opts = f.options();
     opts.parameters = Some(Arc::new(|name: &str| {
-        (name == "/app/DbPassword").then(|| VALUE.to_string())
+        (name == "/app/DbPassword").then(|| kiln_build::ParameterValue {
+            value: VALUE.to_string(),
+            secure: false,
+        })
     }));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let scanner = {

@@ -5,10 +5,12 @@
 //! while it is extracted, and kept unpacked in overlayfs form.
 
 mod archive;
+pub mod manifest;
 mod member;
 mod stage;
 
 pub use archive::{import_docker_archive, import_oci_archive, import_oci_dir};
+pub use manifest::{BlobSource, RemoteImage, import_manifest};
 
 use std::collections::HashMap;
 use std::fs::{self, File};

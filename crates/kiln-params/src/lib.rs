@@ -27,6 +27,47 @@ pub enum ParamError {
 
 type Result<T> = std::result::Result<T, ParamError>;
 
+/// A parameter's type, as SSM names them. A `SecureString`'s value is
+/// masked in build logs and left out of listings unless asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum ParamType {
+    #[default]
+    String,
+    StringList,
+    SecureString,
+}
+
+impl ParamType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParamType::String => "String",
+            ParamType::StringList => "StringList",
+            ParamType::SecureString => "SecureString",
+        }
+    }
+}
+
+impl std::fmt::Display for ParamType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ParamType {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<ParamType, String> {
+        [
+            ParamType::String,
+            ParamType::StringList,
+            ParamType::SecureString,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+        .ok_or_else(|| format!("{s:?} is not a parameter type: String, StringList or SecureString"))
+    }
+}
+
 /// One version of a parameter.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Param {
@@ -34,6 +75,19 @@ pub struct Param {
     pub version: u32,
     pub value: String,
     pub time: String,
+    #[serde(rename = "type")]
+    pub kind: ParamType,
+}
+
+impl Param {
+    /// The parameter with its value replaced by `***` if it is a
+    /// SecureString, for listings that do not ask for decryption.
+    pub fn redacted(mut self) -> Param {
+        if self.kind == ParamType::SecureString {
+            self.value = "***".into();
+        }
+        self
+    }
 }
 
 pub struct Params {
@@ -43,7 +97,13 @@ pub struct Params {
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS params (
     name TEXT NOT NULL, version INTEGER NOT NULL, value TEXT NOT NULL, time TEXT NOT NULL,
+    type TEXT NOT NULL DEFAULT 'String',
     PRIMARY KEY (name, version));";
+
+/// Databases made before parameters had a type.
+const ADD_TYPE: &str = "ALTER TABLE params ADD COLUMN type TEXT NOT NULL DEFAULT 'String'";
+
+const COLUMNS: &str = "name, version, value, time, type";
 
 fn valid(name: &str) -> bool {
     !name.is_empty()
@@ -56,11 +116,16 @@ fn valid(name: &str) -> bool {
 impl Params {
     /// Opens the store in the database at `path` (WAL, shared with the daemon).
     pub fn open(path: &Path) -> Result<Params> {
+        let shown = path.display().to_string();
         let conn = kiln_db::open(path, SCHEMA)?;
-        Ok(Params {
-            conn,
-            path: path.display().to_string(),
-        })
+        // Stores from before parameter types have no type column.
+        if conn.prepare("SELECT type FROM params LIMIT 0").is_err() {
+            conn.execute_batch(ADD_TYPE).map_err(|error| ParamError::Sql {
+                path: shown.clone(),
+                error,
+            })?;
+        }
+        Ok(Params { conn, path: shown })
     }
 
     fn sql(&self, error: rusqlite::Error) -> ParamError {
@@ -76,8 +141,15 @@ impl Params {
             .ok_or_else(|| ParamError::NotFound(name.into()))
     }
 
-    /// Stores a new version of the parameter.
+    /// Stores a new version of the parameter, of the type of the version
+    /// before (String for a new one).
     pub fn put(&mut self, name: &str, value: &str) -> Result<Param> {
+        self.put_typed(name, value, None)
+    }
+
+    /// Stores a new version of the parameter with the type `kind` (as SSM's
+    /// `put-parameter --type`), or the type of the version before.
+    pub fn put_typed(&mut self, name: &str, value: &str, kind: Option<ParamType>) -> Result<Param> {
         if !valid(name) {
             return Err(ParamError::BadName(name.into()));
         }
@@ -88,7 +160,7 @@ impl Params {
                 path: self.path.clone(),
                 error: e,
             })?;
-        let p = put(&tx, name, value).map_err(|e| ParamError::Sql {
+        let p = put(&tx, name, value, kind).map_err(|e| ParamError::Sql {
             path: self.path.clone(),
             error: e,
         })?;
@@ -103,9 +175,9 @@ impl Params {
     pub fn history(&self, name: &str) -> Result<Vec<Param>> {
         let mut stmt = self
             .conn
-            .prepare(
-                "SELECT name, version, value, time FROM params WHERE name = ?1 ORDER BY version",
-            )
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM params WHERE name = ?1 ORDER BY version"
+            ))
             .map_err(|e| self.sql(e))?;
         let rows = stmt.query_map([name], row).map_err(|e| self.sql(e))?;
         let list: Vec<Param> = rows
@@ -123,7 +195,7 @@ impl Params {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT p.name, p.version, p.value, p.time FROM params p
+                "SELECT p.name, p.version, p.value, p.time, p.type FROM params p
                  WHERE p.name LIKE ?1 || '%' ESCAPE '\\'
                  AND p.version = (SELECT MAX(version) FROM params q WHERE q.name = p.name) ORDER BY p.name",
             )
@@ -173,27 +245,43 @@ impl Params {
             name: name.into(),
             value: current.clone(),
         })?;
-        put(&tx, name, &next).map_err(sql)?;
+        put(&tx, name, &next, None).map_err(sql)?;
         tx.commit().map_err(sql)?;
         Ok(current)
     }
 }
 
 fn row(r: &rusqlite::Row) -> rusqlite::Result<Param> {
+    let kind: String = r.get(4)?;
     Ok(Param {
         name: r.get(0)?,
         version: r.get(1)?,
         value: r.get(2)?,
         time: r.get(3)?,
+        // Only put writes the column, with a type's own name.
+        kind: kind.parse().unwrap_or_default(),
     })
 }
 
 fn get(conn: &Connection, name: &str) -> rusqlite::Result<Option<Param>> {
-    conn.query_row("SELECT name, version, value, time FROM params WHERE name = ?1 ORDER BY version DESC LIMIT 1", [name], row)
-        .optional()
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM params WHERE name = ?1 ORDER BY version DESC LIMIT 1"),
+        [name],
+        row,
+    )
+    .optional()
 }
 
-fn put(conn: &Connection, name: &str, value: &str) -> rusqlite::Result<Param> {
+fn put(
+    conn: &Connection,
+    name: &str,
+    value: &str,
+    kind: Option<ParamType>,
+) -> rusqlite::Result<Param> {
+    let kind = match kind {
+        Some(k) => k,
+        None => get(conn, name)?.map(|p| p.kind).unwrap_or_default(),
+    };
     let version: u32 = conn.query_row(
         "SELECT COALESCE(MAX(version), 0) + 1 FROM params WHERE name = ?1",
         [name],
@@ -201,14 +289,15 @@ fn put(conn: &Connection, name: &str, value: &str) -> rusqlite::Result<Param> {
     )?;
     let time = jiff::Timestamp::now().to_string();
     conn.execute(
-        "INSERT INTO params (name, version, value, time) VALUES (?1, ?2, ?3, ?4)",
-        params![name, version, value, time],
+        "INSERT INTO params (name, version, value, time, type) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![name, version, value, time, kind.as_str()],
     )?;
     Ok(Param {
         name: name.into(),
         version,
         value: value.into(),
         time,
+        kind,
     })
 }
 
@@ -308,5 +397,32 @@ mod tests {
             p.put("bad name", "x"),
             Err(ParamError::BadName(_))
         ));
+    }
+
+    #[test]
+    fn a_secure_string_keeps_its_type_and_old_databases_gain_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.db");
+        {
+            // A database from before parameters had types.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE params (name TEXT NOT NULL, version INTEGER NOT NULL, value TEXT NOT NULL, time TEXT NOT NULL, PRIMARY KEY (name, version));
+                 INSERT INTO params VALUES ('/old', 1, 'v', 't');",
+            )
+            .unwrap();
+        }
+        let mut p = Params::open(&path).unwrap();
+        assert_eq!(p.get("/old").unwrap().kind, ParamType::String);
+        p.put_typed("/db/password", "s3cret", Some(ParamType::SecureString))
+            .unwrap();
+        let second = p.put("/db/password", "s3cret-2").unwrap();
+        assert_eq!(second.kind, ParamType::SecureString);
+        assert_eq!(second.clone().redacted().value, "***");
+        assert_eq!(p.get("/db/password").unwrap().value, "s3cret-2");
+        assert_eq!(
+            "Secure".parse::<ParamType>().unwrap_err(),
+            "\"Secure\" is not a parameter type: String, StringList or SecureString"
+        );
     }
 }

@@ -192,6 +192,9 @@ fn try_execute(env: &Env, control: &Shared, id: &str) -> Result<(), crate::db::D
             }
         }
     }
+    // Before the execution reads as Succeeded: whoever sees it finished
+    // sees the images retention keeps, not those it is about to remove.
+    retention(env, &run);
     control
         .db()
         .set_execution(id, ExecutionStatus::Succeeded, "")?;
@@ -204,7 +207,6 @@ fn try_execute(env: &Env, control: &Shared, id: &str) -> Result<(), crate::db::D
             remove_leftover(&env.execution_dir(&pipeline.name, &older.id).join("source"));
         }
     }
-    retention(env, &run);
     Ok(())
 }
 

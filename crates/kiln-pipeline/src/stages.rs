@@ -220,7 +220,10 @@ impl Run<'_> {
             kiln_params::Params::open(&db_path)
                 .ok()
                 .and_then(|p| p.get(name).ok())
-                .map(|p| p.value)
+                .map(|p| kiln_build::ParameterValue {
+                    secure: p.kind == kiln_params::ParamType::SecureString,
+                    value: p.value,
+                })
         }));
         let secrets = kiln_build::secrets::Secrets::new(&self.env.state);
         opts.secrets = Some(Arc::new(move |name: &str| {

@@ -23,6 +23,11 @@ pub struct BakeArgs {
     /// The commit the image is built from, recorded in its labels.
     #[arg(long)]
     source_commit: Option<String>,
+    /// For a docker:// parent: verify its registry's TLS certificate
+    /// (overrides the recipe's parent_tls_verify); `--tls-verify=false`
+    /// for a registry on loopback or with a self-signed certificate.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    tls_verify: Option<bool>,
     #[arg(long, value_enum, default_value_t)]
     output: Format,
 }
@@ -60,7 +65,10 @@ impl BakeObserver for Lines {
 }
 
 pub fn main(args: BakeArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
-    let recipe = kiln_bake::recipe::load(&args.recipe).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let mut recipe = kiln_bake::recipe::load(&args.recipe).map_err(|d| anyhow::anyhow!("{d}"))?;
+    if let Some(verify) = args.tls_verify {
+        recipe.parent_tls_verify = verify;
+    }
     let store = Store::open(&state.join("images"))?;
     let opts = BakeOptions {
         isolation: Arc::new(kiln_sandbox::Bubblewrap::detect()?),

@@ -1,4 +1,4 @@
-//! `kiln images ls | inspect | rm | export`.
+//! `kiln images ls | inspect | rm | export | push | pull`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +44,112 @@ enum ImagesCommand {
         format: ExportFormat,
         dest: PathBuf,
     },
+    /// Push an image to a registry: docker://HOST/REPO:TAG.
+    Push {
+        /// A digest (or 12+ hex digits of one), NAME, NAME/1.2.3, NAME/1.x.x or NAME/1.2.3/BUILD.
+        reference: String,
+        /// docker://HOST/REPO:TAG (or docker://HOST/REPO@sha256:... of this image).
+        dest: String,
+        /// zstd: the layers as stored (kiln bakes zstd; the registry's
+        /// digest is the store's). gzip: recompressed for tools that read
+        /// no zstd (docker before 23, umoci 0.4), with another digest.
+        #[arg(long, value_enum, default_value_t)]
+        compression_format: Compression,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Pull an image from a registry into the store (docker://HOST/REPO:TAG
+    /// or @sha256:...), asking the registry what the reference names now.
+    Pull {
+        source: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+/// `--compression-format`, as podman push names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+enum Compression {
+    #[default]
+    Zstd,
+    Gzip,
+}
+
+/// How to reach a registry, with skopeo's and podman's flag names.
+#[derive(Args)]
+struct RegistryArgs {
+    /// Verify the registry's TLS certificate and use HTTPS only;
+    /// `--tls-verify=false` for a registry on loopback or with a
+    /// self-signed certificate (then plain HTTP is tried too).
+    #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    tls_verify: bool,
+    /// Credentials from this file only (containers-auth.json format);
+    /// otherwise REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json,
+    /// ~/.config/containers/auth.json, ~/.docker/config.json.
+    #[arg(long)]
+    authfile: Option<PathBuf>,
+    /// CA certificates (*.crt) to trust for the registry, instead of
+    /// /etc/containers/certs.d/HOST/ and the built-in roots.
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    fn options(&self) -> kiln_registry::Options {
+        kiln_registry::Options {
+            tls_verify: self.tls_verify,
+            authfile: self.authfile.clone(),
+            cert_dir: self.cert_dir.clone(),
+        }
+    }
+}
+
+/// What a push or pull is doing: a spinner on a terminal, lines elsewhere.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
+        Progress { bar }
+    }
+
+    fn say(&mut self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.set_message(message.to_string()),
+            None => eprintln!("==> {message}"),
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct PulledOut {
+    reference: String,
+    image: String,
+    digest: String,
+    registry_digest: String,
 }
 
 #[derive(serde::Serialize)]
@@ -167,6 +273,74 @@ pub fn main(args: ImagesArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
                 }
             }
             println!("exported {} to {}", image.reference(), dest.display());
+        }
+        ImagesCommand::Push {
+            reference,
+            dest,
+            compression_format,
+            registry,
+            output,
+        } => {
+            let image = store.resolve(&reference)?;
+            let dest = kiln_registry::Reference::parse(&dest)?;
+            let format = match compression_format {
+                Compression::Zstd => kiln_registry::LayerFormat::AsStored,
+                Compression::Gzip => kiln_registry::LayerFormat::Gzip,
+            };
+            let mut progress = Progress::new();
+            let pushed = kiln_registry::push(
+                &store,
+                &image,
+                &dest,
+                &registry.options(),
+                format,
+                &mut |m| progress.say(m),
+            )?;
+            drop(progress);
+            if output == Format::Json {
+                print_json(&pushed)?;
+            } else {
+                println!(
+                    "pushed {} to {} ({}; {} blobs uploaded, {} mounted, {} already there)",
+                    image.reference(),
+                    pushed.reference,
+                    pushed.digest,
+                    pushed.uploaded,
+                    pushed.mounted,
+                    pushed.existing
+                );
+            }
+        }
+        ImagesCommand::Pull {
+            source,
+            registry,
+            output,
+        } => {
+            let reference = kiln_registry::Reference::parse(&source)?;
+            let _lock = store.lock()?;
+            let limits =
+                kiln_image::tarball::ExtractLimits::from_env().map_err(anyhow::Error::msg)?;
+            let mut progress = Progress::new();
+            let pulled = kiln_registry::pull(
+                &store,
+                &reference,
+                &registry.options(),
+                kiln_registry::Policy::Always,
+                &limits,
+                &mut |m| progress.say(m),
+            )?;
+            drop(progress);
+            let out = PulledOut {
+                reference: reference.to_string(),
+                image: pulled.image.reference(),
+                digest: pulled.image.digest(),
+                registry_digest: pulled.digest,
+            };
+            if output == Format::Json {
+                print_json(&out)?;
+            } else {
+                println!("pulled {} as {} ({})", out.reference, out.image, out.digest);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -20,6 +20,9 @@ pub struct ParamsArgs {
 enum ParamsCommand {
     Get {
         name: String,
+        /// Show a SecureString's value (otherwise `***`).
+        #[arg(long)]
+        with_decryption: bool,
         #[arg(long, value_enum, default_value_t)]
         output: Format,
     },
@@ -27,9 +30,15 @@ enum ParamsCommand {
     Put {
         name: String,
         value: String,
+        /// String, StringList or SecureString (masked in build logs);
+        /// by default the type of the version before, or String.
+        #[arg(long = "type")]
+        kind: Option<kiln_params::ParamType>,
     },
     History {
         name: String,
+        #[arg(long)]
+        with_decryption: bool,
         #[arg(long, value_enum, default_value_t)]
         output: Format,
     },
@@ -37,6 +46,8 @@ enum ParamsCommand {
     Ls {
         #[arg(default_value = "/")]
         prefix: String,
+        #[arg(long)]
+        with_decryption: bool,
         #[arg(long, value_enum, default_value_t)]
         output: Format,
     },
@@ -48,30 +59,48 @@ enum ParamsCommand {
 pub fn main(args: ParamsArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&state.path)?;
     let mut params = Params::open(&state.join("kiln.db"))?;
-    let show = |list: &[kiln_params::Param], output: Format| -> anyhow::Result<()> {
-        if output == Format::Json {
-            return print_json(&list);
-        }
-        for p in list {
-            println!("{}\t{}\t{}\t{}", p.name, p.version, p.value, p.time);
-        }
-        Ok(())
-    };
+    let reveal = |p: kiln_params::Param, decrypt: bool| if decrypt { p } else { p.redacted() };
+    let show =
+        |list: Vec<kiln_params::Param>, decrypt: bool, output: Format| -> anyhow::Result<()> {
+            let list: Vec<_> = list.into_iter().map(|p| reveal(p, decrypt)).collect();
+            if output == Format::Json {
+                return print_json(&list);
+            }
+            for p in list {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    p.name, p.version, p.kind, p.value, p.time
+                );
+            }
+            Ok(())
+        };
     match args.command {
-        ParamsCommand::Get { name, output } => {
-            let p = params.get(&name)?;
+        ParamsCommand::Get {
+            name,
+            with_decryption,
+            output,
+        } => {
+            let p = reveal(params.get(&name)?, with_decryption);
             if output == Format::Json {
                 print_json(&p)?;
             } else {
                 println!("{}", p.value);
             }
         }
-        ParamsCommand::Put { name, value } => {
-            let p = params.put(&name, &value)?;
+        ParamsCommand::Put { name, value, kind } => {
+            let p = params.put_typed(&name, &value, kind)?;
             println!("{} version {}", p.name, p.version);
         }
-        ParamsCommand::History { name, output } => show(&params.history(&name)?, output)?,
-        ParamsCommand::Ls { prefix, output } => show(&params.list(&prefix)?, output)?,
+        ParamsCommand::History {
+            name,
+            with_decryption,
+            output,
+        } => show(params.history(&name)?, with_decryption, output)?,
+        ParamsCommand::Ls {
+            prefix,
+            with_decryption,
+            output,
+        } => show(params.list(&prefix)?, with_decryption, output)?,
         ParamsCommand::Rm { name } => {
             params.remove(&name)?;
             println!("removed {name}");

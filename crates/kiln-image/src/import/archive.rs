@@ -9,7 +9,7 @@ use std::path::Path;
 
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 
-use super::member::{Members, check_digests, parse};
+use super::member::{Members, check_digests, parse, parse_config};
 use super::stage::{Expected, Stage, Temp};
 use super::{ImageRecord, Result, file_digest, find_by_source, invalid, io};
 use crate::store::{Store, digest_hex, sha256_hex};
@@ -121,35 +121,13 @@ fn import_layout(
     let manifest: ImageManifest = parse(src, &file, &manifest_json)?;
     let config_json = json_blob(manifest.config().digest().as_ref())?;
     let file = format!("config {}", manifest.config().digest());
-    check_digests(src, &file, &config_json, &["rootfs.diff_ids[]"])?;
-    let config: ImageConfiguration = parse(src, &file, &config_json)?;
+    let config = parse_config(src, &file, &config_json, manifest.layers().len())?;
     let diff_ids = config.rootfs().diff_ids();
-    if diff_ids.len() != manifest.layers().len() {
-        return Err(invalid(
-            src,
-            format!(
-                "the manifest lists {} layers, its config {} diff_ids",
-                manifest.layers().len(),
-                diff_ids.len()
-            ),
-        ));
-    }
     let mut stage = Stage::new(store, src, limits);
     for (i, (layer, diff_id)) in manifest.layers().iter().zip(diff_ids).enumerate() {
         let digest = layer.digest().to_string();
         let file = members.open_file(&format!("blobs/sha256/{}", digest_hex(&digest)?))?;
-        stage.layer(
-            &format!("layer {i} ({digest})"),
-            file,
-            Some(Expected {
-                digest: &digest,
-                field: format!("the manifest's layers[{i}].digest"),
-            }),
-            Expected {
-                digest: diff_id,
-                field: format!("the config's rootfs.diff_ids[{i}]"),
-            },
-        )?;
+        stage.manifest_layer(i, &digest, diff_id, file)?;
     }
     stage.publish(&config, name, &source)
 }

@@ -192,3 +192,23 @@ pub(super) fn parse<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(data)
         .map_err(|e| invalid(source_name, format!("{file}: {}", shorten(&e.to_string()))))
 }
+
+/// An image config (`file` names it in errors), its diff_ids checked to be
+/// sha256 digests, one for each of the manifest's `layers`.
+pub(super) fn parse_config(
+    source_name: &str,
+    file: &str,
+    data: &[u8],
+    layers: usize,
+) -> Result<oci_spec::image::ImageConfiguration> {
+    check_digests(source_name, file, data, &["rootfs.diff_ids[]"])?;
+    let config: oci_spec::image::ImageConfiguration = parse(source_name, file, data)?;
+    let diff_ids = config.rootfs().diff_ids().len();
+    if diff_ids != layers {
+        return Err(invalid(
+            source_name,
+            format!("the manifest lists {layers} layers, its config {diff_ids} diff_ids"),
+        ));
+    }
+    Ok(config)
+}

@@ -59,8 +59,9 @@ impl Drop for Temp {
 }
 
 struct Staged {
-    blob: Temp,
-    dir: Temp,
+    /// None for a layer the store already holds, blob and unpacked form.
+    blob: Option<Temp>,
+    dir: Option<Temp>,
     digest: String,
     size: u64,
     media_type: MediaType,
@@ -108,7 +109,7 @@ impl<'s> Stage<'s> {
     pub fn layer(
         &mut self,
         layer: &str,
-        file: File,
+        file: impl Read,
         blob: Option<Expected<'_>>,
         diff_id: Expected<'_>,
     ) -> Result<()> {
@@ -152,8 +153,8 @@ impl<'s> Stage<'s> {
         self.limits.max_size = self.limits.max_size.saturating_sub(extracted.size);
         super::to_overlay_form(dir.path())?;
         self.layers.push(Staged {
-            blob: blob_tmp,
-            dir,
+            blob: Some(blob_tmp),
+            dir: Some(dir),
             digest,
             size: tee.size,
             media_type: match extracted.compression {
@@ -166,6 +167,45 @@ impl<'s> Stage<'s> {
         Ok(())
     }
 
+    /// Stages layer `i` of a manifest: its blob must have the digest the
+    /// manifest gives it, its content the config's diff_id.
+    pub fn manifest_layer(
+        &mut self,
+        i: usize,
+        digest: &str,
+        diff_id: &str,
+        file: impl Read,
+    ) -> Result<()> {
+        self.layer(
+            &format!("layer {i} ({digest})"),
+            file,
+            Some(Expected {
+                digest,
+                field: format!("the manifest's layers[{i}].digest"),
+            }),
+            Expected {
+                digest: diff_id,
+                field: format!("the config's rootfs.diff_ids[{i}]"),
+            },
+        )
+    }
+
+    /// Takes a layer that the store already holds, as blob and unpacked
+    /// form, without reading it again.
+    pub fn reuse(&mut self, digest: &str, diff_id: &str, media_type: MediaType) -> Result<()> {
+        let path = self.store.blob_path(digest)?;
+        let size = fs::metadata(&path).map_err(io(&path))?.len();
+        self.layers.push(Staged {
+            blob: None,
+            dir: None,
+            digest: digest.to_owned(),
+            size,
+            media_type,
+            diff_id: diff_id.to_owned(),
+        });
+        Ok(())
+    }
+
     /// Publishes the staged layers, `config` and a manifest, then the image
     /// record; on failure takes out again what it put in.
     pub fn publish(
@@ -174,16 +214,42 @@ impl<'s> Stage<'s> {
         name: &str,
         source: &str,
     ) -> Result<ImageRecord> {
+        self.publish_as(Manifest::New(config), name, source, HashMap::new())
+    }
+
+    /// Like [`Stage::publish`], with the manifest to publish: a new one, or
+    /// the image's own bytes (whose layers the stage holds), and more
+    /// annotations for the image record.
+    pub fn publish_as(
+        self,
+        manifest: Manifest<'_>,
+        name: &str,
+        source: &str,
+        extra: HashMap<String, String>,
+    ) -> Result<ImageRecord> {
         let mut published = Published {
             store: self.store,
             blobs: Vec::new(),
             layers: Vec::new(),
         };
-        let record = published.publish(self.layers, config, name, source)?;
+        let record = published.publish(self.layers, manifest, name, source, extra)?;
         published.blobs.clear();
         published.layers.clear();
         Ok(record)
     }
+}
+
+/// The manifest an import publishes.
+pub(super) enum Manifest<'a> {
+    /// A new OCI manifest over the staged layers and this config, which
+    /// gets a history entry per layer if it lacks them.
+    New(&'a ImageConfiguration),
+    /// The image's own OCI manifest and config, kept byte for byte so that
+    /// the image keeps its digest; both were checked against their digests.
+    Original {
+        manifest: &'a [u8],
+        config: &'a [u8],
+    },
 }
 
 /// What a publication moved into the store, taken out again on drop
@@ -198,21 +264,34 @@ impl Published<'_> {
     fn publish(
         &mut self,
         staged: Vec<Staged>,
-        config: &ImageConfiguration,
+        manifest: Manifest<'_>,
         name: &str,
         source: &str,
+        mut extra: HashMap<String, String>,
     ) -> Result<ImageRecord> {
         let store = self.store;
         let mut descriptors = Vec::new();
         for layer in staged {
             if !store.has_blob(&layer.digest) {
-                store.put_blob_file(layer.blob.path(), &layer.digest)?;
-                layer.blob.keep();
+                let Some(blob) = layer.blob else {
+                    return Err(invalid(
+                        source,
+                        format!("layer {} left the store", layer.digest),
+                    ));
+                };
+                store.put_blob_file(blob.path(), &layer.digest)?;
+                blob.keep();
                 self.blobs.push(store.blob_path(&layer.digest)?);
             }
             if store.unpacked_layer(&layer.diff_id).is_none() {
-                let dir = store.put_unpacked_layer(layer.dir.path(), &layer.diff_id)?;
-                layer.dir.keep();
+                let Some(prepared) = layer.dir else {
+                    return Err(invalid(
+                        source,
+                        format!("layer {} left the store", layer.diff_id),
+                    ));
+                };
+                let dir = store.put_unpacked_layer(prepared.path(), &layer.diff_id)?;
+                prepared.keep();
                 self.layers.push(dir);
             }
             descriptors.push(Descriptor::new(
@@ -221,22 +300,30 @@ impl Published<'_> {
                 parse_digest(&layer.digest)?,
             ));
         }
-        let config = super::with_layer_history(source, config, descriptors.len())?;
-        let config_json =
-            serde_json::to_vec(&config).map_err(|e| invalid("config", e.to_string()))?;
-        let config_desc = self.put_blob(MediaType::ImageConfig, &config_json)?;
-        let manifest = ImageManifestBuilder::default()
-            .schema_version(2u32)
-            .media_type(MediaType::ImageManifest)
-            .config(config_desc)
-            .layers(descriptors)
-            .build()
-            .map_err(|e| invalid("manifest", e.to_string()))?;
-        let manifest_json =
-            serde_json::to_vec(&manifest).map_err(|e| invalid("manifest", e.to_string()))?;
-        let manifest_desc = self.put_blob(MediaType::ImageManifest, &manifest_json)?;
+        let manifest_desc = match manifest {
+            Manifest::New(config) => {
+                let config = super::with_layer_history(source, config, descriptors.len())?;
+                let config_json =
+                    serde_json::to_vec(&config).map_err(|e| invalid("config", e.to_string()))?;
+                let config_desc = self.put_blob(MediaType::ImageConfig, &config_json)?;
+                let manifest = ImageManifestBuilder::default()
+                    .schema_version(2u32)
+                    .media_type(MediaType::ImageManifest)
+                    .config(config_desc)
+                    .layers(descriptors)
+                    .build()
+                    .map_err(|e| invalid("manifest", e.to_string()))?;
+                let manifest_json = serde_json::to_vec(&manifest)
+                    .map_err(|e| invalid("manifest", e.to_string()))?;
+                self.put_blob(MediaType::ImageManifest, &manifest_json)?
+            }
+            Manifest::Original { manifest, config } => {
+                self.put_blob(MediaType::ImageConfig, config)?;
+                self.put_blob(MediaType::ImageManifest, manifest)?
+            }
+        };
         let build = store.next_build(name, IMPORTED_VERSION)?;
-        let extra = HashMap::from([(ANNOTATION_SOURCE.to_string(), source.to_string())]);
+        extra.insert(ANNOTATION_SOURCE.to_string(), source.to_string());
         Ok(store.add_image(
             manifest_desc,
             name,
@@ -272,14 +359,14 @@ impl Drop for Published<'_> {
 }
 
 /// Hashes and copies what is read through it.
-struct Tee {
-    inner: File,
+struct Tee<R> {
+    inner: R,
     hasher: Sha256,
     out: BufWriter<File>,
     size: u64,
 }
 
-impl Read for Tee {
+impl<R: Read> Read for Tee<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);

@@ -160,17 +160,21 @@ fn a_batch_graph_with_a_failing_dependency_stops_its_dependents() {
     s.finish("batched");
 }
 
-/// Prints the secret, as a careless build does, and writes it in an
-/// exported variable.
+/// Prints the secret and a SecureString parameter, as a careless build
+/// does, and writes them in exported variables.
 const SECRET_SPEC: &str = r#"version: 0.2
 env:
   secrets-manager:
     DB_PASSWORD: prod/db:password
-  exported-variables: [DB_PASSWORD]
+  parameter-store:
+    API_KEY: /prod/api-key
+    REGION: /prod/region
+  exported-variables: [DB_PASSWORD, API_KEY]
 phases:
   build:
     commands:
       - echo "connecting with $DB_PASSWORD"
+      - echo "calling with $API_KEY in $REGION"
       - mkdir -p out
       - cp VERSION out/VERSION
 artifacts:
@@ -179,7 +183,7 @@ artifacts:
 "#;
 
 #[test]
-fn a_secret_reaches_the_build_and_never_shows() {
+fn a_secret_and_a_secure_parameter_reach_the_build_and_never_show() {
     let s = Setup::new(&kiln_yaml("secretive", ""), SECRET_SPEC, &component(0));
     let state = &s.state;
     let mut put = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
@@ -203,6 +207,30 @@ fn a_secret_reaches_the_build_and_never_shows() {
     assert!(put.wait().unwrap().success());
     let listed = ok(kiln(state, &["secrets", "ls"]));
     assert_eq!(listed, "prod/db\n");
+    ok(kiln(
+        state,
+        &[
+            "params",
+            "put",
+            "/prod/api-key",
+            "k3y-9d8e-secure",
+            "--type",
+            "SecureString",
+        ],
+    ));
+    ok(kiln(state, &["params", "put", "/prod/region", "eu-west-1"]));
+    // Listings leave a SecureString's value out unless asked.
+    assert_eq!(
+        ok(kiln(state, &["params", "get", "/prod/api-key"])),
+        "***\n"
+    );
+    assert_eq!(
+        ok(kiln(
+            state,
+            &["params", "get", "/prod/api-key", "--with-decryption"]
+        )),
+        "k3y-9d8e-secure\n"
+    );
     s.create(&["--no-start"]);
     let id = trigger(state, "secretive");
     let e = finished(state, &id);
@@ -212,6 +240,7 @@ fn a_secret_reaches_the_build_and_never_shows() {
         &["executions", "logs", &id, "--stage", "Build"],
     ));
     assert!(log.contains("connecting with ***"), "{log}");
+    assert!(log.contains("calling with *** in eu-west-1"), "{log}");
     for shown in [
         log,
         ok(kiln(state, &["executions", "show", &id])),
@@ -220,10 +249,14 @@ fn a_secret_reaches_the_build_and_never_shows() {
             &["executions", "show", &id, "--output", "json"],
         )),
         ok(kiln(state, &["secrets", "ls", "--output", "json"])),
+        ok(kiln(state, &["params", "ls", "--output", "json"])),
+        ok(kiln(state, &["params", "history", "/prod/api-key"])),
     ] {
         assert!(!shown.contains("Tr0ub4dor"), "{shown}");
+        assert!(!shown.contains("k3y-9d8e"), "{shown}");
     }
     assert_eq!(e["variables"]["BuildVariables"]["DB_PASSWORD"], "***");
+    assert_eq!(e["variables"]["BuildVariables"]["API_KEY"], "***");
     ok(kiln(state, &["secrets", "rm", "prod/db"]));
     assert_eq!(ok(kiln(state, &["secrets", "ls"])), "");
     s.finish("secretive");
