@@ -10,7 +10,8 @@
 
 // The security defaults every sandbox shares (read-only and masked kernel
 // interfaces, capabilities, seccomp).
-use kiln_sandbox::hardening::{self, HardeningError, Mounts};
+use kiln_sandbox::Bubblewrap;
+use kiln_sandbox::build::BuildSandbox;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -154,11 +155,8 @@ pub enum BuildError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot prepare the sandbox of build image {root}: {source}")]
-    Hardening {
-        root: PathBuf,
-        source: HardeningError,
-    },
+    #[error(transparent)]
+    Sandbox(#[from] kiln_sandbox::build::BuildSandboxError),
     #[error("cannot start the sandbox ({bwrap}): {source}")]
     Spawn {
         bwrap: PathBuf,
@@ -570,89 +568,27 @@ fn run_phase(
 }
 
 /// bwrap with the build image read-only at `/`, the workspace's source
-/// writable at /codebuild/output/src, and scratch tmpfs at /tmp and /root.
+/// writable at /codebuild/output/src, its home at /root and the phase
+/// state at /codebuild/kiln; kiln's state hidden.
 fn sandbox_command(opts: &BuildOptions, env: &[(String, String)]) -> Result<Command, BuildError> {
-    let mut cmd = Command::new(&opts.bwrap);
-    cmd.env_clear();
-    // The new root is bwrap's own tmpfs; the image's top-level entries are
-    // bound into it one by one, so mount points such as /codebuild need
-    // no change to the image, and `/` itself is made read-only at the end.
-    let mut entries: Vec<_> = fs::read_dir(&opts.root)
-        .map_err(io("cannot read the build image", &opts.root))?
-        .filter_map(Result::ok)
-        .collect();
-    entries.sort_by_key(|e| e.file_name());
-    // The image's /sys, if bound: a build on the host's own root sees the
-    // host's sysfs there, read-only, and its masked paths must be hidden.
-    let mut sys = None;
-    for entry in entries {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if matches!(name, "proc" | "dev" | "tmp" | "root" | "codebuild") {
-            continue;
-        }
-        let inside = format!("/{name}");
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        if kind.is_symlink() {
-            let target = fs::read_link(entry.path()).map_err(io("cannot read", &entry.path()))?;
-            cmd.arg("--symlink").arg(target).arg(&inside);
-        } else {
-            if name == "sys" {
-                sys = Some(entry.path());
-            }
-            cmd.arg("--ro-bind").arg(entry.path()).arg(&inside);
-        }
-    }
-    // Sticky and writable by all, as /tmp is: a run-as user writes there.
-    cmd.args([
-        "--perms", "1777", "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev",
-    ]);
-    // bwrap makes missing parents 0700; a run-as user must get through.
-    cmd.args(["--perms", "0755", "--dir", "/codebuild"]);
-    cmd.args(["--perms", "0755", "--dir", "/codebuild/output"]);
-    // The build's home is in the workspace, so cache.paths can keep
-    // /root/.m2 and the like.
-    cmd.arg("--bind")
-        .arg(opts.workspace.join("home"))
-        .arg("/root");
-    cmd.arg("--bind")
-        .arg(opts.workspace.join("src"))
-        .arg(SRC_DIR);
-    cmd.arg("--bind")
-        .arg(opts.workspace.join("state"))
-        .arg(STATE_DIR);
-    for dir in &opts.hidden {
-        if dir.is_dir() {
-            cmd.arg("--tmpfs").arg(dir);
-        }
-    }
-    hardening::apply(
-        &mut cmd,
-        Mounts {
-            sys: sys.as_deref(),
-        },
-    )
-    .map_err(|source| BuildError::Hardening {
-        root: opts.root.clone(),
-        source,
-    })?;
-    cmd.args(["--remount-ro", "/"]);
-    cmd.args([
-        "--unshare-pid",
-        "--unshare-ipc",
-        "--unshare-uts",
-        "--hostname",
-        "kiln-build",
-    ]);
-    cmd.args(["--die-with-parent", "--new-session", "--chdir", SRC_DIR]);
-    // bwrap hands its own environment on, and keeps it off the command
-    // line, which every local user can read: parameter-store values and
-    // other secrets stay in /proc/PID/environ, which only the owner reads.
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    cmd.arg("--");
-    Ok(cmd)
+    let binds = [
+        // The build's home is in the workspace, so cache.paths can keep
+        // /root/.m2 and the like.
+        (opts.workspace.join("home"), "/root"),
+        (opts.workspace.join("src"), SRC_DIR),
+        (opts.workspace.join("state"), STATE_DIR),
+    ];
+    let sandbox = BuildSandbox {
+        root: &opts.root,
+        skip: &["root", "codebuild"],
+        dirs: &["/codebuild", "/codebuild/output"],
+        binds: &binds,
+        hidden: &opts.hidden,
+        hostname: "kiln-build",
+        chdir: SRC_DIR,
+        env,
+    };
+    Ok(Bubblewrap::with_path(opts.bwrap.clone()).build_command(&sandbox)?)
 }
 
 enum Event {

@@ -120,10 +120,11 @@ impl Params {
         let conn = kiln_db::open(path, SCHEMA)?;
         // Stores from before parameter types have no type column.
         if conn.prepare("SELECT type FROM params LIMIT 0").is_err() {
-            conn.execute_batch(ADD_TYPE).map_err(|error| ParamError::Sql {
-                path: shown.clone(),
-                error,
-            })?;
+            conn.execute_batch(ADD_TYPE)
+                .map_err(|error| ParamError::Sql {
+                    path: shown.clone(),
+                    error,
+                })?;
         }
         Ok(Params { conn, path: shown })
     }

@@ -5,6 +5,7 @@
 //! inside an image lives here, so that the crates above it can be tested
 //! without root while this one is tested for real.
 
+pub mod build;
 pub mod busybox;
 pub mod exec;
 pub mod hardening;
