@@ -11,9 +11,8 @@
 //! `docker-credential-NAME get`, as docker does.
 
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -231,21 +230,10 @@ fn helper_get(name: &str, host: &str) -> Result<Credentials, RegistryError> {
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         return Err(err("is not a helper name".into()));
     }
-    let mut child = Command::new(&program)
-        .arg("get")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
+    // Its stderr is captured and never shown: a helper may print what it
+    // was given there.
+    let out = kiln_sandbox::tool::output(Command::new(&program).arg("get"), Some(host.as_bytes()))
         .map_err(|e| err(format!("cannot run it: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(host.as_bytes())
-            .map_err(|e| err(format!("write: {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| err(format!("wait: {e}")))?;
     if !out.status.success() {
         return Err(err(format!("it failed ({})", out.status)));
     }
