@@ -15,7 +15,9 @@
 //! same way when they reach it. One client address may hold at most
 //! `max_connections_per_client`; past that its own longest-idle connection
 //! makes room, or the new one is closed. Request headers are bounded in
-//! size and count: past either hyper answers 431 and closes.
+//! size and count: past either hyper answers 431 and closes. Every
+//! request's framing is checked byte by byte before hyper parses it (see
+//! `framing`): an ambiguous one gets a 400 and the connection closes.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -27,15 +29,19 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
+
+use crate::checked::{Checked, Refusal};
 
 /// Pause after a failed accept: the usual cause is running out of file
 /// descriptors, and retrying at once would spin.
@@ -240,6 +246,67 @@ impl<B: Body + Unpin> Body for Guarded<B> {
     }
 }
 
+/// What the server answers: the handler's response, or its own refusal of
+/// a request whose framing the check found ambiguous.
+enum Answer<B> {
+    Served(Guarded<B>),
+    Refused(Option<Bytes>),
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Answer<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.get_mut() {
+            Answer::Served(inner) => Pin::new(inner).poll_frame(cx),
+            Answer::Refused(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Answer::Served(inner) => inner.is_end_stream(),
+            Answer::Refused(text) => text.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Answer::Served(inner) => inner.size_hint(),
+            Answer::Refused(text) => {
+                SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
+            }
+        }
+    }
+}
+
+fn refused<B>(why: &'static str) -> Response<Answer<B>> {
+    let mut resp = Response::new(Answer::Refused(Some(Bytes::from_static(why.as_bytes()))));
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Whether the request asks to switch protocols: after it the framing
+/// check stops, so the connection must close unless the answer switches.
+fn may_switch<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(header::UPGRADE) || req.method() == Method::CONNECT
+}
+
+fn switched<B>(method: &Method, resp: &Response<B>) -> bool {
+    resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        || (method == Method::CONNECT && resp.status().is_success())
+}
+
 /// Serves HTTP/1.1 on `listener` until `stop` completes, then lets requests
 /// in flight finish for up to `grace` and closes what remains. `handler`
 /// answers one request from the given client address.
@@ -252,8 +319,7 @@ pub async fn serve<H, F, B>(
 ) where
     H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
-    B: Body + Unpin + Send + 'static,
-    B::Data: Send,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let local = match listener.local_addr() {
@@ -303,12 +369,28 @@ pub async fn serve<H, F, B>(
                     debug!(%client, error = %e, "setting TCP_NODELAY");
                 }
                 let (handler, reg, c) = (handler.clone(), registry.clone(), conn.clone());
-                let service = service_fn(move |req| {
+                let refusal = Arc::new(Refusal::default());
+                let stream = Checked::new(stream, refusal.clone());
+                let requests = AtomicU64::new(0);
+                let service = service_fn(move |req: Request<Incoming>| {
                     let busy = Busy::new(c.clone(), reg.clone());
-                    let answer = handler(client, req);
+                    let index = requests.fetch_add(1, Ordering::Relaxed);
+                    let why = refusal.reason(index);
+                    let switch = may_switch(&req).then(|| req.method().clone());
+                    let answer = why.is_none().then(|| handler(client, req));
                     async move {
-                        let resp = answer.await?;
-                        Ok::<_, Infallible>(resp.map(|inner| Guarded { inner, _busy: busy }))
+                        let Some(answer) = answer else {
+                            drop(busy);
+                            return Ok(refused(why.unwrap_or_default()));
+                        };
+                        let mut resp = answer.await?;
+                        if let Some(method) = switch {
+                            if !switched(&method, &resp) {
+                                resp.headers_mut()
+                                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                            }
+                        }
+                        Ok::<_, Infallible>(resp.map(|inner| Answer::Served(Guarded { inner, _busy: busy })))
                     }
                 });
                 let served = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
@@ -358,6 +440,21 @@ pub async fn serve<H, F, B>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_that_does_not_switch_protocols_closes_the_connection() {
+        let upgrade = Request::get("/")
+            .header(header::UPGRADE, "websocket")
+            .body(())
+            .unwrap();
+        assert!(may_switch(&upgrade));
+        assert!(!may_switch(&Request::get("/").body(()).unwrap()));
+        let resp = |status: u16| Response::builder().status(status).body(()).unwrap();
+        assert!(switched(&Method::GET, &resp(101)));
+        assert!(!switched(&Method::GET, &resp(200)));
+        assert!(switched(&Method::CONNECT, &resp(200)));
+        assert!(!switched(&Method::CONNECT, &resp(403)));
+    }
 
     /// The process budget is one counter: tests that move it take turns.
     static COUNTER: Mutex<()> = Mutex::new(());

@@ -132,15 +132,6 @@ async fn forward(
     client: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    if let Some(why) = ambiguous_framing(req.headers()) {
-        debug!(%client, why, "refusing a request with ambiguous framing");
-        let mut resp = local_response(StatusCode::BAD_REQUEST, why);
-        // Whatever follows on this connection cannot be trusted to start a
-        // request where the client claims it does.
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return resp;
-    }
     if upgrade::requested(&req) {
         return upgrade::forward(table, local, client, req).await;
     }
@@ -224,6 +215,17 @@ async fn forward(
                 );
             }
         };
+        if client_body_malformed(&e) {
+            lease.failed();
+            debug!(%client, "the request's chunked body is malformed");
+            let mut resp = local_response(
+                StatusCode::BAD_REQUEST,
+                "bad request: malformed chunked body\n",
+            );
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
         let unsent = e.take_message();
         let sent = unsent.is_none();
         let error = UpstreamError::Request {
@@ -273,28 +275,21 @@ async fn forward(
     )
 }
 
-/// Why a request's framing is ambiguous, if it is. hyper already refuses
-/// differing Content-Lengths, obsolete line folding, Transfer-Encoding in
-/// HTTP/1.0 and codings that do not end in chunked; when both
-/// Content-Length and Transfer-Encoding arrive it drops the length and
-/// closes the connection after the response. What it lets through and an
-/// instance might read differently is a list of codings: only a lone
-/// `chunked` is accepted, as ALB in its strictest mode.
-fn ambiguous_framing(headers: &HeaderMap) -> Option<&'static str> {
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
-    if let Some(first) = codings.next() {
-        let lone_chunked = first.as_bytes().eq_ignore_ascii_case(b"chunked");
-        if !lone_chunked || codings.next().is_some() {
-            return Some("bad request: Transfer-Encoding other than chunked\n");
+/// Whether sending failed because the client's body did: its chunked
+/// framing is malformed (found by hyper or by the framing check, both
+/// reporting invalid data).
+fn client_body_malformed(e: &hyper::client::conn::TrySendError<Request<UpBody>>) -> bool {
+    let mut source = std::error::Error::source(e.error());
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+        {
+            return true;
         }
-        if headers.contains_key(header::CONTENT_LENGTH) {
-            return Some("bad request: both Content-Length and Transfer-Encoding\n");
-        }
+        source = cause.source();
     }
-    if headers.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
-        return Some("bad request: more than one Content-Length\n");
-    }
-    None
+    false
 }
 
 pub(crate) fn relay(resp: Response<Incoming>, lease: Lease, sender: Sender) -> Response<ProxyBody> {
