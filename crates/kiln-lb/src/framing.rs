@@ -77,6 +77,8 @@ struct Head {
     name_len: usize,
     value: [u8; VALUE_MAX],
     value_len: usize,
+    /// Whether the field being read bears on framing (its value is kept).
+    capture: bool,
     content_length: Option<u64>,
     content_lengths: u8,
     chunked: bool,
@@ -100,6 +102,7 @@ impl Head {
             name_len: 0,
             value: [0; VALUE_MAX],
             value_len: 0,
+            capture: false,
             content_length: None,
             content_lengths: 0,
             chunked: false,
@@ -219,6 +222,24 @@ impl Scanner {
                     continue;
                 }
                 State::Head(head) => {
+                    // Most of a head is the request target and field values
+                    // that need no look: skip over them in one go.
+                    let skip = match head.line {
+                        Line::Value if !head.capture => bytes[i..]
+                            .iter()
+                            .position(|&b| !is_value_byte(b))
+                            .unwrap_or(bytes.len() - i),
+                        Line::Request if head.spaces == 1 => bytes[i..]
+                            .iter()
+                            .position(|&b| !(0x21..=0x7e).contains(&b))
+                            .unwrap_or(bytes.len() - i),
+                        _ => 0,
+                    };
+                    if skip > 0 {
+                        head.seen += skip;
+                        i += skip;
+                        continue;
+                    }
                     let b = bytes[i];
                     head.seen += 1;
                     match line_byte(head, b, false) {
@@ -349,7 +370,13 @@ fn line_byte(head: &mut Head, b: u8, trailer: bool) -> Result<bool, &'static str
             head.line = Line::Start;
         }
         Line::Name => match b {
-            b':' => head.line = Line::Value,
+            b':' => {
+                head.line = Line::Value;
+                let name = &head.name[..head.name_len.min(NAME_MAX)];
+                head.capture = !trailer
+                    && head.name_len <= NAME_MAX
+                    && (name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == UPGRADE);
+            }
             _ if is_tchar(b) => push_name(head, b),
             b' ' | b'\t' => return Err("bad request: whitespace before a header's colon\n"),
             _ => return Err("bad request: invalid character in a header name\n"),
@@ -358,6 +385,9 @@ fn line_byte(head: &mut Head, b: u8, trailer: bool) -> Result<bool, &'static str
             b'\r' => head.line = Line::ValueLf,
             b'\n' => return Err("bad request: line ended by a bare LF\n"),
             _ if is_value_byte(b) => {
+                if !head.capture {
+                    return Ok(false);
+                }
                 if head.value_len < VALUE_MAX {
                     head.value[head.value_len] = b;
                 }
@@ -420,10 +450,11 @@ fn push_name(head: &mut Head, b: u8) {
 
 /// Notes a complete header field that bears on framing.
 fn field(head: &mut Head) -> Result<(), &'static str> {
-    let name = &head.name[..head.name_len.min(NAME_MAX)];
-    if head.name_len > NAME_MAX {
+    if !head.capture {
         return Ok(());
     }
+    head.capture = false;
+    let name = &head.name[..head.name_len.min(NAME_MAX)];
     let long = head.value_len > VALUE_MAX;
     let value = trim(&head.value[..head.value_len.min(VALUE_MAX)]);
     if name == CONTENT_LENGTH {
