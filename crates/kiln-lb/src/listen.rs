@@ -139,7 +139,11 @@ const CLOSE: u8 = 2;
 impl Signal {
     fn raise(&self, to: u8) {
         self.state.fetch_max(to, Ordering::AcqRel);
-        let waker = self.waker.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let waker = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(waker) = waker {
             waker.wake();
         }
