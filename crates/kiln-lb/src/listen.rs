@@ -53,6 +53,23 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 const FD_SHARE: u64 = 4;
 const ALL_SERVERS_SHARE: u64 = 2;
 
+/// Connections accepted in one go when several are waiting.
+const ACCEPT_BATCH: usize = 64;
+
+/// Takes the connections already waiting on `listener`, up to
+/// [`ACCEPT_BATCH`] in `batch`, without waiting for more. The noop waker is
+/// harmless: the accept loop polls `accept()` with its own waker before it
+/// sleeps.
+fn accept_ready(listener: &TcpListener, batch: &mut Vec<(tokio::net::TcpStream, SocketAddr)>) {
+    let mut cx = Context::from_waker(Waker::noop());
+    while batch.len() < ACCEPT_BATCH {
+        match listener.poll_accept(&mut cx) {
+            Poll::Ready(Ok(accepted)) => batch.push(accepted),
+            _ => break,
+        }
+    }
+}
+
 /// hyper's limit on header lines when none is set.
 const HYPER_MAX_HEADERS: usize = 100;
 
@@ -415,6 +432,7 @@ pub async fn serve<H, F, B>(
     debug!(%local, max_connections = max, header_read_timeout = ?limits.header_read_timeout, "serving");
     let registry = Arc::new(Registry::new());
     let mut connections = JoinSet::new();
+    let mut batch = Vec::with_capacity(ACCEPT_BATCH);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -430,7 +448,7 @@ pub async fn serve<H, F, B>(
         tokio::select! {
             () = &mut stop => break,
             accepted = listener.accept() => {
-                let (stream, client) = match accepted {
+                let first = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         warn!(%local, error = %e, "accepting a connection");
@@ -438,69 +456,77 @@ pub async fn serve<H, F, B>(
                         continue;
                     }
                 };
-                let Some((id, conn)) = registry.admit(max, budget, client.ip(), per_client) else {
-                    debug!(%local, %client, max, "every connection is busy; closing the new one");
-                    continue;
-                };
-                if let Err(e) = stream.set_nodelay(true) {
-                    debug!(%client, error = %e, "setting TCP_NODELAY");
+                batch.clear();
+                batch.push(first);
+                // Connections that arrived meanwhile are taken now rather
+                // than one per turn of the loop, which a burst of new
+                // connections would otherwise wait on.
+                accept_ready(&listener, &mut batch);
+                for (stream, client) in batch.drain(..) {
+                    let Some((id, conn)) = registry.admit(max, budget, client.ip(), per_client) else {
+                        debug!(%local, %client, max, "every connection is busy; closing the new one");
+                        continue;
+                    };
+                    if let Err(e) = stream.set_nodelay(true) {
+                        debug!(%client, error = %e, "setting TCP_NODELAY");
+                    }
+                    let (handler, reg, c) = (handler.clone(), registry.clone(), conn.clone());
+                    let refusal = Arc::new(Refusal::default());
+                    let stream = Checked::new(stream, refusal.clone());
+                    let requests = AtomicU64::new(0);
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let busy = Busy::new(c.clone(), reg.clone());
+                        let index = requests.fetch_add(1, Ordering::Relaxed);
+                        let why = refusal.reason(index);
+                        let switch = may_switch(&req).then(|| req.method().clone());
+                        let answer = why.is_none().then(|| handler(client, req));
+                        async move {
+                            let Some(answer) = answer else {
+                                drop(busy);
+                                return Ok(refused(why.unwrap_or_default()));
+                            };
+                            let mut resp = answer.await?;
+                            if let Some(method) = switch {
+                                if !switched(&method, &resp) {
+                                    resp.headers_mut()
+                                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                                }
+                            }
+                            Ok::<_, Infallible>(resp.map(|inner| Answer::Served(Guarded { inner, _busy: busy })))
+                        }
+                    });
+                    let served = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                    let admitted = Admitted { id, registry: registry.clone() };
+                    connections.spawn(async move {
+                        let _admitted = admitted;
+                        tokio::pin!(served);
+                        let mut finishing = false;
+                        // hyper-util's GracefulShutdown does not take connections
+                        // that may upgrade, so each connection has its own signal.
+                        let ended = std::future::poll_fn(|cx| {
+                            if let Poll::Ready(result) = served.as_mut().poll(cx) {
+                                return Poll::Ready(Some(result));
+                            }
+                            match conn.signal.poll(cx) {
+                                CLOSE => Poll::Ready(None),
+                                STOP if !finishing => {
+                                    // Finishes the request in progress, then closes.
+                                    served.as_mut().graceful_shutdown();
+                                    finishing = true;
+                                    cx.waker().wake_by_ref();
+                                    Poll::Pending
+                                }
+                                _ => Poll::Pending,
+                            }
+                        })
+                        .await;
+                        match ended {
+                            Some(Err(e)) => debug!(%client, error = %e, "client connection ended"),
+                            Some(Ok(())) => {}
+                            None => debug!(%client, "closed an idle connection to make room for a new one"),
+                        }
+                    });
                 }
-                let (handler, reg, c) = (handler.clone(), registry.clone(), conn.clone());
-                let refusal = Arc::new(Refusal::default());
-                let stream = Checked::new(stream, refusal.clone());
-                let requests = AtomicU64::new(0);
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let busy = Busy::new(c.clone(), reg.clone());
-                    let index = requests.fetch_add(1, Ordering::Relaxed);
-                    let why = refusal.reason(index);
-                    let switch = may_switch(&req).then(|| req.method().clone());
-                    let answer = why.is_none().then(|| handler(client, req));
-                    async move {
-                        let Some(answer) = answer else {
-                            drop(busy);
-                            return Ok(refused(why.unwrap_or_default()));
-                        };
-                        let mut resp = answer.await?;
-                        if let Some(method) = switch {
-                            if !switched(&method, &resp) {
-                                resp.headers_mut()
-                                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                            }
-                        }
-                        Ok::<_, Infallible>(resp.map(|inner| Answer::Served(Guarded { inner, _busy: busy })))
-                    }
-                });
-                let served = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
-                let admitted = Admitted { id, registry: registry.clone() };
-                connections.spawn(async move {
-                    let _admitted = admitted;
-                    tokio::pin!(served);
-                    let mut finishing = false;
-                    // hyper-util's GracefulShutdown does not take connections
-                    // that may upgrade, so each connection has its own signal.
-                    let ended = std::future::poll_fn(|cx| {
-                        if let Poll::Ready(result) = served.as_mut().poll(cx) {
-                            return Poll::Ready(Some(result));
-                        }
-                        match conn.signal.poll(cx) {
-                            CLOSE => Poll::Ready(None),
-                            STOP if !finishing => {
-                                // Finishes the request in progress, then closes.
-                                served.as_mut().graceful_shutdown();
-                                finishing = true;
-                                cx.waker().wake_by_ref();
-                                Poll::Pending
-                            }
-                            _ => Poll::Pending,
-                        }
-                    })
-                    .await;
-                    match ended {
-                        Some(Err(e)) => debug!(%client, error = %e, "client connection ended"),
-                        Some(Ok(())) => {}
-                        None => debug!(%client, "closed an idle connection to make room for a new one"),
-                    }
-                });
             }
             // Reaps finished connection tasks so the set does not grow.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
