@@ -40,6 +40,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
+use crate::body::Relay;
 use crate::checked::{Checked, Refusal};
 
 /// Pause after a failed accept: the usual cause is running out of file
@@ -345,44 +346,10 @@ impl<B: Body + Unpin> Body for Guarded<B> {
 
 /// What the server answers: the handler's response, or its own refusal of
 /// a request whose framing the check found ambiguous.
-enum Answer<B> {
-    Served(Guarded<B>),
-    Refused(Option<Bytes>),
-}
-
-impl<B: Body<Data = Bytes> + Unpin> Body for Answer<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.get_mut() {
-            Answer::Served(inner) => Pin::new(inner).poll_frame(cx),
-            Answer::Refused(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Answer::Served(inner) => inner.is_end_stream(),
-            Answer::Refused(text) => text.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Answer::Served(inner) => inner.size_hint(),
-            Answer::Refused(text) => {
-                SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
-            }
-        }
-    }
-}
+type Answer<B> = Relay<Guarded<B>>;
 
 fn refused<B>(why: &'static str) -> Response<Answer<B>> {
-    let mut resp = Response::new(Answer::Refused(Some(Bytes::from_static(why.as_bytes()))));
+    let mut resp = Response::new(Relay::local(why));
     *resp.status_mut() = StatusCode::BAD_REQUEST;
     let headers = resp.headers_mut();
     headers.insert(
@@ -492,7 +459,7 @@ pub async fn serve<H, F, B>(
                                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                                 }
                             }
-                            Ok::<_, Infallible>(resp.map(|inner| Answer::Served(Guarded { inner, _busy: busy })))
+                            Ok::<_, Infallible>(resp.map(|inner| Relay::Stream(Guarded { inner, _busy: busy })))
                         }
                     });
                     let served = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();

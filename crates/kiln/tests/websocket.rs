@@ -209,6 +209,9 @@ impl Socket {
     }
 }
 
+/// When a new connection was opened, and its echo or how it failed.
+type Opened = (Instant, Result<String, String>);
+
 /// What an old connection saw while it echoed every 50 ms.
 #[derive(Debug, Default)]
 struct Held {
@@ -273,7 +276,7 @@ fn websocket_connections_ride_out_a_rolling_update() {
     // New connections, one every 50 ms throughout: each must complete its
     // handshake and echo.
     let stop = Arc::new(AtomicBool::new(false));
-    let opened: Arc<Mutex<Vec<(Instant, Result<String, String>)>>> = Arc::default();
+    let opened: Arc<Mutex<Vec<Opened>>> = Arc::default();
     let opener = {
         let (stop, opened) = (stop.clone(), opened.clone());
         std::thread::spawn(move || {
