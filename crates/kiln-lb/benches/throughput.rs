@@ -1,15 +1,17 @@
-//! Throughput and latency of the balancer against a direct connection to
-//! the same backend, and against nginx as a reverse proxy when installed.
+//! Throughput and latency of the balancer against nginx as a reverse proxy
+//! to the same backend, in one run: concurrency 16 and 256, with keep-alive
+//! and with a connection per request, with one worker each (one runtime
+//! thread, one nginx worker process) and then two each.
 //!
-//! `cargo bench -p kiln-lb`; `KILN_BENCH_CONCURRENCY` (default 16),
-//! `KILN_BENCH_REQUESTS` (default 50000) and `KILN_BENCH_SECONDS` (default 5)
-//! change the bounds of each run; `KILN_BENCH_KEEP_ALIVE=0` opens a
-//! connection per request.
+//! `cargo bench -p kiln-lb --bench throughput`. `KILN_BENCH_SECONDS`
+//! (default 3) bounds each measurement, `KILN_BENCH_ROUNDS` (default 3) is
+//! how many times each pair is measured, alternating which proxy goes
+//! first; the figures are the medians, with the spread across rounds.
+//! `KILN_BENCH_DIRECT=1` also measures the backend without a proxy.
 //!
-//! The backend, the balancer and the load generator each get a runtime with
-//! one worker thread, and nginx one worker process, so that the two proxies
-//! compete for the CPU on equal terms. Everything shares the machine, so the
-//! figures compare the setups with each other; they are not capacities.
+//! The backend and the load generator each get a runtime with one worker
+//! thread. Everything shares the machine, so the figures compare the two
+//! proxies with each other; they are not capacities.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -33,87 +35,135 @@ use tokio::runtime::Runtime;
 
 const BODY: &str = "hello from the backend\n";
 
-fn main() {
-    let concurrency = env_number("KILN_BENCH_CONCURRENCY", 16);
-    let max_requests = env_number("KILN_BENCH_REQUESTS", 50_000);
-    let seconds = env_number("KILN_BENCH_SECONDS", 5);
-    let opts = LoadOptions {
-        concurrency: concurrency as usize,
-        max_requests,
-        max_duration: Duration::from_secs(seconds),
-        path: "/".to_owned(),
-        keep_alive: env_number("KILN_BENCH_KEEP_ALIVE", 1) != 0,
-        ..LoadOptions::default()
-    };
-
-    let backend_rt = runtime("backend");
-    let lb_rt = runtime("lb");
-    let load_rt = runtime("load");
-    let backend = backend_rt.block_on(start_backend());
-
-    let lb = lb_rt
-        .block_on(LoadBalancer::bind(
-            0,
-            Arc::new(Fixed(backend)),
-            Settings::default(),
-        ))
-        .expect("binding the balancer");
-    lb.register("backend");
-    lb.set_in_service("backend", true);
-
-    println!(
-        "{} cores; concurrency {concurrency}, {}, at most {max_requests} requests or {seconds} s per target",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        if opts.keep_alive {
-            "keep-alive"
-        } else {
-            "a connection per request"
-        }
-    );
-    println!(
-        "{:<10} {:>10} {:>8} {:>8} {:>8} {:>8}",
-        "target", "req/s", "p50 ms", "p99 ms", "sent", "failed"
-    );
-    let direct = measure(&load_rt, "direct", backend, &opts);
-    let through_lb = measure(&load_rt, "kiln-lb", lb.local_addr(), &opts);
-    let through_nginx = match Nginx::start(backend) {
-        Ok(Some(nginx)) => {
-            let report = measure(&load_rt, "nginx", nginx.addr, &opts);
-            nginx.stop();
-            Some(report)
-        }
-        Ok(None) => {
-            println!("nginx: not installed, skipped");
-            None
-        }
-        Err(e) => {
-            println!("nginx: {e}");
-            None
-        }
-    };
-
-    println!(
-        "kiln-lb / direct: {:.2} of the throughput, p50 {:+.3} ms",
-        through_lb.requests_per_second / direct.requests_per_second,
-        through_lb.p50_ms - direct.p50_ms
-    );
-    if let Some(nginx) = through_nginx {
-        println!(
-            "kiln-lb / nginx: {:.2} of the throughput, p50 {:+.3} ms; nginx / direct: {:.2}",
-            through_lb.requests_per_second / nginx.requests_per_second,
-            through_lb.p50_ms - nginx.p50_ms,
-            nginx.requests_per_second / direct.requests_per_second
-        );
-    }
-    let stats = lb.backends();
-    println!(
-        "balancer's own view of the backend: {} requests, p50 {:.3} ms, p99 {:.3} ms",
-        stats[0].requests, stats[0].p50_ms, stats[0].p99_ms
-    );
-    lb_rt.block_on(lb.shutdown());
+/// One configuration's medians over the rounds.
+struct Figures {
+    rps: f64,
+    p99_ms: f64,
+    /// (max - min) / median of the throughput across rounds.
+    spread: f64,
+    failed: u64,
 }
 
-fn measure(rt: &Runtime, name: &str, addr: SocketAddr, opts: &LoadOptions) -> LoadReport {
+fn main() {
+    let seconds = env_number("KILN_BENCH_SECONDS", 3);
+    let rounds = env_number("KILN_BENCH_ROUNDS", 3).max(1) as usize;
+    let direct = env_number("KILN_BENCH_DIRECT", 0) != 0;
+
+    let backend_rt = runtime("backend", 1);
+    let load_rt = runtime("load", 1);
+    let backend = backend_rt.block_on(start_backend());
+    println!(
+        "{} cores; {rounds} rounds of at most {seconds} s per proxy and configuration; medians, spread = (max - min) / median",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    println!(
+        "{:>7} {:>10} {:>5} | {:>9} {:>7} {:>6} | {:>9} {:>7} {:>6} | {:>6} {:>6}",
+        "workers",
+        "connection",
+        "conc",
+        "kiln req/s",
+        "p99 ms",
+        "spread",
+        "nginx req/s",
+        "p99 ms",
+        "spread",
+        "ratio",
+        "p99"
+    );
+    let mut summary = Vec::new();
+    for workers in [1usize, 2] {
+        let lb_rt = runtime("lb", workers);
+        let lb = lb_rt
+            .block_on(LoadBalancer::bind(
+                0,
+                Arc::new(Fixed(backend)),
+                Settings::default(),
+            ))
+            .expect("binding the balancer");
+        lb.register("backend");
+        lb.set_in_service("backend", true);
+        let nginx = match Nginx::start(backend, workers) {
+            Ok(Some(nginx)) => Some(nginx),
+            Ok(None) => {
+                println!("nginx: not installed, measuring kiln-lb alone");
+                None
+            }
+            Err(e) => {
+                println!("nginx: {e}");
+                None
+            }
+        };
+        for keep_alive in [true, false] {
+            for concurrency in [16usize, 256] {
+                let opts = LoadOptions {
+                    concurrency,
+                    max_requests: u64::MAX,
+                    max_duration: Duration::from_secs(seconds),
+                    path: "/".to_owned(),
+                    keep_alive,
+                    ..LoadOptions::default()
+                };
+                let mut kiln = Vec::new();
+                let mut theirs = Vec::new();
+                for round in 0..rounds {
+                    // Alternating who goes first spreads slow drifts in the
+                    // machine's load over both.
+                    let kiln_first = round % 2 == 0;
+                    if kiln_first {
+                        kiln.push(measure(&load_rt, lb.local_addr(), &opts));
+                    }
+                    if let Some(n) = &nginx {
+                        theirs.push(measure(&load_rt, n.addr, &opts));
+                    }
+                    if !kiln_first {
+                        kiln.push(measure(&load_rt, lb.local_addr(), &opts));
+                    }
+                }
+                let k = figures(&kiln);
+                let n = (!theirs.is_empty()).then(|| figures(&theirs));
+                let connection = if keep_alive { "keep-alive" } else { "new" };
+                let (n_rps, n_p99, n_spread) =
+                    n.as_ref().map_or((f64::NAN, f64::NAN, f64::NAN), |n| {
+                        (n.rps, n.p99_ms, n.spread)
+                    });
+                println!(
+                    "{workers:>7} {connection:>10} {concurrency:>5} | {:>10.0} {:>7.3} {:>5.0}% | {:>11.0} {:>7.3} {:>5.0}% | {:>5.2}x {:>5.2}x",
+                    k.rps,
+                    k.p99_ms,
+                    k.spread * 100.0,
+                    n_rps,
+                    n_p99,
+                    n_spread * 100.0,
+                    k.rps / n_rps,
+                    k.p99_ms / n_p99,
+                );
+                let failed = k.failed + n.as_ref().map_or(0, |n| n.failed);
+                if failed > 0 {
+                    println!("  failed requests: {failed}");
+                }
+                if direct {
+                    let d = measure(&load_rt, backend, &opts);
+                    println!(
+                        "  direct to the backend: {:.0} req/s, p99 {:.3} ms",
+                        d.requests_per_second, d.p99_ms
+                    );
+                }
+                summary.push(k.rps / n_rps);
+            }
+        }
+        if let Some(n) = nginx {
+            n.stop();
+        }
+        lb_rt.block_on(lb.shutdown());
+    }
+    let at_or_above = summary.iter().filter(|r| **r >= 1.0).count();
+    println!(
+        "kiln-lb at or above nginx's throughput in {at_or_above} of {} configurations",
+        summary.len()
+    );
+}
+
+fn measure(rt: &Runtime, addr: SocketAddr, opts: &LoadOptions) -> LoadReport {
     // Warms up connection pools and caches so the run measures steady state.
     let warm_up = LoadOptions {
         max_requests: 2_000,
@@ -121,19 +171,34 @@ fn measure(rt: &Runtime, name: &str, addr: SocketAddr, opts: &LoadOptions) -> Lo
     };
     rt.block_on(loadgen::run(addr, warm_up));
     let report = rt.block_on(loadgen::run(addr, opts.clone()));
-    println!(
-        "{name:<10} {:>10.0} {:>8.3} {:>8.3} {:>8} {:>8}",
-        report.requests_per_second, report.p50_ms, report.p99_ms, report.sent, report.failed
-    );
     if !report.errors.is_empty() {
-        println!("  errors: {:?}", report.errors);
+        println!("  errors from {addr}: {:?}", report.errors);
     }
     report
 }
 
-fn runtime(name: &str) -> Runtime {
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn figures(reports: &[LoadReport]) -> Figures {
+    let rps: Vec<f64> = reports.iter().map(|r| r.requests_per_second).collect();
+    let (lo, hi) = rps
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+    let m = median(rps);
+    Figures {
+        rps: m,
+        p99_ms: median(reports.iter().map(|r| r.p99_ms).collect()),
+        spread: (hi - lo) / m,
+        failed: reports.iter().map(|r| r.failed).sum(),
+    }
+}
+
+fn runtime(name: &str, workers: usize) -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(workers)
         .thread_name(name)
         .enable_all()
         .build()
@@ -190,7 +255,7 @@ struct Nginx {
 
 impl Nginx {
     /// Starts nginx as a reverse proxy to `backend`; `None` if not installed.
-    fn start(backend: SocketAddr) -> Result<Option<Nginx>, String> {
+    fn start(backend: SocketAddr, workers: usize) -> Result<Option<Nginx>, String> {
         let installed = Command::new("nginx")
             .arg("-v")
             .stdout(Stdio::null())
@@ -207,7 +272,7 @@ impl Nginx {
         let port = free_port()?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let conf = prefix.path().join("nginx.conf");
-        std::fs::write(&conf, nginx_conf(prefix.path(), addr, backend))
+        std::fs::write(&conf, nginx_conf(prefix.path(), addr, backend, workers))
             .map_err(|e| format!("writing {}: {e}", conf.display()))?;
         let child = Command::new("nginx")
             .arg("-e")
@@ -260,15 +325,16 @@ impl Nginx {
     }
 }
 
-fn nginx_conf(prefix: &Path, listen: SocketAddr, backend: SocketAddr) -> String {
+fn nginx_conf(prefix: &Path, listen: SocketAddr, backend: SocketAddr, workers: usize) -> String {
     let p = prefix.display();
     format!(
-        r#"worker_processes 1;
+        r#"worker_processes {workers};
 pid {p}/nginx.pid;
 error_log {p}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
+    keepalive_requests 1000000000;
     client_body_temp_path {p}/client_body;
     proxy_temp_path {p}/proxy;
     fastcgi_temp_path {p}/fastcgi;
@@ -276,7 +342,11 @@ http {{
     scgi_temp_path {p}/scgi;
     upstream backend {{
         server {backend};
-        keepalive 64;
+        # As many idle connections as kiln-lb keeps per backend, and no
+        # limit on requests per connection on either side, so that neither
+        # proxy reconnects where the other does not.
+        keepalive 256;
+        keepalive_requests 1000000000;
     }}
     server {{
         listen {listen};

@@ -19,7 +19,9 @@
 //! [`loadgen`] is a small load generator for tests and benchmarks.
 
 mod body;
+mod checked;
 mod error;
+mod framing;
 pub mod listen;
 pub mod loadgen;
 mod proxy;

@@ -15,27 +15,33 @@
 //! same way when they reach it. One client address may hold at most
 //! `max_connections_per_client`; past that its own longest-idle connection
 //! makes room, or the new one is closed. Request headers are bounded in
-//! size and count: past either hyper answers 431 and closes.
+//! size and count: past either hyper answers 431 and closes. Every
+//! request's framing is checked byte by byte before hyper parses it (see
+//! `framing`): an ambiguous one gets a 400 and the connection closes.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
+
+use crate::body::Relay;
+use crate::checked::{Checked, Refusal};
 
 /// Pause after a failed accept: the usual cause is running out of file
 /// descriptors, and retrying at once would spin.
@@ -47,6 +53,26 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// stay for the database, logs, images and backend connections.
 const FD_SHARE: u64 = 4;
 const ALL_SERVERS_SHARE: u64 = 2;
+
+/// Connections accepted in one go when several are waiting.
+const ACCEPT_BATCH: usize = 64;
+
+/// Takes the connections already waiting on `listener`, up to
+/// [`ACCEPT_BATCH`] in `batch`, without waiting for more. The noop waker is
+/// harmless: the accept loop polls `accept()` with its own waker before it
+/// sleeps.
+fn accept_ready(listener: &TcpListener, batch: &mut Vec<(tokio::net::TcpStream, SocketAddr)>) {
+    let mut cx = Context::from_waker(Waker::noop());
+    while batch.len() < ACCEPT_BATCH {
+        match listener.poll_accept(&mut cx) {
+            Poll::Ready(Ok(accepted)) => batch.push(accepted),
+            _ => break,
+        }
+    }
+}
+
+/// hyper's limit on header lines when none is set.
+const HYPER_MAX_HEADERS: usize = 100;
 
 /// Client connections open in this process, across every server.
 static OPEN_IN_PROCESS: AtomicUsize = AtomicUsize::new(0);
@@ -111,21 +137,98 @@ struct Conn {
     /// ties go to the older connection (the smaller id).
     idle_since: AtomicU64,
     client: IpAddr,
-    close: Notify,
+    signal: Signal,
+}
+
+/// Tells a connection's task to finish its request in progress and close
+/// (the server stops) or to close at once (evicted). The task polls it at
+/// every wake-up, so it is an atomic and a waker rather than a Notify and
+/// a watch channel, which take locks and allocate on each poll.
+#[derive(Default)]
+struct Signal {
+    state: AtomicU8,
+    waker: Mutex<Option<Waker>>,
+}
+
+const RUN: u8 = 0;
+const STOP: u8 = 1;
+const CLOSE: u8 = 2;
+
+impl Signal {
+    fn raise(&self, to: u8) {
+        self.state.fetch_max(to, Ordering::AcqRel);
+        let waker = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> u8 {
+        let state = self.state.load(Ordering::Acquire);
+        if state != RUN {
+            return state;
+        }
+        {
+            let mut slot = self.waker.lock().unwrap_or_else(PoisonError::into_inner);
+            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *slot = Some(cx.waker().clone());
+            }
+        }
+        // Raised between the first look and the registration.
+        self.state.load(Ordering::Acquire)
+    }
+}
+
+/// The open connections, and how many each client address holds (so that
+/// the per-client cap costs a lookup, not a scan, on every accept).
+#[derive(Default)]
+struct Open {
+    conns: HashMap<u64, Arc<Conn>>,
+    per_client: HashMap<IpAddr, usize>,
+}
+
+impl Open {
+    fn insert(&mut self, id: u64, conn: Arc<Conn>) {
+        *self.per_client.entry(conn.client).or_default() += 1;
+        self.conns.insert(id, conn);
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Arc<Conn>> {
+        let conn = self.conns.remove(&id)?;
+        if let Some(n) = self.per_client.get_mut(&conn.client) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_client.remove(&conn.client);
+            }
+        }
+        Some(conn)
+    }
 }
 
 struct Registry {
     started: Instant,
     next_id: AtomicU64,
-    open: Mutex<HashMap<u64, Arc<Conn>>>,
+    open: Mutex<Open>,
 }
 
 impl Registry {
+    fn new() -> Registry {
+        Registry {
+            started: Instant::now(),
+            next_id: AtomicU64::new(0),
+            open: Mutex::new(Open::default()),
+        }
+    }
+
     fn now(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -140,23 +243,24 @@ impl Registry {
         per_client: usize,
     ) -> Option<(u64, Arc<Conn>)> {
         let mut open = self.lock();
-        let evict = |open: &mut HashMap<u64, Arc<Conn>>, only: Option<IpAddr>| {
+        let evict = |open: &mut Open, only: Option<IpAddr>| {
             let oldest_idle = open
+                .conns
                 .iter()
                 .filter(|(_, c)| c.busy.load(Ordering::Acquire) == 0)
                 .filter(|(_, c)| only.is_none_or(|ip| c.client == ip))
                 .min_by_key(|(id, c)| (c.idle_since.load(Ordering::Acquire), **id))
                 .map(|(id, _)| *id)?;
-            let evicted = open.remove(&oldest_idle)?;
+            let evicted = open.remove(oldest_idle)?;
             OPEN_IN_PROCESS.fetch_sub(1, Ordering::AcqRel);
-            evicted.close.notify_one();
+            evicted.signal.raise(CLOSE);
             Some(())
         };
         // A client at its own cap gives up one of its own connections, not
         // someone else's.
-        if open.values().filter(|c| c.client == client).count() >= per_client {
+        if open.per_client.get(&client).copied().unwrap_or(0) >= per_client {
             evict(&mut open, Some(client))?;
-        } else if open.len() >= max || OPEN_IN_PROCESS.load(Ordering::Acquire) >= budget {
+        } else if open.conns.len() >= max || OPEN_IN_PROCESS.load(Ordering::Acquire) >= budget {
             evict(&mut open, None)?;
         }
         OPEN_IN_PROCESS.fetch_add(1, Ordering::AcqRel);
@@ -165,14 +269,14 @@ impl Registry {
             busy: AtomicUsize::new(0),
             idle_since: AtomicU64::new(self.now()),
             client,
-            close: Notify::new(),
+            signal: Signal::default(),
         });
         open.insert(id, conn.clone());
         Some((id, conn))
     }
 
     fn release(&self, id: u64) {
-        if self.lock().remove(&id).is_some() {
+        if self.lock().remove(id).is_some() {
             OPEN_IN_PROCESS.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -240,6 +344,33 @@ impl<B: Body + Unpin> Body for Guarded<B> {
     }
 }
 
+/// What the server answers: the handler's response, or its own refusal of
+/// a request whose framing the check found ambiguous.
+type Answer<B> = Relay<Guarded<B>>;
+
+fn refused<B>(why: &'static str) -> Response<Answer<B>> {
+    let mut resp = Response::new(Relay::local(why));
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Whether the request asks to switch protocols: after it the framing
+/// check stops, so the connection must close unless the answer switches.
+fn may_switch<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(header::UPGRADE) || req.method() == Method::CONNECT
+}
+
+fn switched<B>(method: &Method, resp: &Response<B>) -> bool {
+    resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        || (method == Method::CONNECT && resp.status().is_success())
+}
+
 /// Serves HTTP/1.1 on `listener` until `stop` completes, then lets requests
 /// in flight finish for up to `grace` and closes what remains. `handler`
 /// answers one request from the given client address.
@@ -252,8 +383,7 @@ pub async fn serve<H, F, B>(
 ) where
     H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
-    B: Body + Unpin + Send + 'static,
-    B::Data: Send,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let local = match listener.local_addr() {
@@ -267,27 +397,25 @@ pub async fn serve<H, F, B>(
     let per_client = limits.max_connections_per_client.max(1);
     let budget = usize::try_from(soft_fd_limit() / ALL_SERVERS_SHARE).unwrap_or(usize::MAX);
     debug!(%local, max_connections = max, header_read_timeout = ?limits.header_read_timeout, "serving");
-    let registry = Arc::new(Registry {
-        started: Instant::now(),
-        next_id: AtomicU64::new(0),
-        open: Mutex::new(HashMap::new()),
-    });
-    // hyper-util's GracefulShutdown does not take connections that may
-    // upgrade, so each connection watches this flag itself.
-    let (stopping, _) = watch::channel(false);
+    let registry = Arc::new(Registry::new());
     let mut connections = JoinSet::new();
+    let mut batch = Vec::with_capacity(ACCEPT_BATCH);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_headers)
         .max_header_size(limits.max_header_bytes);
+    // hyper's own limit is 100; setting it, even to 100, makes hyper
+    // initialise an array of that size for every request it parses.
+    if limits.max_headers != HYPER_MAX_HEADERS {
+        builder.max_headers(limits.max_headers);
+    }
     tokio::pin!(stop);
     loop {
         tokio::select! {
             () = &mut stop => break,
             accepted = listener.accept() => {
-                let (stream, client) = match accepted {
+                let first = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         warn!(%local, error = %e, "accepting a connection");
@@ -295,59 +423,86 @@ pub async fn serve<H, F, B>(
                         continue;
                     }
                 };
-                let Some((id, conn)) = registry.admit(max, budget, client.ip(), per_client) else {
-                    debug!(%local, %client, max, "every connection is busy; closing the new one");
-                    continue;
-                };
-                if let Err(e) = stream.set_nodelay(true) {
-                    debug!(%client, error = %e, "setting TCP_NODELAY");
-                }
-                let (handler, reg, c) = (handler.clone(), registry.clone(), conn.clone());
-                let service = service_fn(move |req| {
-                    let busy = Busy::new(c.clone(), reg.clone());
-                    let answer = handler(client, req);
-                    async move {
-                        let resp = answer.await?;
-                        Ok::<_, Infallible>(resp.map(|inner| Guarded { inner, _busy: busy }))
+                batch.clear();
+                batch.push(first);
+                // Connections that arrived meanwhile are taken now rather
+                // than one per turn of the loop, which a burst of new
+                // connections would otherwise wait on.
+                accept_ready(&listener, &mut batch);
+                for (stream, client) in batch.drain(..) {
+                    let Some((id, conn)) = registry.admit(max, budget, client.ip(), per_client) else {
+                        debug!(%local, %client, max, "every connection is busy; closing the new one");
+                        continue;
+                    };
+                    if let Err(e) = stream.set_nodelay(true) {
+                        debug!(%client, error = %e, "setting TCP_NODELAY");
                     }
-                });
-                let served = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
-                let admitted = Admitted { id, registry: registry.clone() };
-                let mut stop_seen = stopping.subscribe();
-                connections.spawn(async move {
-                    let _admitted = admitted;
-                    tokio::pin!(served);
-                    let mut finishing = false;
-                    loop {
-                        let stop = async {
-                            let _ = stop_seen.wait_for(|stop| *stop).await.is_ok();
-                        };
-                        tokio::select! {
-                            result = &mut served => {
-                                if let Err(e) = result {
-                                    debug!(%client, error = %e, "client connection ended");
+                    let (handler, reg, c) = (handler.clone(), registry.clone(), conn.clone());
+                    let refusal = Arc::new(Refusal::default());
+                    let stream = Checked::new(stream, refusal.clone());
+                    let requests = AtomicU64::new(0);
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let busy = Busy::new(c.clone(), reg.clone());
+                        let index = requests.fetch_add(1, Ordering::Relaxed);
+                        let why = refusal.reason(index);
+                        let switch = may_switch(&req).then(|| req.method().clone());
+                        let answer = why.is_none().then(|| handler(client, req));
+                        async move {
+                            let Some(answer) = answer else {
+                                drop(busy);
+                                return Ok(refused(why.unwrap_or_default()));
+                            };
+                            let mut resp = answer.await?;
+                            if let Some(method) = switch {
+                                if !switched(&method, &resp) {
+                                    resp.headers_mut()
+                                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
                                 }
-                                break;
                             }
-                            () = conn.close.notified() => {
-                                debug!(%client, "closed an idle connection to make room for a new one");
-                                break;
-                            }
-                            () = stop, if !finishing => {
-                                // Finishes the request in progress, then closes.
-                                served.as_mut().graceful_shutdown();
-                                finishing = true;
-                            }
+                            Ok::<_, Infallible>(resp.map(|inner| Relay::Stream(Guarded { inner, _busy: busy })))
                         }
-                    }
-                });
+                    });
+                    let served = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                    let admitted = Admitted { id, registry: registry.clone() };
+                    connections.spawn(async move {
+                        let _admitted = admitted;
+                        tokio::pin!(served);
+                        let mut finishing = false;
+                        // hyper-util's GracefulShutdown does not take connections
+                        // that may upgrade, so each connection has its own signal.
+                        let ended = std::future::poll_fn(|cx| {
+                            if let Poll::Ready(result) = served.as_mut().poll(cx) {
+                                return Poll::Ready(Some(result));
+                            }
+                            match conn.signal.poll(cx) {
+                                CLOSE => Poll::Ready(None),
+                                STOP if !finishing => {
+                                    // Finishes the request in progress, then closes.
+                                    served.as_mut().graceful_shutdown();
+                                    finishing = true;
+                                    cx.waker().wake_by_ref();
+                                    Poll::Pending
+                                }
+                                _ => Poll::Pending,
+                            }
+                        })
+                        .await;
+                        match ended {
+                            Some(Err(e)) => debug!(%client, error = %e, "client connection ended"),
+                            Some(Ok(())) => {}
+                            None => debug!(%client, "closed an idle connection to make room for a new one"),
+                        }
+                    });
+                }
             }
             // Reaps finished connection tasks so the set does not grow.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
     drop(listener);
-    stopping.send_replace(true);
+    for conn in registry.lock().conns.values() {
+        conn.signal.raise(STOP);
+    }
     let finished = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(grace, finished).await.is_err() {
         warn!(%local, ?grace, "connections still open after the grace period; closing them");
@@ -359,17 +514,28 @@ pub async fn serve<H, F, B>(
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_answer_that_does_not_switch_protocols_closes_the_connection() {
+        let upgrade = Request::get("/")
+            .header(header::UPGRADE, "websocket")
+            .body(())
+            .unwrap();
+        assert!(may_switch(&upgrade));
+        assert!(!may_switch(&Request::get("/").body(()).unwrap()));
+        let resp = |status: u16| Response::builder().status(status).body(()).unwrap();
+        assert!(switched(&Method::GET, &resp(101)));
+        assert!(!switched(&Method::GET, &resp(200)));
+        assert!(switched(&Method::CONNECT, &resp(200)));
+        assert!(!switched(&Method::CONNECT, &resp(403)));
+    }
+
     /// The process budget is one counter: tests that move it take turns.
     static COUNTER: Mutex<()> = Mutex::new(());
 
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     fn registry() -> Arc<Registry> {
-        Arc::new(Registry {
-            started: Instant::now(),
-            next_id: AtomicU64::new(0),
-            open: Mutex::new(HashMap::new()),
-        })
+        Arc::new(Registry::new())
     }
 
     #[test]
@@ -381,7 +547,7 @@ mod tests {
         // b went idle after a request; a never sent one and is older.
         drop(Busy::new(conn_b.clone(), reg.clone()));
         let (c, conn_c) = reg.admit(2, usize::MAX, IP, usize::MAX).unwrap();
-        let open: Vec<u64> = reg.lock().keys().copied().collect();
+        let open: Vec<u64> = reg.lock().conns.keys().copied().collect();
         assert!(!open.contains(&a) && open.contains(&b) && open.contains(&c));
         drop(conn_a);
         // Both busy: the new one is turned away and nothing is closed.
@@ -390,7 +556,7 @@ mod tests {
             Busy::new(conn_c, reg.clone()),
         );
         assert!(reg.admit(2, usize::MAX, IP, usize::MAX).is_none());
-        assert_eq!(reg.lock().len(), 2);
+        assert_eq!(reg.lock().conns.len(), 2);
         reg.release(b);
         reg.release(c);
     }
@@ -405,7 +571,7 @@ mod tests {
         let (b, conn_b) = reg.admit(10, usize::MAX, IP, 2).unwrap();
         // The third from IP evicts IP's oldest idle one, not the other client's.
         let (c, conn_c) = reg.admit(10, usize::MAX, IP, 2).unwrap();
-        let open: Vec<u64> = reg.lock().keys().copied().collect();
+        let open: Vec<u64> = reg.lock().conns.keys().copied().collect();
         assert!(open.contains(&o) && !open.contains(&a) && open.contains(&b) && open.contains(&c));
         drop(conn_a);
         let _busy = (

@@ -59,6 +59,10 @@ const VIA_KILN: HeaderValue = HeaderValue::from_static("1.1 kiln");
 /// level (`KILN_LOG=warn,kiln_lb::access=info`), off by default.
 pub const ACCESS_LOG: &str = "kiln_lb::access";
 
+pub(crate) fn access_log_on() -> bool {
+    tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO)
+}
+
 /// Which backend answered, for the access log.
 #[derive(Clone)]
 pub(crate) struct ServedBy(pub(crate) Arc<Backend>);
@@ -69,14 +73,14 @@ pub(crate) async fn handle(
     client: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    if !tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO) {
+    if !access_log_on() {
         return Ok(forward(&table, local, client, req).await);
     }
     let started = std::time::Instant::now();
     // Made here rather than in `prepare_request_headers` so that the log
     // line carries the id the instance saw.
     if !req.headers().contains_key(&X_AMZN_TRACE_ID) {
-        if let Ok(value) = HeaderValue::from_str(&trace_id()) {
+        if let Some(value) = trace_id() {
             req.headers_mut().insert(X_AMZN_TRACE_ID, value);
         }
     }
@@ -132,21 +136,12 @@ async fn forward(
     client: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    if let Some(why) = ambiguous_framing(req.headers()) {
-        debug!(%client, why, "refusing a request with ambiguous framing");
-        let mut resp = local_response(StatusCode::BAD_REQUEST, why);
-        // Whatever follows on this connection cannot be trusted to start a
-        // request where the client claims it does.
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return resp;
-    }
     if upgrade::requested(&req) {
         return upgrade::forward(table, local, client, req).await;
     }
     let (mut parts, body) = req.into_parts();
     prepare_request_headers(&mut parts.headers, local, client);
-    let uri = origin_form(&parts.uri);
+    let uri = origin_form(std::mem::take(&mut parts.uri));
     let mut payload = match body.size_hint().exact() {
         Some(len) if len <= MAX_BUFFERED_BODY => match body.collect().await {
             Ok(collected) => Payload::Buffered(collected.to_bytes()),
@@ -224,6 +219,17 @@ async fn forward(
                 );
             }
         };
+        if client_body_malformed(&e) {
+            lease.failed();
+            debug!(%client, "the request's chunked body is malformed");
+            let mut resp = local_response(
+                StatusCode::BAD_REQUEST,
+                "bad request: malformed chunked body\n",
+            );
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
         let unsent = e.take_message();
         let sent = unsent.is_none();
         let error = UpstreamError::Request {
@@ -273,35 +279,32 @@ async fn forward(
     )
 }
 
-/// Why a request's framing is ambiguous, if it is. hyper already refuses
-/// differing Content-Lengths, obsolete line folding, Transfer-Encoding in
-/// HTTP/1.0 and codings that do not end in chunked; when both
-/// Content-Length and Transfer-Encoding arrive it drops the length and
-/// closes the connection after the response. What it lets through and an
-/// instance might read differently is a list of codings: only a lone
-/// `chunked` is accepted, as ALB in its strictest mode.
-fn ambiguous_framing(headers: &HeaderMap) -> Option<&'static str> {
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
-    if let Some(first) = codings.next() {
-        let lone_chunked = first.as_bytes().eq_ignore_ascii_case(b"chunked");
-        if !lone_chunked || codings.next().is_some() {
-            return Some("bad request: Transfer-Encoding other than chunked\n");
+/// Whether sending failed because the client's body did: its chunked
+/// framing is malformed (found by hyper or by the framing check, both
+/// reporting invalid data).
+fn client_body_malformed(e: &hyper::client::conn::TrySendError<Request<UpBody>>) -> bool {
+    let mut source = std::error::Error::source(e.error());
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+        {
+            return true;
         }
-        if headers.contains_key(header::CONTENT_LENGTH) {
-            return Some("bad request: both Content-Length and Transfer-Encoding\n");
-        }
+        source = cause.source();
     }
-    if headers.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
-        return Some("bad request: more than one Content-Length\n");
-    }
-    None
+    false
 }
 
 pub(crate) fn relay(resp: Response<Incoming>, lease: Lease, sender: Sender) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    if parts.headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        strip_hop_by_hop(&mut parts.headers);
+    }
     parts.headers.append(header::VIA, VIA_KILN);
-    parts.extensions.insert(ServedBy(lease.backend.clone()));
+    if access_log_on() {
+        parts.extensions.insert(ServedBy(lease.backend.clone()));
+    }
     Response::from_parts(
         parts,
         ProxyBody::Stream(TrackedBody::new(body, lease, sender)),
@@ -368,28 +371,36 @@ pub(crate) fn prepare_request_headers(
     local: SocketAddr,
     client: SocketAddr,
 ) {
-    strip_hop_by_hop(headers);
-    // The balancer has already read the body (or streams it right away), so
-    // the backend must not wait for a 100 Continue that nobody relays.
-    headers.remove(header::EXPECT);
-    // Upgrades are relayed only by `upgrade::forward`, which puts the
-    // header back; elsewhere an instance must not switch protocols on a
-    // pooled connection.
-    headers.remove(header::UPGRADE);
+    let unwanted =
+        |k: &HeaderName| HOP_BY_HOP.contains(k) || k == header::EXPECT || k == header::UPGRADE;
+    // Most requests carry none of these: one pass over the names finds out
+    // more cheaply than the lookups that removing them would cost.
+    if headers.keys().any(unwanted) {
+        strip_hop_by_hop(headers);
+        // The balancer has already read the body (or streams it right
+        // away), so the backend must not wait for a 100 Continue that
+        // nobody relays.
+        headers.remove(header::EXPECT);
+        // Upgrades are relayed only by `upgrade::forward`, which puts the
+        // header back; elsewhere an instance must not switch protocols on
+        // a pooled connection.
+        headers.remove(header::UPGRADE);
+    }
 
-    let client_ip = client.ip().to_string();
     let forwarded_for = match join_values(headers, &X_FORWARDED_FOR) {
-        Some(earlier) => format!("{earlier}, {client_ip}"),
-        None => client_ip,
+        Some(earlier) => HeaderValue::from_str(&format!("{earlier}, {}", client.ip())).ok(),
+        None => formatted(format_args!("{}", client.ip())),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, value);
     }
     // The balancer listens on plain HTTP: whatever a client claims is replaced.
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    headers.insert(X_FORWARDED_PORT, HeaderValue::from(local.port()));
+    if let Some(port) = formatted(format_args!("{}", local.port())) {
+        headers.insert(X_FORWARDED_PORT, port);
+    }
     if !headers.contains_key(&X_AMZN_TRACE_ID) {
-        if let Ok(value) = HeaderValue::from_str(&trace_id()) {
+        if let Some(value) = trace_id() {
             headers.insert(X_AMZN_TRACE_ID, value);
         }
     }
@@ -435,7 +446,7 @@ fn set_sticky_cookie(resp: &mut Response<ProxyBody>, backend: &str, duration: Du
 /// A request id in ALB's format, `Root=1-<epoch seconds, 8 hex>-<24 hex>`:
 /// unique within the process by a counter, across restarts by the moment
 /// the process made its first one.
-fn trace_id() -> String {
+fn trace_id() -> Option<HeaderValue> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     static SALT: OnceLock<u32> = OnceLock::new();
     let now = SystemTime::now()
@@ -443,7 +454,20 @@ fn trace_id() -> String {
         .unwrap_or_default();
     let salt = *SALT.get_or_init(|| now.subsec_nanos() ^ std::process::id().rotate_left(16));
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("Root=1-{:08x}-{salt:08x}{n:016x}", now.as_secs() as u32)
+    formatted(format_args!(
+        "Root=1-{:08x}-{salt:08x}{n:016x}",
+        now.as_secs() as u32
+    ))
+}
+
+/// A header value formatted on the stack: one allocation (the value's own)
+/// instead of a String's and then the value's. None past 64 bytes.
+fn formatted(args: std::fmt::Arguments<'_>) -> Option<HeaderValue> {
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    std::io::Write::write_fmt(&mut cursor, args).ok()?;
+    let len = usize::try_from(cursor.position()).ok()?;
+    HeaderValue::from_bytes(&buf[..len]).ok()
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -470,9 +494,9 @@ fn join_values(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
 
 /// The request target as sent to a backend: path and query only, since the
 /// backend is reached directly, not as a proxy.
-pub(crate) fn origin_form(uri: &Uri) -> Uri {
+pub(crate) fn origin_form(uri: Uri) -> Uri {
     if uri.scheme().is_none() && uri.authority().is_none() {
-        return uri.clone();
+        return uri;
     }
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     path.parse().unwrap_or_else(|_| Uri::from_static("/"))
@@ -544,8 +568,8 @@ mod tests {
     #[test]
     fn absolute_targets_become_origin_form() {
         let uri: Uri = "http://example.com/a?b=1".parse().unwrap();
-        assert_eq!(origin_form(&uri), "/a?b=1");
+        assert_eq!(origin_form(uri), "/a?b=1");
         let uri: Uri = "/x".parse().unwrap();
-        assert_eq!(origin_form(&uri), "/x");
+        assert_eq!(origin_form(uri), "/x");
     }
 }

@@ -210,6 +210,18 @@ pub(crate) enum Pick {
     Exhausted,
 }
 
+/// The backends a request may go to: those of `all` that `candidate` takes.
+struct Candidates<'a, 'f> {
+    all: &'a [Arc<Backend>],
+    candidate: &'f dyn Fn(&Arc<Backend>) -> bool,
+}
+
+impl<'a> Candidates<'a, '_> {
+    fn iter(&self) -> impl Iterator<Item = &'a Arc<Backend>> + '_ {
+        self.all.iter().filter(|b| (self.candidate)(b))
+    }
+}
+
 pub(crate) struct Table {
     backends: RwLock<Vec<Arc<Backend>>>,
     next: AtomicUsize,
@@ -316,36 +328,58 @@ impl Table {
         // The read lock is held until `in_flight` is raised, so a drain
         // (which takes the write lock) either sees this request or prevents it.
         let backends = read(&self.backends);
+        // Two passes over the list instead of collecting the candidates:
+        // this runs for every request, and allocates nothing.
         let mut any_routable = false;
-        let mut healthy = Vec::with_capacity(backends.len());
-        let mut down = Vec::new();
+        let mut any_healthy = false;
+        let mut any_down = false;
         for b in backends.iter().filter(|b| b.routable()) {
             any_routable = true;
             if exclude.iter().any(|e| Arc::ptr_eq(e, b)) {
                 continue;
             }
             if b.down_until_ms.load(Ordering::Relaxed) > now_ms {
-                down.push(b);
+                any_down = true;
             } else {
-                healthy.push(b);
+                any_healthy = true;
             }
         }
         if !any_routable {
             return Pick::NoneInService;
         }
-        // A backend marked down may have recovered; trying it beats failing.
-        let candidates = if healthy.is_empty() { down } else { healthy };
-        if candidates.is_empty() {
+        if !any_healthy && !any_down {
             return Pick::Exhausted;
         }
+        // A backend marked down may have recovered; trying it beats failing.
+        let candidate = |b: &Arc<Backend>| {
+            b.routable()
+                && !exclude.iter().any(|e| Arc::ptr_eq(e, b))
+                && (b.down_until_ms.load(Ordering::Relaxed) > now_ms) != any_healthy
+        };
+        let candidates = Candidates {
+            all: &backends,
+            candidate: &candidate,
+        };
         let stuck = sticky.and_then(|id| candidates.iter().find(|b| b.id == id));
-        let best = match (stuck, self.settings.routing.algorithm) {
-            (Some(b), _) => *b,
+        let chosen = match (stuck, self.settings.routing.algorithm) {
+            (Some(b), _) => Some(b),
             (None, Algorithm::LeastOutstandingRequests) => self.least_outstanding(&candidates),
             (None, Algorithm::RoundRobin) if !self.slow_starting(&candidates, now_ms) => {
-                candidates[self.next.fetch_add(1, Ordering::Relaxed) % candidates.len()]
+                let n = candidates.iter().count().max(1);
+                let k = self.next.fetch_add(1, Ordering::Relaxed) % n;
+                candidates.iter().nth(k)
             }
             (None, _) => self.weighted_random(&candidates, now_ms),
+        };
+        // A backend marked down or up between the two passes can leave no
+        // candidate: any routable one that has not failed this request will do.
+        let fallback = || {
+            backends
+                .iter()
+                .find(|b| b.routable() && !exclude.iter().any(|e| Arc::ptr_eq(e, b)))
+        };
+        let Some(best) = chosen.or_else(fallback) else {
+            return Pick::Exhausted;
         };
         best.in_flight.fetch_add(1, Ordering::AcqRel);
         best.requests.fetch_add(1, Ordering::Relaxed);
@@ -357,19 +391,21 @@ impl Table {
 
     /// The fewest requests in flight, starting the scan at a rotating
     /// position so that ties are broken round robin.
-    fn least_outstanding<'a>(&self, candidates: &[&'a Arc<Backend>]) -> &'a Arc<Backend> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % candidates.len();
-        let mut best = candidates[start];
-        let mut best_load = best.in_flight();
-        for i in 1..candidates.len() {
-            let b = candidates[(start + i) % candidates.len()];
+    fn least_outstanding<'a>(&self, candidates: &Candidates<'a, '_>) -> Option<&'a Arc<Backend>> {
+        let all = candidates.all;
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % all.len();
+        let mut best: Option<(&'a Arc<Backend>, usize)> = None;
+        for i in 0..all.len() {
+            let b = &all[(start + i) % all.len()];
+            if !(candidates.candidate)(b) {
+                continue;
+            }
             let load = b.in_flight();
-            if load < best_load {
-                best = b;
-                best_load = load;
+            if best.is_none_or(|(_, l)| load < l) {
+                best = Some((b, load));
             }
         }
-        best
+        best.map(|(b, _)| b)
     }
 
     /// A backend's share while in slow start: from a tenth up to a full
@@ -384,25 +420,27 @@ impl Table {
         (elapsed / ramp).clamp(0.1, 1.0)
     }
 
-    fn slow_starting(&self, candidates: &[&Arc<Backend>], now_ms: u64) -> bool {
+    fn slow_starting(&self, candidates: &Candidates<'_, '_>, now_ms: u64) -> bool {
         candidates.iter().any(|b| self.weight(b, now_ms) < 1.0)
     }
 
     fn weighted_random<'a>(
         &self,
-        candidates: &[&'a Arc<Backend>],
+        candidates: &Candidates<'a, '_>,
         now_ms: u64,
-    ) -> &'a Arc<Backend> {
-        let weights: Vec<f64> = candidates.iter().map(|b| self.weight(b, now_ms)).collect();
-        let total: f64 = weights.iter().sum();
+    ) -> Option<&'a Arc<Backend>> {
+        let total: f64 = candidates.iter().map(|b| self.weight(b, now_ms)).sum();
         let mut point = self.random_unit() * total;
-        for (b, w) in candidates.iter().zip(&weights) {
-            if point < *w {
-                return b;
+        let mut last = None;
+        for b in candidates.iter() {
+            let w = self.weight(b, now_ms);
+            if point < w {
+                return Some(b);
             }
             point -= w;
+            last = Some(b);
         }
-        candidates[candidates.len() - 1]
+        last
     }
 
     /// A uniform number in [0, 1) from a shared xorshift64 generator; races

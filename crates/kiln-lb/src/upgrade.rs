@@ -58,7 +58,7 @@ pub(crate) async fn forward(
     parts
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    let uri = origin_form(&parts.uri);
+    let uri = origin_form(std::mem::take(&mut parts.uri));
 
     let mut failed: Vec<Arc<Backend>> = Vec::new();
     while failed.len() < MAX_ATTEMPTS {
@@ -124,8 +124,10 @@ pub(crate) async fn forward(
             table.settings.idle_timeout,
         ));
         let (mut head, _) = resp.into_parts();
-        head.extensions
-            .insert(crate::proxy::ServedBy(backend.clone()));
+        if crate::proxy::access_log_on() {
+            head.extensions
+                .insert(crate::proxy::ServedBy(backend.clone()));
+        }
         head.headers
             .append(header::VIA, HeaderValue::from_static("1.1 kiln"));
         return Response::from_parts(head, ProxyBody::full(Bytes::new()));
