@@ -28,7 +28,7 @@ pub enum ParamError {
 type Result<T> = std::result::Result<T, ParamError>;
 
 /// One version of a parameter.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Param {
     pub name: String,
     pub version: u32,

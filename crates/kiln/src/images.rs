@@ -108,7 +108,7 @@ pub fn main(args: ImagesArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
             output,
         } => {
             let image = store.resolve(&reference)?;
-            let lineage = crate::lineage::lineage(&store, &image)?;
+            let lineage = kiln_api::lineage::lineage(&store, &image)?;
             if output == Format::Json {
                 print_json(&lineage)?;
             } else {

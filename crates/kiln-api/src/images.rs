@@ -1,0 +1,155 @@
+//! `/v1/images`: the image store's versions, their status and sizes, their
+//! lineage, and the groups that run each (Image Builder's image versions).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use kiln_fleet::FleetError;
+use kiln_image::{ImageRecord, Store};
+
+use crate::lineage::{Lineage, lineage};
+use crate::{ApiError, AppState, ErrorBody};
+
+/// One image version as listings show it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ImageSummary {
+    /// `name/x.y.z/build`.
+    pub reference: String,
+    pub name: String,
+    pub version: String,
+    pub build: u32,
+    /// `available`, or `failed` (its tests failed: never deployed).
+    pub status: String,
+    pub digest: String,
+    /// Bytes of its layers and config.
+    pub size: u64,
+    pub created: String,
+    /// What its tests said: passed, failed, none.
+    pub tests: String,
+    /// Groups that run it or are rolling to it.
+    pub groups: Vec<String>,
+}
+
+/// An image's lineage, and the groups that run it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ImageDetail {
+    #[serde(flatten)]
+    pub lineage: Lineage,
+    pub groups: Vec<String>,
+}
+
+fn store(s: &AppState) -> Result<Store, ApiError> {
+    Ok(Store::open(&s.state_dir.join("images")).map_err(FleetError::Store)?)
+}
+
+/// For each image digest, the groups whose instances or target version
+/// use a template version made from it.
+fn groups_by_digest(s: &AppState) -> Result<BTreeMap<String, BTreeSet<String>>, ApiError> {
+    let digests: BTreeMap<(String, u32), String> = s
+        .fleet
+        .templates()?
+        .into_iter()
+        .map(|t| ((t.name, t.version), t.image_digest))
+        .collect();
+    let mut by = BTreeMap::<String, BTreeSet<String>>::new();
+    let mut add = |template: &str, version: u32, group: &str| {
+        if let Some(d) = digests.get(&(template.to_string(), version)) {
+            by.entry(d.clone()).or_default().insert(group.to_string());
+        }
+    };
+    for g in s.fleet.groups()? {
+        add(&g.group.template, g.group.version, &g.group.name);
+        for i in &g.instances {
+            add(&i.template, i.version, &i.group);
+        }
+    }
+    Ok(by)
+}
+
+fn size(store: &Store, image: &ImageRecord) -> u64 {
+    store
+        .manifest(image)
+        .map(|m| m.layers().iter().map(|l| l.size()).sum::<u64>() + m.config().size())
+        .unwrap_or(0)
+}
+
+fn list_blocking(s: &AppState) -> Result<Vec<ImageSummary>, ApiError> {
+    let store = store(s)?;
+    let groups = groups_by_digest(s)?;
+    let images = store.images().map_err(FleetError::Store)?;
+    Ok(images
+        .iter()
+        .map(|i| ImageSummary {
+            reference: i.reference(),
+            name: i.name.clone(),
+            version: i.version.to_string(),
+            build: i.build,
+            status: i.status.to_string(),
+            digest: i.digest(),
+            size: size(&store, i),
+            created: i.created.clone(),
+            tests: i
+                .annotation(kiln_bake::bake::ANNOTATION_TESTS)
+                .unwrap_or("none")
+                .to_string(),
+            groups: groups
+                .get(&i.digest())
+                .map(|g| g.iter().cloned().collect())
+                .unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// ListImageVersions: every image, newest last, with status, size and the
+/// groups running it.
+#[utoipa::path(get, path = "/v1/images", tag = "images",
+    responses((status = 200, body = Vec<ImageSummary>)))]
+pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<ImageSummary>>, ApiError> {
+    crate::blocking(
+        move || list_blocking(&s),
+        |e| ApiError(FleetError::Invalid(e)),
+    )
+    .await
+    .map(Json)
+}
+
+/// GetImage: lineage (commit, parents, components and their layers),
+/// test result and log, configuration, and the groups running it.
+#[utoipa::path(get, path = "/v1/images/{name}/{version}/{build}", tag = "images",
+    params(("name" = String, Path, description = "The image's name"),
+        ("version" = String, Path, description = "x.y.z"),
+        ("build" = u32, Path, description = "The build number")),
+    responses((status = 200, body = ImageDetail),
+        (status = 404, description = "No such image", body = ErrorBody)))]
+pub async fn inspect(
+    State(s): State<AppState>,
+    Path((name, version, build)): Path<(String, String, u32)>,
+) -> Result<Json<ImageDetail>, ApiError> {
+    let reference = format!("{name}/{version}/{build}");
+    crate::blocking(
+        move || {
+            let store = store(&s)?;
+            // A reference that names no image, however it is malformed,
+            // is an image that does not exist.
+            let image = store.resolve(&reference).map_err(|e| match e {
+                kiln_image::StoreError::Io { .. } | kiln_image::StoreError::Corrupt { .. } => {
+                    FleetError::Store(e)
+                }
+                _ => FleetError::Db(kiln_fleet::DbError::NotFound {
+                    what: "image",
+                    id: reference.clone(),
+                }),
+            })?;
+            let lineage = lineage(&store, &image).map_err(FleetError::Store)?;
+            let groups = groups_by_digest(&s)?
+                .remove(&image.digest())
+                .map(|g| g.into_iter().collect())
+                .unwrap_or_default();
+            Ok(ImageDetail { lineage, groups })
+        },
+        |e| ApiError(FleetError::Invalid(e)),
+    )
+    .await
+    .map(Json)
+}
