@@ -20,11 +20,18 @@ function el(tag, attrs, ...children) {
     if (k.startsWith("on") && typeof v === "function") node.addEventListener(k.slice(2), v);
     else node.setAttribute(k, String(v));
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     node.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
   return node;
+}
+
+// Replaces a node's children, skipping the null and false that optional
+// parts leave (replaceChildren would show them as text).
+function fill(node, ...children) {
+  node.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false)
+    .map((c) => (c instanceof Node ? c : document.createTextNode(String(c)))));
 }
 
 function notice(message) {
@@ -57,7 +64,7 @@ async function api(method, path, body) {
 function showSignIn() {
   stopLive();
   const view = document.getElementById("view");
-  view.replaceChildren(
+  fill(view,
     el("h1", {}, "Sign in"),
     el("p", {}, "Run ", el("code", {}, "kiln console"),
       " on this machine and open the URL it prints: its one-time code signs this browser in."));
@@ -166,4 +173,4 @@ document.addEventListener("DOMContentLoaded", async () => {
   route();
 });
 
-Object.assign(kiln, { el, api, notice, onLive, fmtDuration, fmtBytes, fmtTime, status });
+Object.assign(kiln, { el, fill, api, notice, onLive, fmtDuration, fmtBytes, fmtTime, status });

@@ -3,7 +3,7 @@
 "use strict";
 
 (() => {
-const { el, api, notice, onLive, fmtDuration, fmtBytes, fmtTime, status } = kiln;
+const { el, fill, api, notice, onLive, fmtDuration, fmtBytes, fmtTime, status } = kiln;
 const STAGES = ["Source", "Build", "Version", "Bake", "Deploy"];
 const enc = encodeURIComponent;
 
@@ -32,7 +32,7 @@ kiln.views.pipelines = async (view, args) => {
   const latest = {};
   for (const e of executions) if (!latest[e.pipeline]) latest[e.pipeline] = e;
   const body = el("tbody");
-  const draw = () => body.replaceChildren(...pipelines.map((p) => {
+  const draw = () => fill(body, ...pipelines.map((p) => {
     const e = latest[p.name];
     return el("tr", { "data-pipeline": p.name },
       el("td", {}, el("a", { href: `#/pipelines/${enc(p.name)}` }, p.name)),
@@ -42,7 +42,7 @@ kiln.views.pipelines = async (view, args) => {
       el("td", {}, e ? fmtTime(e.created) : ""));
   }));
   draw();
-  view.replaceChildren(el("h1", {}, "Pipelines"),
+  fill(view, el("h1", {}, "Pipelines"),
     el("table", {}, el("thead", {}, el("tr", {},
       ["Name", "Repository", "Branch", "Latest execution", "Trigger", "Started"].map((h) => el("th", {}, h)))), body));
   onLive((kind, e) => {
@@ -96,7 +96,7 @@ async function pipelinePage(view, name, chosenId) {
 
   function draw() {
     const e = executions.get(selected);
-    head.replaceChildren(
+    fill(head,
       el("div", { class: "row" },
         el("h1", {}, pipeline.name),
         button("Run pipeline", { id: "run" }, async () => {
@@ -108,11 +108,11 @@ async function pipelinePage(view, name, chosenId) {
         })),
       el("p", { class: "muted" }, `${pipeline.repository} · branch ${pipeline.branch} · ${pipeline.file}`));
     if (!e) {
-      graph.replaceChildren(el("p", {}, "No execution yet."));
-      vars.replaceChildren();
+      fill(graph, el("p", {}, "No execution yet."));
+      fill(vars);
     } else {
       if (!stage) { stage = pickStage(e); follow(e, stage); }
-      graph.replaceChildren(
+      fill(graph,
         el("div", { class: "row" },
           el("h2", {}, `Execution #${e.seq}`), status(e.status),
           el("span", { class: "muted" }, `${e.trigger} · commit ${(e.commit_id || "").slice(0, 10)} · ${fmtDuration(e.started, e.ended)}`),
@@ -137,13 +137,13 @@ async function pipelinePage(view, name, chosenId) {
             return i ? [el("span", { class: "arrow" }, "→"), box] : [box];
           })));
       const namespaces = Object.entries(e.variables || {});
-      vars.replaceChildren(el("h2", {}, "Variables"),
+      fill(vars, el("h2", {}, "Variables"),
         namespaces.length ? el("div", { class: "grid" }, namespaces.map(([ns, kv]) =>
           el("section", { class: "card", "data-namespace": ns }, el("strong", {}, ns),
             el("dl", { class: "kv" }, Object.entries(kv).map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])))))
           : el("p", { class: "muted" }, "None yet."));
     }
-    rows.replaceChildren(...sorted().map((x) => {
+    fill(rows, ...sorted().map((x) => {
       const tr = el("tr", { class: x.id === selected ? "selected" : "", "data-execution": x.id },
         el("td", {}, el("a", { href: `#/pipelines/${enc(name)}/${enc(x.id)}` }, `#${x.seq}`)),
         el("td", {}, status(x.status)), el("td", {}, x.trigger),
@@ -154,7 +154,7 @@ async function pipelinePage(view, name, chosenId) {
   }
 
   draw();
-  view.replaceChildren(head, graph, logTitle, log, vars, el("h2", {}, "Executions"),
+  fill(view, head, graph, logTitle, log, vars, el("h2", {}, "Executions"),
     el("table", {}, el("thead", {}, el("tr", {},
       ["#", "Status", "Trigger", "Commit", "Created", "Duration"].map((h) => el("th", {}, h)))), rows));
   onLive((kind, e) => {
@@ -170,7 +170,7 @@ kiln.views.images = async (view, args) => {
   if (args.length >= 3) return imagePage(view, args[0], args[1], args[2]);
   const images = await api("GET", "/v1/images");
   images.reverse();
-  view.replaceChildren(el("h1", {}, "Images"), table(
+  fill(view, el("h1", {}, "Images"), table(
     ["Image", "Status", "Tests", "Size", "Created", "Groups using it"],
     images.map((i) => el("tr", { "data-image": i.reference },
       el("td", {}, el("a", { href: `#/images/${i.reference.split("/").map(enc).join("/")}` }, i.reference)),
@@ -182,7 +182,7 @@ kiln.views.images = async (view, args) => {
 async function imagePage(view, name, version, build) {
   const i = await api("GET", `/v1/images/${enc(name)}/${enc(version)}/${enc(build)}`);
   const kv = (pairs) => el("dl", { class: "kv" }, pairs.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
-  view.replaceChildren(
+  fill(view,
     el("h1", {}, i.reference),
     el("section", { class: "card" }, kv([
       ["Status", status(i.status)], ["Digest", el("code", {}, i.digest)], ["Created", fmtTime(i.created)],
@@ -206,14 +206,14 @@ kiln.views.groups = async (view, args) => {
   if (args.length) return groupPage(view, args[0]);
   const groups = await api("GET", "/v1/groups");
   const body = el("tbody");
-  const draw = () => body.replaceChildren(...groups.map((g) => el("tr", { "data-group": g.name },
+  const draw = () => fill(body, ...groups.map((g) => el("tr", { "data-group": g.name },
     el("td", {}, el("a", { href: `#/groups/${enc(g.name)}` }, g.name)),
     el("td", {}, `${g.template} v${g.version}`),
     el("td", {}, `${g.spec.min} / ${g.spec.desired} / ${g.spec.max}`),
     el("td", {}, String(g.instances.filter((i) => i.state === "in-service").length)),
     el("td", {}, g.load_balancer))));
   draw();
-  view.replaceChildren(el("h1", {}, "Groups"), el("table", {}, el("thead", {}, el("tr", {},
+  fill(view, el("h1", {}, "Groups"), el("table", {}, el("thead", {}, el("tr", {},
     ["Group", "Template", "Min / desired / max", "In service", "Load balancer"].map((h) => el("th", {}, h)))), body));
   onLive((kind, g) => {
     if (kind !== "group") return;
@@ -232,7 +232,7 @@ function chart(samples) {
   const max = Math.max(1, ...samples.flatMap((s) => Object.values(s.counts)));
   const x = (t) => P + ((t - t0) / Math.max(1, t1 - t0)) * (W - 2 * P);
   const y = (n) => H - P - (n / max) * (H - 2 * P);
-  const svg = el("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, id: "rollout-chart", role: "img" },
+  const svg = el("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", id: "rollout-chart", role: "img" },
     el("title", {}, "Instances by version over time"),
     el("line", { x1: P, y1: H - P, x2: W - P, y2: H - P, stroke: "#879596" }),
     el("text", { x: 2, y: P, "font-size": 11, fill: "#687078" }, String(max)),
@@ -274,7 +274,7 @@ async function groupPage(view, name) {
   }
 
   function draw() {
-    head.replaceChildren(
+    fill(head,
       el("div", { class: "row" }, el("h1", {}, g.name),
         el("span", { class: "muted" }, `template ${g.template} version ${g.version} · ${g.load_balancer}`)),
       el("div", { class: "row" },
@@ -288,19 +288,19 @@ async function groupPage(view, name) {
           draw();
         }),
         el("span", { class: "muted" }, `min ${g.spec.min} · max ${g.spec.max}`)));
-    insts.replaceChildren(el("h2", {}, "Instances"), table(["Instance", "Version", "State", "Reason", "Started"],
+    fill(insts, el("h2", {}, "Instances"), table(["Instance", "Version", "State", "Reason", "Started"],
       g.instances.map((i) => el("tr", { "data-instance": i.id, "data-version": i.version, "data-state": i.state },
         el("td", {}, el("code", {}, i.id)), el("td", {}, String(i.version)), el("td", {}, status(i.state)),
         el("td", {}, i.reason), el("td", {}, fmtTime(i.created))))));
-    roll.replaceChildren(el("h2", {}, "Instances by version"), ...chart(samples));
-    lb.replaceChildren(el("h2", {}, "Load balancer"), table(
+    fill(roll, el("h2", {}, "Instances by version"), ...chart(samples));
+    fill(lb, el("h2", {}, "Load balancer"), table(
       ["Instance", "In service", "Requests", "Rate (req/s)", "Failures", "In flight", "p50 ms", "p90 ms", "p99 ms"],
       g.backends.map((b) => el("tr", { "data-backend": b.id },
         el("td", {}, el("code", {}, b.id)), el("td", {}, b.draining ? "draining" : String(b.in_service)),
         el("td", {}, String(b.requests)), el("td", {}, rates[b.id] === undefined ? "—" : rates[b.id].toFixed(1)),
         el("td", {}, String(b.failures)), el("td", {}, String(b.in_flight)),
         el("td", {}, b.p50_ms.toFixed(1)), el("td", {}, b.p90_ms.toFixed(1)), el("td", {}, b.p99_ms.toFixed(1))))));
-    hist.replaceChildren(el("h2", {}, "Rollouts"), table(["#", "From", "To", "State", "Reason", "Started", "Ended"],
+    fill(hist, el("h2", {}, "Rollouts"), table(["#", "From", "To", "State", "Reason", "Started", "Ended"],
       [...g.rollouts].reverse().map((r) => el("tr", {},
         el("td", {}, String(r.id)), el("td", {}, String(r.from_version)), el("td", {}, String(r.to_version)),
         el("td", {}, status(r.state)), el("td", {}, r.reason), el("td", {}, fmtTime(r.started)), el("td", {}, fmtTime(r.ended))))));
@@ -308,7 +308,7 @@ async function groupPage(view, name) {
 
   sample();
   draw();
-  view.replaceChildren(head, insts, roll, lb, hist);
+  fill(view, head, insts, roll, lb, hist);
   onLive((kind, data) => {
     if (kind !== "group" || data.name !== name) return;
     g = data;
@@ -319,7 +319,7 @@ async function groupPage(view, name) {
   const ticker = setInterval(() => {
     if (!document.body.contains(roll)) { clearInterval(ticker); return; }
     sample();
-    roll.replaceChildren(el("h2", {}, "Instances by version"), ...chart(samples));
+    fill(roll, el("h2", {}, "Instances by version"), ...chart(samples));
   }, 2000);
 }
 
@@ -330,11 +330,11 @@ kiln.views.parameters = async (view) => {
   const hist = el("div");
   const show = async (name) => {
     const versions = await api("GET", `/v1/parameters/history?name=${enc(name)}`);
-    hist.replaceChildren(el("h2", {}, `History of ${name}`), table(["Version", "Value", "Time"],
+    fill(hist, el("h2", {}, `History of ${name}`), table(["Version", "Value", "Time"],
       [...versions].reverse().map((p) => el("tr", {}, el("td", {}, String(p.version)),
         el("td", {}, el("code", {}, p.value)), el("td", {}, fmtTime(p.time))))));
   };
-  view.replaceChildren(el("h1", {}, "Parameters"), table(["Name", "Version", "Value", "Changed"],
+  fill(view, el("h1", {}, "Parameters"), table(["Name", "Version", "Value", "Changed"],
     params.map((p) => {
       const link = el("a", { href: "#/parameters", "data-param": p.name }, p.name);
       link.addEventListener("click", (ev) => { ev.preventDefault(); show(p.name).catch((e) => notice(String(e.message))); });
