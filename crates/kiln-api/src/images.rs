@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use axum::Json;
 use axum::extract::{Path, State};
 use kiln_fleet::FleetError;
-use kiln_image::{ImageRecord, Store};
+use kiln_image::Store;
 
-use crate::lineage::{Lineage, lineage};
+use crate::lineage::{Lineage, lineage, size};
 use crate::{ApiError, AppState, ErrorBody};
 
 /// One image version as listings show it.
@@ -65,13 +65,6 @@ fn groups_by_digest(s: &AppState) -> Result<BTreeMap<String, BTreeSet<String>>, 
         }
     }
     Ok(by)
-}
-
-fn size(store: &Store, image: &ImageRecord) -> u64 {
-    store
-        .manifest(image)
-        .map(|m| m.layers().iter().map(|l| l.size()).sum::<u64>() + m.config().size())
-        .unwrap_or(0)
 }
 
 fn list_blocking(s: &AppState) -> Result<Vec<ImageSummary>, ApiError> {

@@ -119,3 +119,11 @@ pub fn lineage(store: &Store, image: &ImageRecord) -> Result<Lineage, kiln_image
         exposed_ports: c.exposed_ports().clone().unwrap_or_default(),
     })
 }
+
+/// An image's bytes: its layers and its config; 0 when its manifest is gone.
+pub fn size(store: &Store, image: &ImageRecord) -> u64 {
+    store
+        .manifest(image)
+        .map(|m| m.layers().iter().map(|l| l.size()).sum::<u64>() + m.config().size())
+        .unwrap_or(0)
+}

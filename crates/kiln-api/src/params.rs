@@ -68,8 +68,22 @@ fn error(e: ParamError) -> ApiError {
     }
 }
 
-fn open(s: &AppState) -> Result<Params, ApiError> {
-    Params::open(&s.state_dir.join("kiln.db")).map_err(error)
+/// Reads the store off the async threads, secrets masked.
+async fn read(
+    s: AppState,
+    f: impl FnOnce(&Params) -> Result<Vec<Param>, ParamError> + Send + 'static,
+) -> Result<Json<Vec<ParamView>>, ApiError> {
+    crate::blocking(
+        move || {
+            let secrets = secrets(&s);
+            let params = Params::open(&s.state_dir.join("kiln.db")).map_err(error)?;
+            let list = f(&params).map_err(error)?;
+            Ok(list.into_iter().map(|p| view(&secrets, p)).collect())
+        },
+        |e| ApiError(FleetError::Invalid(e)),
+    )
+    .await
+    .map(Json)
 }
 
 /// GetParametersByPath: the newest version of every parameter.
@@ -79,16 +93,7 @@ pub async fn list(
     State(s): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<ParamView>>, ApiError> {
-    crate::blocking(
-        move || {
-            let secrets = secrets(&s);
-            let list = open(&s)?.list(&q.prefix).map_err(error)?;
-            Ok(list.into_iter().map(|p| view(&secrets, p)).collect())
-        },
-        |e| ApiError(FleetError::Invalid(e)),
-    )
-    .await
-    .map(Json)
+    read(s, move |p| p.list(&q.prefix)).await
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
@@ -106,14 +111,5 @@ pub async fn history(
     State(s): State<AppState>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Json<Vec<ParamView>>, ApiError> {
-    crate::blocking(
-        move || {
-            let secrets = secrets(&s);
-            let list = open(&s)?.history(&q.name).map_err(error)?;
-            Ok(list.into_iter().map(|p| view(&secrets, p)).collect())
-        },
-        |e| ApiError(FleetError::Invalid(e)),
-    )
-    .await
-    .map(Json)
+    read(s, move |p| p.history(&q.name)).await
 }

@@ -10,7 +10,7 @@ use crate::output::{Format, print_json};
 use crate::state::StateDir;
 use kiln_image::Store;
 use kiln_image::export::{self, Format as ExportFormat};
-use kiln_image::store::{ANNOTATION_TEST_LOG, ImageRecord};
+use kiln_image::store::ANNOTATION_TEST_LOG;
 
 #[derive(Args)]
 pub struct ImagesArgs {
@@ -58,13 +58,6 @@ struct Listed {
     created: String,
 }
 
-fn size(store: &Store, image: &ImageRecord) -> u64 {
-    store
-        .manifest(image)
-        .map(|m| m.layers().iter().map(|l| l.size()).sum::<u64>() + m.config().size())
-        .unwrap_or(0)
-}
-
 pub fn main(args: ImagesArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
     let store = Store::open(&state.join("images"))?;
     match args.command {
@@ -79,7 +72,7 @@ pub fn main(args: ImagesArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
                     build: i.build,
                     status: i.status.to_string(),
                     digest: i.digest(),
-                    size: size(&store, i),
+                    size: kiln_api::lineage::size(&store, i),
                     created: i.created.clone(),
                 })
                 .collect();

@@ -31,7 +31,12 @@ fn run(bin: &Path, addr: &str, token: &str, extra: &[&str]) {
         .current_dir(reports.path())
         .args(["run", doc, "--url", &format!("http://{addr}")])
         .args(["-H", &format!("Authorization: Bearer {token}")])
-        .args(["--checks", "all", "--exclude-checks", "positive_data_acceptance"])
+        .args([
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+        ])
         .args(["--request-timeout", "40", "--seed", "7", "--no-color"])
         .args(extra)
         .output()
@@ -61,12 +66,24 @@ fn every_operation_of_the_openapi_document_holds_against_the_running_daemon() {
     let token = std::fs::read_to_string(state.join("api-token")).unwrap();
     // Streams last up to 30 s each: a few examples of those, many of the rest.
     let streams = "/(events|logs/stream)$";
-    run(&bin, &addr, token.trim(), &["-n", "20", "--exclude-path-regex", streams]);
     run(
         &bin,
         &addr,
         token.trim(),
-        &["-n", "3", "--phases", "examples,fuzzing", "--include-path-regex", streams],
+        &["-n", "20", "--exclude-path-regex", streams],
+    );
+    run(
+        &bin,
+        &addr,
+        token.trim(),
+        &[
+            "-n",
+            "3",
+            "--phases",
+            "examples,fuzzing",
+            "--include-path-regex",
+            streams,
+        ],
     );
     daemon.destroy(&[]);
 }
