@@ -111,6 +111,32 @@ fn graph(b: &Browser) -> (String, BTreeMap<String, String>) {
     (v[0].as_str().unwrap_or_default().to_string(), stages)
 }
 
+/// A commit message as a hostile author would write it.
+const HOSTILE: &str =
+    r#"second <img src=x onerror="window.kilnPwned=1"><script>window.kilnPwned=2</script>"#;
+
+/// The group page's instance rows: version and state, sorted.
+fn instances(b: &Browser) -> Vec<(String, String)> {
+    let v = b.eval(
+        "return [...document.querySelectorAll('tr[data-instance]')]
+           .map(r => [r.dataset.version, r.dataset.state]);",
+    );
+    let mut rows: Vec<(String, String)> = v
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            (
+                r[0].as_str().unwrap_or_default().to_string(),
+                r[1].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
 #[test]
 fn a_run_started_in_the_console_turns_green_live_and_rolls_the_group_out() {
     let yaml = serving_yaml(
@@ -190,8 +216,9 @@ fn a_run_started_in_the_console_turns_green_live_and_rolls_the_group_out() {
         .count();
     assert_eq!(lb, 2, "a request counter per instance: {first:?}");
 
-    // A new commit for the run the console starts.
-    s.repo.commit("VERSION", "second\n", "second version");
+    // A new commit for the run the console starts, whose message a hostile
+    // author wrote as HTML: the page must show it as text and run nothing.
+    s.repo.commit("VERSION", "second\n", HOSTILE);
 
     let profile = tempfile::tempdir_in("/var/tmp").unwrap();
     let b = Browser::start(profile.path());
@@ -238,6 +265,22 @@ fn a_run_started_in_the_console_turns_green_live_and_rolls_the_group_out() {
             > 0
     });
     b.screenshot(&shots.join("2-execution.png"));
+    assert_eq!(
+        b.eval("return window.kilnPwned === undefined"),
+        Value::Bool(true)
+    );
+    assert_eq!(
+        b.eval("return document.querySelectorAll('#view img').length"),
+        0
+    );
+    assert_eq!(
+        b.eval(&format!(
+            "return document.body.textContent.includes({})",
+            serde_json::json!(HOSTILE)
+        )),
+        Value::Bool(true),
+        "the commit message shows as written"
+    );
 
     // The group page: every instance on the new template version.
     b.click(r#"header nav a[data-nav="groups"]"#);
@@ -245,14 +288,7 @@ fn a_run_started_in_the_console_turns_green_live_and_rolls_the_group_out() {
     b.wait(
         "every instance of web on version 2",
         Duration::from_secs(120),
-        || {
-            let v = b.eval(
-                "return [...document.querySelectorAll('tr[data-instance]')]
-                   .map(r => [r.dataset.version, r.dataset.state]);",
-            );
-            let rows = v.as_array().cloned().unwrap_or_default();
-            rows.len() == 2 && rows.iter().all(|r| r[0] == "2" && r[1] == "in-service")
-        },
+        || instances(&b) == vec![("2".to_string(), "in-service".to_string()); 2],
     );
     let lines = b.eval("return document.querySelectorAll('#rollout-chart polyline').length");
     assert!(
@@ -279,7 +315,6 @@ fn a_run_started_in_the_console_turns_green_live_and_rolls_the_group_out() {
         b.eval("return document.body.textContent.includes('History of')") == Value::Bool(true)
     });
     b.screenshot(&shots.join("6-parameters.png"));
-    drop(b);
 
     // Traffic through the load balancer, and the second run, show in the
     // metrics.
@@ -322,6 +357,34 @@ fn a_run_started_in_the_console_turns_green_live_and_rolls_the_group_out() {
         .sum();
     assert!(served >= 10.0, "{after:?}");
 
+    // The group page's buttons: scale to three, then roll back to version 1.
+    b.click(r#"header nav a[data-nav="groups"]"#);
+    b.click(r#"tr[data-group="web"] a"#);
+    b.wait("the group page", Duration::from_secs(20), || {
+        b.eval("return !!document.getElementById('desired')") == Value::Bool(true)
+    });
+    b.type_into("#desired", "3");
+    b.click("#scale");
+    b.wait(
+        "three instances on version 2",
+        Duration::from_secs(120),
+        || instances(&b) == vec![("2".to_string(), "in-service".to_string()); 3],
+    );
+    b.click("#rollback");
+    b.wait(
+        "three instances back on version 1",
+        Duration::from_secs(120),
+        || instances(&b) == vec![("1".to_string(), "in-service".to_string()); 3],
+    );
+    // The chart drew both versions as the instances moved.
+    assert_eq!(
+        b.eval("return [...document.querySelectorAll('#rollout-chart polyline')].map(l => l.dataset.version)"),
+        serde_json::json!(["1", "2"])
+    );
+    b.screenshot(&shots.join("7-group-rolled-back.png"));
+    drop(b);
+    assert_eq!(page(&format!("{lb_url}/VERSION")), "first\n");
+
     println!("console screenshots:");
     for f in [
         "1-pipelines.png",
@@ -330,6 +393,7 @@ fn a_run_started_in_the_console_turns_green_live_and_rolls_the_group_out() {
         "4-images.png",
         "5-image-lineage.png",
         "6-parameters.png",
+        "7-group-rolled-back.png",
     ] {
         println!("  {}", shots.join(f).display());
     }

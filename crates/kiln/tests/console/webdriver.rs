@@ -153,6 +153,22 @@ impl Browser {
     }
 
     /// Waits for `ready`; on time out, fails with what the page shows.
+    /// Replaces the text of the input `css` selects, as a user types it.
+    pub fn type_into(&self, css: &str, text: &str) {
+        let found = self.session_call(
+            "POST",
+            "/element",
+            Some(json!({ "using": "css selector", "value": css })),
+        );
+        let id = found[ELEMENT].as_str().expect("an element id");
+        self.session_call("POST", &format!("/element/{id}/clear"), Some(json!({})));
+        self.session_call(
+            "POST",
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": text })),
+        );
+    }
+
     pub fn wait(&self, what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
         let deadline = Instant::now() + limit;
         while !ready() {
