@@ -191,6 +191,14 @@ async function imagePage(view, name, version, build) {
       ["Entrypoint", JSON.stringify(i.entrypoint)], ["Cmd", JSON.stringify(i.cmd)],
       ["Groups using it", i.groups.length ? i.groups.map((g) => el("a", { href: `#/groups/${enc(g)}` }, g, " ")) : "none"],
     ])),
+    el("h2", {}, "Built by"),
+    i.built_by ? el("section", { class: "card", id: "built-by" }, kv([
+      ["Execution", el("a", { href: `#/pipelines/${enc(i.built_by.pipeline)}/${enc(i.built_by.execution)}` },
+        `${i.built_by.pipeline} #${i.built_by.seq}`)],
+      ...Object.entries(i.built_by.build_variables),
+      ["Layer cache", i.built_by.bake_cache
+        ? `${i.built_by.bake_cache.hits} components from the cache, ${i.built_by.bake_cache.misses} ran` : "—"],
+    ])) : el("p", { class: "muted" }, "Not made by a pipeline (imported or baked by hand)."),
     el("h2", {}, "Parents"),
     i.parents.length ? el("ol", {}, i.parents.map((p) => el("li", {}, p))) : el("p", { class: "muted" }, "None."),
     el("h2", {}, "Components"),

@@ -31,12 +31,46 @@ pub struct ImageSummary {
     pub groups: Vec<String>,
 }
 
-/// An image's lineage, and the groups that run it.
+/// An image's lineage, the execution that baked it, and the groups that
+/// run it.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ImageDetail {
     #[serde(flatten)]
     pub lineage: Lineage,
     pub groups: Vec<String>,
+    /// The pipeline execution whose Bake stage made it, if a pipeline did.
+    pub built_by: Option<BuiltBy>,
+}
+
+/// Where an image came from in a pipeline: the execution, the build's
+/// artifacts and what the bake took from the layer cache.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct BuiltBy {
+    pub pipeline: String,
+    pub execution: String,
+    pub seq: i64,
+    /// The Build stage's variables: the artifact's bucket, key, digest, URI.
+    pub build_variables: BTreeMap<String, String>,
+    pub bake_cache: Option<kiln_pipeline::BakeCache>,
+}
+
+/// The newest execution whose Bake stage reported `reference`.
+fn built_by(s: &AppState, reference: &str) -> Option<BuiltBy> {
+    let executions = s.pipelines.executions(None, usize::MAX).ok()?;
+    let e = executions
+        .into_iter()
+        .find(|e| e.var("BakeVariables", "Image") == Some(reference))?;
+    Some(BuiltBy {
+        build_variables: e
+            .variables
+            .get("BuildVariables")
+            .cloned()
+            .unwrap_or_default(),
+        bake_cache: e.outputs.bake_cache,
+        pipeline: e.pipeline,
+        execution: e.id,
+        seq: e.seq,
+    })
 }
 
 fn store(s: &AppState) -> Result<Store, ApiError> {
@@ -139,7 +173,12 @@ pub async fn inspect(
                 .remove(&image.digest())
                 .map(|g| g.into_iter().collect())
                 .unwrap_or_default();
-            Ok(ImageDetail { lineage, groups })
+            let built_by = built_by(&s, &lineage.reference);
+            Ok(ImageDetail {
+                lineage,
+                groups,
+                built_by,
+            })
         },
         |e| ApiError(FleetError::Invalid(e)),
     )

@@ -308,6 +308,12 @@ fn a_run_started_in_the_console_turns_green_live_and_rolls_the_group_out() {
     b.wait("the lineage", Duration::from_secs(20), || {
         b.eval("return document.body.textContent.includes('Source commit')") == Value::Bool(true)
     });
+    let built = b.eval("return document.getElementById('built-by').textContent");
+    let built = built.as_str().unwrap_or_default();
+    assert!(
+        built.contains("web #2") && built.contains("ArtifactUri") && built.contains("ran"),
+        "the image links to its execution, artifacts and layer cache: {built}"
+    );
     b.screenshot(&shots.join("5-image-lineage.png"));
     b.click(r#"header nav a[data-nav="parameters"]"#);
     b.click(r#"a[data-param]"#);
