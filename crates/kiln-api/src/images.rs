@@ -8,28 +8,8 @@ use axum::extract::{Path, State};
 use kiln_fleet::FleetError;
 use kiln_image::Store;
 
-use crate::lineage::{Lineage, lineage, size};
+use crate::lineage::{ImageSummary, Lineage, lineage, summary};
 use crate::{ApiError, AppState, ErrorBody};
-
-/// One image version as listings show it.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct ImageSummary {
-    /// `name/x.y.z/build`.
-    pub reference: String,
-    pub name: String,
-    pub version: String,
-    pub build: u32,
-    /// `available`, or `failed` (its tests failed: never deployed).
-    pub status: String,
-    pub digest: String,
-    /// Bytes of its layers and config.
-    pub size: u64,
-    pub created: String,
-    /// What its tests said: passed, failed, none.
-    pub tests: String,
-    /// Groups that run it or are rolling to it.
-    pub groups: Vec<String>,
-}
 
 /// An image's lineage, the execution that baked it, and the groups that
 /// run it.
@@ -107,23 +87,12 @@ fn list_blocking(s: &AppState) -> Result<Vec<ImageSummary>, ApiError> {
     let images = store.images().map_err(FleetError::Store)?;
     Ok(images
         .iter()
-        .map(|i| ImageSummary {
-            reference: i.reference(),
-            name: i.name.clone(),
-            version: i.version.to_string(),
-            build: i.build,
-            status: i.status.to_string(),
-            digest: i.digest(),
-            size: size(&store, i),
-            created: i.created.clone(),
-            tests: i
-                .annotation(kiln_bake::bake::ANNOTATION_TESTS)
-                .unwrap_or("none")
-                .to_string(),
-            groups: groups
+        .map(|i| {
+            let using = groups
                 .get(&i.digest())
                 .map(|g| g.iter().cloned().collect())
-                .unwrap_or_default(),
+                .unwrap_or_default();
+            summary(&store, i, using)
         })
         .collect())
 }

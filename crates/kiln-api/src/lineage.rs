@@ -127,3 +127,42 @@ pub fn size(store: &Store, image: &ImageRecord) -> u64 {
         .map(|m| m.layers().iter().map(|l| l.size()).sum::<u64>() + m.config().size())
         .unwrap_or(0)
 }
+
+/// One image version as listings show it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ImageSummary {
+    /// `name/x.y.z/build`.
+    pub reference: String,
+    pub name: String,
+    pub version: String,
+    pub build: u32,
+    /// `available`, or `failed` (its tests failed: never deployed).
+    pub status: String,
+    pub digest: String,
+    /// Bytes of its layers and config.
+    pub size: u64,
+    pub created: String,
+    /// What its tests said: passed, failed, none.
+    pub tests: String,
+    /// Groups that run it or are rolling to it.
+    pub groups: Vec<String>,
+}
+
+/// `image` as listings show it, with the groups that run it.
+pub fn summary(store: &Store, image: &ImageRecord, groups: Vec<String>) -> ImageSummary {
+    ImageSummary {
+        reference: image.reference(),
+        name: image.name.clone(),
+        version: image.version.to_string(),
+        build: image.build,
+        status: image.status.to_string(),
+        digest: image.digest(),
+        size: size(store, image),
+        created: image.created.clone(),
+        tests: image
+            .annotation(ANNOTATION_TESTS)
+            .unwrap_or("none")
+            .to_string(),
+        groups,
+    }
+}

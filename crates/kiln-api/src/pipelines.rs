@@ -271,13 +271,35 @@ pub struct LogQuery {
 pub(crate) const MAX_OFFSET: u64 = 1 << 32;
 
 /// A stage of every execution.
-#[derive(Debug, Clone, Copy, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, utoipa::ToSchema)]
 pub enum StageName {
     Source,
     Build,
     Version,
     Bake,
     Deploy,
+}
+
+/// Only the stages' own names: a stage name becomes part of a log's path.
+impl<'de> serde::Deserialize<'de> for StageName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let given = String::deserialize(d)?;
+        [
+            StageName::Source,
+            StageName::Build,
+            StageName::Version,
+            StageName::Bake,
+            StageName::Deploy,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == given)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{given:?} is not a stage (expected one of: {})",
+                kiln_pipeline::STAGES.join(", ")
+            ))
+        })
+    }
 }
 
 impl StageName {

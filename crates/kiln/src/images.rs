@@ -46,35 +46,16 @@ enum ImagesCommand {
     },
 }
 
-#[derive(serde::Serialize)]
-struct Listed {
-    reference: String,
-    name: String,
-    version: String,
-    build: u32,
-    status: String,
-    digest: String,
-    size: u64,
-    created: String,
-}
-
 pub fn main(args: ImagesArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
     let store = Store::open(&state.join("images"))?;
     match args.command {
         ImagesCommand::Ls { output } => {
-            let list: Vec<Listed> = store
+            // The groups running each image are the daemon's to tell
+            // (`GET /v1/images`); this listing reads the store alone.
+            let list: Vec<_> = store
                 .images()?
                 .iter()
-                .map(|i| Listed {
-                    reference: i.reference(),
-                    name: i.name.clone(),
-                    version: i.version.to_string(),
-                    build: i.build,
-                    status: i.status.to_string(),
-                    digest: i.digest(),
-                    size: kiln_api::lineage::size(&store, i),
-                    created: i.created.clone(),
-                })
+                .map(|i| kiln_api::lineage::summary(&store, i, Vec::new()))
                 .collect();
             if output == Format::Json {
                 print_json(&list)?;
