@@ -13,6 +13,9 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 pub struct Browser {
     driver: Child,
+    /// The profile's flag, which every chromium process of this browser
+    /// carries: how a failed test finds them all to stop them.
+    profile_flag: String,
     base: String,
     session: String,
     agent: ureq::Agent,
@@ -66,6 +69,7 @@ impl Browser {
         }
         let mut browser = Browser {
             driver,
+            profile_flag: format!("--user-data-dir={}", profile.display()),
             base,
             session: String::new(),
             agent,
@@ -83,7 +87,7 @@ impl Browser {
             "--window-size=1400,1100",
         ];
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        args.push(format!("--user-data-dir={}", profile.display()));
+        args.push(browser.profile_flag.clone());
         let caps = json!({ "capabilities": { "alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args },
@@ -202,6 +206,16 @@ impl Drop for Browser {
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        // A browser whose session never started outlives its driver.
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let has_flag = cmdline
+                .split(|b| *b == 0)
+                .any(|arg| arg == self.profile_flag.as_bytes());
+            if has_flag && let Some(pid) = entry.file_name().to_str() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
     }
 }
 
