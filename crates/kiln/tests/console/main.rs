@@ -145,10 +145,15 @@ fn a_run_started_in_the_console_turns_green_live_and_rolls_the_group_out() {
     );
     // /var/tmp: the sandboxes see the repository there, whatever the
     // workspace's place.
+    // A VERSION that says "broken" fails the build: the Retry button's case.
+    let buildspec = BUILDSPEC.replace(
+        "      - cp VERSION out/VERSION",
+        "      - cp VERSION out/VERSION\n      - if grep -q broken VERSION; then echo broken; exit 3; fi",
+    );
     let s = Setup::in_dir(
         tempfile::tempdir_in("/var/tmp").unwrap(),
         &yaml,
-        BUILDSPEC,
+        &buildspec,
         &component(0),
     );
     let state = &s.state;
@@ -388,8 +393,45 @@ fn a_run_started_in_the_console_turns_green_live_and_rolls_the_group_out() {
         serde_json::json!(["1", "2"])
     );
     b.screenshot(&shots.join("7-group-rolled-back.png"));
-    drop(b);
     assert_eq!(page(&format!("{lb_url}/VERSION")), "first\n");
+
+    // A run whose build fails offers Retry, which runs the failed stage of
+    // the same execution again (RetryStageExecution), from the page.
+    s.repo.commit("VERSION", "broken\n", "break the build");
+    b.click(r#"header nav a[data-nav="pipelines"]"#);
+    b.click(r#"tr[data-pipeline="web"] a"#);
+    b.wait("the pipeline page", Duration::from_secs(20), || {
+        graph(&b).1.len() == 5
+    });
+    let (before_run, _) = graph(&b);
+    b.click("#run");
+    let mut failed_id = String::new();
+    b.wait("the build to fail", Duration::from_secs(300), || {
+        let (id, stages) = graph(&b);
+        failed_id = id.clone();
+        id != before_run && stages.get("Build").map(String::as_str) == Some("Failed")
+    });
+    let build_started = |state: &Path| {
+        let e = support::execution(state, &failed_id);
+        support::stage(&e, "Build")["started"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let first_attempt = build_started(state);
+    b.click("#retry");
+    b.wait(
+        "the retried build to fail again",
+        Duration::from_secs(300),
+        || {
+            let (id, stages) = graph(&b);
+            id == failed_id
+                && stages.get("Build").map(String::as_str) == Some("Failed")
+                && build_started(state) != first_attempt
+        },
+    );
+    b.screenshot(&shots.join("8-retried.png"));
+    drop(b);
 
     println!("console screenshots:");
     for f in [
@@ -400,6 +442,7 @@ fn a_run_started_in_the_console_turns_green_live_and_rolls_the_group_out() {
         "5-image-lineage.png",
         "6-parameters.png",
         "7-group-rolled-back.png",
+        "8-retried.png",
     ] {
         println!("  {}", shots.join(f).display());
     }

@@ -101,6 +101,12 @@ impl Browser {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|v| panic!("WebDriver {method} {path}: {v}"))
+    }
+
+    /// The answer, or the WebDriver error it carries.
+    fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Value> {
         let url = format!("{}{path}", self.base);
         let request = ureq::http::Request::builder().method(method).uri(&url);
         let resp = match body {
@@ -116,8 +122,7 @@ impl Browser {
         let status = resp.status();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        assert!(status.is_success(), "WebDriver {method} {path}: {v}");
-        v
+        if status.is_success() { Ok(v) } else { Err(v) }
     }
 
     fn session_call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
@@ -147,13 +152,23 @@ impl Browser {
             ));
             n.as_u64().unwrap_or(0) > 0
         });
-        let found = self.session_call(
-            "POST",
-            "/element",
-            Some(json!({ "using": "css selector", "value": css })),
-        );
-        let id = found[ELEMENT].as_str().expect("an element id");
-        self.session_call("POST", &format!("/element/{id}/click"), Some(json!({})));
+        // Live pages redraw: an element found may be replaced before the
+        // click lands; then the new one is clicked.
+        for _ in 0..10 {
+            let found = self.session_call(
+                "POST",
+                "/element",
+                Some(json!({ "using": "css selector", "value": css })),
+            );
+            let id = found[ELEMENT].as_str().expect("an element id");
+            let path = format!("/session/{}/element/{id}/click", self.session);
+            match self.try_call("POST", &path, Some(json!({}))) {
+                Ok(_) => return,
+                Err(e) if e["value"]["error"] == "stale element reference" => continue,
+                Err(e) => panic!("WebDriver click on {css}: {e}"),
+            }
+        }
+        panic!("{css} kept being replaced before a click landed");
     }
 
     /// Waits for `ready`; on time out, fails with what the page shows.
