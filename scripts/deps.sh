@@ -47,3 +47,32 @@ kiln_install_lint_tools() {
         done
     fi
 }
+
+# The console's and API's test tools: Debian's chromium and its driver for
+# the browser test (never a downloaded browser), schemathesis to drive every
+# operation of the OpenAPI document, and the Prometheus client library's
+# text-format parser for /metrics. Pinned, in their own virtual environment.
+KILN_SCHEMATHESIS_VERSION=4.32.5
+KILN_PROMETHEUS_CLIENT_VERSION=0.26.0
+KILN_API_VENV="${KILN_API_VENV:-/opt/kiln-api-test}"
+
+kiln_install_console_test_tools() {
+    local missing=() pkg sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    for pkg in chromium chromium-driver; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing Debian packages: ${missing[*]}" >&2
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if [ "$("$KILN_API_VENV/bin/python" -c "from importlib.metadata import version as v; \
+print(v('schemathesis'), v('prometheus-client'))" 2>/dev/null)" \
+        != "$KILN_SCHEMATHESIS_VERSION $KILN_PROMETHEUS_CLIENT_VERSION" ]; then
+        echo "installing schemathesis and prometheus-client from PyPI into $KILN_API_VENV" >&2
+        $sudo python3 -m venv "$KILN_API_VENV"
+        $sudo "$KILN_API_VENV/bin/pip" install -q "schemathesis==$KILN_SCHEMATHESIS_VERSION" \
+            "prometheus-client==$KILN_PROMETHEUS_CLIENT_VERSION"
+    fi
+}

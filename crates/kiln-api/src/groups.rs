@@ -1,26 +1,38 @@
-//! `/v1/groups`: groups of instances, their capacity, version and rollouts.
+//! `/v1/groups`: groups of instances, their capacity, version and rollouts
+//! (Auto Scaling groups and their AutoScalingRollingUpdate).
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use kiln_fleet::{GroupSpec, GroupUpdate, GroupView};
 
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, ErrorBody};
 
+/// Every group, with its instances, rollouts and load balancer statistics.
+#[utoipa::path(get, path = "/v1/groups", tag = "groups",
+    responses((status = 200, body = Vec<GroupView>)))]
 pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<GroupView>>, ApiError> {
     Ok(Json(s.fleet.groups()?))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 pub struct CreateGroup {
     name: String,
+    /// The launch template's name.
     template: String,
+    /// The template version; the latest if absent.
     #[serde(default)]
     version: Option<u32>,
     #[serde(flatten)]
     spec: GroupSpec,
 }
 
+/// CreateAutoScalingGroup: starts the group's instances and its load balancer.
+#[utoipa::path(post, path = "/v1/groups", tag = "groups", request_body = CreateGroup,
+    responses((status = 201, body = GroupView),
+        (status = 404, description = "No such template or version", body = ErrorBody),
+        (status = 409, description = "A group of that name exists", body = ErrorBody),
+        (status = 422, description = "The template's image is gone or failed its tests", body = ErrorBody)))]
 pub async fn create(
     State(s): State<AppState>,
     Json(body): Json<CreateGroup>,
@@ -35,6 +47,11 @@ pub async fn create(
     ))
 }
 
+/// One group, with its instances, rollouts and load balancer statistics.
+#[utoipa::path(get, path = "/v1/groups/{name}", tag = "groups",
+    params(("name" = String, Path, description = "The group's name")),
+    responses((status = 200, body = GroupView),
+        (status = 404, description = "No such group", body = ErrorBody)))]
 pub async fn inspect(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -42,6 +59,12 @@ pub async fn inspect(
     Ok(Json(s.fleet.group(&name)?))
 }
 
+/// UpdateAutoScalingGroup: capacity, template version (a rollout),
+/// health check and rolling policy; absent fields stay.
+#[utoipa::path(patch, path = "/v1/groups/{name}", tag = "groups", request_body = GroupUpdate,
+    params(("name" = String, Path, description = "The group's name")),
+    responses((status = 200, body = GroupView),
+        (status = 404, description = "No such group or template version", body = ErrorBody)))]
 pub async fn update(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -50,6 +73,36 @@ pub async fn update(
     Ok(Json(s.fleet.update_group(&name, body)?))
 }
 
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scale {
+    /// The new desired capacity, between the group's min and max.
+    desired: u32,
+}
+
+/// SetDesiredCapacity: the controller starts or stops instances to match.
+#[utoipa::path(post, path = "/v1/groups/{name}/scale", tag = "groups", request_body = Scale,
+    params(("name" = String, Path, description = "The group's name")),
+    responses((status = 200, body = GroupView),
+        (status = 404, description = "No such group", body = ErrorBody)))]
+pub async fn scale(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Json(body): Json<Scale>,
+) -> Result<Json<GroupView>, ApiError> {
+    let update = GroupUpdate {
+        desired: Some(body.desired),
+        ..GroupUpdate::default()
+    };
+    Ok(Json(s.fleet.update_group(&name, update)?))
+}
+
+/// Rolls the group back to the template version it ran before its last
+/// rollout.
+#[utoipa::path(post, path = "/v1/groups/{name}/rollback", tag = "groups",
+    params(("name" = String, Path, description = "The group's name")),
+    responses((status = 200, body = GroupView),
+        (status = 404, description = "No such group", body = ErrorBody)))]
 pub async fn rollback(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -57,6 +110,12 @@ pub async fn rollback(
     Ok(Json(s.fleet.rollback(&name, "rolled back on request")?))
 }
 
+/// DeleteAutoScalingGroup: terminates its instances and closes its load
+/// balancer.
+#[utoipa::path(delete, path = "/v1/groups/{name}", tag = "groups",
+    params(("name" = String, Path, description = "The group's name")),
+    responses((status = 204, description = "Deleted"),
+        (status = 404, description = "No such group", body = ErrorBody)))]
 pub async fn remove(
     State(s): State<AppState>,
     Path(name): Path<String>,

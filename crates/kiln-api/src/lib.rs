@@ -2,40 +2,55 @@
 //! tokens created at first start (`Authorization: Bearer TOKEN`): reads too,
 //! because every local user and every build step can reach the port, and
 //! template environments, execution variables and logs are not theirs to
-//! read. The read-only token allows GET and HEAD.
+//! read. The read-only token allows GET and HEAD. The web console signs in
+//! with a one-time code (see [`console`]) and then holds a session cookie
+//! that counts as the token the code was made with.
+//!
+//! The routes and the OpenAPI document come from the same declarations
+//! (utoipa), so the document cannot drift from what the server answers.
 
+mod auth;
+pub mod console;
 mod error;
+mod events;
 mod groups;
+mod images;
 mod instances;
+pub mod lineage;
+pub mod metrics;
+pub mod openapi;
+mod params;
 mod pipelines;
 mod templates;
 pub mod token;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::middleware;
 use kiln_fleet::Fleet;
 use kiln_lb::Limits;
 use kiln_pipeline::Pipelines;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub use error::ApiError;
-use token::{Access, Tokens};
+pub use error::{ApiError, ErrorBody};
+use token::Tokens;
 
 #[derive(Clone)]
 pub struct AppState {
     pub fleet: Fleet,
     pub pipelines: Pipelines,
     pub tokens: Tokens,
+    /// The state directory: the image store and the parameter store.
+    pub state_dir: PathBuf,
+    pub sessions: console::Sessions,
 }
 
-/// The API's clients are the CLI and scripts on this machine: their
-/// headers arrive at once, and a few hundred connections are plenty; the
-/// longest-idle one makes room for a new one past the cap.
+/// The API's clients are the CLI, scripts and the console on this machine:
+/// their headers arrive at once, and a few hundred connections are plenty;
+/// the longest-idle one makes room for a new one past the cap.
 pub const LIMITS: Limits = Limits {
     header_read_timeout: Duration::from_secs(10),
     max_connections: 256,
@@ -45,93 +60,86 @@ pub const LIMITS: Limits = Limits {
 /// How long requests in flight may take to finish once the daemon stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-pub fn router(fleet: Fleet, pipelines: Pipelines, tokens: Tokens) -> Router {
+/// Every documented route, with its OpenAPI description.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(health))
+        .routes(routes!(templates::list, templates::create))
+        .routes(routes!(groups::list, groups::create))
+        .routes(routes!(groups::inspect, groups::update, groups::remove))
+        .routes(routes!(groups::scale))
+        .routes(routes!(groups::rollback))
+        .routes(routes!(pipelines::list, pipelines::create))
+        .routes(routes!(pipelines::inspect, pipelines::destroy))
+        .routes(routes!(pipelines::trigger))
+        .routes(routes!(pipelines::hooks))
+        .routes(routes!(pipelines::executions))
+        .routes(routes!(pipelines::execution))
+        .routes(routes!(pipelines::retry))
+        .routes(routes!(pipelines::logs))
+        .routes(routes!(events::log_stream))
+        .routes(routes!(events::events))
+        .routes(routes!(instances::list))
+        .routes(routes!(instances::logs))
+        .routes(routes!(images::list))
+        .routes(routes!(images::inspect))
+        .routes(routes!(params::list))
+        .routes(routes!(params::history))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(console::create_code))
+        .routes(routes!(openapi::serve))
+}
+
+/// The OpenAPI document of every route, as `docs/openapi.json` holds it.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = api().split_for_parts();
+    openapi::finish(&mut doc);
+    doc
+}
+
+pub fn router(fleet: Fleet, pipelines: Pipelines, tokens: Tokens, state_dir: &Path) -> Router {
     let state = AppState {
         fleet,
         pipelines,
         tokens,
+        state_dir: state_dir.to_path_buf(),
+        sessions: console::Sessions::default(),
     };
-    Router::new()
-        .route(
-            "/v1/health",
-            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
-        )
-        .route(
-            "/v1/templates",
-            get(templates::list).post(templates::create),
-        )
-        .route("/v1/groups", get(groups::list).post(groups::create))
-        .route(
-            "/v1/groups/{name}",
-            get(groups::inspect)
-                .patch(groups::update)
-                .delete(groups::remove),
-        )
-        .route(
-            "/v1/groups/{name}/rollback",
-            axum::routing::post(groups::rollback),
-        )
-        .route(
-            "/v1/pipelines",
-            get(pipelines::list).post(pipelines::create),
-        )
-        .route(
-            "/v1/pipelines/{name}",
-            get(pipelines::inspect).delete(pipelines::destroy),
-        )
-        .route(
-            "/v1/pipelines/{name}/executions",
-            axum::routing::post(pipelines::trigger),
-        )
-        .route(
-            "/v1/pipelines/{name}/hooks",
-            axum::routing::post(pipelines::hooks),
-        )
-        .route("/v1/executions", get(pipelines::executions))
-        .route("/v1/executions/{id}", get(pipelines::execution))
-        .route(
-            "/v1/executions/{id}/retry",
-            axum::routing::post(pipelines::retry),
-        )
-        .route("/v1/executions/{id}/logs", get(pipelines::logs))
-        .route("/v1/instances", get(instances::list))
-        .route("/v1/instances/{id}/logs", get(instances::logs))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+    let (api, _) = api().split_for_parts();
+    api.merge(console::routes())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(middleware::from_fn(error::json_rejections))
+        .layer(middleware::from_fn(console::security_headers))
         .with_state(state)
 }
 
-/// Every call needs a token; only the full one changes state.
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
-    match given.and_then(|t| state.tokens.access(t)) {
-        Some(Access::Full) => next.run(request).await,
-        Some(Access::ReadOnly) if reads => next.run(request).await,
-        Some(Access::ReadOnly) => refuse(
-            StatusCode::FORBIDDEN,
-            "this token only reads (the state directory's api-token-read file); this call changes state and needs the token in the api-token file",
-        ),
-        None => refuse(
-            StatusCode::UNAUTHORIZED,
-            "every call needs an API token: send Authorization: Bearer TOKEN with the token in the state directory's api-token file (or api-token-read to read only)",
-        ),
-    }
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok` when the daemon answers.
+    status: String,
 }
 
-fn refuse(status: StatusCode, message: &str) -> Response {
-    let mut response =
-        (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+/// The daemon answers.
+#[utoipa::path(get, path = "/v1/health", tag = "daemon",
+    responses((status = 200, body = Health)))]
+async fn health() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// Runs blocking work (database, image store) off the async threads.
+pub(crate) async fn blocking<T: Send + 'static, E: Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+    join_error: impl FnOnce(String) -> E,
+) -> Result<T, E> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(join_error(e.to_string())),
     }
-    response
 }
 
 /// Serves the API until `shutdown` completes, with `limits` on slow and

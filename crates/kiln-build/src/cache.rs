@@ -83,7 +83,7 @@ pub(crate) fn parse(p: &mut Parser, node: &Node) -> CacheSpec {
 }
 
 /// What the cache did for one build.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CacheReport {
     pub restored_files: u64,
     pub restored_bytes: u64,

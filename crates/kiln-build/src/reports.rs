@@ -15,7 +15,7 @@ use crate::buildspec::{Parser, join};
 use crate::glob;
 
 /// The file formats CodeBuild reads: six test formats, four coverage ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum FileFormat {
     Junitxml,
@@ -142,7 +142,7 @@ pub(crate) fn parse(p: &mut Parser, node: &Node) -> Vec<ReportGroup> {
 }
 
 /// A failed test case, by name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FailedTest {
     pub name: String,
     /// The first line of its failure message, shortened.
@@ -150,7 +150,7 @@ pub struct FailedTest {
 }
 
 /// One report group's report from one build.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Report {
     pub group: String,
     /// TEST or CODE_COVERAGE.

@@ -75,7 +75,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Everything about one group, for the API.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct GroupView {
     #[serde(flatten)]
     pub group: Group,
@@ -86,7 +86,7 @@ pub struct GroupView {
 }
 
 /// A change to a group; absent fields stay as they are.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupUpdate {
     pub min: Option<u32>,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// What a user gives to create a launch template version.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateSpec {
     /// An image reference: a digest or NAME[/VERSION[/BUILD]], resolved to a
@@ -37,7 +37,7 @@ pub struct TemplateSpec {
 pub const SECRET_MASK: &str = "***";
 
 /// One version of a launch template.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Template {
     pub name: String,
     pub version: u32,
@@ -61,7 +61,7 @@ impl Template {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthCheck {
     pub path: String,
@@ -88,7 +88,7 @@ impl Default for HealthCheck {
 
 /// CloudFormation's AutoScalingRollingUpdate, with instance refresh's
 /// alternatives.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RollingPolicy {
     pub max_batch_size: u32,
@@ -119,7 +119,7 @@ impl Default for RollingPolicy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct GroupSpec {
     pub min: u32,
@@ -140,7 +140,7 @@ pub struct GroupSpec {
 pub use kiln_lb::{Algorithm, Routing};
 
 /// ALB's target group routing attributes.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoutingSpec {
     pub algorithm: Algorithm,
@@ -176,7 +176,7 @@ impl Default for GroupSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Group {
     pub name: String,
     pub template: String,
@@ -186,7 +186,7 @@ pub struct Group {
     pub created: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum InstanceState {
     Pending,
@@ -218,7 +218,7 @@ impl InstanceState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Instance {
     pub id: String,
     pub group: String,
@@ -236,7 +236,7 @@ pub struct Instance {
     pub updated: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RolloutState {
     InProgress,
@@ -266,7 +266,7 @@ impl RolloutState {
 }
 
 /// A change of a group's template version, and how it ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Rollout {
     pub id: i64,
     pub group: String,

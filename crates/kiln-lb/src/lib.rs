@@ -55,7 +55,9 @@ pub trait Connector: Send + Sync + 'static {
 
 /// How a group's balancer chooses an instance for a request, as ALB's
 /// target group attributes choose it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     /// The instance with the fewest requests in flight; ties round robin.
@@ -118,7 +120,7 @@ impl Default for Settings {
 }
 
 /// One backend as seen by the balancer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct BackendStats {
     pub id: String,
     pub in_service: bool,

@@ -29,7 +29,7 @@ type Result<T> = std::result::Result<T, ParamError>;
 
 /// A parameter's type, as SSM names them. A `SecureString`'s value is
 /// masked in build logs and left out of listings unless asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, utoipa::ToSchema)]
 pub enum ParamType {
     #[default]
     String,
@@ -69,7 +69,7 @@ impl std::str::FromStr for ParamType {
 }
 
 /// One version of a parameter.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Param {
     pub name: String,
     pub version: u32,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// The stages of every kiln pipeline, in order.
 pub const STAGES: [&str; 5] = ["Source", "Build", "Version", "Bake", "Deploy"];
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Pipeline {
     pub name: String,
     pub repository: String,
@@ -25,7 +25,7 @@ pub struct Pipeline {
     pub updated: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum ExecutionStatus {
     /// Waiting for the execution before it to finish.
     Pending,
@@ -65,7 +65,7 @@ impl ExecutionStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum StageStatus {
     Pending,
     InProgress,
@@ -102,7 +102,7 @@ impl StageStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Stage {
     pub name: String,
     pub status: StageStatus,
@@ -111,7 +111,7 @@ pub struct Stage {
     pub summary: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Execution {
     pub id: String,
     /// 1, 2, ... within the pipeline.
@@ -145,7 +145,9 @@ impl Execution {
 }
 
 /// What started an execution, named as CodePipeline's trigger types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub enum Trigger {
     /// The pipeline was created.
     #[serde(rename = "CreatePipeline")]
@@ -181,7 +183,7 @@ pub fn now() -> String {
 
 /// What an execution keeps beside its variables (which carry what each
 /// stage hands to the next: the commit, artifacts, version, image).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Outputs {
     /// The digest of everything the bake depends on (only_if_changed).
@@ -195,6 +197,16 @@ pub struct Outputs {
     pub build_reports: Vec<kiln_build::Report>,
     /// What the Build stage's `cache.paths` restored and saved.
     pub build_cache: Option<kiln_build::CacheReport>,
+    /// How many of the Bake stage's components came from the layer cache.
+    pub bake_cache: Option<BakeCache>,
+}
+
+/// The Bake stage's layer cache: components whose layer was reused (hits)
+/// and those that ran (misses).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BakeCache {
+    pub hits: u32,
+    pub misses: u32,
 }
 
 /// A variable of `vars` by namespace and name.

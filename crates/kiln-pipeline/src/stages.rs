@@ -481,6 +481,11 @@ impl Run<'_> {
         let report = kiln_bake::bake(&store, &recipe, &opts, &mut observer);
         self.out.commands_ms.insert("Bake".into(), observer.1);
         let report = report?;
+        let hits = report.components.iter().filter(|c| c.cached).count() as u32;
+        self.out.bake_cache = Some(crate::model::BakeCache {
+            hits,
+            misses: report.components.len() as u32 - hits,
+        });
         if let kiln_bake::TestReport::Failed {
             message,
             log: test_log,

@@ -60,6 +60,11 @@ impl Client {
         Ok(value)
     }
 
+    /// The daemon's address, as `http://127.0.0.1:PORT`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     fn auth(&self) -> String {
         format!("Bearer {}", self.token.as_deref().unwrap_or_default())
     }

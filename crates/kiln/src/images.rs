@@ -10,7 +10,7 @@ use crate::output::{Format, print_json};
 use crate::state::StateDir;
 use kiln_image::Store;
 use kiln_image::export::{self, Format as ExportFormat};
-use kiln_image::store::{ANNOTATION_TEST_LOG, ImageRecord};
+use kiln_image::store::ANNOTATION_TEST_LOG;
 
 #[derive(Args)]
 pub struct ImagesArgs {
@@ -152,42 +152,16 @@ struct PulledOut {
     registry_digest: String,
 }
 
-#[derive(serde::Serialize)]
-struct Listed {
-    reference: String,
-    name: String,
-    version: String,
-    build: u32,
-    status: String,
-    digest: String,
-    size: u64,
-    created: String,
-}
-
-fn size(store: &Store, image: &ImageRecord) -> u64 {
-    store
-        .manifest(image)
-        .map(|m| m.layers().iter().map(|l| l.size()).sum::<u64>() + m.config().size())
-        .unwrap_or(0)
-}
-
 pub fn main(args: ImagesArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
     let store = Store::open(&state.join("images"))?;
     match args.command {
         ImagesCommand::Ls { output } => {
-            let list: Vec<Listed> = store
+            // The groups running each image are the daemon's to tell
+            // (`GET /v1/images`); this listing reads the store alone.
+            let list: Vec<_> = store
                 .images()?
                 .iter()
-                .map(|i| Listed {
-                    reference: i.reference(),
-                    name: i.name.clone(),
-                    version: i.version.to_string(),
-                    build: i.build,
-                    status: i.status.to_string(),
-                    digest: i.digest(),
-                    size: size(&store, i),
-                    created: i.created.clone(),
-                })
+                .map(|i| kiln_api::lineage::summary(&store, i, Vec::new()))
                 .collect();
             if output == Format::Json {
                 print_json(&list)?;
@@ -214,7 +188,7 @@ pub fn main(args: ImagesArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
             output,
         } => {
             let image = store.resolve(&reference)?;
-            let lineage = crate::lineage::lineage(&store, &image)?;
+            let lineage = kiln_api::lineage::lineage(&store, &image)?;
             if output == Format::Json {
                 print_json(&lineage)?;
             } else {

@@ -18,6 +18,7 @@ macro_rules! say {
 
 mod bake;
 mod client;
+mod console_cmd;
 mod demo;
 mod fleet_cmd;
 mod gc;
@@ -99,6 +100,11 @@ enum Command {
     Destroy(pipeline_cmd::DestroyArgs),
     /// Synthesize kiln.yaml for a cloud target: `kiln synth aws`.
     Synth(synth::SynthArgs),
+    /// The web console's URL with a one-time login code (opened in the
+    /// desktop's browser when there is one).
+    Console(console_cmd::ConsoleArgs),
+    /// Print the API's OpenAPI document (docs/openapi.json).
+    Openapi,
 }
 
 /// Raises the soft limit on open files to the hard one: the daemon holds a
@@ -137,7 +143,7 @@ fn main() -> ExitCode {
     // Checking documents needs no state; `kiln toe run` creates it itself.
     if !matches!(
         cli.command,
-        Command::Validate(_) | Command::Toe(_) | Command::Synth(_)
+        Command::Validate(_) | Command::Toe(_) | Command::Synth(_) | Command::Openapi
     ) && let Err(e) = state.create()
     {
         eprintln!("error: {e:#}");
@@ -163,6 +169,11 @@ fn main() -> ExitCode {
         Command::Executions(args) => pipeline_cmd::executions(args, &state),
         Command::Destroy(args) => pipeline_cmd::destroy(args, &state),
         Command::Synth(args) => synth::main(args),
+        Command::Console(args) => console_cmd::main(args, &state),
+        Command::Openapi => {
+            print!("{}", kiln_api::openapi::json());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

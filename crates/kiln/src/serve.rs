@@ -50,6 +50,7 @@ async fn run(args: ServeArgs, state: &Path) -> anyhow::Result<()> {
     std::fs::rename(&partial, state.join(DAEMON_FILE))?;
     tracing::info!(%addr, "kiln daemon serving");
     println!("kiln daemon listening on http://{addr}");
+    println!("web console: `kiln console` prints its URL with a one-time login");
     // Where the tokens are, never what they are.
     println!(
         "API tokens: {} (every call), {} (read only)",
@@ -64,7 +65,7 @@ async fn run(args: ServeArgs, state: &Path) -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
     };
-    let app = kiln_api::router(fleet.clone(), pipelines, tokens);
+    let app = kiln_api::router(fleet.clone(), pipelines, tokens, state);
     kiln_api::serve(listener, app, kiln_api::LIMITS, shutdown).await;
     fleet.shutdown().await;
     if let Err(e) = std::fs::remove_file(state.join(DAEMON_FILE))

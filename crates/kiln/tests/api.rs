@@ -147,6 +147,172 @@ fn every_call_needs_a_token_and_the_read_only_token_only_reads() {
     daemon.destroy(&[]);
 }
 
+/// A header a response must carry.
+fn header(addr: SocketAddr, path: &str, token: Option<&str>, name: &str) -> String {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut request = agent.get(format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        request = request.header("Authorization", &format!("Bearer {t}"));
+    }
+    let resp = request.call().unwrap();
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_running_daemon_serves_the_committed_openapi_document_and_the_new_resources() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut daemon = Daemon::start(&state);
+    let addr = address(&state);
+    let (full, read) = (token(&state, "api-token"), token(&state, "api-token-read"));
+
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/openapi.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(call(addr, "GET", "/openapi.json", None, None).0, 401);
+    let (status, served) = call(addr, "GET", "/openapi.json", Some(&read), None);
+    assert_eq!(status, 200);
+    assert!(
+        served == committed,
+        "the served document differs from docs/openapi.json"
+    );
+    // `kiln openapi` prints the same document.
+    let printed: Value = serde_json::from_str(&ok(kiln(&state, &["openapi"]))).unwrap();
+    assert!(printed == committed);
+
+    // Every new resource reads with the read-only token, and not without.
+    for path in [
+        "/v1/images",
+        "/v1/parameters",
+        "/metrics",
+        "/v1/events?max_seconds=1",
+    ] {
+        assert_eq!(call(addr, "GET", path, None, None).0, 401, "{path}");
+        assert_eq!(call(addr, "GET", path, Some(&read), None).0, 200, "{path}");
+    }
+    assert_eq!(
+        header(addr, "/metrics", Some(&read), "content-type"),
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    assert_eq!(
+        header(
+            addr,
+            "/v1/events?max_seconds=1",
+            Some(&read),
+            "content-type"
+        ),
+        "text/event-stream"
+    );
+    // The actions: refused without a token and with the read-only one.
+    for (path, body) in [
+        ("/v1/groups/g/scale", Some(r#"{"desired": 2}"#)),
+        ("/v1/groups/g/rollback", None),
+        ("/v1/pipelines/p/executions", Some("{}")),
+        ("/v1/executions/e/retry", None),
+    ] {
+        let (status, err) = call(addr, "POST", path, None, body);
+        assert_eq!(status, 401, "{path}: {err}");
+        assert_eq!(call(addr, "POST", path, Some(&read), body).0, 403, "{path}");
+        assert_eq!(call(addr, "POST", path, Some(&full), body).0, 404, "{path}");
+    }
+    // Errors are JSON even when axum rejects the input itself.
+    let (status, err) = call(addr, "GET", "/v1/executions?limit=-1", Some(&read), None);
+    assert_eq!(status, 400);
+    assert!(err["error"].as_str().unwrap().contains("limit"), "{err}");
+    daemon.destroy(&[]);
+}
+
+#[test]
+fn the_console_signs_in_with_a_one_time_code_and_its_session_keeps_the_token_access() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut daemon = Daemon::start(&state);
+    let addr = address(&state);
+    let read = token(&state, "api-token-read");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+
+    // The page itself holds nothing and needs no token; it says what it
+    // may load.
+    let page = call(addr, "GET", "/", None, None);
+    assert_eq!(page.0, 200);
+    assert!(page.1.as_str().unwrap().contains("/console/app.js"));
+    let csp = header(addr, "/", None, "content-security-policy");
+    assert!(csp.starts_with("default-src 'self'"), "{csp}");
+
+    // `kiln console` prints the URL with a code; the code works once.
+    let url = ok(kiln(&state, &["console", "--no-open"]));
+    let code = url.trim().rsplit_once("#login=").unwrap().1.to_string();
+    assert!(url.starts_with(&format!("http://{addr}/")), "{url}");
+    let exchange = |code: &str| {
+        agent
+            .post(format!("http://{addr}/console/session"))
+            .header("Content-Type", "application/json")
+            .send(serde_json::json!({ "code": code }).to_string())
+            .unwrap()
+    };
+    let first = exchange(&code);
+    assert_eq!(first.status(), 200);
+    let cookie = first.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert_eq!(exchange(&code).status(), 401, "a code works once");
+    let session = cookie.split(';').next().unwrap().to_string();
+    let with_cookie = |method: &str, path: &str| {
+        let r = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .header("Cookie", &session)
+            .header("Content-Type", "application/json")
+            .body(r#"{"desired": 1}"#.to_string())
+            .unwrap();
+        agent.run(r).unwrap().status().as_u16()
+    };
+    // The CLI used the full token: the session reads and changes.
+    assert_eq!(with_cookie("GET", "/v1/groups"), 200);
+    assert_eq!(with_cookie("POST", "/v1/groups/g/scale"), 404);
+
+    // A code asked for with the read-only token gives a session that
+    // only reads.
+    let (status, answer) = call(addr, "POST", "/v1/console/codes", Some(&read), None);
+    assert_eq!(status, 201);
+    assert_eq!(answer["access"], "read-only");
+    let reader = exchange(answer["code"].as_str().unwrap());
+    let reader = reader.headers()["set-cookie"].to_str().unwrap();
+    let reader = reader.split(';').next().unwrap();
+    let r = ureq::http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/v1/groups/g/scale"))
+        .header("Cookie", reader)
+        .header("Content-Type", "application/json")
+        .body(r#"{"desired": 1}"#.to_string())
+        .unwrap();
+    assert_eq!(agent.run(r).unwrap().status().as_u16(), 403);
+    // A forged cookie is no session.
+    let r = ureq::http::Request::builder()
+        .uri(format!("http://{addr}/v1/groups"))
+        .header("Cookie", "kiln_session=00000000")
+        .body(())
+        .unwrap();
+    assert_eq!(agent.run(r).unwrap().status().as_u16(), 401);
+    daemon.destroy(&[]);
+}
+
 /// More connections than the 1,024 descriptors a process gets by default.
 const SLOW_CLIENTS: usize = 1200;
 
