@@ -6,13 +6,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use kiln_fleet::{GroupSpec, GroupUpdate, GroupView};
 
-use crate::{ApiError, AppState, ErrorBody};
+use crate::{ApiError, AppState, ErrorBody, on_fleet};
 
 /// Every group, with its instances, rollouts and load balancer statistics.
 #[utoipa::path(get, path = "/v1/groups", tag = "groups",
     responses((status = 200, body = Vec<GroupView>)))]
 pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<GroupView>>, ApiError> {
-    Ok(Json(s.fleet.groups()?))
+    Ok(Json(on_fleet(&s, |f| f.groups()).await?))
 }
 
 #[derive(serde::Deserialize, utoipa::ToSchema)]
@@ -56,7 +56,7 @@ pub async fn inspect(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<GroupView>, ApiError> {
-    Ok(Json(s.fleet.group(&name)?))
+    Ok(Json(on_fleet(&s, move |f| f.group(&name)).await?))
 }
 
 /// UpdateAutoScalingGroup: capacity, template version (a rollout),
@@ -70,7 +70,9 @@ pub async fn update(
     Path(name): Path<String>,
     Json(body): Json<GroupUpdate>,
 ) -> Result<Json<GroupView>, ApiError> {
-    Ok(Json(s.fleet.update_group(&name, body)?))
+    Ok(Json(
+        on_fleet(&s, move |f| f.update_group(&name, body)).await?,
+    ))
 }
 
 #[derive(serde::Deserialize, utoipa::ToSchema)]
@@ -94,7 +96,9 @@ pub async fn scale(
         desired: Some(body.desired),
         ..GroupUpdate::default()
     };
-    Ok(Json(s.fleet.update_group(&name, update)?))
+    Ok(Json(
+        on_fleet(&s, move |f| f.update_group(&name, update)).await?,
+    ))
 }
 
 /// Rolls the group back to the template version it ran before its last
@@ -107,7 +111,9 @@ pub async fn rollback(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<GroupView>, ApiError> {
-    Ok(Json(s.fleet.rollback(&name, "rolled back on request")?))
+    Ok(Json(
+        on_fleet(&s, move |f| f.rollback(&name, "rolled back on request")).await?,
+    ))
 }
 
 /// DeleteAutoScalingGroup: terminates its instances and closes its load

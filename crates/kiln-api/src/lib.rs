@@ -142,6 +142,16 @@ pub(crate) async fn blocking<T: Send + 'static, E: Send + 'static>(
     }
 }
 
+/// Runs a call on the fleet off the async threads: it reads and writes
+/// SQLite, which blocks.
+pub(crate) async fn on_fleet<T: Send + 'static>(
+    s: &AppState,
+    f: impl FnOnce(&kiln_fleet::Fleet) -> Result<T, kiln_fleet::FleetError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let fleet = s.fleet.clone();
+    Ok(blocking(move || f(&fleet), kiln_fleet::FleetError::Task).await?)
+}
+
 /// Serves the API until `shutdown` completes, with `limits` on slow and
 /// idle clients (see [`LIMITS`]).
 pub async fn serve(

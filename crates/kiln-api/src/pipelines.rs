@@ -116,7 +116,8 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/pipelines", tag = "pipelines",
     responses((status = 200, body = Vec<Pipeline>)))]
 pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<Pipeline>>> {
-    Ok(Json(s.pipelines.pipelines()?))
+    let p = s.pipelines.clone();
+    Ok(Json(blocking(move || p.pipelines()).await?))
 }
 
 /// GetPipeline: its repository, branch and kiln.yaml.
@@ -127,7 +128,8 @@ pub async fn inspect(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Pipeline>> {
-    Ok(Json(s.pipelines.pipeline(&name)?))
+    let p = s.pipelines.clone();
+    Ok(Json(blocking(move || p.pipeline(&name)).await?))
 }
 
 /// DeletePipeline, with everything it made: its group, templates, images,
@@ -197,7 +199,10 @@ pub async fn hooks(
     Path(name): Path<String>,
     Json(body): Json<Hooks>,
 ) -> Result<Json<Pipeline>> {
-    Ok(Json(s.pipelines.add_hooks(&name, &body.files)?))
+    let p = s.pipelines.clone();
+    Ok(Json(
+        blocking(move || p.add_hooks(&name, &body.files)).await?,
+    ))
 }
 
 /// The most executions one call lists.
@@ -231,8 +236,9 @@ pub async fn executions(
             q.limit
         )));
     }
+    let p = s.pipelines.clone();
     Ok(Json(
-        s.pipelines.executions(q.pipeline.as_deref(), q.limit)?,
+        blocking(move || p.executions(q.pipeline.as_deref(), q.limit)).await?,
     ))
 }
 
@@ -244,7 +250,8 @@ pub async fn execution(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Execution>> {
-    Ok(Json(s.pipelines.execution(&id)?))
+    let p = s.pipelines.clone();
+    Ok(Json(blocking(move || p.execution(&id)).await?))
 }
 
 /// RetryStageExecution: a new execution of the same commit that starts at
@@ -254,7 +261,8 @@ pub async fn execution(
         (status = 404, description = "No such execution", body = ErrorBody),
         (status = 409, description = "The execution did not fail", body = ErrorBody)))]
 pub async fn retry(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Execution>> {
-    Ok(Json(s.pipelines.retry(&id)?))
+    let p = s.pipelines.clone();
+    Ok(Json(blocking(move || p.retry(&id)).await?))
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
@@ -337,6 +345,7 @@ pub async fn logs(
             q.offset
         )));
     }
-    let (text, next_offset) = s.pipelines.log(&id, q.stage.as_str(), q.offset)?;
+    let p = s.pipelines.clone();
+    let (text, next_offset) = blocking(move || p.log(&id, q.stage.as_str(), q.offset)).await?;
     Ok(Json(LogChunk { text, next_offset }))
 }
