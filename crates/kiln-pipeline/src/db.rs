@@ -10,8 +10,11 @@ use crate::model::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    #[error("state database {}: {source}", path.display())]
+    Sqlite {
+        path: std::path::PathBuf,
+        source: rusqlite::Error,
+    },
     #[error(transparent)]
     Open(#[from] kiln_db::OpenError),
     #[error("{what} {id} does not exist")]
@@ -22,6 +25,7 @@ pub type Result<T> = std::result::Result<T, DbError>;
 
 pub struct Db {
     conn: Connection,
+    path: std::path::PathBuf,
 }
 
 const SCHEMA: &str = "
@@ -68,7 +72,17 @@ CREATE TABLE IF NOT EXISTS stages (
 impl Db {
     pub fn open(path: &Path) -> Result<Db> {
         let conn = kiln_db::open(path, SCHEMA)?;
-        Ok(Db { conn })
+        Ok(Db {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> DbError {
+        DbError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     // ---------------------------------------------------------- pipelines
@@ -88,42 +102,50 @@ impl Db {
                 serde_json::to_string(&p.hooks).unwrap_or_default(),
                 now()
             ],
-        )?;
+        ).map_err(|e| self.sql(e))?;
         Ok(())
     }
 
     pub fn set_pipeline_config(&self, name: &str, config: &str) -> Result<()> {
-        self.conn.execute(
-            // A changed schedule is computed afresh.
-            "UPDATE pipelines SET config = ?2, updated = ?3,
+        self.conn
+            .execute(
+                // A changed schedule is computed afresh.
+                "UPDATE pipelines SET config = ?2, updated = ?3,
                  next_schedule = CASE WHEN config = ?2 THEN next_schedule ELSE '' END
              WHERE name = ?1",
-            params![name, config, now()],
-        )?;
+                params![name, config, now()],
+            )
+            .map_err(|e| self.sql(e))?;
         Ok(())
     }
 
     pub fn set_last_commit(&self, name: &str, commit: &str) -> Result<()> {
-        self.conn.execute(
-            "UPDATE pipelines SET last_commit = ?2 WHERE name = ?1",
-            params![name, commit],
-        )?;
+        self.conn
+            .execute(
+                "UPDATE pipelines SET last_commit = ?2 WHERE name = ?1",
+                params![name, commit],
+            )
+            .map_err(|e| self.sql(e))?;
         Ok(())
     }
 
     pub fn set_next_schedule(&self, name: &str, at: &str) -> Result<()> {
-        self.conn.execute(
-            "UPDATE pipelines SET next_schedule = ?2 WHERE name = ?1",
-            params![name, at],
-        )?;
+        self.conn
+            .execute(
+                "UPDATE pipelines SET next_schedule = ?2 WHERE name = ?1",
+                params![name, at],
+            )
+            .map_err(|e| self.sql(e))?;
         Ok(())
     }
 
     pub fn set_hooks(&self, name: &str, hooks: &[String]) -> Result<()> {
-        self.conn.execute(
-            "UPDATE pipelines SET hooks = ?2 WHERE name = ?1",
-            params![name, serde_json::to_string(hooks).unwrap_or_default()],
-        )?;
+        self.conn
+            .execute(
+                "UPDATE pipelines SET hooks = ?2 WHERE name = ?1",
+                params![name, serde_json::to_string(hooks).unwrap_or_default()],
+            )
+            .map_err(|e| self.sql(e))?;
         Ok(())
     }
 
@@ -150,7 +172,8 @@ impl Db {
                 [name],
                 Self::pipeline_row,
             )
-            .optional()?
+            .optional()
+            .map_err(|e| self.sql(e))?
             .ok_or_else(|| DbError::NotFound {
                 what: "pipeline",
                 id: name.into(),
@@ -158,33 +181,45 @@ impl Db {
     }
 
     pub fn pipelines(&self) -> Result<Vec<Pipeline>> {
-        let mut stmt = self.conn.prepare("SELECT * FROM pipelines ORDER BY name")?;
-        let rows = stmt.query_map([], Self::pipeline_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let mut stmt = self
+            .conn
+            .prepare("SELECT * FROM pipelines ORDER BY name")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], Self::pipeline_row)
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.sql(e))
     }
 
     /// Removes the pipeline and its executions' records.
     pub fn delete_pipeline(&self, name: &str) -> Result<usize> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.sql(e))?;
         tx.execute(
             "DELETE FROM stages WHERE execution IN (SELECT id FROM executions WHERE pipeline = ?1)",
             [name],
-        )?;
-        let n = tx.execute("DELETE FROM executions WHERE pipeline = ?1", [name])?;
-        tx.execute("DELETE FROM pipelines WHERE name = ?1", [name])?;
-        tx.commit()?;
+        )
+        .map_err(|e| self.sql(e))?;
+        let n = tx
+            .execute("DELETE FROM executions WHERE pipeline = ?1", [name])
+            .map_err(|e| self.sql(e))?;
+        tx.execute("DELETE FROM pipelines WHERE name = ?1", [name])
+            .map_err(|e| self.sql(e))?;
+        tx.commit().map_err(|e| self.sql(e))?;
         Ok(n)
     }
 
     // --------------------------------------------------------- executions
 
     pub fn insert_execution(&self, e: &Execution) -> Result<Execution> {
-        let tx = self.conn.unchecked_transaction()?;
-        let seq: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM executions WHERE pipeline = ?1",
-            [&e.pipeline],
-            |r| r.get(0),
-        )?;
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.sql(e))?;
+        let seq: i64 = tx
+            .query_row(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM executions WHERE pipeline = ?1",
+                [&e.pipeline],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.sql(e))?;
         tx.execute(
             "INSERT INTO executions (id, seq, pipeline, status, trigger, commit_id, reason, created, variables, outputs)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -200,14 +235,15 @@ impl Db {
                 serde_json::to_string(&e.variables).unwrap_or_default(),
                 serde_json::to_string(&e.outputs).unwrap_or_default(),
             ],
-        )?;
+        ).map_err(|e| self.sql(e))?;
         for (i, name) in STAGES.iter().enumerate() {
             tx.execute(
                 "INSERT INTO stages (execution, position, name, status) VALUES (?1, ?2, ?3, ?4)",
                 params![e.id, i as i64, name, StageStatus::Pending.as_str()],
-            )?;
+            )
+            .map_err(|e| self.sql(e))?;
         }
-        tx.commit()?;
+        tx.commit().map_err(|e| self.sql(e))?;
         self.execution(&e.id)
     }
 
@@ -235,29 +271,35 @@ impl Db {
     fn stages(&self, id: &str) -> Result<Vec<Stage>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT * FROM stages WHERE execution = ?1 ORDER BY position")?;
-        let rows = stmt.query_map([id], |row| {
-            let status: String = row.get("status")?;
-            Ok(Stage {
-                name: row.get("name")?,
-                status: StageStatus::parse(&status),
-                started: row.get("started")?,
-                ended: row.get("ended")?,
-                summary: row.get("summary")?,
+            .prepare("SELECT * FROM stages WHERE execution = ?1 ORDER BY position")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([id], |row| {
+                let status: String = row.get("status")?;
+                Ok(Stage {
+                    name: row.get("name")?,
+                    status: StageStatus::parse(&status),
+                    started: row.get("started")?,
+                    ended: row.get("ended")?,
+                    summary: row.get("summary")?,
+                })
             })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.sql(e))
     }
 
     /// An execution by id, or by an unambiguous prefix of it.
     pub fn execution(&self, id: &str) -> Result<Execution> {
         let mut stmt = self.conn.prepare(
             "SELECT * FROM executions WHERE id = ?1 OR id LIKE ?2 ORDER BY id = ?1 DESC LIMIT 2",
-        )?;
+        ).map_err(|e| self.sql(e))?;
         let pattern = format!("{}%", id.replace(['%', '_'], ""));
         let found: Vec<Execution> = stmt
-            .query_map(params![id, pattern], Self::execution_row)?
-            .collect::<rusqlite::Result<_>>()?;
+            .query_map(params![id, pattern], Self::execution_row)
+            .map_err(|e| self.sql(e))?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.sql(e))?;
         let mut e = match found.as_slice() {
             [one] => one.clone(),
             [first, _] if first.id == id => first.clone(),
@@ -274,13 +316,18 @@ impl Db {
 
     /// Executions, newest first.
     pub fn executions(&self, pipeline: Option<&str>, limit: usize) -> Result<Vec<Execution>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT * FROM executions WHERE ?1 IS NULL OR pipeline = ?1
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT * FROM executions WHERE ?1 IS NULL OR pipeline = ?1
              ORDER BY created DESC, seq DESC LIMIT ?2",
-        )?;
+            )
+            .map_err(|e| self.sql(e))?;
         let list: Vec<Execution> = stmt
-            .query_map(params![pipeline, limit as i64], Self::execution_row)?
-            .collect::<rusqlite::Result<_>>()?;
+            .query_map(params![pipeline, limit as i64], Self::execution_row)
+            .map_err(|e| self.sql(e))?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.sql(e))?;
         list.into_iter()
             .map(|mut e| {
                 e.stages = self.stages(&e.id)?;
@@ -292,10 +339,13 @@ impl Db {
     pub fn executions_with_status(&self, status: ExecutionStatus) -> Result<Vec<Execution>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT * FROM executions WHERE status = ?1 ORDER BY seq")?;
+            .prepare("SELECT * FROM executions WHERE status = ?1 ORDER BY seq")
+            .map_err(|e| self.sql(e))?;
         let list: Vec<Execution> = stmt
-            .query_map([status.as_str()], Self::execution_row)?
-            .collect::<rusqlite::Result<_>>()?;
+            .query_map([status.as_str()], Self::execution_row)
+            .map_err(|e| self.sql(e))?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.sql(e))?;
         Ok(list)
     }
 
@@ -305,22 +355,27 @@ impl Db {
         } else {
             String::new()
         };
-        self.conn.execute(
-            "UPDATE executions SET status = ?2, reason = ?3, ended = ?4 WHERE id = ?1",
-            params![id, status.as_str(), reason, ended],
-        )?;
+        self.conn
+            .execute(
+                "UPDATE executions SET status = ?2, reason = ?3, ended = ?4 WHERE id = ?1",
+                params![id, status.as_str(), reason, ended],
+            )
+            .map_err(|e| self.sql(e))?;
         Ok(())
     }
 
     /// Moves a waiting execution to InProgress; false if it is no longer
     /// waiting (superseded meanwhile, or already taken).
     pub fn claim(&self, id: &str) -> Result<bool> {
-        let n = self.conn.execute(
-            "UPDATE executions SET status = 'InProgress', reason = '',
+        let n = self
+            .conn
+            .execute(
+                "UPDATE executions SET status = 'InProgress', reason = '',
                  started = CASE WHEN started = '' THEN ?2 ELSE started END
              WHERE id = ?1 AND status = 'Pending'",
-            params![id, now()],
-        )?;
+                params![id, now()],
+            )
+            .map_err(|e| self.sql(e))?;
         Ok(n == 1)
     }
 
@@ -330,18 +385,20 @@ impl Db {
         variables: &BTreeMap<String, BTreeMap<String, String>>,
         outputs: &Outputs,
     ) -> Result<()> {
-        self.conn.execute(
-            // commit_id is the trigger's commit until Source resolves it.
-            "UPDATE executions SET variables = ?2, outputs = ?3,
+        self.conn
+            .execute(
+                // commit_id is the trigger's commit until Source resolves it.
+                "UPDATE executions SET variables = ?2, outputs = ?3,
                  commit_id = CASE WHEN ?4 = '' THEN commit_id ELSE ?4 END
              WHERE id = ?1",
-            params![
-                id,
-                serde_json::to_string(variables).unwrap_or_default(),
-                serde_json::to_string(outputs).unwrap_or_default(),
-                variable(variables, "SourceVariables", "CommitId").unwrap_or_default(),
-            ],
-        )?;
+                params![
+                    id,
+                    serde_json::to_string(variables).unwrap_or_default(),
+                    serde_json::to_string(outputs).unwrap_or_default(),
+                    variable(variables, "SourceVariables", "CommitId").unwrap_or_default(),
+                ],
+            )
+            .map_err(|e| self.sql(e))?;
         Ok(())
     }
 
@@ -359,7 +416,31 @@ impl Db {
                  ended = CASE WHEN ?3 IN ('InProgress', 'Pending') THEN '' ELSE ?5 END
              WHERE execution = ?1 AND name = ?2",
             params![id, stage, status.as_str(), summary, t],
-        )?;
+        ).map_err(|e| self.sql(e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_error_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.db");
+        let db = Db::open(&path).unwrap();
+        // What a damaged or foreign database looks like to the pipelines.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch("DROP TABLE stages; DROP TABLE executions;")
+            .unwrap();
+        let err = db.executions(None, 10).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("state database {}: ", path.display())),
+            "{err}"
+        );
+        assert!(matches!(err, DbError::Sqlite { .. }));
     }
 }
