@@ -312,6 +312,51 @@ fn fleet_metrics(s: &AppState, out: &mut Exposition) -> Result<(), ApiError> {
         }
     }
     out.family(
+        "kiln_lb_http_responses_total",
+        "counter",
+        "Responses the group's load balancer sent, by status class, the balancer's own 502, 503 and 504 included (ALB's HTTPCode_Target_*_Count and HTTPCode_ELB_*_Count).",
+    );
+    for g in &groups {
+        for (class, n) in &g.traffic.responses {
+            out.sample(
+                "kiln_lb_http_responses_total",
+                &[("group", g.group.name.as_str()), ("code", class.as_str())],
+                *n as f64,
+            );
+        }
+    }
+    out.family(
+        "kiln_lb_response_time_seconds",
+        "histogram",
+        "Time from receiving a request to sending the response's head (ALB's TargetResponseTime), over every request the group's load balancer answered.",
+    );
+    for g in &groups {
+        let name = g.group.name.as_str();
+        for b in &g.traffic.latency_buckets {
+            let le = b.le_seconds.to_string();
+            out.sample(
+                "kiln_lb_response_time_seconds_bucket",
+                &[("group", name), ("le", le.as_str())],
+                b.count as f64,
+            );
+        }
+        out.sample(
+            "kiln_lb_response_time_seconds_bucket",
+            &[("group", name), ("le", "+Inf")],
+            g.traffic.latency_count as f64,
+        );
+        out.sample(
+            "kiln_lb_response_time_seconds_sum",
+            &[("group", name)],
+            g.traffic.latency_sum_seconds,
+        );
+        out.sample(
+            "kiln_lb_response_time_seconds_count",
+            &[("group", name)],
+            g.traffic.latency_count as f64,
+        );
+    }
+    out.family(
         "kiln_lb_requests_in_flight",
         "gauge",
         "Requests each instance is answering now.",

@@ -83,6 +83,8 @@ pub struct GroupView {
     pub instances: Vec<Instance>,
     pub rollouts: Vec<Rollout>,
     pub backends: Vec<kiln_lb::BackendStats>,
+    /// What the group's load balancer answered, by status class and time.
+    pub traffic: kiln_lb::TrafficStats,
 }
 
 /// A change to a group; absent fields stay as they are.
@@ -346,7 +348,8 @@ impl Fleet {
                 .as_ref()
                 .map(|l| format!("http://{}", l.local_addr()))
                 .unwrap_or_default(),
-            backends: lb.map(|l| l.backends()).unwrap_or_default(),
+            backends: lb.as_ref().map(|l| l.backends()).unwrap_or_default(),
+            traffic: lb.map(|l| l.traffic()).unwrap_or_default(),
             instances: db.instances(Some(name), false)?,
             rollouts: db.rollouts(name)?,
             group,

@@ -26,6 +26,7 @@ pub mod listen;
 pub mod loadgen;
 mod proxy;
 mod table;
+mod traffic;
 mod upgrade;
 
 use std::future::Future;
@@ -43,6 +44,7 @@ use tracing::warn;
 pub use listen::Limits;
 pub use proxy::ACCESS_LOG;
 use table::Table;
+pub use traffic::{LATENCY_BUCKETS, LatencyBucket, TrafficStats};
 
 /// Opens a connection to a backend; implemented by the fleet (it connects
 /// inside the instance's network namespace) and by tests (plain loopback).
@@ -288,6 +290,12 @@ impl LoadBalancer {
     /// Every registered backend, draining ones included, in registration order.
     pub fn backends(&self) -> Vec<BackendStats> {
         self.inner.table.stats()
+    }
+
+    /// Every response sent since the balancer started, by status class
+    /// and time to answer.
+    pub fn traffic(&self) -> TrafficStats {
+        self.inner.table.traffic.snapshot()
     }
 
     /// Stops accepting connections and waits until the requests in flight

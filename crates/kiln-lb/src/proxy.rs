@@ -73,10 +73,14 @@ pub(crate) async fn handle(
     client: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    if !access_log_on() {
-        return Ok(forward(&table, local, client, req).await);
-    }
     let started = std::time::Instant::now();
+    if !access_log_on() {
+        let resp = forward(&table, local, client, req).await;
+        table
+            .traffic
+            .record(resp.status().as_u16(), started.elapsed());
+        return Ok(resp);
+    }
     // Made here rather than in `prepare_request_headers` so that the log
     // line carries the id the instance saw.
     if !req.headers().contains_key(&X_AMZN_TRACE_ID) {
@@ -89,6 +93,9 @@ pub(crate) async fn handle(
     let method = req.method().clone();
     let target = req.uri().to_string();
     let mut resp = forward(&table, local, client, req).await;
+    table
+        .traffic
+        .record(resp.status().as_u16(), started.elapsed());
     let backend = resp.extensions_mut().remove::<ServedBy>();
     tracing::info!(
         target: ACCESS_LOG,

@@ -230,6 +230,7 @@ pub(crate) struct Table {
     epoch: Instant,
     pub(crate) settings: Settings,
     pub(crate) connector: Arc<dyn Connector>,
+    pub(crate) traffic: crate::traffic::Traffic,
 }
 
 impl Table {
@@ -246,6 +247,7 @@ impl Table {
             epoch: Instant::now(),
             settings,
             connector,
+            traffic: Default::default(),
         }
     }
 

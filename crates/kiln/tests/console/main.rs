@@ -367,6 +367,29 @@ fn a_run_started_in_the_console_turns_green_live_and_rolls_the_group_out() {
         .map(|(_, v)| v)
         .sum();
     assert!(served >= 10.0, "{after:?}");
+    // The same requests, as clients got them: by status class, and timed
+    // into the histogram's buckets.
+    let ok_2xx = metric(
+        &after,
+        r#"kiln_lb_http_responses_total{code="2xx",group="web"}"#,
+    );
+    assert!(ok_2xx >= 10.0, "{after:?}");
+    assert_eq!(
+        metric(
+            &after,
+            r#"kiln_lb_response_time_seconds_count{group="web"}"#
+        ),
+        metric(
+            &after,
+            r#"kiln_lb_response_time_seconds_bucket{group="web",le="+Inf"}"#
+        ),
+    );
+    assert!(
+        metric(
+            &after,
+            r#"kiln_lb_response_time_seconds_count{group="web"}"#
+        ) >= ok_2xx
+    );
 
     // The group page's buttons: scale to three, then roll back to version 1.
     b.click(r#"header nav a[data-nav="groups"]"#);
