@@ -16,6 +16,7 @@ macro_rules! say {
     }};
 }
 
+mod aws_cmd;
 mod bake;
 mod client;
 mod demo;
@@ -99,6 +100,9 @@ enum Command {
     Destroy(pipeline_cmd::DestroyArgs),
     /// Synthesize kiln.yaml for a cloud target: `kiln synth aws`.
     Synth(synth::SynthArgs),
+    /// Deploy the synthesized stacks to AWS, see their state, trigger the
+    /// pipeline, collect old AMIs, remove everything.
+    Aws(aws_cmd::AwsArgs),
 }
 
 /// Raises the soft limit on open files to the hard one: the daemon holds a
@@ -137,7 +141,7 @@ fn main() -> ExitCode {
     // Checking documents needs no state; `kiln toe run` creates it itself.
     if !matches!(
         cli.command,
-        Command::Validate(_) | Command::Toe(_) | Command::Synth(_)
+        Command::Validate(_) | Command::Toe(_) | Command::Synth(_) | Command::Aws(_)
     ) && let Err(e) = state.create()
     {
         eprintln!("error: {e:#}");
@@ -163,6 +167,7 @@ fn main() -> ExitCode {
         Command::Executions(args) => pipeline_cmd::executions(args, &state),
         Command::Destroy(args) => pipeline_cmd::destroy(args, &state),
         Command::Synth(args) => synth::main(args),
+        Command::Aws(args) => aws_cmd::main(args),
     };
     match result {
         Ok(code) => code,
