@@ -35,6 +35,10 @@ pub struct Request<'a> {
     pub stacks: Vec<Stack>,
     /// Stack parameters by name, given to every stack that declares them.
     pub parameters: BTreeMap<String, String>,
+    /// Resource types left out of the deployed templates, with the outputs
+    /// that name them: for an emulator that lacks them (moto has no
+    /// CodeBuild or CodePipeline in CloudFormation). Empty for AWS.
+    pub without_types: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -134,9 +138,13 @@ pub async fn deploy(
                 .entry(logical::ARTIFACT_BUCKET.into())
                 .or_insert_with(|| b.clone());
         }
-        let body = &req.synthesis.files[s.file()];
+        let body = if req.without_types.is_empty() {
+            req.synthesis.files[s.file()].clone()
+        } else {
+            kiln_synth::yaml::to_string(&without(&req.synthesis.templates[&s], &req.without_types))
+        };
         let source = if body.len() <= MAX_BODY {
-            Template::Body(body.clone())
+            Template::Body(body)
         } else {
             match (&report.bucket, template_keys.get(&s)) {
                 (Some(b), Some(k)) => Template::Url(object_url(aws, b, k)),
@@ -175,12 +183,51 @@ enum Template {
     Url(String),
 }
 
-fn declared_parameters(template: &Value) -> Vec<(String, bool)> {
+/// The template without resources of `types` and the outputs naming them.
+fn without(template: &Value, types: &[String]) -> Value {
+    let mut t = template.clone();
+    let mut gone = Vec::new();
+    if let Some(resources) = t["Resources"].as_object_mut() {
+        resources.retain(|id, r| {
+            let keep = !types
+                .iter()
+                .any(|ty| r["Type"].as_str() == Some(ty.as_str()));
+            if !keep {
+                gone.push(id.clone());
+            }
+            keep
+        });
+    }
+    if let Some(outputs) = t.get_mut("Outputs").and_then(Value::as_object_mut) {
+        outputs.retain(|_, o| {
+            let text = o.to_string();
+            !gone.iter().any(|id| {
+                text.contains(&format!("{{\"Ref\":\"{id}\"}}"))
+                    || text.contains(&format!("[\"{id}\","))
+            })
+        });
+    }
+    t
+}
+
+/// Each declared parameter with its default, when it has one, and whether
+/// its value is the name of an SSM parameter (whose default is sent as is,
+/// so the stack reads the parameter's current value on each deploy).
+fn declared_parameters(template: &Value) -> Vec<(String, Option<String>, bool)> {
     template["Parameters"]
         .as_object()
         .into_iter()
         .flatten()
-        .map(|(k, v)| (k.clone(), v.get("Default").is_some()))
+        .map(|(k, v)| {
+            let ssm = v["Type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("AWS::SSM::Parameter::Value"));
+            let default = v.get("Default").map(|d| match d {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+            (k.clone(), default, ssm)
+        })
         .collect()
 }
 
@@ -339,7 +386,7 @@ async fn deploy_stack(
     aws: &Aws,
     name: &str,
     template: Template,
-    declared: &[(String, bool)],
+    declared: &[(String, Option<String>, bool)],
     given: &BTreeMap<String, String>,
     ui: &dyn Ui,
 ) -> Result<Outcome, Error> {
@@ -369,17 +416,19 @@ async fn deploy_stack(
         ChangeSetType::Create
     };
     let mut parameters = Vec::new();
-    for (key, has_default) in declared {
+    for (key, default, ssm) in declared {
         let p = Parameter::builder().parameter_key(key);
         if let Some(v) = given.get(key) {
             parameters.push(p.parameter_value(v).build());
+        } else if let (true, Some(d)) = (ssm, default) {
+            parameters.push(p.parameter_value(d).build());
         } else if exists
             && state
                 .as_ref()
                 .is_some_and(|s| s.parameters.contains_key(key))
         {
             parameters.push(p.use_previous_value(true).build());
-        } else if !has_default {
+        } else if default.is_none() {
             return Err(Error::Usage(format!(
                 "stack {name}: parameter {key} has no default; give it with --parameter {key}=VALUE"
             )));
@@ -440,6 +489,13 @@ async fn deploy_stack(
                 }
             ),
         });
+    }
+    if exists && changes.is_empty() {
+        // moto reports a parameter-only update this way; AWS as FAILED
+        // above. Either way there is nothing to execute.
+        delete_change_set(aws, name, &id).await?;
+        ui.line(&format!("{name}: no changes"));
+        return Ok(Outcome::NoChanges);
     }
     ui.line(&format!(
         "{name}: change set {change_set_name} ({})",
@@ -608,13 +664,26 @@ pub(crate) async fn follow(
     let mut failed = Vec::new();
     // Events are read by stack id: a deleted stack is no longer found by
     // name.
-    let id = aws
+    let described = aws
         .cfn
         .describe_stacks()
         .stack_name(stack)
         .send()
         .await
-        .ctx(&aws.region, "DescribeStacks", stack)?
+        .ctx(&aws.region, "DescribeStacks", stack);
+    let described = match described {
+        Ok(d) => d,
+        // Already deleted (an emulator deletes at once).
+        Err(e) if is_not_found(&e) => {
+            return Ok(Followed {
+                status: "DELETE_COMPLETE".into(),
+                ok: true,
+                failed,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let id = described
         .stacks()
         .first()
         .and_then(|s| s.stack_id())

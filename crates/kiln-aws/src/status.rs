@@ -87,11 +87,17 @@ pub struct Target {
 pub async fn status(aws: &Aws, names: &Names) -> Result<Status, Error> {
     let mut stacks = Vec::new();
     let mut deploy_status = None;
+    let mut pipeline_name = None;
     for s in Stack::ALL {
         let name = names.stack(s);
         let state = stack_state(aws, &name).await?;
         if s == Stack::Deploy {
             deploy_status = state.as_ref().map(|st| st.status.clone());
+        }
+        if s == Stack::Pipeline {
+            pipeline_name = state
+                .as_ref()
+                .and_then(|st| st.outputs.get("PipelineName").cloned());
         }
         stacks.push(StackLine {
             name,
@@ -99,7 +105,9 @@ pub async fn status(aws: &Aws, names: &Names) -> Result<Status, Error> {
             reason: state.and_then(|st| st.reason),
         });
     }
-    let pipeline = match physical_id(aws, &names.stack(Stack::Pipeline), logical::PIPELINE).await? {
+    // The stack's output names the pipeline; a stack without it (deployed
+    // without the pipeline resource, as on an emulator) has none.
+    let pipeline = match pipeline_name {
         Some(name) => pipeline(aws, &name).await?,
         None => None,
     };

@@ -45,6 +45,11 @@ enum AwsCommand {
         /// declares it; others keep their previous value or default.
         #[arg(long = "parameter", value_parser = parse_parameter)]
         parameters: Vec<(String, String)>,
+        /// Leave resources of this type (and outputs naming them) out of
+        /// the deployed templates (repeatable): for an emulator that lacks
+        /// the type.
+        #[arg(long = "without-type", value_name = "TYPE")]
+        without_types: Vec<String>,
         #[arg(long, value_enum, default_value_t)]
         output: Format,
     },
@@ -177,6 +182,7 @@ async fn run(
             yes,
             stacks,
             parameters,
+            without_types,
             output,
         } => {
             let synthesis = kiln_synth::synth(config, &args.file)?;
@@ -193,6 +199,7 @@ async fn run(
                     .collect(),
                 stacks: stacks.into_iter().map(Stack::from).collect(),
                 parameters: parameters.into_iter().collect::<BTreeMap<_, _>>(),
+                without_types,
             };
             let report = kiln_aws::deploy::deploy(aws, names, &req, &Cli { yes }).await?;
             if output == Format::Json {
