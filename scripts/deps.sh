@@ -76,3 +76,20 @@ print(v('schemathesis'), v('prometheus-client'))" 2>/dev/null)" \
             "prometheus-client==$KILN_PROMETHEUS_CLIENT_VERSION"
     fi
 }
+
+# Pinned: the AWS target's tests run against this moto server; a newer one
+# may emulate more (or differently), so bump it with crates/kiln-aws/tests.
+KILN_MOTO_VERSION=5.2.5
+
+# moto in server mode, for crates/kiln-aws/tests/moto.rs. Its own virtual
+# environment: moto needs a newer boto3 than checkov pins in /opt/kiln-lint.
+kiln_install_moto() {
+    local venv="${KILN_MOTO_VENV:-/opt/kiln-moto}" sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    if ! "$venv/bin/moto_server" --help >/dev/null 2>&1 \
+        || [ "$("$venv/bin/python" -c 'import moto; print(moto.__version__)' 2>/dev/null)" != "$KILN_MOTO_VERSION" ]; then
+        echo "installing moto[server]==$KILN_MOTO_VERSION from PyPI into $venv" >&2
+        $sudo python3 -m venv "$venv"
+        $sudo "$venv/bin/pip" install -q "moto[server]==$KILN_MOTO_VERSION"
+    fi
+}

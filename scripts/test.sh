@@ -7,6 +7,7 @@ source scripts/deps.sh
 kiln_install_deps
 kiln_install_lint_tools
 kiln_install_console_test_tools
+kiln_install_moto
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet

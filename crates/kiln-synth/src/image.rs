@@ -207,7 +207,7 @@ pub fn template(ctx: &Ctx, warnings: &mut Vec<String>) -> Result<Value, SynthErr
     ami_tags.insert("Version".into(), json!({ "Ref": "Version" }));
     ami_tags.insert("Source/Commit".into(), json!({ "Ref": "SourceCommit" }));
     ami_tags.insert("Source/Branch".into(), json!(c.source.branch));
-    ami_tags.insert("kiln:pipeline".into(), json!(p));
+    ami_tags.insert(crate::PIPELINE_TAG.into(), json!(p));
     r.insert(
         "Distribution".into(),
         resource(
@@ -281,7 +281,7 @@ pub fn template(ctx: &Ctx, warnings: &mut Vec<String>) -> Result<Value, SynthErr
                     },
                     "Filter": { "Type": "COUNT", "Value": c.keep_images },
                 }],
-                "ResourceSelection": { "TagMap": { "kiln:pipeline": p } },
+                "ResourceSelection": { "TagMap": { (crate::PIPELINE_TAG): p } },
                 "Tags": tag_map(ctx),
             }),
         ),
@@ -301,7 +301,7 @@ pub fn template(ctx: &Ctx, warnings: &mut Vec<String>) -> Result<Value, SynthErr
 fn tag_map(ctx: &Ctx) -> Value {
     let mut m = Map::new();
     m.insert("Application".into(), json!(ctx.prefix));
-    m.insert("kiln:pipeline".into(), json!(ctx.prefix));
+    m.insert(crate::PIPELINE_TAG.into(), json!(ctx.prefix));
     for (k, v) in &ctx.aws.tags {
         m.insert(k.clone(), json!(v));
     }

@@ -33,6 +33,19 @@ pub enum Stack {
 }
 
 impl Stack {
+    /// In the order they are deployed: the image stack's parameter feeds
+    /// the deployment stack.
+    pub const ALL: [Stack; 3] = [Stack::Pipeline, Stack::Image, Stack::Deploy];
+
+    /// The stack's name for the `aws.prefix`.
+    pub fn name(self, prefix: &str) -> String {
+        match self {
+            Stack::Pipeline => format!("{prefix}-pipeline"),
+            Stack::Image => format!("{prefix}-image"),
+            Stack::Deploy => format!("{prefix}-deploy"),
+        }
+    }
+
     pub fn file(self) -> &'static str {
         match self {
             Stack::Pipeline => "pipeline.yaml",
@@ -67,6 +80,9 @@ pub enum SynthError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Synthesis {
     pub files: BTreeMap<String, String>,
+    /// Each stack's template as data, by stack: what `kiln aws deploy`
+    /// reads the parameters from.
+    pub templates: BTreeMap<Stack, Value>,
     /// What kiln.yaml asked for that AWS does differently, or not at all.
     pub warnings: Vec<String>,
 }
@@ -93,12 +109,7 @@ pub struct Ctx<'a> {
 
 impl Ctx<'_> {
     pub fn stack_name(&self, s: Stack) -> String {
-        let p = &self.prefix;
-        match s {
-            Stack::Pipeline => format!("{p}-pipeline"),
-            Stack::Image => format!("{p}-image"),
-            Stack::Deploy => format!("{p}-deploy"),
-        }
+        s.name(&self.prefix)
     }
 
     pub fn role_name(&self, r: iam::Role) -> String {
@@ -108,7 +119,7 @@ impl Ctx<'_> {
     /// The SSM parameter the image stack publishes the AMI id to, as the
     /// seed does, and the deployment stack reads.
     pub fn ami_parameter(&self) -> String {
-        format!("/{}/ImageId", self.prefix)
+        ami_parameter(&self.prefix)
     }
 
     /// The fleet gets a role only when it reads secrets.
@@ -140,6 +151,15 @@ impl Ctx<'_> {
         }
     }
 }
+
+/// The SSM parameter holding the newest AMI id for the `aws.prefix`.
+pub fn ami_parameter(prefix: &str) -> String {
+    format!("/{prefix}/ImageId")
+}
+
+/// The tag every AMI, component and Image Builder resource carries, with
+/// the prefix as value: how `kiln aws gc` and `destroy` find them.
+pub const PIPELINE_TAG: &str = "kiln:pipeline";
 
 pub fn sub(s: &str) -> Value {
     json!({ "Fn::Sub": s })
@@ -184,6 +204,7 @@ pub fn synth(config: &Config, file: &Path) -> Result<Synthesis, SynthError> {
     let pipeline = pipeline::template(&ctx, &mut warnings)?;
     let image = image::template(&ctx, &mut warnings)?;
     let mut files = BTreeMap::new();
+    let mut templates = BTreeMap::new();
     let mut stacks = vec![(Stack::Pipeline, pipeline), (Stack::Image, image)];
     if config.deploy.is_some() {
         stacks.push((Stack::Deploy, deploy::template(&ctx, &mut warnings)?));
@@ -198,6 +219,7 @@ pub fn synth(config: &Config, file: &Path) -> Result<Synthesis, SynthError> {
     for (stack, template) in &stacks {
         summary.push_str(&summarize(&ctx, *stack, template));
         files.insert(stack.file().to_string(), yaml::to_string(template));
+        templates.insert(*stack, template.clone());
     }
     summary.push_str("\nWarnings\n");
     if warnings.is_empty() {
@@ -207,7 +229,11 @@ pub fn synth(config: &Config, file: &Path) -> Result<Synthesis, SynthError> {
         summary.push_str(&format!("  - {w}\n"));
     }
     files.insert("summary.txt".into(), summary);
-    Ok(Synthesis { files, warnings })
+    Ok(Synthesis {
+        files,
+        templates,
+        warnings,
+    })
 }
 
 fn summarize(ctx: &Ctx, stack: Stack, t: &Value) -> String {

@@ -16,6 +16,7 @@ macro_rules! say {
     }};
 }
 
+mod aws_cmd;
 mod bake;
 mod client;
 mod console_cmd;
@@ -105,6 +106,9 @@ enum Command {
     Console(console_cmd::ConsoleArgs),
     /// Print the API's OpenAPI document (docs/openapi.json).
     Openapi,
+    /// Deploy the synthesized stacks to AWS, see their state, trigger the
+    /// pipeline, collect old AMIs, remove everything.
+    Aws(aws_cmd::AwsArgs),
 }
 
 /// Raises the soft limit on open files to the hard one: the daemon holds a
@@ -143,7 +147,11 @@ fn main() -> ExitCode {
     // Checking documents needs no state; `kiln toe run` creates it itself.
     if !matches!(
         cli.command,
-        Command::Validate(_) | Command::Toe(_) | Command::Synth(_) | Command::Openapi
+        Command::Validate(_)
+        | Command::Toe(_)
+        | Command::Synth(_)
+        | Command::Openapi
+        | Command::Aws(_)
     ) && let Err(e) = state.create()
     {
         eprintln!("error: {e:#}");
@@ -174,6 +182,7 @@ fn main() -> ExitCode {
             print!("{}", kiln_api::openapi::json());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Aws(args) => aws_cmd::main(args),
     };
     match result {
         Ok(code) => code,
