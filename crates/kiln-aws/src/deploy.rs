@@ -296,7 +296,7 @@ async fn upload_all(
             .unwrap_or_default();
         objects.push((format!("kiln/components/{stem}"), body, None));
     }
-    for (stack, _) in &req.synthesis.templates {
+    for stack in req.synthesis.templates.keys() {
         let body = req.synthesis.files[stack.file()].as_bytes().to_vec();
         let stem = stack.file().trim_end_matches(".yaml");
         objects.push((format!("kiln/templates/{stem}"), body, Some(*stack)));

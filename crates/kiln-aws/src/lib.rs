@@ -8,6 +8,10 @@
 //! [`Options::endpoint_url`] point every client at another endpoint, such
 //! as an emulator.
 
+// Errors carry the region, operation, resource, code, message and request
+// id by value: they are rare next to the network calls that make them.
+#![allow(clippy::result_large_err)]
+
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;

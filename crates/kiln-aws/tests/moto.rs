@@ -390,7 +390,7 @@ fn destroy_removes_everything_and_then_finds_nothing() {
             report.object_versions, 6,
             "four objects, a second version, a delete marker: {report:?}"
         );
-        assert_eq!(report.images, [ami.clone()]);
+        assert_eq!(report.images, std::slice::from_ref(&ami));
         assert_eq!(report.snapshots.len(), 1);
         assert_eq!(report.parameters, ["/demo/ImageVersion", "/demo/ImageId"]);
         assert_nothing_left(&aws, &names).await;
