@@ -3,6 +3,7 @@
 //! to support. Throttling never reaches here: the SDK's standard retry
 //! configuration retries it (see [`crate::Options::max_attempts`]).
 
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
@@ -67,9 +68,9 @@ pub(crate) trait Context<T> {
     fn ctx(self, region: &str, operation: &'static str, resource: &str) -> Result<T, Error>;
 }
 
-impl<T, E, R> Context<T> for Result<T, SdkError<E, R>>
+impl<T, E> Context<T> for Result<T, SdkError<E, HttpResponse>>
 where
-    SdkError<E, R>: ProvideErrorMetadata + RequestId + std::error::Error + 'static,
+    SdkError<E, HttpResponse>: ProvideErrorMetadata + RequestId + std::error::Error + 'static,
 {
     fn ctx(self, region: &str, operation: &'static str, resource: &str) -> Result<T, Error> {
         self.map_err(|e| {
@@ -83,6 +84,18 @@ where
                     code: code.to_string(),
                     message: e.message().unwrap_or("").to_string(),
                     request_id: e.request_id().unwrap_or("none").to_string(),
+                },
+                // An answer that is no AWS error (an HTML page, say): its
+                // status says more than the parser's complaint about it.
+                (SdkError::ServiceError(se), None) => Error::Transport {
+                    region,
+                    operation,
+                    resource,
+                    detail: format!(
+                        "the endpoint answered HTTP {} with no AWS error in the body (request id {})",
+                        se.raw().status().as_u16(),
+                        e.request_id().unwrap_or("none")
+                    ),
                 },
                 _ => Error::Transport {
                     region,

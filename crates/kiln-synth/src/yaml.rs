@@ -1,7 +1,8 @@
 //! A small YAML emitter over `serde_json::Value`: block style, two-space
-//! indentation, keys in the value's own order (sorted, as serde_json's map
-//! keeps them), strings double-quoted or, when they span lines, as literal
-//! blocks. The same value always gives the same bytes.
+//! indentation, keys sorted, strings double-quoted or, when they span
+//! lines, as literal blocks. The same value always gives the same bytes,
+//! whether or not serde_json keeps insertion order (its `preserve_order`
+//! feature, which a dependency may turn on for the whole build).
 
 use serde_json::Value;
 
@@ -19,7 +20,9 @@ pub fn to_string(v: &Value) -> String {
 }
 
 fn object(m: &serde_json::Map<String, Value>, indent: usize, out: &mut String) {
-    for (k, v) in m {
+    let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    for (k, v) in entries {
         out.push_str(&" ".repeat(indent));
         out.push_str(&key(k));
         out.push(':');

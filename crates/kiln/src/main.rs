@@ -148,10 +148,10 @@ fn main() -> ExitCode {
     if !matches!(
         cli.command,
         Command::Validate(_)
-        | Command::Toe(_)
-        | Command::Synth(_)
-        | Command::Openapi
-        | Command::Aws(_)
+            | Command::Toe(_)
+            | Command::Synth(_)
+            | Command::Openapi
+            | Command::Aws(_)
     ) && let Err(e) = state.create()
     {
         eprintln!("error: {e:#}");
