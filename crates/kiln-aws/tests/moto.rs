@@ -163,7 +163,7 @@ async fn snapshot_exists(aws: &Aws, id: &str) -> bool {
 }
 
 #[test]
-fn deploy_twice_status_and_destroy() {
+fn deploy_twice_change_sets_and_status() {
     let moto = Moto::start();
     runtime().block_on(async {
         let aws = moto.aws().await;
