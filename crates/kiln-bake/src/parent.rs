@@ -285,6 +285,10 @@ fn debian(
         let _ = std::fs::remove_dir_all(&tree);
         return Err(build(format!("building debian:{suite}: {e}")));
     }
+    if let Err(e) = remove_device_nodes(&tree.join("dev")) {
+        let _ = std::fs::remove_dir_all(&tree);
+        return Err(build(format!("building debian:{suite}: {e}")));
+    }
     let version = std::fs::read_to_string(tree.join("etc/debian_version"))
         .ok()
         .and_then(|v| {
@@ -301,6 +305,31 @@ fn debian(
             patch: 0,
         });
     import::image_from_tree(store, &tree, &format!("debian-{suite}"), version, &source).map_err(imp)
+}
+
+/// mmdebstrap's root mode leaves /dev/null, /dev/console and the like in
+/// the tree. Images keep /dev empty, as Debian's container images do: every
+/// runtime (kiln's sandboxes, a booted kernel's devtmpfs) provides its own,
+/// and kiln's imports refuse device nodes, so an image carrying them could
+/// not be exported and imported again.
+fn remove_device_nodes(dev: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(entries) = std::fs::read_dir(dev) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", dev.display()))?;
+        let kind = entry
+            .file_type()
+            .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+        if kind.is_dir() {
+            remove_device_nodes(&entry.path())?;
+        } else if kind.is_char_device() || kind.is_block_device() {
+            std::fs::remove_file(entry.path())
+                .map_err(|e| format!("remove {}: {e}", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The machine's apt sources in deb822 or one-line form, for mmdebstrap's

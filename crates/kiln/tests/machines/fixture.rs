@@ -123,7 +123,9 @@ pub fn base_layout() -> PathBuf {
     std::fs::create_dir_all(&root).unwrap();
     let lock = File::create(root.join("lock")).unwrap();
     lock.lock().unwrap();
-    let layout = root.join("base-oci");
+    // Named for what it holds: a change to the base component or to how
+    // kiln makes Debian parents needs a new name, not a stale cache.
+    let layout = root.join("base-oci-2");
     if layout.join("index.json").exists() {
         return layout;
     }
@@ -140,7 +142,7 @@ pub fn base_layout() -> PathBuf {
     let state = work.join("state");
     let out = ok(kiln(&state, &["bake", recipe.to_str().unwrap()]));
     assert!(out.contains("available"), "{out}");
-    let staged = root.join("base-oci.new");
+    let staged = root.join("base-oci-2.new");
     let _ = std::fs::remove_dir_all(&staged);
     ok(kiln(
         &state,
