@@ -104,6 +104,27 @@ fn a_debian_bake_installs_a_package_and_passes_its_tests() {
         "{}",
         parent.name
     );
+    // /dev is left to the runtime, as in Debian's container images: a
+    // device node in a layer would make the image one that kiln's own
+    // imports refuse.
+    let base = store
+        .unpacked_layer(&config.rootfs().diff_ids()[0])
+        .unwrap();
+    let devices: Vec<_> = std::fs::read_dir(base.join("dev"))
+        .map(|d| d.flatten().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            use std::os::unix::fs::FileTypeExt;
+            let t = e.file_type().unwrap();
+            t.is_char_device() || t.is_block_device()
+        })
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        devices.is_empty(),
+        "device nodes in the parent: {devices:?}"
+    );
     // The package landed in the component's own layer, not in the parent.
     let top = store
         .unpacked_layer(config.rootfs().diff_ids().last().unwrap())
