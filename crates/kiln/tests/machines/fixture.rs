@@ -1,7 +1,7 @@
 //! The machine every test here starts from: debian:bookworm with systemd
 //! as init, Debian's kernel and initramfs, busybox and curl, and DHCP on
 //! the first Ethernet interface through systemd-networkd, baked once per
-//! target directory and kept as an OCI layout. Each test bakes its own
+//! target directory. Each test bakes its own
 //! `web` versions on it: a component that installs busybox httpd as a
 //! systemd unit, enables it in build, checks `systemctl is-enabled` in
 //! validate and `systemctl is-active` plus an HTTP request in test, as the
@@ -116,18 +116,19 @@ phases:
             - curl -fsS http://127.0.0.1:{{ Port }}/index.html | grep -x '{{ Greeting }}'
 "#;
 
-/// The OCI layout of the base machine, baked on first use. A lock file
-/// keeps concurrent tests (and test binaries) from baking it twice.
-pub fn base_layout() -> PathBuf {
+/// The state directory the base machine was baked in, whose store holds
+/// `machine/1.0.0`; baked on first use. A lock file keeps concurrent tests
+/// (and test binaries) from baking it twice.
+fn base_machine() -> PathBuf {
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-machines");
     std::fs::create_dir_all(&root).unwrap();
     let lock = File::create(root.join("lock")).unwrap();
     lock.lock().unwrap();
-    // Named for what it holds: a change to the base component or to how
-    // kiln makes Debian parents needs a new name, not a stale cache.
-    let layout = root.join("base-oci-2");
-    if layout.join("index.json").exists() {
-        return layout;
+    // Named for what it holds: a change to the base component needs a new
+    // name, not a stale cache.
+    let kept = root.join("base-state-1");
+    if kept.exists() {
+        return kept;
     }
     let work = root.join("work");
     let _ = std::fs::remove_dir_all(&work);
@@ -142,22 +143,26 @@ pub fn base_layout() -> PathBuf {
     let state = work.join("state");
     let out = ok(kiln(&state, &["bake", recipe.to_str().unwrap()]));
     assert!(out.contains("available"), "{out}");
-    let staged = root.join("base-oci-2.new");
-    let _ = std::fs::remove_dir_all(&staged);
-    ok(kiln(
-        &state,
-        &[
-            "images",
-            "export",
-            "machine/1.0.0",
-            "--format",
-            "oci",
-            staged.to_str().unwrap(),
-        ],
-    ));
-    std::fs::rename(&staged, &layout).unwrap();
+    std::fs::rename(&state, &kept).unwrap();
     let _ = std::fs::remove_dir_all(&work);
-    layout
+    kept
+}
+
+/// A new state directory at `state` holding a copy of the base machine's
+/// store (`machine/1.0.0`), for recipes with `parent: kiln:machine/1.0.0`.
+pub fn base_state(state: &Path) {
+    let kept = base_machine();
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&kept)
+        .arg(state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// What a `web` recipe adds to its fields, such as how its test gate
@@ -168,14 +173,15 @@ pub const WEB_RECIPE_EXTRA: &str = "tests: { enabled: false }\n";
 /// service answering `greeting` on [`WEB_PORT`]. `extra` is appended to
 /// the recipe.
 pub fn bake_web(dir: &Path, state: &Path, version: &str, greeting: &str, extra: &str) -> String {
-    let base = base_layout();
+    if !state.exists() {
+        base_state(state);
+    }
     std::fs::write(dir.join("web-service.yaml"), WEB_COMPONENT).unwrap();
     let recipe = dir.join(format!("web-{version}.yaml"));
     std::fs::write(
         &recipe,
         format!(
-            "name: web\nversion: {version}\nparent: oci:{}\ncomponents:\n  - path: web-service.yaml\n    parameters: {{ Greeting: {greeting}, Port: \"{WEB_PORT}\" }}\nport: {WEB_PORT}\n{WEB_RECIPE_EXTRA}{extra}",
-            base.display()
+            "name: web\nversion: {version}\nparent: kiln:machine/1.0.0\ncomponents:\n  - path: web-service.yaml\n    parameters: {{ Greeting: {greeting}, Port: \"{WEB_PORT}\" }}\nport: {WEB_PORT}\n{WEB_RECIPE_EXTRA}{extra}"
         ),
     )
     .unwrap();
