@@ -6,6 +6,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod boot;
 mod fixture;
 
 /// The fixture itself: the base machine bakes, and a web version bakes on
