@@ -17,15 +17,16 @@ use crate::fixture::{self, WEB_PORT};
 /// Writes a web recipe whose component is `component` (the fixture's, or
 /// a broken variant of it) and bakes it with `--output json`.
 fn bake(dir: &Path, state: &Path, version: &str, greeting: &str, component: &str) -> Value {
-    let base = fixture::base_layout();
+    if !state.exists() {
+        fixture::base_state(state);
+    }
     let doc = format!("web-service-{version}.yaml");
     std::fs::write(dir.join(&doc), component).unwrap();
     let recipe = dir.join(format!("web-{version}.yaml"));
     std::fs::write(
         &recipe,
         format!(
-            "name: web\nversion: {version}\nparent: oci:{}\ncomponents:\n  - path: {doc}\n    parameters: {{ Greeting: {greeting}, Port: \"{WEB_PORT}\" }}\nport: {WEB_PORT}\n{}tests: {{ timeout: 3m }}\n",
-            base.display(),
+            "name: web\nversion: {version}\nparent: kiln:machine/1.0.0\ncomponents:\n  - path: {doc}\n    parameters: {{ Greeting: {greeting}, Port: \"{WEB_PORT}\" }}\nport: {WEB_PORT}\n{}tests: {{ timeout: 3m }}\n",
             fixture::WEB_RECIPE_EXTRA,
         ),
     )
@@ -291,14 +292,11 @@ fn a_booted_instance_cannot_write_the_hosts_cgroups_sys_or_proc_sys() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     std::fs::write(dir.path().join("escapes.yaml"), ESCAPES).unwrap();
-    let base = fixture::base_layout();
+    fixture::base_state(&state);
     let recipe = dir.path().join("escapes-recipe.yaml");
     std::fs::write(
         &recipe,
-        format!(
-            "name: escapes\nversion: 1.0.0\nparent: oci:{}\ncomponents:\n  - path: escapes.yaml\ninit: systemd\n",
-            base.display()
-        ),
+        "name: escapes\nversion: 1.0.0\nparent: kiln:machine/1.0.0\ncomponents:\n  - path: escapes.yaml\ninit: systemd\n",
     )
     .unwrap();
     let unified = Path::new("/sys/fs/cgroup/unified");
