@@ -82,7 +82,10 @@ fn main() {
         let inst = RunningInstance::start(&spec).unwrap();
         returned.push(t0.elapsed());
         while !healthy(&inst) {
-            assert!(t0.elapsed() < Duration::from_secs(60), "not healthy after 60 s");
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "not healthy after 60 s"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         healthy_at.push(t0.elapsed());

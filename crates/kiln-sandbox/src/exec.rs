@@ -17,7 +17,8 @@ use crate::hardening::{self, HardeningError, Mounts};
 use crate::probe;
 
 /// PATH inside the sandbox when the spec sets none, as container runtimes do.
-pub(crate) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Hostname inside the sandbox when the spec sets none; the host's own
 /// name is not leaked into images.

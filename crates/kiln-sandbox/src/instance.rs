@@ -526,9 +526,7 @@ impl RunningInstance {
                         main_of(init.pid, &init.netns)
                     };
                     match main {
-                        Some(main)
-                            if procfs::exe(main).is_some_and(|e| Some(e) != bwrap_exe) =>
-                        {
+                        Some(main) if procfs::exe(main).is_some_and(|e| Some(e) != bwrap_exe) => {
                             Progress::Ready(init)
                         }
                         _ => Progress::NoExec(init),
@@ -690,7 +688,11 @@ impl RunningInstance {
         let step = Duration::from_millis(5);
         if self.is_alive() {
             if let Some(main) = self.main_pid() {
-                let polite = if self.boot { halt_signal() } else { Signal::TERM };
+                let polite = if self.boot {
+                    halt_signal()
+                } else {
+                    Signal::TERM
+                };
                 self.signal(main, polite)?;
             }
             wait_until(grace, step, || !self.is_alive());

@@ -104,7 +104,11 @@ pub fn templates(args: TemplatesArgs, state: &StateDir) -> anyhow::Result<ExitCo
             boot,
             output,
         } => {
-            let init = if boot { Some("systemd".to_string()) } else { init };
+            let init = if boot {
+                Some("systemd".to_string())
+            } else {
+                init
+            };
             let body = json!({ "name": name, "image": image, "entrypoint": entrypoint, "env": pairs(&env, "env")?, "secrets": secret_pairs(&secrets)?, "memory_max": memory_max, "pids_max": pids_max, "tags": pairs(&tags, "tag")?, "init": init });
             let t = client.send("POST", "/v1/templates", Some(strip_nulls(body)))?;
             if output == Format::Json {

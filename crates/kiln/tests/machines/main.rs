@@ -4,9 +4,9 @@
 //! service as a systemd unit (see `fixture`), built once per target
 //! directory.
 
+mod boot;
 #[path = "../common/mod.rs"]
 mod common;
-mod boot;
 mod fixture;
 
 /// The fixture itself: the base machine bakes, and a web version bakes on
