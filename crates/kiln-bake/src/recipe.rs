@@ -468,6 +468,30 @@ mod tests {
     }
 
     #[test]
+    fn init_systemd_and_boot_true_say_the_same_and_mistakes_name_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c.yaml"), "x").unwrap();
+        let path = dir.path().join("r.yaml");
+        let head = "name: web\nversion: 1.2.3\nparent: busybox\ncomponents:\n  - path: c.yaml\n";
+        for (extra, boot) in [
+            ("init: systemd\n", Some(true)),
+            ("boot: true\n", Some(true)),
+            ("init: entrypoint\n", Some(false)),
+            ("", None),
+        ] {
+            std::fs::write(&path, format!("{head}{extra}")).unwrap();
+            assert_eq!(load(&path).unwrap().boot, boot, "{extra}");
+        }
+        std::fs::write(&path, format!("{head}init: upstart\n")).unwrap();
+        let errors = load(&path).unwrap_err().to_string();
+        assert!(errors.contains("r.yaml:6:7: init:"), "{errors}");
+        assert!(errors.contains("expected systemd"), "{errors}");
+        std::fs::write(&path, format!("{head}init: systemd\nboot: false\n")).unwrap();
+        let errors = load(&path).unwrap_err().to_string();
+        assert!(errors.contains("r.yaml:7:7: boot: contradicts init"), "{errors}");
+    }
+
+    #[test]
     fn an_absurd_test_timeout_is_refused_with_its_line() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("c.yaml"), "x").unwrap();
