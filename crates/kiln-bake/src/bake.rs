@@ -27,6 +27,10 @@ pub const LABEL_RECIPE: &str = "dev.kiln.recipe.digest";
 pub const LABEL_PARENT: &str = "dev.kiln.parent";
 pub const LABEL_PARENT_DIGEST: &str = "dev.kiln.parent.digest";
 pub const LABEL_SOURCE_COMMIT: &str = "dev.kiln.source.commit";
+/// `systemd` on an image baked in boot mode (`init: systemd`): its test
+/// gate booted it, and a launch template that does not say otherwise
+/// boots its instances too.
+pub const LABEL_INIT: &str = "dev.kiln.init";
 pub const ANNOTATION_TESTS: &str = "dev.kiln.image.tests";
 
 fn hash(parts: &serde_json::Value) -> String {
@@ -116,13 +120,19 @@ pub fn bake(
         key = component_key(&key, doc, &component.parameters, recipe);
         keys.push(key.clone());
     }
-    let recipe_key = hash(&serde_json::json!({
+    let mut recipe_key = serde_json::json!({
         "components": key,
         "recipe": [&recipe.name, recipe.version.to_string(), &recipe.entrypoint, &recipe.cmd, &recipe.env, &recipe.user, recipe.port, &recipe.working_directory],
         "tests": recipe.tests.enabled,
         "source_commit": opts.source_commit,
         "source_labels": opts.source_labels,
-    }));
+    });
+    // Only when said, so that the keys of recipes without it stay as
+    // they were.
+    if let (Some(boot), Some(map)) = (recipe.boot, recipe_key.as_object_mut()) {
+        map.insert("boot".into(), boot.into());
+    }
+    let recipe_key = hash(&recipe_key);
     if let Some(image) = store.images()?.into_iter().rev().find(|i| {
         i.name == recipe.name
             && i.version == recipe.version
@@ -431,6 +441,15 @@ fn image_config(
     }
     for (k, v) in &opts.source_labels {
         labels.insert(format!("dev.kiln.source.{k}"), v.clone());
+    }
+    match recipe.boot {
+        Some(true) => {
+            labels.insert(LABEL_INIT.into(), "systemd".into());
+        }
+        Some(false) => {
+            labels.remove(LABEL_INIT);
+        }
+        None => {}
     }
     let mut env = base.env().clone().unwrap_or_else(|| {
         vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()]

@@ -20,6 +20,10 @@
 //! port: 8080
 //! shell: bash                    # or sh: run ExecuteBash with /bin/sh
 //! tests: { enabled: true, timeout: 10m }
+//! init: systemd                  # boot mode: the test gate (and, by the image's
+//!                                # dev.kiln.init label, instances) run the image's
+//!                                # own init as pid 1; `boot: true` says the same,
+//!                                # `init: entrypoint` turns an inherited one off
 //! ```
 
 use std::collections::BTreeMap;
@@ -48,6 +52,9 @@ pub struct Recipe {
     pub port: Option<u16>,
     pub allow_sh: bool,
     pub tests: Tests,
+    /// Boot mode: `Some(true)` for `init: systemd` (or `boot: true`),
+    /// `Some(false)` for `init: entrypoint`; `None` keeps the parent's.
+    pub boot: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +84,8 @@ const FIELDS: &[&str] = &[
     "port",
     "shell",
     "tests",
+    "init",
+    "boot",
 ];
 
 /// Reads a recipe file.
@@ -241,6 +250,7 @@ pub fn from_node(
         }
     });
     let tests = tests(node.get("tests"), &field("tests"), c);
+    let boot = init_mode(node, &field, c);
     let base = path.parent().unwrap_or(Path::new("."));
     let components = components(
         node.get("components"),
@@ -269,7 +279,45 @@ pub fn from_node(
         port,
         allow_sh,
         tests,
+        boot,
     })
+}
+
+/// `init: systemd | entrypoint` or `boot: true | false`, not both.
+fn init_mode(node: &Node, field: &dyn Fn(&str) -> String, c: &mut Collector) -> Option<bool> {
+    let init = node.get("init").and_then(|v| match v.scalar() {
+        Some("systemd") => Some(true),
+        Some("entrypoint") => Some(false),
+        other => {
+            c.push(
+                v.pos,
+                field("init"),
+                format!(
+                    "{:?}: expected systemd (boot the image's own init) or entrypoint",
+                    other.unwrap_or_default()
+                ),
+            );
+            None
+        }
+    });
+    let boot = node.get("boot").and_then(|v| match v.as_bool() {
+        Some(b) => Some(b),
+        None => {
+            c.push(v.pos, field("boot"), "expected true or false");
+            None
+        }
+    });
+    match (init, boot, node.get("boot")) {
+        (Some(i), Some(b), Some(v)) if i != b => {
+            c.push(
+                v.pos,
+                field("boot"),
+                "contradicts init: say one of init and boot",
+            );
+            None
+        }
+        _ => init.or(boot),
+    }
 }
 
 fn string_map(node: Option<&Node>, field: &str, c: &mut Collector) -> BTreeMap<String, String> {
@@ -417,6 +465,30 @@ mod tests {
         assert!(parse_test_timeout("10x").is_err());
         assert!(parse_test_timeout("m").is_err());
         assert!(parse_test_timeout("0s").is_err());
+    }
+
+    #[test]
+    fn init_systemd_and_boot_true_say_the_same_and_mistakes_name_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c.yaml"), "x").unwrap();
+        let path = dir.path().join("r.yaml");
+        let head = "name: web\nversion: 1.2.3\nparent: busybox\ncomponents:\n  - path: c.yaml\n";
+        for (extra, boot) in [
+            ("init: systemd\n", Some(true)),
+            ("boot: true\n", Some(true)),
+            ("init: entrypoint\n", Some(false)),
+            ("", None),
+        ] {
+            std::fs::write(&path, format!("{head}{extra}")).unwrap();
+            assert_eq!(load(&path).unwrap().boot, boot, "{extra}");
+        }
+        std::fs::write(&path, format!("{head}init: upstart\n")).unwrap();
+        let errors = load(&path).unwrap_err().to_string();
+        assert!(errors.contains("r.yaml:6:7: init:"), "{errors}");
+        assert!(errors.contains("expected systemd"), "{errors}");
+        std::fs::write(&path, format!("{head}init: systemd\nboot: false\n")).unwrap();
+        let errors = load(&path).unwrap_err().to_string();
+        assert!(errors.contains("r.yaml:7:7: boot: contradicts init"), "{errors}");
     }
 
     #[test]

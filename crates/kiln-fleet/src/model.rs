@@ -31,6 +31,33 @@ pub struct TemplateSpec {
     pub pids_max: Option<u64>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// What instances run as pid 1: `systemd` boots the image's own init
+    /// (boot mode), `entrypoint` runs the entrypoint and cmd. Unset: boot
+    /// mode when the image was baked with `init: systemd` (its
+    /// `dev.kiln.init` label), the entrypoint otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<Init>,
+}
+
+/// What an instance runs as pid 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    /// The image's entrypoint and cmd, under the sandbox's own init.
+    Entrypoint,
+    /// The image's /sbin/init (systemd), as `systemd-nspawn --boot` runs it.
+    Systemd,
+}
+
+impl std::str::FromStr for Init {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Init, String> {
+        match s {
+            "entrypoint" => Ok(Init::Entrypoint),
+            "systemd" => Ok(Init::Systemd),
+            _ => Err(format!("{s:?}: expected systemd or entrypoint")),
+        }
+    }
 }
 
 /// What listings show in place of a secret's value.

@@ -17,6 +17,10 @@ use kiln_sandbox::netns::Connector;
 
 use crate::model::{Group, Instance, Template};
 
+/// The image label that says it was baked to boot its own init (kiln-bake's
+/// `LABEL_INIT`; not imported, the fleet does not depend on the bake).
+const LABEL_INIT: &str = "dev.kiln.init";
+
 /// The operations the fleet needs from whatever runs its instances. Every
 /// method blocks: the controller calls them from blocking threads.
 pub trait Runtime: Send + Sync {
@@ -205,7 +209,18 @@ fn launch(
     std::mem::forget(mount);
     let merged = dir.join("merged");
     let c = config.config().clone().unwrap_or_default();
+    let boot = match template.spec.init {
+        Some(init) => init == crate::model::Init::Systemd,
+        None => c
+            .labels()
+            .as_ref()
+            .and_then(|l| l.get(LABEL_INIT))
+            .is_some_and(|v| v == "systemd"),
+    };
     let argv: Vec<String> = match (&template.spec.entrypoint, &template.spec.cmd) {
+        // Boot mode runs the image's init; an entrypoint given by the
+        // template replaces it (a different init, or init arguments).
+        _ if boot && template.spec.entrypoint.is_none() => vec!["/sbin/init".to_string()],
         (Some(e), cmd) => e.iter().chain(cmd.iter().flatten()).cloned().collect(),
         (None, Some(cmd)) => c
             .entrypoint()
@@ -299,6 +314,7 @@ fn launch(
         log_dir: dir.join("logs"),
         memory_max: template.spec.memory_max,
         pids_max: template.spec.pids_max,
+        boot,
     };
     std::fs::create_dir_all(&spec.log_dir).map_err(|e| err(id, "logs", e))?;
     let running = match RunningInstance::start(&spec) {

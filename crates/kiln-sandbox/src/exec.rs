@@ -17,7 +17,8 @@ use crate::hardening::{self, HardeningError, Mounts};
 use crate::probe;
 
 /// PATH inside the sandbox when the spec sets none, as container runtimes do.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Hostname inside the sandbox when the spec sets none; the host's own
 /// name is not leaked into images.
@@ -153,6 +154,16 @@ impl Bubblewrap {
     }
 }
 
+/// What an instance that boots its image's init gets besides an ordinary
+/// instance's sandbox: what systemd wants from a container manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Boot {
+    /// The instance's own cgroup v2 group on the host, bound as the
+    /// instance's /sys/fs/cgroup (with a cgroup namespace rooted there):
+    /// the only part of the host's cgroup tree it can write.
+    pub cgroup: PathBuf,
+}
+
 /// What sets the sandboxes built here apart from each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -168,10 +179,34 @@ impl Bubblewrap {
     /// The command of an instance: the same sandbox as `command`'s, with a
     /// private network namespace and not tied to the life of its parent.
     pub fn instance_command(&self, root: &Path, spec: &ProcessSpec) -> Result<Command, ExecError> {
-        self.build(root, spec, Role::Instance)
+        self.build(root, spec, Role::Instance, None)
     }
 
-    fn build(&self, root: &Path, spec: &ProcessSpec, role: Role) -> Result<Command, ExecError> {
+    /// The command of an instance whose `spec` is the image's init
+    /// (systemd), run as the namespace's pid 1 the way systemd-nspawn
+    /// boots a container: fresh /run, /run/lock, /tmp and /dev/shm, a
+    /// read-only empty /sys with only the instance's own cgroup below it,
+    /// a cgroup namespace, and `container=kiln` so that systemd knows
+    /// where it is. The capability drops, read-only /proc/sys and seccomp
+    /// filter are an ordinary instance's: systemd copes without
+    /// CAP_SYS_ADMIN by skipping the mounts and namespaces it cannot set
+    /// up for its services.
+    pub fn boot_command(
+        &self,
+        root: &Path,
+        spec: &ProcessSpec,
+        boot: &Boot,
+    ) -> Result<Command, ExecError> {
+        self.build(root, spec, Role::Instance, Some(boot))
+    }
+
+    fn build(
+        &self,
+        root: &Path,
+        spec: &ProcessSpec,
+        role: Role,
+        boot: Option<&Boot>,
+    ) -> Result<Command, ExecError> {
         self.check(root, spec)?;
         let cwd = if spec.cwd.starts_with('/') {
             spec.cwd.clone()
@@ -193,9 +228,30 @@ impl Bubblewrap {
         if !spec.env.iter().any(|(k, _)| k == "PATH") {
             cmd.env("PATH", DEFAULT_PATH);
         }
+        if boot.is_some() && !spec.env.iter().any(|(k, _)| k == "container") {
+            cmd.env("container", "kiln");
+        }
         // First, where instance::command::sandbox_root looks for it.
         cmd.arg("--bind").arg(root).arg("/");
         cmd.args(["--proc", "/proc", "--dev", "/dev"]);
+        if let Some(boot) = boot {
+            // systemd mounts these itself unless they are mount points
+            // already, and it may not mount here.
+            cmd.args(["--tmpfs", "/dev/shm", "--tmpfs", "/run"]);
+            cmd.args(["--perms", "1777", "--tmpfs", "/run/lock"]);
+            cmd.args(["--perms", "1777", "--tmpfs", "/tmp"]);
+            // What the instance's manager wrote for it (metadata) stays
+            // visible under the fresh /run.
+            let kiln_run = root.join("run/kiln");
+            if kiln_run.is_dir() {
+                cmd.arg("--ro-bind").arg(&kiln_run).arg("/run/kiln");
+            }
+            // No sysfs of the host: an empty read-only /sys whose only
+            // content is the instance's own cgroup.
+            cmd.args(["--tmpfs", "/sys", "--dir", "/sys/fs/cgroup"]);
+            cmd.args(["--remount-ro", "/sys"]);
+            cmd.arg("--bind").arg(&boot.cgroup).arg("/sys/fs/cgroup");
+        }
         // No sysfs is mounted: the image's /sys is a plain directory.
         hardening::apply(&mut cmd, Mounts { sys: None }).map_err(|source| {
             ExecError::Hardening {
@@ -206,6 +262,10 @@ impl Bubblewrap {
         cmd.args(["--unshare-pid", "--unshare-ipc", "--unshare-uts"]);
         if role == Role::Instance {
             cmd.arg("--unshare-net");
+        }
+        if boot.is_some() {
+            // The init is pid 1 itself, and sees its cgroup as the root.
+            cmd.args(["--unshare-cgroup", "--as-pid-1"]);
         }
         cmd.args(["--hostname", hostname]);
         if role == Role::Step {
@@ -222,7 +282,7 @@ impl Bubblewrap {
 
 impl Isolation for Bubblewrap {
     fn command(&self, root: &Path, spec: &ProcessSpec) -> Result<Command, ExecError> {
-        self.build(root, spec, Role::Step)
+        self.build(root, spec, Role::Step, None)
     }
 
     fn name(&self) -> &'static str {

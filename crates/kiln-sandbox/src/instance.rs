@@ -17,15 +17,23 @@
 //! receives signals it handles (SIGKILL excepted), so polite signals go to
 //! the main process and SIGKILL to init, which takes the whole namespace
 //! with it.
+//!
+//! An instance in boot mode ([`InstanceSpec::boot`]) runs the image's own
+//! init, systemd, as pid 1 (`bwrap --as-pid-1`): then `identity.init_pid`
+//! is systemd and the main process both, stop asks it to halt with
+//! SIGRTMIN+3 as a container manager does, and [`RunningInstance::booted`]
+//! runs commands inside the booted system (enter.rs).
 
 mod cgroup;
 mod command;
+mod enter;
 mod procfs;
 mod reaper;
 mod scan;
 
 use reaper::{Reaped, Reaper};
 
+pub use enter::{BootWaitError, Booted};
 pub use scan::{kill_orphan, processes_with_root_below};
 
 use std::ffi::CString;
@@ -43,7 +51,7 @@ use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal};
 
-use crate::exec::{Bubblewrap, ExecError, ProcessSpec};
+use crate::exec::{Boot, Bubblewrap, ExecError, ProcessSpec};
 use crate::netns::{NetNs, NetNsError};
 use crate::tool;
 
@@ -121,6 +129,8 @@ pub enum InstanceError {
     },
     #[error("instance {instance}: still running {waited:?} after SIGKILL")]
     StopTimeout { instance: String, waited: Duration },
+    #[error("instance {id}: cannot boot the image's init: {why}")]
+    Boot { id: String, why: String },
     #[error("instance {instance}: remove cgroup {path}: {error}")]
     Cgroup {
         instance: String,
@@ -157,6 +167,10 @@ pub struct InstanceSpec {
     pub memory_max: Option<u64>,
     /// cgroup v2 pids.max when available.
     pub pids_max: Option<u64>,
+    /// Boot mode: `argv` is the image's init (systemd), run as pid 1 with
+    /// what it needs from a container manager (see
+    /// [`Bubblewrap::boot_command`]).
+    pub boot: bool,
 }
 
 /// What identifies a running instance across daemon restarts.
@@ -184,6 +198,8 @@ pub struct RunningInstance {
     cgroup: Option<cgroup::Cgroup>,
     /// Set by the reaper thread of the daemon that started the instance.
     reaped: Option<Arc<Mutex<Reaped>>>,
+    /// The init is the image's own (boot mode): it is the main process.
+    boot: bool,
 }
 
 /// Instances get memory and pids limits here: the host has writable
@@ -389,7 +405,22 @@ impl RunningInstance {
             cwd: spec.cwd.clone(),
             hostname: spec.hostname.clone(),
         };
-        let mut cmd = bwrap.instance_command(&root, &process).map_err(exec_err)?;
+        let boot_cgroup = if spec.boot {
+            Some(check_boot(id, &root, &spec.argv, hierarchy)?)
+        } else {
+            None
+        };
+        let mut cmd = match &boot_cgroup {
+            Some(cgroup) => bwrap.boot_command(
+                &root,
+                &process,
+                &Boot {
+                    cgroup: cgroup.clone(),
+                },
+            ),
+            None => bwrap.instance_command(&root, &process),
+        }
+        .map_err(exec_err)?;
 
         std::fs::create_dir_all(&spec.log_dir).map_err(|error| InstanceError::Log {
             id: id.to_owned(),
@@ -402,7 +433,23 @@ impl RunningInstance {
         let stderr_offset = stderr.metadata().map(|m| m.len()).unwrap_or(0);
 
         let reaper = Reaper::spawn(id)?;
-        let cgroup = create_cgroup(hierarchy, id, spec.memory_max, spec.pids_max);
+        let cgroup = if spec.boot {
+            // Not best effort: systemd needs its group to be there.
+            let limits = cgroup::Limits {
+                memory_max: spec.memory_max,
+                pids_max: spec.pids_max,
+            };
+            Some(
+                hierarchy
+                    .create(id, limits)
+                    .map_err(|e| InstanceError::Boot {
+                        id: id.to_owned(),
+                        why: format!("cannot create its cgroup: {e}"),
+                    })?,
+            )
+        } else {
+            create_cgroup(hierarchy, id, spec.memory_max, spec.pids_max)
+        };
         cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         detach(
             &mut cmd,
@@ -472,12 +519,19 @@ impl RunningInstance {
             }
             progress = match progress {
                 Progress::NoInit => find_init(pid, host_netns),
-                Progress::NoExec(init) => match main_of(init.pid, &init.netns) {
-                    Some(main) if procfs::exe(main).is_some_and(|e| Some(e) != bwrap_exe) => {
-                        Progress::Ready(init)
+                Progress::NoExec(init) => {
+                    let main = if spec.boot {
+                        Some(init.pid)
+                    } else {
+                        main_of(init.pid, &init.netns)
+                    };
+                    match main {
+                        Some(main) if procfs::exe(main).is_some_and(|e| Some(e) != bwrap_exe) => {
+                            Progress::Ready(init)
+                        }
+                        _ => Progress::NoExec(init),
                     }
-                    _ => Progress::NoExec(init),
-                },
+                }
                 ready @ Progress::Ready(_) => ready,
             };
             if let Progress::Ready(init) = progress {
@@ -501,6 +555,7 @@ impl RunningInstance {
                     netns: init.netns,
                     cgroup,
                     reaped: Some(reaper.reaped),
+                    boot: spec.boot,
                 });
             }
             if started.elapsed() > START_TIMEOUT {
@@ -557,6 +612,11 @@ impl RunningInstance {
             }
         };
         let cgroup = cgroup::Hierarchy::host().of_pid(init_pid);
+        // An init that is not bwrap's own is the image's: boot mode.
+        let bwrap_exe = Bubblewrap::detect()
+            .ok()
+            .and_then(|b| procfs_file_id(b.path()));
+        let boot = bwrap_exe.is_some() && procfs::exe(init_pid) != bwrap_exe;
         Ok(Some(RunningInstance {
             identity,
             id: cgroup.as_ref().map(|c| c.id.clone()),
@@ -564,6 +624,7 @@ impl RunningInstance {
             netns,
             cgroup,
             reaped: None,
+            boot,
         }))
     }
 
@@ -597,16 +658,42 @@ impl RunningInstance {
         &self.netns
     }
 
+    /// The instance runs its image's own init (boot mode).
+    pub fn boots(&self) -> bool {
+        self.boot
+    }
+
+    /// Runs commands inside this booted instance: in its init's
+    /// namespaces, with an instance's capability drops and seccomp filter.
+    pub fn booted(&self) -> Result<Booted, InstanceError> {
+        if !self.boot || !self.init_alive() {
+            return Err(InstanceError::NotRunning {
+                instance: self.name(),
+            });
+        }
+        Booted::of(self.identity.init_pid).map_err(|error| InstanceError::Proc {
+            pid: self.identity.init_pid,
+            error,
+        })
+    }
+
     /// SIGTERM to the main process (the namespace's init, bwrap's, ignores
     /// it), SIGKILL to the init after `grace`, which ends every process in
     /// the namespace; returns once bwrap and the init are gone (at most
     /// grace + 5 s) and the cgroup is removed. Also ends what a dead
-    /// instance left running, and stopping twice is harmless.
+    /// instance left running, and stopping twice is harmless. A booted
+    /// systemd gets SIGRTMIN+3 instead of SIGTERM: it stops its units and
+    /// halts, which in a container means it exits.
     pub fn stop(&self, grace: Duration) -> Result<(), InstanceError> {
         let step = Duration::from_millis(5);
         if self.is_alive() {
             if let Some(main) = self.main_pid() {
-                self.signal(main, Signal::TERM)?;
+                let polite = if self.boot {
+                    halt_signal()
+                } else {
+                    Signal::TERM
+                };
+                self.signal(main, polite)?;
             }
             wait_until(grace, step, || !self.is_alive());
         }
@@ -661,6 +748,9 @@ impl RunningInstance {
         if !self.init_alive() {
             return None;
         }
+        if self.boot {
+            return Some(self.identity.init_pid);
+        }
         main_of(self.identity.init_pid, &self.netns)
     }
 
@@ -672,6 +762,66 @@ impl RunningInstance {
             error: e.into(),
         })
     }
+}
+
+/// What systemd, as a container's init, takes as "halt": SIGRTMIN+3 in
+/// glibc's numbering, which reserves the first two real-time signals.
+#[allow(unsafe_code)]
+fn halt_signal() -> Signal {
+    // SAFETY: a valid, non-zero signal number, used only to send it, to a
+    // process in another pid namespace and program.
+    unsafe { Signal::from_raw_unchecked(libc::SIGRTMIN() + 3) }
+}
+
+/// What boot mode needs from the host and the image, checked before
+/// anything starts, so that a failure says what is missing. Returns the
+/// instance's cgroup v2 group, which systemd manages below itself.
+fn check_boot(
+    id: &str,
+    root: &Path,
+    argv: &[String],
+    hierarchy: &cgroup::Hierarchy,
+) -> Result<PathBuf, InstanceError> {
+    let boot_err = |why: String| InstanceError::Boot {
+        id: id.to_owned(),
+        why,
+    };
+    let Some(init) = argv.first() else {
+        return Err(boot_err("no init to run".into()));
+    };
+    if !exists_in_root(root, init) {
+        return Err(boot_err(format!(
+            "the image has no {init}: install systemd as init (Debian: systemd-sysv)"
+        )));
+    }
+    hierarchy.unified_group(id).ok_or_else(|| {
+        boot_err(format!(
+            "systemd needs a writable cgroup v2 hierarchy for its own subtree, and this \
+             host has none ({}): mount cgroup2 (e.g. at /sys/fs/cgroup/unified) read-write",
+            hierarchy.describe()
+        ))
+    })
+}
+
+/// `path` exists inside `root`, following symlinks as the sandbox would
+/// (absolute targets resolve inside the root), a few levels deep.
+fn exists_in_root(root: &Path, path: &str) -> bool {
+    let mut inside = PathBuf::from(path);
+    for _ in 0..8 {
+        let host = root.join(inside.strip_prefix("/").unwrap_or(&inside));
+        match std::fs::symlink_metadata(&host) {
+            Ok(m) if m.file_type().is_symlink() => match std::fs::read_link(&host) {
+                Ok(target) if target.is_absolute() => inside = target,
+                Ok(target) => {
+                    inside = inside.parent().unwrap_or(Path::new("/")).join(target);
+                }
+                Err(_) => return false,
+            },
+            Ok(_) => return true,
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 fn procfs_file_id(path: &Path) -> Option<(u64, u64)> {

@@ -171,6 +171,7 @@ impl Fixture {
             log_dir: logs.to_owned(),
             memory_max: None,
             pids_max: None,
+            boot: false,
         }
     }
 

@@ -71,6 +71,14 @@ enum TemplatesCommand {
         pids_max: Option<u64>,
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// What instances run as pid 1: systemd (boot the image's own
+        /// init) or entrypoint; unset, images baked with `init: systemd`
+        /// boot.
+        #[arg(long, value_parser = ["systemd", "entrypoint"])]
+        init: Option<String>,
+        /// The same as --init systemd.
+        #[arg(long, conflicts_with = "init")]
+        boot: bool,
         #[arg(long, value_enum, default_value_t)]
         output: Format,
     },
@@ -92,9 +100,16 @@ pub fn templates(args: TemplatesArgs, state: &StateDir) -> anyhow::Result<ExitCo
             memory_max,
             pids_max,
             tags,
+            init,
+            boot,
             output,
         } => {
-            let body = json!({ "name": name, "image": image, "entrypoint": entrypoint, "env": pairs(&env, "env")?, "secrets": secret_pairs(&secrets)?, "memory_max": memory_max, "pids_max": pids_max, "tags": pairs(&tags, "tag")? });
+            let init = if boot {
+                Some("systemd".to_string())
+            } else {
+                init
+            };
+            let body = json!({ "name": name, "image": image, "entrypoint": entrypoint, "env": pairs(&env, "env")?, "secrets": secret_pairs(&secrets)?, "memory_max": memory_max, "pids_max": pids_max, "tags": pairs(&tags, "tag")?, "init": init });
             let t = client.send("POST", "/v1/templates", Some(strip_nulls(body)))?;
             if output == Format::Json {
                 print_json(&t)?;

@@ -131,6 +131,12 @@ impl Hierarchy {
         }
     }
 
+    /// The instance group `id` in the writable cgroup v2 hierarchy, where
+    /// a booting instance's systemd manages its own subtree.
+    pub fn unified_group(&self, id: &str) -> Option<PathBuf> {
+        self.unified.as_ref().map(|u| u.join(PARENT).join(id))
+    }
+
     /// Some hierarchy can take instance groups.
     pub fn writable(&self) -> bool {
         self.unified.is_some() || !self.v1.is_empty()
@@ -336,6 +342,14 @@ impl Cgroup {
 }
 
 fn remove_dir(dir: &Path) -> io::Result<()> {
+    // A booted instance's systemd leaves groups of its own below.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_dir(&entry.path())?;
+            }
+        }
+    }
     let started = Instant::now();
     loop {
         match std::fs::remove_dir(dir) {

@@ -96,3 +96,41 @@ fn stderr_tail_reads_only_what_came_after() {
     std::fs::write(&p, "old\nbwrap: execvp x: No such file\n\n").unwrap();
     assert_eq!(log_tail(&p, 4), "bwrap: execvp x: No such file");
 }
+
+#[test]
+fn boot_mode_says_what_the_image_or_the_host_lacks() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    crate::busybox::assemble(&root).unwrap();
+    // busybox may have an init applet of its own.
+    let _ = std::fs::remove_file(root.join("sbin/init"));
+    let spec = InstanceSpec {
+        id: "i-noinit".into(),
+        root: root.clone(),
+        argv: vec!["/sbin/init".into()],
+        cwd: "/".into(),
+        log_dir: t.path().join("logs"),
+        boot: true,
+        ..Default::default()
+    };
+    let unified = cgroup::Hierarchy::unified_at(Path::new("/sys/fs/cgroup/unified"));
+    let err = RunningInstance::start_in(&spec, &unified).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "instance i-noinit: cannot boot the image's init: the image has no /sbin/init: \
+         install systemd as init (Debian: systemd-sysv)"
+    );
+    // An init that is an absolute symlink resolves inside the root.
+    std::fs::create_dir_all(root.join("lib/systemd")).unwrap();
+    std::fs::write(root.join("lib/systemd/systemd"), "").unwrap();
+    std::fs::create_dir_all(root.join("sbin")).unwrap();
+    std::os::unix::fs::symlink("/lib/systemd/systemd", root.join("sbin/init")).unwrap();
+    assert!(exists_in_root(&root, "/sbin/init"));
+    let err = RunningInstance::start_in(&spec, &cgroup::Hierarchy::default()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "instance i-noinit: cannot boot the image's init: systemd needs a writable cgroup v2 \
+         hierarchy for its own subtree, and this host has none (no writable cgroup hierarchy \
+         is mounted): mount cgroup2 (e.g. at /sys/fs/cgroup/unified) read-write"
+    );
+}

@@ -57,7 +57,7 @@ phases:
             - test -x /sbin/init
 "#;
 
-const WEB_COMPONENT: &str = r#"name: web-service
+pub const WEB_COMPONENT: &str = r#"name: web-service
 description: busybox httpd as a systemd unit.
 schemaVersion: 1.0
 parameters:
@@ -167,7 +167,7 @@ pub fn base_state(state: &Path) {
 
 /// What a `web` recipe adds to its fields, such as how its test gate
 /// boots the instance.
-pub const WEB_RECIPE_EXTRA: &str = "tests: { enabled: false }\n";
+pub const WEB_RECIPE_EXTRA: &str = "init: systemd\n";
 
 /// Bakes `web/VERSION` into `state`'s store on the base machine: the web
 /// service answering `greeting` on [`WEB_PORT`]. `extra` is appended to

@@ -4,6 +4,7 @@
 //! service as a systemd unit (see `fixture`), built once per target
 //! directory.
 
+mod boot;
 #[path = "../common/mod.rs"]
 mod common;
 mod disk;
