@@ -488,7 +488,10 @@ mod tests {
         assert!(errors.contains("expected systemd"), "{errors}");
         std::fs::write(&path, format!("{head}init: systemd\nboot: false\n")).unwrap();
         let errors = load(&path).unwrap_err().to_string();
-        assert!(errors.contains("r.yaml:7:7: boot: contradicts init"), "{errors}");
+        assert!(
+            errors.contains("r.yaml:7:7: boot: contradicts init"),
+            "{errors}"
+        );
     }
 
     #[test]

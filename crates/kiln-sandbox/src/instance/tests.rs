@@ -125,7 +125,7 @@ fn boot_mode_says_what_the_image_or_the_host_lacks() {
     std::fs::write(root.join("lib/systemd/systemd"), "").unwrap();
     std::fs::create_dir_all(root.join("sbin")).unwrap();
     std::os::unix::fs::symlink("/lib/systemd/systemd", root.join("sbin/init")).unwrap();
-    assert!(exists_in_root(&root, "/sbin/init"));
+    assert!(boot::exists_in_root(&root, "/sbin/init"));
     let err = RunningInstance::start_in(&spec, &cgroup::Hierarchy::default()).unwrap_err();
     assert_eq!(
         err.to_string(),
