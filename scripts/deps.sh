@@ -2,7 +2,7 @@
 # there. Sourced by the other scripts.
 set -euo pipefail
 
-KILN_DEBIAN_PACKAGES=(git libc6-dev bubblewrap busybox-static util-linux curl mmdebstrap skopeo umoci e2fsprogs qemu-utils zstd python3-venv podman docker-registry apache2-utils openssl)
+KILN_DEBIAN_PACKAGES=(git libc6-dev bubblewrap busybox-static util-linux curl mmdebstrap skopeo umoci e2fsprogs qemu-utils zstd python3-venv podman docker-registry apache2-utils openssl qemu-system-x86 ovmf dosfstools mtools)
 
 # Pinned: a newer cfn-lint may add checks; bump it with the golden files.
 KILN_CFN_LINT_VERSION=1.51.0

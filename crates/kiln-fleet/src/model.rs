@@ -31,6 +31,38 @@ pub struct TemplateSpec {
     pub pids_max: Option<u64>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// What runs the template's instances: namespaces of this machine
+    /// (the default) or virtual machines booted from the image as a disk.
+    #[serde(default, skip_serializing_if = "Driver::is_namespaces")]
+    pub driver: Driver,
+}
+
+/// What runs an instance.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// The image's entrypoint in namespaces of this machine, on an overlay
+    /// of the image's layers.
+    #[default]
+    Namespaces,
+    /// A virtual machine (qemu, with KVM where it works) that boots the
+    /// image exported as a bootable disk.
+    Vm,
+}
+
+impl Driver {
+    pub fn is_namespaces(&self) -> bool {
+        *self == Driver::Namespaces
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::Namespaces => "namespaces",
+            Driver::Vm => "vm",
+        }
+    }
 }
 
 /// What listings show in place of a secret's value.
@@ -135,6 +167,10 @@ pub struct GroupSpec {
     pub deregistration_delay_ms: u64,
     /// How the group's load balancer chooses an instance.
     pub routing: RoutingSpec,
+    /// Runs the group's instances with this driver whatever its launch
+    /// template says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<Driver>,
 }
 
 pub use kiln_lb::{Algorithm, Routing};
@@ -172,6 +208,7 @@ impl Default for GroupSpec {
             rolling: RollingPolicy::default(),
             deregistration_delay_ms: 500,
             routing: RoutingSpec::default(),
+            driver: None,
         }
     }
 }

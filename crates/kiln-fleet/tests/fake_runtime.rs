@@ -278,6 +278,7 @@ fn template(s: &Setup, env: &[(&str, &str)]) -> Template {
                 memory_max: None,
                 pids_max: None,
                 tags: BTreeMap::new(),
+                driver: Default::default(),
             },
         )
         .unwrap()

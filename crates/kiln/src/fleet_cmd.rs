@@ -42,6 +42,22 @@ fn secret_pairs(items: &[String]) -> anyhow::Result<serde_json::Map<String, Valu
         .collect()
 }
 
+/// `--driver`: what runs a template's or group's instances.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Driver {
+    Namespaces,
+    Vm,
+}
+
+impl Driver {
+    fn as_str(self) -> &'static str {
+        match self {
+            Driver::Namespaces => "namespaces",
+            Driver::Vm => "vm",
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct TemplatesArgs {
     #[command(subcommand)]
@@ -71,6 +87,10 @@ enum TemplatesCommand {
         pids_max: Option<u64>,
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// What runs the instances: namespaces of this machine, or virtual
+        /// machines booting the image as a disk.
+        #[arg(long, value_enum)]
+        driver: Option<Driver>,
         #[arg(long, value_enum, default_value_t)]
         output: Format,
     },
@@ -92,9 +112,10 @@ pub fn templates(args: TemplatesArgs, state: &StateDir) -> anyhow::Result<ExitCo
             memory_max,
             pids_max,
             tags,
+            driver,
             output,
         } => {
-            let body = json!({ "name": name, "image": image, "entrypoint": entrypoint, "env": pairs(&env, "env")?, "secrets": secret_pairs(&secrets)?, "memory_max": memory_max, "pids_max": pids_max, "tags": pairs(&tags, "tag")? });
+            let body = json!({ "name": name, "image": image, "entrypoint": entrypoint, "env": pairs(&env, "env")?, "secrets": secret_pairs(&secrets)?, "memory_max": memory_max, "pids_max": pids_max, "tags": pairs(&tags, "tag")?, "driver": driver.map(Driver::as_str) });
             let t = client.send("POST", "/v1/templates", Some(strip_nulls(body)))?;
             if output == Format::Json {
                 print_json(&t)?;
@@ -171,6 +192,10 @@ enum GroupsCommand {
         health: Option<String>,
         #[arg(long)]
         rolling: Option<String>,
+        /// Runs the group's instances with this driver, whatever the
+        /// template says.
+        #[arg(long, value_enum)]
+        driver: Option<Driver>,
         #[arg(long, value_enum, default_value_t)]
         output: Format,
     },
@@ -249,9 +274,10 @@ pub fn groups(args: GroupsArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
             lb_port,
             health,
             rolling,
+            driver,
             output,
         } => {
-            let mut body = json!({ "name": name, "template": template, "version": version, "min": min, "max": max, "desired": desired, "port": port, "lb_port": lb_port });
+            let mut body = json!({ "name": name, "template": template, "version": version, "min": min, "max": max, "desired": desired, "port": port, "lb_port": lb_port, "driver": driver.map(Driver::as_str) });
             if let Some(h) = parse_json(&health, "health")? {
                 body["health"] = h;
             }

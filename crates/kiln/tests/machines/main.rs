@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod fixture;
+mod vm;
 
 /// The fixture itself: the base machine bakes, and a web version bakes on
 /// it with the service installed and enabled.
