@@ -7,6 +7,9 @@
 //!   podman, skopeo's `docker-archive:`).
 //! - [`export_raw`] and [`export_qcow2`]: an ext4 disk image of an unpacked
 //!   root filesystem (mkfs.ext4, qemu-img).
+//! - [`export_bootable`]: a GPT disk, raw or qcow2, that UEFI firmware
+//!   boots: an EFI system partition with systemd-boot and the tree's own
+//!   kernel and initramfs, and the tree as an ext4 root partition.
 //!
 //! The image exports work from a layout directory and a manifest descriptor
 //! only, not from the image store's API, and verify every blob they read
@@ -16,8 +19,11 @@
 
 mod archive;
 mod blob;
+mod boot;
+mod bootable;
 mod disk;
 mod docker;
+mod gpt;
 mod layer;
 mod layout;
 mod oci;
@@ -30,6 +36,7 @@ use std::str::FromStr;
 
 use kiln_sandbox::tool::ToolError;
 
+pub use bootable::{BootOptions, BootableDisk, DiskFormat, export_bootable};
 pub use disk::{export_qcow2, export_raw};
 pub use docker::export_docker_archive;
 pub use oci::{export_oci_archive, export_oci_dir};
@@ -194,6 +201,23 @@ pub enum ExportError {
     },
     #[error("read root filesystem entry {}: {source}", path.display())]
     ReadRootfs { path: PathBuf, source: io::Error },
+    #[error("{image} cannot boot from a disk: it has {missing}; {remedy}")]
+    NotBootable {
+        image: String,
+        missing: String,
+        remedy: &'static str,
+    },
+    #[error("the host lacks {what}: {remedy}")]
+    HostLacks { what: String, remedy: &'static str },
+    #[error(
+        "make disk image {}: debugfs could not edit the root filesystem:\n{errors}\n(its commands were:\n{script})",
+        dest.display()
+    )]
+    EditRoot {
+        dest: PathBuf,
+        script: String,
+        errors: String,
+    },
     #[error("make disk image {}: {source}", dest.display())]
     Tool {
         dest: PathBuf,

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use crate::output::{Format, print_json};
 use crate::state::StateDir;
 use kiln_image::Store;
-use kiln_image::export::{self, Format as ExportFormat};
+use kiln_image::export::{self, BootOptions, DiskFormat, Format as ExportFormat};
 use kiln_image::store::ANNOTATION_TEST_LOG;
 
 #[derive(Args)]
@@ -42,6 +42,12 @@ enum ImagesCommand {
         reference: String,
         #[arg(long)]
         format: ExportFormat,
+        /// With raw or qcow2: a whole disk that UEFI firmware boots (GPT,
+        /// an EFI system partition with systemd-boot and the image's own
+        /// kernel and initramfs, the image as the ext4 root partition),
+        /// for a hypervisor or an AMI import. The serial console is ttyS0.
+        #[arg(long)]
+        bootable: bool,
         dest: PathBuf,
     },
     /// Push an image to a registry: docker://HOST/REPO:TAG.
@@ -210,10 +216,38 @@ pub fn main(args: ImagesArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
         ImagesCommand::Export {
             reference,
             format,
+            bootable,
             dest,
         } => {
             let image = store.resolve(&reference)?;
             let layout = store.layout();
+            if bootable {
+                let disk_format = match format {
+                    ExportFormat::Raw => DiskFormat::Raw,
+                    ExportFormat::Qcow2 => DiskFormat::Qcow2,
+                    other => anyhow::bail!(
+                        "--bootable makes a disk: use it with --format raw or qcow2, not {other}"
+                    ),
+                };
+                let _lock = store.lock()?;
+                let disk = kiln_image::flatten::export_bootable_image(
+                    &store,
+                    &image,
+                    &dest,
+                    disk_format,
+                    &BootOptions::default(),
+                )?;
+                println!(
+                    "exported {} to {} as a bootable {format} disk ({}, UEFI): kernel {}, \
+                     root PARTUUID={}",
+                    image.reference(),
+                    dest.display(),
+                    human(disk.size),
+                    disk.kernel_version,
+                    disk.root_partuuid
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             match format {
                 ExportFormat::Oci => export::export_oci_dir(
                     &layout,

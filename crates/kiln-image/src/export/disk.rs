@@ -14,7 +14,7 @@ use super::ExportError;
 use super::staging::{self, Staged, write_error};
 
 const KIB: u64 = 1024;
-const MIB: u64 = 1024 * KIB;
+pub(super) const MIB: u64 = 1024 * KIB;
 /// The filesystem block size (`mkfs.ext4 -b`).
 const BLOCK: u64 = 4096;
 /// mkfs.ext4's default inode size.
@@ -64,7 +64,7 @@ pub fn export_qcow2(rootfs: &Path, dest: &Path) -> Result<(), ExportError> {
     // `raw` is removed as it drops.
 }
 
-fn check_rootfs(rootfs: &Path) -> Result<(), ExportError> {
+pub(super) fn check_rootfs(rootfs: &Path) -> Result<(), ExportError> {
     let meta = fs::metadata(rootfs).map_err(|source| ExportError::ReadRootfs {
         path: rootfs.to_owned(),
         source,
@@ -87,34 +87,81 @@ fn make_ext4(rootfs: &Path, staged: &Staged, dest: &Path) -> Result<(), ExportEr
         .create_file(dest)?
         .set_len(size)
         .map_err(|e| write_error(dest, e))?;
-    let mut mkfs = Command::new("mkfs.ext4");
-    mkfs.arg("-d")
-        .arg(rootfs)
-        .args(["-F", "-E", "root_owner=0:0", "-L", "kiln", "-b", "4096"]);
-    if let Some(inodes) = usage.inode_count(size) {
-        mkfs.arg("-N").arg(inodes.to_string());
-    }
-    // With -b, a bare number would count blocks: say kibibytes.
-    mkfs.arg(staged.path()).arg(format!("{}k", size / KIB));
-    tool::run(&mut mkfs).map_err(|source| tool_error(dest, source))?;
+    let ext4 = Ext4 {
+        usage,
+        size,
+        offset: 0,
+        uuid: None,
+        label: "kiln",
+    };
+    ext4.make(rootfs, staged.path(), dest)?;
     sync_file(staged.path()).map_err(|e| write_error(dest, e))
 }
 
-fn tool_error(dest: &Path, source: tool::ToolError) -> ExportError {
+/// An ext4 filesystem to make from a tree, `size` bytes at `offset` in an
+/// existing image file (a partition of a disk, or the whole file).
+pub(super) struct Ext4 {
+    pub usage: Usage,
+    pub size: u64,
+    pub offset: u64,
+    pub uuid: Option<uuid::Uuid>,
+    pub label: &'static str,
+}
+
+impl Ext4 {
+    pub(super) fn make(&self, rootfs: &Path, image: &Path, dest: &Path) -> Result<(), ExportError> {
+        let mut mkfs = Command::new("mkfs.ext4");
+        mkfs.arg("-d").arg(rootfs).arg("-F");
+        let mut extended = String::from("root_owner=0:0");
+        if self.offset > 0 {
+            extended.push_str(&format!(",offset={}", self.offset));
+        }
+        mkfs.args(["-E", &extended, "-L", self.label, "-b", "4096"]);
+        if let Some(uuid) = self.uuid {
+            mkfs.arg("-U").arg(uuid.to_string());
+        }
+        if let Some(inodes) = self.usage.inode_count(self.size) {
+            mkfs.arg("-N").arg(inodes.to_string());
+        }
+        // With -b, a bare number would count blocks: say kibibytes.
+        mkfs.arg(image).arg(format!("{}k", self.size / KIB));
+        tool::run(&mut mkfs).map_err(|source| tool_error(dest, source))?;
+        Ok(())
+    }
+}
+
+/// A tool's failure; a tool that is not installed is named with the
+/// Debian package that has it.
+pub(super) fn tool_error(dest: &Path, source: tool::ToolError) -> ExportError {
+    if let tool::ToolError::NotFound { program } = &source {
+        let remedy = match program.as_str() {
+            "mkfs.ext4" | "debugfs" => Some("install e2fsprogs (apt-get install e2fsprogs)"),
+            "qemu-img" => Some("install qemu-utils (apt-get install qemu-utils)"),
+            "mkfs.fat" => Some("install dosfstools (apt-get install dosfstools)"),
+            "mmd" | "mcopy" => Some("install mtools (apt-get install mtools)"),
+            _ => None,
+        };
+        if let Some(remedy) = remedy {
+            return ExportError::HostLacks {
+                what: program.clone(),
+                remedy,
+            };
+        }
+    }
     ExportError::Tool {
         dest: dest.to_owned(),
         source: Box::new(source),
     }
 }
 
-fn sync_file(path: &Path) -> io::Result<()> {
+pub(super) fn sync_file(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
 
 /// What a tree takes on ext4, counted the way `du` does but in ext4's
 /// terms: whole blocks, each hard-linked inode once.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Usage {
+pub(super) struct Usage {
     /// Bytes of data blocks: file contents, directories, long symlinks.
     data: u64,
     /// Inodes: every file, directory, symlink and special file.
@@ -122,7 +169,7 @@ struct Usage {
 }
 
 impl Usage {
-    fn measure(root: &Path) -> Result<Usage, ExportError> {
+    pub(super) fn measure(root: &Path) -> Result<Usage, ExportError> {
         let read_error = |path: &Path, source| ExportError::ReadRootfs {
             path: path.to_owned(),
             source,
@@ -161,7 +208,7 @@ impl Usage {
     /// 128 MiB, in whole blocks. Generous on purpose: the image file is
     /// sparse and qcow2 skips what was never written, so unused room costs
     /// little, while too little room fails the bake.
-    fn image_size(&self) -> u64 {
+    pub(super) fn image_size(&self) -> u64 {
         let tree = self.data + self.inodes * INODE_SIZE;
         let size = tree + tree / 5 + SLACK;
         round_up(size.max(MIN_SIZE), BLOCK)
@@ -176,7 +223,7 @@ impl Usage {
     }
 }
 
-fn round_up(n: u64, to: u64) -> u64 {
+pub(super) fn round_up(n: u64, to: u64) -> u64 {
     n.div_ceil(to) * to
 }
 

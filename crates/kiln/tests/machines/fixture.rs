@@ -116,17 +116,20 @@ phases:
             - curl -fsS http://127.0.0.1:{{ Port }}/index.html | grep -x '{{ Greeting }}'
 "#;
 
-/// The OCI layout of the base machine, baked on first use. A lock file
-/// keeps concurrent tests (and test binaries) from baking it twice.
+/// The OCI layout of the base machine, baked on first use, and beside it
+/// (`base-state`) the state directory it was baked in, whose store holds
+/// `machine/1.0.0`. A lock file keeps concurrent tests (and test binaries)
+/// from baking it twice.
 pub fn base_layout() -> PathBuf {
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-machines");
     std::fs::create_dir_all(&root).unwrap();
     let lock = File::create(root.join("lock")).unwrap();
     lock.lock().unwrap();
     let layout = root.join("base-oci");
-    if layout.join("index.json").exists() {
+    if layout.join("index.json").exists() && root.join("base-state").exists() {
         return layout;
     }
+    let _ = std::fs::remove_dir_all(&layout);
     let work = root.join("work");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
@@ -154,8 +157,31 @@ pub fn base_layout() -> PathBuf {
         ],
     ));
     std::fs::rename(&staged, &layout).unwrap();
+    let kept = root.join("base-state");
+    let _ = std::fs::remove_dir_all(&kept);
+    std::fs::rename(&state, &kept).unwrap();
     let _ = std::fs::remove_dir_all(&work);
     layout
+}
+
+/// A new state directory at `state` holding a copy of the base machine's
+/// store (`machine/1.0.0`), for recipes with `parent: kiln:machine/1.0.0`.
+/// Importing the OCI layout instead fails: Debian's first layer has
+/// /dev/console, a device node that imports refuse.
+pub fn base_state(state: &Path) {
+    let layout = base_layout();
+    let kept = layout.with_file_name("base-state");
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&kept)
+        .arg(state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// What a `web` recipe adds to its fields, such as how its test gate
@@ -166,14 +192,15 @@ pub const WEB_RECIPE_EXTRA: &str = "tests: { enabled: false }\n";
 /// service answering `greeting` on [`WEB_PORT`]. `extra` is appended to
 /// the recipe.
 pub fn bake_web(dir: &Path, state: &Path, version: &str, greeting: &str, extra: &str) -> String {
-    let base = base_layout();
+    if !state.exists() {
+        base_state(state);
+    }
     std::fs::write(dir.join("web-service.yaml"), WEB_COMPONENT).unwrap();
     let recipe = dir.join(format!("web-{version}.yaml"));
     std::fs::write(
         &recipe,
         format!(
-            "name: web\nversion: {version}\nparent: oci:{}\ncomponents:\n  - path: web-service.yaml\n    parameters: {{ Greeting: {greeting}, Port: \"{WEB_PORT}\" }}\nport: {WEB_PORT}\n{WEB_RECIPE_EXTRA}{extra}",
-            base.display()
+            "name: web\nversion: {version}\nparent: kiln:machine/1.0.0\ncomponents:\n  - path: web-service.yaml\n    parameters: {{ Greeting: {greeting}, Port: \"{WEB_PORT}\" }}\nport: {WEB_PORT}\n{WEB_RECIPE_EXTRA}{extra}"
         ),
     )
     .unwrap();
