@@ -46,9 +46,22 @@ pub fn base_disk(cache: &Path, store: &Store, digest: &str) -> Result<PathBuf, S
     Ok(disk)
 }
 
-/// Writes the image as a bootable qcow2 disk to `out`.
-fn export_bootable(_store: &Store, _digest: &str, _out: &Path) -> Result<(), String> {
-    Err("this build of kiln cannot export bootable disks yet".into())
+/// Writes the image as a bootable qcow2 disk to `out` (UEFI: an EFI system
+/// partition with systemd-boot, and the image's tree as the ext4 root).
+fn export_bootable(store: &Store, digest: &str, out: &Path) -> Result<(), String> {
+    // Held for the whole export, as the export asks: garbage collection
+    // must not remove the image's layers meanwhile.
+    let _lock = store.lock().map_err(|e| e.to_string())?;
+    let image = store.resolve(digest).map_err(|e| e.to_string())?;
+    kiln_image::flatten::export_bootable_image(
+        store,
+        &image,
+        out,
+        kiln_image::export::DiskFormat::Qcow2,
+        &kiln_image::export::BootOptions::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// A qcow2 overlay at `overlay` whose reads fall through to `base`.
