@@ -539,7 +539,8 @@ fn valid_name(s: &str) -> bool {
 
 /// A clear error when `what` asks for VMs and the host cannot run them.
 fn check_vm(what: &str) -> Result<()> {
-    crate::vm::host::check().map_err(|e| FleetError::Invalid(format!("{what} uses driver vm, but {e}")))
+    crate::vm::host::check()
+        .map_err(|e| FleetError::Invalid(format!("{what} uses driver vm, but {e}")))
 }
 
 fn check_capacity(spec: &GroupSpec) -> Result<()> {

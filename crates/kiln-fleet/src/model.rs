@@ -38,9 +38,7 @@ pub struct TemplateSpec {
 }
 
 /// What runs an instance.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Driver {
     /// The image's entrypoint in namespaces of this machine, on an overlay

@@ -101,7 +101,8 @@ pub fn write_drive(image: &Path, files: &BTreeMap<String, Vec<u8>>) -> Result<()
         for (path, bytes) in files {
             let file = staging.join(path);
             if let Some(parent) = file.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("{}: {e}", parent.display()))?;
             }
             std::fs::write(&file, bytes).map_err(|e| format!("{}: {e}", file.display()))?;
         }

@@ -131,8 +131,13 @@ impl Vm {
             .map_err(|e| err(id, "bootable disk", e))?;
         std::fs::create_dir_all(paths.logs()).map_err(|e| err(id, "instance directory", e))?;
         disk::create_overlay(&base, &paths.disk()).map_err(|e| err(id, "disk", e))?;
-        std::fs::copy(host::OVMF_VARS, paths.vars())
-            .map_err(|e| err(id, "firmware variables", format!("{}: {e}", host::OVMF_VARS)))?;
+        std::fs::copy(host::OVMF_VARS, paths.vars()).map_err(|e| {
+            err(
+                id,
+                "firmware variables",
+                format!("{}: {e}", host::OVMF_VARS),
+            )
+        })?;
         metadata::write_drive(&paths.meta(), &metadata::files(id, group, template))
             .map_err(|e| err(id, "config drive", e))?;
         // The port is free when picked and taken by qemu a moment later;

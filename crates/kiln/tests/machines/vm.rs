@@ -292,7 +292,14 @@ fn a_vm_group_rolls_under_load_survives_a_daemon_restart_and_replaces_a_killed_v
         },
     ));
     assert_eq!(
-        (served.failed, served.bodies.keys().map(|b| b.trim().to_string()).collect::<Vec<_>>()),
+        (
+            served.failed,
+            served
+                .bodies
+                .keys()
+                .map(|b| b.trim().to_string())
+                .collect::<Vec<_>>()
+        ),
         (0, vec!["v2".to_string()])
     );
 
