@@ -255,12 +255,11 @@ pub fn processes_below(dir: &Path) -> Vec<(u32, u64)> {
         if !program.ends_with(QEMU) {
             continue;
         }
-        if args.any(|a| a.contains(&format!("{dir}/"))) {
-            if let Some((state, start)) = stat(pid)
-                && !matches!(state, 'Z' | 'X' | 'x')
-            {
-                found.push((pid, start));
-            }
+        if args.any(|a| a.contains(&format!("{dir}/")))
+            && let Some((state, start)) = stat(pid)
+            && !matches!(state, 'Z' | 'X' | 'x')
+        {
+            found.push((pid, start));
         }
     }
     found
