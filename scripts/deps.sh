@@ -3,7 +3,8 @@
 set -euo pipefail
 
 # dosfstools, mtools, systemd-boot-efi: the EFI system partition of bootable disks;
-# ovmf, qemu-system-x86, fdisk (sfdisk): the tests that boot them and read their tables.
+# ovmf, qemu-system-x86, fdisk (sfdisk): the tests that boot them and read their tables,
+# and the vm instance driver (with dosfstools and mtools for its config drive).
 KILN_DEBIAN_PACKAGES=(git libc6-dev bubblewrap busybox-static util-linux curl mmdebstrap skopeo umoci e2fsprogs qemu-utils zstd python3-venv podman docker-registry apache2-utils openssl dosfstools mtools systemd-boot-efi ovmf qemu-system-x86 fdisk)
 
 # Pinned: a newer cfn-lint may add checks; bump it with the golden files.

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 
 use crate::db::{Db, DbError};
 use crate::model::*;
-use crate::runtime::{Machine, Namespaces, Runtime};
+use crate::runtime::{Drivers, Machine, Runtime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -101,9 +101,10 @@ pub struct GroupUpdate {
 
 impl Fleet {
     /// Opens the fleet's state in `state_dir` (database, images, instances),
-    /// with instances in namespaces of this machine.
+    /// with instances in namespaces of this machine or in virtual machines,
+    /// as each group or launch template says.
     pub fn open(state_dir: &Path) -> Result<Fleet> {
-        let runtime = Namespaces::new(Store::open(&state_dir.join("images"))?);
+        let runtime = Drivers::open(state_dir)?;
         Fleet::with_runtime(state_dir, Arc::new(runtime))
     }
 
@@ -185,6 +186,7 @@ impl Fleet {
             .map(|(id, m)| (id.clone(), m.clone()))
             .collect();
         runtime.reap(&self.inner.instances_dir, &live);
+        self.keep_images()?;
         Ok(adopted)
     }
 
@@ -228,6 +230,17 @@ impl Fleet {
                 "launch template {name}: {key} is both in env and in secrets; give it once"
             )));
         }
+        if spec.driver == Driver::Vm {
+            check_vm(&format!("launch template {name}"))?;
+            if spec.entrypoint.is_some()
+                || spec.cmd.is_some()
+                || spec.init == Some(crate::model::Init::Entrypoint)
+            {
+                return Err(FleetError::Invalid(format!(
+                    "launch template {name}: entrypoint, cmd and init: entrypoint do not apply to driver vm, whose machine boots its own init"
+                )));
+            }
+        }
         let image = self.inner.store.resolve_deployable(&spec.image)?;
         let manifest = self.inner.store.manifest(&image)?;
         let labels = self
@@ -269,6 +282,19 @@ impl Fleet {
         Ok(template)
     }
 
+    /// Lets the runtime drop what it keeps for images no launch template
+    /// names any more.
+    fn keep_images(&self) -> Result<()> {
+        let keep: HashSet<String> = self
+            .db()
+            .templates()?
+            .into_iter()
+            .map(|t| t.image_digest)
+            .collect();
+        self.inner.runtime.keep_images(&keep);
+        Ok(())
+    }
+
     pub fn templates(&self) -> Result<Vec<Template>> {
         Ok(self.db().templates()?)
     }
@@ -282,7 +308,10 @@ impl Fleet {
                 g.name
             )));
         }
-        Ok(db.delete_templates(name)?)
+        let deleted = db.delete_templates(name)?;
+        drop(db);
+        self.keep_images()?;
+        Ok(deleted)
     }
 
     /// Digests of the images behind every version of every launch template
@@ -304,6 +333,9 @@ impl Fleet {
             )));
         }
         check_capacity(&spec)?;
+        if spec.driver == Some(Driver::Vm) {
+            check_vm(&format!("group {name}"))?;
+        }
         let version = match version {
             Some(v) => v,
             None => self.db().next_template_version(template)?.saturating_sub(1),
@@ -506,6 +538,12 @@ fn valid_name(s: &str) -> bool {
         && s.len() <= 64
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// A clear error when `what` asks for VMs and the host cannot run them.
+fn check_vm(what: &str) -> Result<()> {
+    crate::vm::host::check()
+        .map_err(|e| FleetError::Invalid(format!("{what} uses driver vm, but {e}")))
 }
 
 fn check_capacity(spec: &GroupSpec) -> Result<()> {

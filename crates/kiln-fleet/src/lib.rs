@@ -10,6 +10,7 @@ pub mod health;
 pub mod model;
 pub mod policy;
 pub mod runtime;
+pub mod vm;
 
 pub use db::{Db, DbError};
 pub use fleet::{Fleet, FleetError, GroupUpdate, GroupView};

@@ -37,6 +37,10 @@ pub struct TemplateSpec {
     /// `dev.kiln.init` label), the entrypoint otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<Init>,
+    /// What runs the template's instances: namespaces of this machine
+    /// (the default) or virtual machines booted from the image as a disk.
+    #[serde(default, skip_serializing_if = "Driver::is_namespaces")]
+    pub driver: Driver,
 }
 
 /// What an instance runs as pid 1.
@@ -56,6 +60,32 @@ impl std::str::FromStr for Init {
             "entrypoint" => Ok(Init::Entrypoint),
             "systemd" => Ok(Init::Systemd),
             _ => Err(format!("{s:?}: expected systemd or entrypoint")),
+        }
+    }
+}
+
+/// What runs an instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// The image's entrypoint (or its systemd, in boot mode) in namespaces
+    /// of this machine, on an overlay of the image's layers.
+    #[default]
+    Namespaces,
+    /// A virtual machine (qemu, with KVM where it works) that boots the
+    /// image exported as a bootable disk.
+    Vm,
+}
+
+impl Driver {
+    pub fn is_namespaces(&self) -> bool {
+        *self == Driver::Namespaces
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::Namespaces => "namespaces",
+            Driver::Vm => "vm",
         }
     }
 }
@@ -162,6 +192,10 @@ pub struct GroupSpec {
     pub deregistration_delay_ms: u64,
     /// How the group's load balancer chooses an instance.
     pub routing: RoutingSpec,
+    /// Runs the group's instances with this driver whatever its launch
+    /// template says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<Driver>,
 }
 
 pub use kiln_lb::{Algorithm, Routing};
@@ -199,6 +233,7 @@ impl Default for GroupSpec {
             rolling: RollingPolicy::default(),
             deregistration_delay_ms: 500,
             routing: RoutingSpec::default(),
+            driver: None,
         }
     }
 }

@@ -2,8 +2,10 @@
 //! a [`Runtime`] carries it out. [`Namespaces`] runs instances on this
 //! machine: an overlay of the image's layers with a writable layer of the
 //! instance's own, started isolated in namespaces of its own (network
-//! included) by the sandbox, and cleaned up again. Tests above this line
-//! drive the controller with a runtime of their own.
+//! included) by the sandbox, and cleaned up again. [`crate::vm::Vm`] runs
+//! them as virtual machines, and [`Drivers`] hands each instance to the
+//! one its group or launch template names. Tests above this line drive the
+//! controller with a runtime of their own.
 
 use std::collections::HashSet;
 use std::net::TcpStream;
@@ -15,7 +17,8 @@ use kiln_image::Store;
 use kiln_sandbox::instance::{InstanceIdentity, InstanceSpec, RunningInstance};
 use kiln_sandbox::netns::Connector;
 
-use crate::model::{Group, Instance, Template};
+use crate::model::{Driver, Group, Instance, Template};
+use crate::vm::Vm;
 
 /// The image label that says it was baked to boot its own init (kiln-bake's
 /// `LABEL_INIT`; not imported, the fleet does not depend on the bake).
@@ -41,6 +44,9 @@ pub trait Runtime: Send + Sync {
     /// Stops every process under `instances_dir` that none of `live`
     /// owns, and removes the directories none of them owns.
     fn reap(&self, instances_dir: &Path, live: &[(String, Arc<dyn Machine>)]);
+    /// Drops what the runtime keeps per image (such as a VM's bootable
+    /// disk) for images other than those in `keep` (digests).
+    fn keep_images(&self, _keep: &HashSet<String>) {}
 }
 
 /// One running instance.
@@ -132,6 +138,61 @@ impl Runtime for Namespaces {
                 }
             }
         }
+    }
+}
+
+/// Each instance on the driver its group names, else its launch template.
+pub struct Drivers {
+    namespaces: Namespaces,
+    vm: Vm,
+}
+
+impl Drivers {
+    /// Both drivers on the image store in `state_dir/images`.
+    pub fn open(state_dir: &Path) -> Result<Drivers, kiln_image::StoreError> {
+        let images = state_dir.join("images");
+        Ok(Drivers {
+            namespaces: Namespaces::new(Store::open(&images)?),
+            vm: Vm::new(Store::open(&images)?, state_dir),
+        })
+    }
+}
+
+impl Runtime for Drivers {
+    fn launch(
+        &self,
+        id: &str,
+        dir: &Path,
+        group: &Group,
+        template: &Template,
+    ) -> Result<Arc<dyn Machine>, RuntimeError> {
+        match group.spec.driver.unwrap_or(template.spec.driver) {
+            Driver::Namespaces => self.namespaces.launch(id, dir, group, template),
+            Driver::Vm => self.vm.launch(id, dir, group, template),
+        }
+    }
+
+    fn adopt(&self, instance: &Instance) -> Option<Arc<dyn Machine>> {
+        if Vm::owns(Path::new(&instance.dir)) {
+            self.vm.adopt(instance)
+        } else {
+            self.namespaces.adopt(instance)
+        }
+    }
+
+    fn cleanup(&self, dir: &Path) {
+        cleanup(dir)
+    }
+
+    /// VMs first: the namespaces' reaper then removes every directory
+    /// nobody owns, of either kind.
+    fn reap(&self, instances_dir: &Path, live: &[(String, Arc<dyn Machine>)]) {
+        self.vm.kill_unowned(instances_dir, live);
+        self.namespaces.reap(instances_dir, live);
+    }
+
+    fn keep_images(&self, keep: &HashSet<String>) {
+        self.vm.prune_disks(keep);
     }
 }
 
@@ -349,7 +410,7 @@ fn adopt(id: &str, dir: &Path, identity: InstanceIdentity) -> Option<Live> {
 }
 
 /// Unmounts and removes an instance's directory; harmless when it is gone.
-fn cleanup(dir: &Path) {
+pub(crate) fn cleanup(dir: &Path) {
     // Every mount at its root, stacked ones included.
     kiln_sandbox::mounts::unmount_below(&dir.join("merged"));
     if let Err(e) = std::fs::remove_dir_all(dir)

@@ -279,6 +279,7 @@ fn template(s: &Setup, env: &[(&str, &str)]) -> Template {
                 pids_max: None,
                 tags: BTreeMap::new(),
                 init: None,
+                driver: Default::default(),
             },
         )
         .unwrap()

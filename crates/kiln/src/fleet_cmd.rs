@@ -42,6 +42,38 @@ fn secret_pairs(items: &[String]) -> anyhow::Result<serde_json::Map<String, Valu
         .collect()
 }
 
+/// `--driver`: what runs a template's or group's instances.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Driver {
+    Namespaces,
+    Vm,
+}
+
+impl Driver {
+    fn as_str(self) -> &'static str {
+        match self {
+            Driver::Namespaces => "namespaces",
+            Driver::Vm => "vm",
+        }
+    }
+}
+
+/// `--init`: what a template's instances run as pid 1.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Init {
+    Systemd,
+    Entrypoint,
+}
+
+impl Init {
+    fn as_str(self) -> &'static str {
+        match self {
+            Init::Systemd => "systemd",
+            Init::Entrypoint => "entrypoint",
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct TemplatesArgs {
     #[command(subcommand)]
@@ -74,11 +106,15 @@ enum TemplatesCommand {
         /// What instances run as pid 1: systemd (boot the image's own
         /// init) or entrypoint; unset, images baked with `init: systemd`
         /// boot.
-        #[arg(long, value_parser = ["systemd", "entrypoint"])]
-        init: Option<String>,
+        #[arg(long, value_enum)]
+        init: Option<Init>,
         /// The same as --init systemd.
         #[arg(long, conflicts_with = "init")]
         boot: bool,
+        /// What runs the instances: namespaces of this machine, or virtual
+        /// machines booting the image as a disk.
+        #[arg(long, value_enum)]
+        driver: Option<Driver>,
         #[arg(long, value_enum, default_value_t)]
         output: Format,
     },
@@ -102,14 +138,11 @@ pub fn templates(args: TemplatesArgs, state: &StateDir) -> anyhow::Result<ExitCo
             tags,
             init,
             boot,
+            driver,
             output,
         } => {
-            let init = if boot {
-                Some("systemd".to_string())
-            } else {
-                init
-            };
-            let body = json!({ "name": name, "image": image, "entrypoint": entrypoint, "env": pairs(&env, "env")?, "secrets": secret_pairs(&secrets)?, "memory_max": memory_max, "pids_max": pids_max, "tags": pairs(&tags, "tag")?, "init": init });
+            let init = if boot { Some(Init::Systemd) } else { init };
+            let body = json!({ "name": name, "image": image, "entrypoint": entrypoint, "env": pairs(&env, "env")?, "secrets": secret_pairs(&secrets)?, "memory_max": memory_max, "pids_max": pids_max, "tags": pairs(&tags, "tag")?, "init": init.map(Init::as_str), "driver": driver.map(Driver::as_str) });
             let t = client.send("POST", "/v1/templates", Some(strip_nulls(body)))?;
             if output == Format::Json {
                 print_json(&t)?;
@@ -186,6 +219,10 @@ enum GroupsCommand {
         health: Option<String>,
         #[arg(long)]
         rolling: Option<String>,
+        /// Runs the group's instances with this driver, whatever the
+        /// template says.
+        #[arg(long, value_enum)]
+        driver: Option<Driver>,
         #[arg(long, value_enum, default_value_t)]
         output: Format,
     },
@@ -264,9 +301,10 @@ pub fn groups(args: GroupsArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
             lb_port,
             health,
             rolling,
+            driver,
             output,
         } => {
-            let mut body = json!({ "name": name, "template": template, "version": version, "min": min, "max": max, "desired": desired, "port": port, "lb_port": lb_port });
+            let mut body = json!({ "name": name, "template": template, "version": version, "min": min, "max": max, "desired": desired, "port": port, "lb_port": lb_port, "driver": driver.map(Driver::as_str) });
             if let Some(h) = parse_json(&health, "health")? {
                 body["health"] = h;
             }

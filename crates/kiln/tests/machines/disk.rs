@@ -144,10 +144,8 @@ fn an_image_without_a_kernel_gets_a_clear_error_and_no_disk() {
     let recipe = dir.join("recipe.yaml");
     std::fs::write(
         &recipe,
-        format!(
-            "name: nokernel\nversion: 1.0.0\nparent: kiln:machine/1.0.0\ncomponents:\n  \
-             - path: strip.yaml\ntests: {{ enabled: false }}\n"
-        ),
+        "name: nokernel\nversion: 1.0.0\nparent: kiln:machine/1.0.0\ncomponents:\n  \
+         - path: strip.yaml\ntests: { enabled: false }\n",
     )
     .unwrap();
     ok(kiln(&state, &["bake", recipe.to_str().unwrap()]));

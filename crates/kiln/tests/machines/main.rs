@@ -9,6 +9,7 @@ mod boot;
 mod common;
 mod disk;
 mod fixture;
+mod vm;
 
 /// The fixture itself: the base machine bakes, and a web version bakes on
 /// it with the service installed and enabled.
