@@ -84,7 +84,7 @@ impl Accel {
 }
 
 /// The accelerator, probed once per process: KVM when it runs guest code
-/// within [`PROBE_TIMEOUT`], software emulation (TCG) otherwise.
+/// within the probe's timeout (10 s), software emulation (TCG) otherwise.
 pub fn accel(scratch: &Path) -> Accel {
     static ACCEL: OnceLock<Accel> = OnceLock::new();
     ACCEL
