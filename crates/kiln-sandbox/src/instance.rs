@@ -28,22 +28,21 @@ mod boot;
 mod cgroup;
 mod command;
 mod enter;
+mod logs;
 mod procfs;
 mod reaper;
 mod scan;
 
 use boot::{check_boot, halt_signal};
+use logs::{describe, log_tail, open_log};
 use reaper::{Reaped, Reaper};
 
 pub use enter::{BootWaitError, Booted};
 pub use scan::{kill_orphan, processes_with_root_below};
 
 use std::ffi::CString;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, Once};
@@ -252,43 +251,6 @@ fn create_cgroup(
             tracing::warn!(id, %error, "cannot create the instance's cgroup: it runs without memory and pids limits");
             None
         }
-    }
-}
-
-fn open_log(id: &str, path: PathBuf) -> Result<File, InstanceError> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .open(&path)
-        .map_err(|error| InstanceError::Log {
-            id: id.to_owned(),
-            path,
-            error,
-        })
-}
-
-/// The last lines written to `path` after `offset`.
-fn log_tail(path: &Path, offset: u64) -> String {
-    let mut text = Vec::new();
-    if let Ok(mut f) = File::open(path)
-        && f.seek(SeekFrom::Start(offset)).is_ok()
-    {
-        // Bounded: a crash loop can write a lot before we look.
-        // Only decorates an error that is reported either way; a partial
-        // read shows what it got.
-        let _ = f.take(64 * 1024).read_to_end(&mut text);
-    }
-    let text = String::from_utf8_lossy(&text);
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n")
-}
-
-fn describe(status: &ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit status {code}"),
-        (None, Some(sig)) => format!("signal {sig}"),
-        _ => status.to_string(),
     }
 }
 
