@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, json, kiln, mounts_below, ok};
+use common::{Daemon, json, kiln, lb_addr, mounts_below, ok, serving, wait_for_group};
 use kiln_lb::loadgen::{self, LoadOptions};
 use serde_json::Value;
 
@@ -50,52 +50,6 @@ fn create_templates(state: &Path) {
     }
 }
 
-fn group(state: &Path, name: &str) -> Value {
-    json(kiln(
-        state,
-        &["groups", "inspect", name, "--output", "json"],
-    ))
-}
-
-/// Waits until `done` holds for the group, or fails with the group's state.
-fn wait_for(
-    state: &Path,
-    name: &str,
-    limit: Duration,
-    what: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let g = group(state, name);
-        if done(&g) {
-            return g;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {limit:?}: {g:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn serving(g: &Value, version: u64, count: usize) -> bool {
-    let instances = g["instances"].as_array().unwrap();
-    instances.len() == count
-        && instances
-            .iter()
-            .all(|i| i["version"] == version && i["state"] == "in-service")
-}
-
-fn lb_addr(g: &Value) -> std::net::SocketAddr {
-    g["load_balancer"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap()
-}
-
 const HEALTH: &str = r#"{"path": "/health", "interval_ms": 300, "timeout_ms": 500, "healthy_threshold": 2, "unhealthy_threshold": 2}"#;
 
 fn create_group(state: &Path, desired: u32, port: u16) -> Value {
@@ -124,7 +78,7 @@ fn create_group(state: &Path, desired: u32, port: u16) -> Value {
             rolling,
         ],
     ));
-    wait_for(state, "web", Duration::from_secs(30), "v1 serving", |g| {
+    wait_for_group(state, "web", Duration::from_secs(30), "v1 serving", |g| {
         serving(g, 1, desired as usize)
     })
 }
@@ -164,7 +118,7 @@ fn rolling_update_and_automatic_rollback_under_load_fail_no_request() {
         &state,
         &["groups", "update", "web", "--template-version", "2"],
     ));
-    let g = wait_for(
+    let g = wait_for_group(
         &state,
         "web",
         Duration::from_secs(60),
@@ -195,7 +149,7 @@ fn rolling_update_and_automatic_rollback_under_load_fail_no_request() {
         &state,
         &["groups", "update", "web", "--template-version", "3"],
     ));
-    let g = wait_for(
+    let g = wait_for_group(
         &state,
         "web",
         Duration::from_secs(60),
@@ -246,7 +200,7 @@ fn a_killed_instance_is_replaced() {
             .unwrap()
             .success()
     );
-    let g = wait_for(
+    let g = wait_for_group(
         &state,
         "web",
         Duration::from_secs(20),
@@ -307,7 +261,7 @@ fn a_daemon_killed_mid_rollout_converges_after_restart_and_leaves_nothing_behind
         &["groups", "update", "web", "--template-version", "2"],
     ));
     // Kill it while some instances run v2 and others v1.
-    wait_for(
+    wait_for_group(
         &state,
         "web",
         Duration::from_secs(30),
@@ -322,7 +276,7 @@ fn a_daemon_killed_mid_rollout_converges_after_restart_and_leaves_nothing_behind
     );
     daemon.kill9();
     let mut daemon = Daemon::start(&state);
-    let g = wait_for(
+    let g = wait_for_group(
         &state,
         "web",
         Duration::from_secs(60),

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 pub fn kiln(state: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
         .arg("--state-dir")
@@ -104,4 +106,72 @@ pub fn mounts_below(dir: &Path) -> Vec<String> {
         .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
         .filter(|m| Path::new(m).starts_with(dir))
         .collect()
+}
+
+/// `groups inspect NAME` as JSON.
+pub fn group(state: &Path, name: &str) -> Value {
+    json(kiln(
+        state,
+        &["groups", "inspect", name, "--output", "json"],
+    ))
+}
+
+/// Waits until `done` holds for the group, or fails with the group's
+/// state and the tail of each instance's log.
+pub fn wait_for_group(
+    state: &Path,
+    name: &str,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let g = group(state, name);
+        if done(&g) {
+            return g;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {limit:?}: {g:#}\n{}",
+            logs(state, &g)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every instance's console, for a failure message.
+fn logs(state: &Path, g: &Value) -> String {
+    let mut text = String::new();
+    for i in g["instances"].as_array().into_iter().flatten() {
+        let id = i["id"].as_str().unwrap_or_default();
+        let out = kiln(state, &["instances", "logs", id]);
+        let log = String::from_utf8_lossy(&out.stdout);
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        text.push_str(&format!("--- {id}:\n"));
+        for line in tail.into_iter().rev() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text
+}
+
+/// `count` instances, all of `version` and in service.
+pub fn serving(g: &Value, version: u64, count: usize) -> bool {
+    let instances = g["instances"].as_array().unwrap();
+    instances.len() == count
+        && instances
+            .iter()
+            .all(|i| i["version"] == version && i["state"] == "in-service")
+}
+
+/// The group's load balancer.
+pub fn lb_addr(g: &Value) -> std::net::SocketAddr {
+    g["load_balancer"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap()
 }

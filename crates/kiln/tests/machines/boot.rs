@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use kiln_lb::loadgen::{self, LoadOptions};
 use serde_json::Value;
 
-use crate::common::{Daemon, json, kiln, ok};
+use crate::common::{Daemon, kiln, ok, serving, wait_for_group};
 use crate::fixture::{self, WEB_PORT};
 
 /// Writes a web recipe whose component is `component` (the fixture's, or
@@ -91,37 +91,6 @@ fn the_test_gate_boots_systemd_and_fails_a_broken_service() {
     assert!(log.contains("web.service"), "{log}");
     let images = ok(kiln(&state, &["images", "ls"]));
     assert!(images.contains("3.0.0"), "{images}");
-}
-
-/// Instances of one group, from `groups inspect`.
-fn group(state: &Path) -> Value {
-    json(kiln(
-        state,
-        &["groups", "inspect", "web", "--output", "json"],
-    ))
-}
-
-fn wait_for(state: &Path, limit: Duration, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let g = group(state);
-        if done(&g) {
-            return g;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {limit:?}: {g:#}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn serving(g: &Value, version: u64, count: usize) -> bool {
-    let instances = g["instances"].as_array().unwrap();
-    instances.len() == count
-        && instances
-            .iter()
-            .all(|i| i["version"] == version && i["state"] == "in-service")
 }
 
 fn load(concurrency: usize, max_requests: u64) -> LoadOptions {
@@ -246,7 +215,7 @@ fn a_group_of_booted_instances_rolls_to_a_new_version_under_load() {
             rolling,
         ],
     ));
-    let g = wait_for(&state, Duration::from_secs(90), "v1 serving", |g| {
+    let g = wait_for_group(&state, "web", Duration::from_secs(90), "v1 serving", |g| {
         serving(g, 1, 2)
     });
     eprintln!(
@@ -269,9 +238,13 @@ fn a_group_of_booted_instances_rolls_to_a_new_version_under_load() {
         &state,
         &["groups", "update", "web", "--template-version", "2"],
     ));
-    let g = wait_for(&state, Duration::from_secs(120), "the rollout to v2", |g| {
-        serving(g, 2, 2) && g["rollouts"][0]["state"] == "succeeded"
-    });
+    let g = wait_for_group(
+        &state,
+        "web",
+        Duration::from_secs(120),
+        "the rollout to v2",
+        |g| serving(g, 2, 2) && g["rollouts"][0]["state"] == "succeeded",
+    );
     stop.stop();
     let report = rt.block_on(report).unwrap();
     assert_eq!(report.failed, 0, "{report:#?}");
@@ -286,7 +259,7 @@ fn a_group_of_booted_instances_rolls_to_a_new_version_under_load() {
     let before = init_pids(&g);
     daemon.kill9();
     let mut daemon = Daemon::start(&state);
-    let g = wait_for(&state, Duration::from_secs(30), "adoption", |g| {
+    let g = wait_for_group(&state, "web", Duration::from_secs(30), "adoption", |g| {
         serving(g, 2, 2)
     });
     assert_eq!(init_pids(&g), before, "{g:#}");

@@ -11,71 +11,8 @@ use std::time::{Duration, Instant};
 use kiln_lb::loadgen::{self, LoadOptions};
 use serde_json::Value;
 
-use crate::common::{Daemon, json, kiln, ok};
+use crate::common::{Daemon, json, kiln, lb_addr, ok, serving, wait_for_group};
 use crate::fixture::{self, WEB_PORT};
-
-fn group(state: &Path, name: &str) -> Value {
-    json(kiln(
-        state,
-        &["groups", "inspect", name, "--output", "json"],
-    ))
-}
-
-fn wait_for(
-    state: &Path,
-    name: &str,
-    limit: Duration,
-    what: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let g = group(state, name);
-        if done(&g) {
-            return g;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {limit:?}: {g:#}\n{}",
-            logs(state, &g)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-/// Every instance's console, for a failure message.
-fn logs(state: &Path, g: &Value) -> String {
-    let mut text = String::new();
-    for i in g["instances"].as_array().into_iter().flatten() {
-        let id = i["id"].as_str().unwrap_or_default();
-        let out = kiln(state, &["instances", "logs", id]);
-        let log = String::from_utf8_lossy(&out.stdout);
-        let tail: Vec<&str> = log.lines().rev().take(15).collect();
-        text.push_str(&format!("--- {id}:\n"));
-        for line in tail.into_iter().rev() {
-            text.push_str(line);
-            text.push('\n');
-        }
-    }
-    text
-}
-
-fn serving(g: &Value, version: u64, count: usize) -> bool {
-    let instances = g["instances"].as_array().unwrap();
-    instances.len() == count
-        && instances
-            .iter()
-            .all(|i| i["version"] == version && i["state"] == "in-service")
-}
-
-fn lb_addr(g: &Value) -> std::net::SocketAddr {
-    g["load_balancer"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap()
-}
 
 fn load(concurrency: usize) -> LoadOptions {
     LoadOptions {
@@ -170,7 +107,7 @@ fn a_vm_group_rolls_under_load_survives_a_daemon_restart_and_replaces_a_killed_v
             ROLLING,
         ],
     ));
-    let g = wait_for(&state, "web", BOOT, "2 VMs of v1 in service", |g| {
+    let g = wait_for_group(&state, "web", BOOT, "2 VMs of v1 in service", |g| {
         serving(g, 1, 2)
     });
     eprintln!(
@@ -203,7 +140,7 @@ fn a_vm_group_rolls_under_load_survives_a_daemon_restart_and_replaces_a_killed_v
         &state,
         &["groups", "update", "web", "--template-version", "2"],
     ));
-    let g = wait_for(&state, "web", BOOT, "the rollout to v2", |g| {
+    let g = wait_for_group(&state, "web", BOOT, "the rollout to v2", |g| {
         serving(g, 2, 2) && g["rollouts"][0]["state"] == "succeeded"
     });
     eprintln!("bench: rolling update of 2 VMs in {:?}", rolled.elapsed());
@@ -220,7 +157,7 @@ fn a_vm_group_rolls_under_load_survives_a_daemon_restart_and_replaces_a_killed_v
     let before: Vec<Value> = g["instances"].as_array().unwrap().clone();
     daemon.kill9();
     let mut daemon = Daemon::start(&state);
-    let g = wait_for(
+    let g = wait_for_group(
         &state,
         "web",
         Duration::from_secs(60),
@@ -257,7 +194,7 @@ fn a_vm_group_rolls_under_load_survives_a_daemon_restart_and_replaces_a_killed_v
             .success()
     );
     let killed = Instant::now();
-    let g = wait_for(&state, "web", BOOT, "a replacement VM", |g| {
+    let g = wait_for_group(&state, "web", BOOT, "a replacement VM", |g| {
         serving(g, 2, 2)
             && g["instances"]
                 .as_array()
