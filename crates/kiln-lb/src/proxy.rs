@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -37,7 +37,9 @@ const POOL_READY_WAIT: Duration = Duration::from_millis(500);
 
 /// Headers that describe one connection rather than the message (RFC 9110
 /// 7.6.1), plus the obsolete `Proxy-Connection` that some clients still send.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// A static, not a const: a const array of header names is built and dropped
+/// again wherever it is named, which was once per header of every request.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -150,6 +152,8 @@ async fn forward(
     prepare_request_headers(&mut parts.headers, local, client);
     let uri = origin_form(std::mem::take(&mut parts.uri));
     let mut payload = match body.size_hint().exact() {
+        // Most requests have no body: nothing to wait for.
+        Some(0) => Payload::Buffered(Bytes::new()),
         Some(len) if len <= MAX_BUFFERED_BODY => match body.collect().await {
             Ok(collected) => Payload::Buffered(collected.to_bytes()),
             Err(e) => {
@@ -396,14 +400,14 @@ pub(crate) fn prepare_request_headers(
 
     let forwarded_for = match join_values(headers, &X_FORWARDED_FOR) {
         Some(earlier) => HeaderValue::from_str(&format!("{earlier}, {}", client.ip())).ok(),
-        None => formatted(format_args!("{}", client.ip())),
+        None => cached(&CLIENT_IP, client.ip()),
     };
     if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, value);
     }
     // The balancer listens on plain HTTP: whatever a client claims is replaced.
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    if let Some(port) = formatted(format_args!("{}", local.port())) {
+    if let Some(port) = cached(&LOCAL_PORT, local.port()) {
         headers.insert(X_FORWARDED_PORT, port);
     }
     if !headers.contains_key(&X_AMZN_TRACE_ID) {
@@ -418,6 +422,34 @@ pub(crate) fn prepare_request_headers(
             headers.insert(header::HOST, value);
         }
     }
+}
+
+type Cache<K> = std::cell::RefCell<Option<(K, HeaderValue)>>;
+
+thread_local! {
+    /// The last client address and balancer port formatted on this thread:
+    /// consecutive requests mostly come from the same client to the same
+    /// balancer, and a cloned value shares its bytes instead of allocating.
+    static CLIENT_IP: Cache<std::net::IpAddr> = const { std::cell::RefCell::new(None) };
+    static LOCAL_PORT: Cache<u16> = const { std::cell::RefCell::new(None) };
+}
+
+/// `key` formatted as a header value, from `cache` when it holds the same key.
+fn cached<K: PartialEq + Copy + std::fmt::Display + 'static>(
+    cache: &'static std::thread::LocalKey<Cache<K>>,
+    key: K,
+) -> Option<HeaderValue> {
+    cache.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if let Some((k, v)) = slot.as_ref()
+            && *k == key
+        {
+            return Some(v.clone());
+        }
+        let value = formatted(format_args!("{key}"))?;
+        *slot = Some((key, value.clone()));
+        Some(value)
+    })
 }
 
 /// The load balancer's stickiness cookie, named as ALB names it.
@@ -461,10 +493,31 @@ fn trace_id() -> Option<HeaderValue> {
         .unwrap_or_default();
     let salt = *SALT.get_or_init(|| now.subsec_nanos() ^ std::process::id().rotate_left(16));
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    formatted(format_args!(
-        "Root=1-{:08x}-{salt:08x}{n:016x}",
-        now.as_secs() as u32
-    ))
+    TRACE_IDS.with(|arena| {
+        let mut arena = arena.borrow_mut();
+        if arena.capacity() < TRACE_ID_LEN {
+            *arena = BytesMut::with_capacity(TRACE_ID_LEN * TRACE_IDS_PER_BLOCK);
+        }
+        let mut writer = (&mut *arena).writer();
+        std::io::Write::write_fmt(
+            &mut writer,
+            format_args!("Root=1-{:08x}-{salt:08x}{n:016x}", now.as_secs() as u32),
+        )
+        .ok()?;
+        let id = arena.split().freeze();
+        HeaderValue::from_maybe_shared(id).ok()
+    })
+}
+
+/// `Root=1-` and 8 + 1 + 24 hex digits.
+const TRACE_ID_LEN: usize = 7 + 8 + 1 + 24;
+const TRACE_IDS_PER_BLOCK: usize = 64;
+
+thread_local! {
+    /// Request ids are cut from blocks of this thread's memory: one
+    /// allocation per block instead of two per request (the value, and the
+    /// shared form it takes when the headers are copied for a retry).
+    static TRACE_IDS: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
 /// A header value formatted on the stack: one allocation (the value's own)
