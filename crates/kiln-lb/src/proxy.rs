@@ -421,6 +421,9 @@ pub(crate) fn prepare_request_headers(
         headers.remove(header::UPGRADE);
     }
 
+    // hyper sizes a parsed request's map to the headers it has; the up to
+    // six added below would grow it in steps, each a reallocation.
+    headers.reserve(6);
     let forwarded_for = match join_values(headers, &X_FORWARDED_FOR) {
         Some(earlier) => HeaderValue::from_str(&format!("{earlier}, {}", client.ip())).ok(),
         None => cached(&CLIENT_IP, client.ip()),
