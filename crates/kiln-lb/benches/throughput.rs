@@ -340,6 +340,12 @@ http {{
     fastcgi_temp_path {p}/fastcgi;
     uwsgi_temp_path {p}/uwsgi;
     scgi_temp_path {p}/scgi;
+    # The request id kiln-lb gives every request (X-Amzn-Trace-Id): the
+    # client's if it sent one, a new one otherwise.
+    map $http_x_amzn_trace_id $trace_id {{
+        "" $request_id;
+        default $http_x_amzn_trace_id;
+    }}
     upstream backend {{
         server {backend};
         # As many idle connections as kiln-lb keeps per backend, and no
@@ -354,7 +360,12 @@ http {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            # The headers kiln-lb sets on every request, as ALB does, so
+            # that both proxies do the same work.
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Port $server_port;
+            proxy_set_header X-Amzn-Trace-Id $trace_id;
         }}
     }}
 }}

@@ -17,6 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use crate::framing::Scanner;
 
@@ -50,6 +51,8 @@ pub(crate) struct Checked<T> {
     /// A violation in a body, reported by the read after the one that
     /// delivered the bytes before it.
     failed: Option<&'static str>,
+    /// Writes so far, up to 2 (see `poll_write`).
+    writes: u8,
 }
 
 impl<T> Checked<T> {
@@ -60,6 +63,7 @@ impl<T> Checked<T> {
             refusal,
             refused: false,
             failed: None,
+            writes: 0,
         }
     }
 }
@@ -120,13 +124,33 @@ fn invalid(why: &'static str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, why.trim_end())
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Checked<T> {
+impl Checked<TcpStream> {
+    /// Turns Nagle's algorithm off before the connection's second write.
+    /// Nagle holds back a small write only while earlier data is
+    /// unacknowledged, which the first write never is; so a connection that
+    /// carries one response in one write (most that close after a request)
+    /// is spared the system call, and every other gets it in time.
+    fn before_write(&mut self) {
+        if self.writes < 2 {
+            self.writes += 1;
+            if self.writes == 2
+                && let Err(e) = self.io.set_nodelay(true)
+            {
+                tracing::debug!(error = %e, "setting TCP_NODELAY");
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Checked<TcpStream> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.before_write();
+        Pin::new(&mut this.io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -134,7 +158,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Checked<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.before_write();
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -145,7 +171,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Checked<T> {
         Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
+    /// hyper shuts a connection down just before it drops it, and closing
+    /// sends the same FIN: the separate shutdown is a system call per
+    /// connection for nothing. An upgraded connection is different: a
+    /// tunnel half-closes it when the instance is done sending and keeps
+    /// relaying the client's bytes, so its shutdown goes through.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        if !this.scanner.passthrough() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }

@@ -434,9 +434,7 @@ pub async fn serve<H, F, B>(
                         debug!(%local, %client, max, "every connection is busy; closing the new one");
                         continue;
                     };
-                    if let Err(e) = stream.set_nodelay(true) {
-                        debug!(%client, error = %e, "setting TCP_NODELAY");
-                    }
+                    // TCP_NODELAY: set by `Checked` when a second write needs it.
                     let (handler, reg, c) = (handler.clone(), registry.clone(), conn.clone());
                     let refusal = Arc::new(Refusal::default());
                     let stream = Checked::new(stream, refusal.clone());

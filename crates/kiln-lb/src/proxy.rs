@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -37,7 +37,9 @@ const POOL_READY_WAIT: Duration = Duration::from_millis(500);
 
 /// Headers that describe one connection rather than the message (RFC 9110
 /// 7.6.1), plus the obsolete `Proxy-Connection` that some clients still send.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// A static, not a const: a const array of header names is built and dropped
+/// again wherever it is named, which was once per header of every request.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -74,41 +76,55 @@ pub(crate) async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = std::time::Instant::now();
-    if !access_log_on() {
-        let resp = forward(&table, local, client, req).await;
-        table
-            .traffic
-            .record(resp.status().as_u16(), started.elapsed());
-        return Ok(resp);
-    }
-    // Made here rather than in `prepare_request_headers` so that the log
-    // line carries the id the instance saw.
-    if !req.headers().contains_key(&X_AMZN_TRACE_ID) {
-        if let Some(value) = trace_id() {
-            req.headers_mut().insert(X_AMZN_TRACE_ID, value);
-        }
-    }
-    let trace = join_values(req.headers(), &X_AMZN_TRACE_ID).unwrap_or_default();
-    let forwarded_for = join_values(req.headers(), &X_FORWARDED_FOR).unwrap_or_default();
-    let method = req.method().clone();
-    let target = req.uri().to_string();
+    // Taken before the request moves on, so that the log line carries the
+    // id the instance saw. One await of `forward` for both cases: two would
+    // each hold its state, and hyper moves this future once per request.
+    let log = access_log_on().then(|| LogFields::of(&mut req));
     let mut resp = forward(&table, local, client, req).await;
     table
         .traffic
         .record(resp.status().as_u16(), started.elapsed());
-    let backend = resp.extensions_mut().remove::<ServedBy>();
-    tracing::info!(
-        target: ACCESS_LOG,
-        %client,
-        forwarded_for,
-        %method,
-        target,
-        status = resp.status().as_u16(),
-        backend = backend.as_ref().map_or("-", |b| b.0.id.as_str()),
-        trace_id = trace,
-        ms = started.elapsed().as_secs_f64() * 1000.0,
-    );
+    if let Some(log) = log {
+        let backend = resp.extensions_mut().remove::<ServedBy>();
+        tracing::info!(
+            target: ACCESS_LOG,
+            %client,
+            forwarded_for = log.forwarded_for,
+            method = %log.method,
+            target = log.target,
+            status = resp.status().as_u16(),
+            backend = backend.as_ref().map_or("-", |b| b.0.id.as_str()),
+            trace_id = log.trace,
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
     Ok(resp)
+}
+
+/// What the access log says of a request, taken before it is forwarded.
+struct LogFields {
+    trace: String,
+    forwarded_for: String,
+    method: hyper::Method,
+    target: String,
+}
+
+impl LogFields {
+    /// Also gives the request its id here rather than in
+    /// `prepare_request_headers`, so that the log has the one the instance saw.
+    fn of(req: &mut Request<Incoming>) -> LogFields {
+        if !req.headers().contains_key(&X_AMZN_TRACE_ID) {
+            if let Some(value) = trace_id() {
+                req.headers_mut().insert(X_AMZN_TRACE_ID, value);
+            }
+        }
+        LogFields {
+            trace: join_values(req.headers(), &X_AMZN_TRACE_ID).unwrap_or_default(),
+            forwarded_for: join_values(req.headers(), &X_FORWARDED_FOR).unwrap_or_default(),
+            method: req.method().clone(),
+            target: req.uri().to_string(),
+        }
+    }
 }
 
 /// The request body, kept so that a failed attempt can be repeated.
@@ -144,12 +160,16 @@ async fn forward(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     if upgrade::requested(&req) {
-        return upgrade::forward(table, local, client, req).await;
+        // Boxed: its state would otherwise make every request's future as
+        // large as an upgrade's, and hyper moves that future per request.
+        return Box::pin(upgrade::forward(table, local, client, req)).await;
     }
     let (mut parts, body) = req.into_parts();
     prepare_request_headers(&mut parts.headers, local, client);
     let uri = origin_form(std::mem::take(&mut parts.uri));
     let mut payload = match body.size_hint().exact() {
+        // Most requests have no body: nothing to wait for.
+        Some(0) => Payload::Buffered(Bytes::new()),
         Some(len) if len <= MAX_BUFFERED_BODY => match body.collect().await {
             Ok(collected) => Payload::Buffered(collected.to_bytes()),
             Err(e) => {
@@ -335,6 +355,13 @@ pub(crate) async fn acquire(
             return Ok((sender, true));
         }
     }
+    // Boxed: most requests find a pooled connection, and this state would
+    // otherwise be part of every request's future.
+    Box::pin(connect(table, backend)).await.map(|s| (s, false))
+}
+
+/// A new connection to `backend`, within the connect timeout.
+async fn connect(table: &Table, backend: &Backend) -> Result<Sender, UpstreamError> {
     let timeout = table.settings.connect_timeout;
     let connect = async {
         let stream = table
@@ -365,7 +392,7 @@ pub(crate) async fn acquire(
         Ok(sender)
     };
     match tokio::time::timeout(timeout, connect).await {
-        Ok(sender) => sender.map(|s| (s, false)),
+        Ok(sender) => sender,
         Err(_) => Err(UpstreamError::ConnectTimeout {
             backend: backend.id.clone(),
             timeout,
@@ -394,16 +421,19 @@ pub(crate) fn prepare_request_headers(
         headers.remove(header::UPGRADE);
     }
 
+    // hyper sizes a parsed request's map to the headers it has; the up to
+    // six added below would grow it in steps, each a reallocation.
+    headers.reserve(6);
     let forwarded_for = match join_values(headers, &X_FORWARDED_FOR) {
         Some(earlier) => HeaderValue::from_str(&format!("{earlier}, {}", client.ip())).ok(),
-        None => formatted(format_args!("{}", client.ip())),
+        None => cached(&CLIENT_IP, client.ip()),
     };
     if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, value);
     }
     // The balancer listens on plain HTTP: whatever a client claims is replaced.
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    if let Some(port) = formatted(format_args!("{}", local.port())) {
+    if let Some(port) = cached(&LOCAL_PORT, local.port()) {
         headers.insert(X_FORWARDED_PORT, port);
     }
     if !headers.contains_key(&X_AMZN_TRACE_ID) {
@@ -418,6 +448,34 @@ pub(crate) fn prepare_request_headers(
             headers.insert(header::HOST, value);
         }
     }
+}
+
+type Cache<K> = std::cell::RefCell<Option<(K, HeaderValue)>>;
+
+thread_local! {
+    /// The last client address and balancer port formatted on this thread:
+    /// consecutive requests mostly come from the same client to the same
+    /// balancer, and a cloned value shares its bytes instead of allocating.
+    static CLIENT_IP: Cache<std::net::IpAddr> = const { std::cell::RefCell::new(None) };
+    static LOCAL_PORT: Cache<u16> = const { std::cell::RefCell::new(None) };
+}
+
+/// `key` formatted as a header value, from `cache` when it holds the same key.
+fn cached<K: PartialEq + Copy + std::fmt::Display + 'static>(
+    cache: &'static std::thread::LocalKey<Cache<K>>,
+    key: K,
+) -> Option<HeaderValue> {
+    cache.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if let Some((k, v)) = slot.as_ref()
+            && *k == key
+        {
+            return Some(v.clone());
+        }
+        let value = formatted(format_args!("{key}"))?;
+        *slot = Some((key, value.clone()));
+        Some(value)
+    })
 }
 
 /// The load balancer's stickiness cookie, named as ALB names it.
@@ -461,10 +519,39 @@ fn trace_id() -> Option<HeaderValue> {
         .unwrap_or_default();
     let salt = *SALT.get_or_init(|| now.subsec_nanos() ^ std::process::id().rotate_left(16));
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    formatted(format_args!(
-        "Root=1-{:08x}-{salt:08x}{n:016x}",
-        now.as_secs() as u32
-    ))
+    // Hex digits by hand: core::fmt's padding machinery cost more than
+    // everything else this function does.
+    let mut id = *b"Root=1-00000000-000000000000000000000000";
+    hex(&mut id[7..15], now.as_secs() & 0xffff_ffff);
+    hex(&mut id[16..24], u64::from(salt));
+    hex(&mut id[24..], n);
+    TRACE_IDS.with(|arena| {
+        let mut arena = arena.borrow_mut();
+        if arena.capacity() < TRACE_ID_LEN {
+            *arena = BytesMut::with_capacity(TRACE_ID_LEN * TRACE_IDS_PER_BLOCK);
+        }
+        arena.extend_from_slice(&id);
+        HeaderValue::from_maybe_shared(arena.split().freeze()).ok()
+    })
+}
+
+/// `value` in lowercase hex, right-aligned in `out`, zero-padded.
+fn hex(out: &mut [u8], mut value: u64) {
+    for digit in out.iter_mut().rev() {
+        *digit = b"0123456789abcdef"[(value & 0xf) as usize];
+        value >>= 4;
+    }
+}
+
+/// `Root=1-` and 8 + 1 + 24 hex digits.
+const TRACE_ID_LEN: usize = 7 + 8 + 1 + 24;
+const TRACE_IDS_PER_BLOCK: usize = 64;
+
+thread_local! {
+    /// Request ids are cut from blocks of this thread's memory: one
+    /// allocation per block instead of two per request (the value, and the
+    /// shared form it takes when the headers are copied for a retry).
+    static TRACE_IDS: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
 /// A header value formatted on the stack: one allocation (the value's own)
@@ -564,6 +651,16 @@ mod tests {
             id.starts_with("Root=1-") && id.len() == 7 + 8 + 1 + 24,
             "{id}"
         );
+        let (epoch, rest) = id["Root=1-".len()..].split_once('-').unwrap();
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            u64::from_str_radix(epoch, 16).unwrap().abs_diff(secs) < 5,
+            "{id}"
+        );
+        assert!(rest.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
         // Each request gets its own; a client's is kept.
         prepare_request_headers(&mut h, local, client);
         assert_eq!(h[&X_AMZN_TRACE_ID], id.as_str());

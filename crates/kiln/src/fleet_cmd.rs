@@ -58,6 +58,101 @@ impl Driver {
     }
 }
 
+/// `--algorithm`: ALB's load_balancing.algorithm.type, spelled as ALB
+/// spells it.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Algorithm {
+    #[value(name = "round_robin")]
+    RoundRobin,
+    #[value(name = "least_outstanding_requests")]
+    LeastOutstandingRequests,
+    #[value(name = "weighted_random")]
+    WeightedRandom,
+}
+
+impl Algorithm {
+    fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::LeastOutstandingRequests => "least_outstanding_requests",
+            Algorithm::WeightedRandom => "weighted_random",
+        }
+    }
+}
+
+/// Whole seconds within ALB's bounds for the attribute `attribute`.
+fn seconds_within(
+    text: &str,
+    range: std::ops::RangeInclusive<u64>,
+    attribute: &str,
+) -> Result<u64, String> {
+    let bounds = format!(
+        "whole seconds from {} to {}, as ALB's {attribute}",
+        range.start(),
+        range.end()
+    );
+    match text.parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        Ok(_) => Err(format!("out of range: expected {bounds}")),
+        Err(_) => Err(format!("expected {bounds}")),
+    }
+}
+
+fn deregistration_delay(text: &str) -> Result<u64, String> {
+    seconds_within(text, 0..=3600, "deregistration_delay.timeout_seconds")
+}
+
+fn stickiness(text: &str) -> Result<u64, String> {
+    seconds_within(text, 1..=604_800, "stickiness.lb_cookie.duration_seconds")
+}
+
+fn slow_start(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if n == 0 || (30..=900).contains(&n) => Ok(n),
+        _ => Err(
+            "expected 0 (off) or whole seconds from 30 to 900, as ALB's slow_start.duration_seconds"
+                .into(),
+        ),
+    }
+}
+
+/// The group's load balancer attributes as the API takes them; absent
+/// flags leave the spec's defaults.
+fn lb_attributes(
+    body: &mut Value,
+    delay: Option<u64>,
+    algorithm: Option<Algorithm>,
+    sticky: Option<u64>,
+    slow: Option<u64>,
+) -> anyhow::Result<()> {
+    // ALB refuses the same combination: slow start ramps a share of the
+    // requests, which least outstanding requests does not deal out.
+    if slow.is_some_and(|s| s > 0)
+        && matches!(algorithm, None | Some(Algorithm::LeastOutstandingRequests))
+    {
+        anyhow::bail!(
+            "--slow-start needs --algorithm round_robin or weighted_random, as with ALB (the default is least_outstanding_requests)"
+        );
+    }
+    if let Some(s) = delay {
+        body["deregistration_delay_ms"] = json!(s * 1000);
+    }
+    let mut routing = serde_json::Map::new();
+    if let Some(a) = algorithm {
+        routing.insert("algorithm".into(), json!(a.as_str()));
+    }
+    if let Some(s) = sticky {
+        routing.insert("stickiness_ms".into(), json!(s * 1000));
+    }
+    if let Some(s) = slow {
+        routing.insert("slow_start_ms".into(), json!(s * 1000));
+    }
+    if !routing.is_empty() {
+        body["routing"] = Value::Object(routing);
+    }
+    Ok(())
+}
+
 /// `--init`: what a template's instances run as pid 1.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Init {
@@ -223,6 +318,24 @@ enum GroupsCommand {
         /// template says.
         #[arg(long, value_enum)]
         driver: Option<Driver>,
+        /// How long the load balancer keeps a deregistered instance's
+        /// connections before closing them (ALB's
+        /// deregistration_delay.timeout_seconds, 0 to 3600; default 0.5).
+        #[arg(long, value_name = "SECONDS", value_parser = deregistration_delay)]
+        deregistration_delay: Option<u64>,
+        /// How the load balancer picks an instance (ALB's
+        /// load_balancing.algorithm.type; default least_outstanding_requests).
+        #[arg(long, value_enum)]
+        algorithm: Option<Algorithm>,
+        /// Keeps each client on one instance by an AWSALB cookie lasting
+        /// this long (ALB's lb_cookie stickiness, 1 to 604800; default off).
+        #[arg(long, value_name = "SECONDS", value_parser = stickiness)]
+        stickiness: Option<u64>,
+        /// Ramps a new instance's share of requests up over this long
+        /// (ALB's slow_start.duration_seconds, 30 to 900, 0 for off;
+        /// round_robin and weighted_random only).
+        #[arg(long, value_name = "SECONDS", value_parser = slow_start)]
+        slow_start: Option<u64>,
         #[arg(long, value_enum, default_value_t)]
         output: Format,
     },
@@ -230,6 +343,7 @@ enum GroupsCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Format,
     },
+    #[command(alias = "show")]
     Inspect {
         name: String,
         #[arg(long, value_enum, default_value_t)]
@@ -302,9 +416,20 @@ pub fn groups(args: GroupsArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
             health,
             rolling,
             driver,
+            deregistration_delay,
+            algorithm,
+            stickiness,
+            slow_start,
             output,
         } => {
             let mut body = json!({ "name": name, "template": template, "version": version, "min": min, "max": max, "desired": desired, "port": port, "lb_port": lb_port, "driver": driver.map(Driver::as_str) });
+            lb_attributes(
+                &mut body,
+                deregistration_delay,
+                algorithm,
+                stickiness,
+                slow_start,
+            )?;
             if let Some(h) = parse_json(&health, "health")? {
                 body["health"] = h;
             }

@@ -330,3 +330,89 @@ fn a_daemon_killed_mid_rollout_converges_after_restart_and_leaves_nothing_behind
     );
     assert!(kiln_sandbox::instance::processes_with_root_below(&state).is_empty());
 }
+
+/// `kiln groups create` takes the load balancer's target group attributes
+/// as ALB names them, listings show them, and a value ALB would refuse is
+/// refused with the flag and its bounds named.
+#[test]
+fn groups_take_the_load_balancer_attributes_as_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let component = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-service.yaml");
+    let recipe = dir.path().join("attrs.yaml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "name: attrs\nversion: 1.0.0\nparent: busybox\nshell: sh\ncomponents:\n  - path: {}\n    parameters: {{ Port: \"18605\" }}\nworking_directory: /opt/hello\nentrypoint: [\"/usr/local/bin/hello-service\"]\nport: 18605\n",
+            component.display()
+        ),
+    )
+    .unwrap();
+    ok(kiln(&state, &["bake", recipe.to_str().unwrap()]));
+    let mut daemon = Daemon::start(&state);
+    ok(kiln(
+        &state,
+        &["templates", "create", "attrs", "--image", "attrs/1.0.0"],
+    ));
+    let create = |extra: &[&str]| {
+        let mut args = vec!["groups", "create", "attrs", "--template", "attrs"];
+        args.extend_from_slice(&["--min", "0", "--desired", "0"]);
+        args.extend_from_slice(extra);
+        kiln(&state, &args)
+    };
+
+    for (flags, why) in [
+        (&["--deregistration-delay", "3601"][..], "0 to 3600"),
+        (&["--stickiness", "0"][..], "1 to 604800"),
+        (&["--slow-start", "10"][..], "30 to 900"),
+        (&["--algorithm", "fastest"][..], "round_robin"),
+        (
+            &["--slow-start", "60"][..],
+            "round_robin or weighted_random",
+        ),
+    ] {
+        let out = create(flags);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?} was taken");
+        assert!(
+            stderr.contains(flags[0]) && stderr.contains(why),
+            "{flags:?}: {stderr}"
+        );
+    }
+    assert_eq!(
+        json(kiln(&state, &["groups", "ls", "--output", "json"])),
+        serde_json::json!([]),
+        "a refused create left a group"
+    );
+
+    ok(create(&[
+        "--deregistration-delay",
+        "45",
+        "--algorithm",
+        "weighted_random",
+        "--stickiness",
+        "86400",
+        "--slow-start",
+        "30",
+    ]));
+    let shown = json(kiln(
+        &state,
+        &["groups", "show", "attrs", "--output", "json"],
+    ));
+    let listed = json(kiln(&state, &["groups", "ls", "--output", "json"]));
+    assert_eq!(listed[0]["spec"], shown["spec"]);
+    assert_eq!(
+        shown["spec"]["deregistration_delay_ms"], 45_000,
+        "{shown:#}"
+    );
+    assert_eq!(
+        shown["spec"]["routing"],
+        serde_json::json!({
+            "algorithm": "weighted_random",
+            "stickiness_ms": 86_400_000,
+            "slow_start_ms": 30_000,
+        }),
+        "{shown:#}"
+    );
+    daemon.destroy(&["attrs"]);
+}

@@ -77,40 +77,38 @@ fn bake_echo_image(dir: &Path, state: &Path) {
     assert!(out.contains("available"), "{out}");
 }
 
-/// A group of two instances with a deregistration delay of its own, made
-/// through the API (the CLI has no flag for the delay).
+/// A group of two instances with a deregistration delay of its own.
 fn create_group(state: &Path) {
-    let info: Value =
-        serde_json::from_str(&std::fs::read_to_string(state.join("daemon.json")).unwrap()).unwrap();
-    let token = std::fs::read_to_string(state.join("api-token")).unwrap();
-    let body = serde_json::json!({
-        "name": "ws",
-        "template": "ws",
-        "version": 1,
-        "min": 0,
-        "max": 2,
-        "desired": 2,
-        "port": PORT,
-        "health": {"path": "/health", "interval_ms": 300, "timeout_ms": 500, "healthy_threshold": 2, "unhealthy_threshold": 2},
-        "rolling": {"max_batch_size": 2, "min_instances_in_service": 2, "pause_ms": 200, "batch_timeout_ms": 15000},
-        "deregistration_delay_ms": DEREGISTRATION_DELAY.as_millis() as u64,
-    });
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut resp = agent
-        .post(format!(
-            "http://{}/v1/groups",
-            info["address"].as_str().unwrap()
-        ))
-        .header("Authorization", format!("Bearer {}", token.trim()))
-        .header("Content-Type", "application/json")
-        .send(body.to_string())
-        .unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap();
-    assert_eq!(status, 201, "{text}");
+    let health = r#"{"path": "/health", "interval_ms": 300, "timeout_ms": 500, "healthy_threshold": 2, "unhealthy_threshold": 2}"#;
+    let rolling = r#"{"max_batch_size": 2, "min_instances_in_service": 2, "pause_ms": 200, "batch_timeout_ms": 15000}"#;
+    let delay = DEREGISTRATION_DELAY.as_secs().to_string();
+    let port = PORT.to_string();
+    ok(kiln(
+        state,
+        &[
+            "groups",
+            "create",
+            "ws",
+            "--template",
+            "ws",
+            "--version",
+            "1",
+            "--min",
+            "0",
+            "--max",
+            "2",
+            "--desired",
+            "2",
+            "--port",
+            &port,
+            "--health",
+            health,
+            "--rolling",
+            rolling,
+            "--deregistration-delay",
+            &delay,
+        ],
+    ));
 }
 
 fn group(state: &Path) -> Value {
