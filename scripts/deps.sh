@@ -24,11 +24,21 @@ kiln_install_deps() {
         $sudo apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
+    kiln_check_toolchain
+}
+
+# cargo, with clippy and rustfmt for the test command.
+kiln_check_toolchain() {
     if ! command -v cargo >/dev/null 2>&1; then
         echo "error: cargo is not installed; install a Rust toolchain (rustup) first" >&2
         return 1
     fi
     rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
+}
+
+# cargo-nextest runs the test suites side by side (.config/nextest.toml).
+kiln_install_nextest() {
+    command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
 }
 
 # cfn-lint, parliament and checkov check every template and role `kiln

@@ -1,14 +1,50 @@
 #!/usr/bin/env bash
 # Every check CI makes: formatting, lints, docs and every test suite,
 # including the privileged sandbox suites (they need root, as CI has).
+# Arguments go to `cargo nextest run` (a test name, or `-E 'binary(fleet)'`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
-kiln_install_deps
-kiln_install_lint_tools
-kiln_install_console_test_tools
-kiln_install_moto
+kiln_check_toolchain
+kiln_install_nextest
+
+# Only the tests need the Debian packages and Python tools: they download
+# and install while the workspace compiles, and the tests wait for them.
+mkdir -p target
+installs=target/test-installs.log
+(
+    kiln_install_deps
+    kiln_install_lint_tools
+    kiln_install_console_test_tools
+    kiln_install_moto
+) >"$installs" 2>&1 &
+install_pid=$!
+# Never leave apt-get or pip half way, whatever stops this script.
+trap 'wait "$install_pid" 2>/dev/null || true' EXIT
+
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --quiet -- -D warnings
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
-cargo test --workspace "$@"
+
+# A test run compiles most of the workspace anew, where incremental
+# compilation only adds work.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+# Clippy's lints run while the test build compiles the workspace, as
+# `cargo clippy --all-targets -- -D warnings` would report them: a separate
+# `cargo clippy` would type-check every dependency a second time, the AWS
+# SDK's generated code above all.
+RUSTC_WORKSPACE_WRAPPER="$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver)"
+RUSTFLAGS="${RUSTFLAGS:-} -D warnings"
+export RUSTC_WORKSPACE_WRAPPER RUSTFLAGS
+cargo test --workspace --all-targets --no-run --quiet
+
+# Rustdoc needs the dependencies type-checked once more; the AWS SDK's
+# crates are left out of that (kiln-aws and the kiln binary).
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet --exclude kiln-aws --exclude kiln
+
+if ! wait "$install_pid"; then
+    cat "$installs" >&2
+    echo "error: installing what the tests need failed (above)" >&2
+    exit 1
+fi
+cat "$installs" >&2
+cargo nextest run --workspace --cargo-quiet "$@"
+cargo test --workspace --doc --quiet
