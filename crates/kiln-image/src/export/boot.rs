@@ -33,6 +33,7 @@ pub(super) fn find_kernel(rootfs: &Path, name: &str) -> Result<Kernel, ExportErr
         image: name.to_owned(),
         missing: "no kernel (/boot/vmlinuz-*)".to_owned(),
         remedy: "install one in a component, e.g. Debian's linux-image-amd64 \
+                 or, for virtual machines only, linux-image-cloud-amd64 \
                  (with initramfs-tools and systemd-sysv)",
     };
     let Some(boot) = resolve_in_root(rootfs, Path::new("/boot")).filter(|p| p.is_dir()) else {

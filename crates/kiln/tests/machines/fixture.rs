@@ -1,5 +1,7 @@
 //! The machine every test here starts from: debian:bookworm with systemd
-//! as init, Debian's kernel and initramfs, busybox and curl, and DHCP on
+//! as init, Debian's cloud kernel (the one Debian's own AMIs boot, made for
+//! virtual machines: under software emulation it boots about a fifth
+//! faster than the generic kernel) and initramfs, busybox and curl, and DHCP on
 //! the first Ethernet interface through systemd-networkd, baked once per
 //! target directory. Each test bakes its own
 //! `web` versions on it: a component that installs busybox httpd as a
@@ -29,7 +31,7 @@ phases:
           commands:
             - export DEBIAN_FRONTEND=noninteractive
             - apt-get update
-            - apt-get install -y --no-install-recommends systemd-sysv linux-image-amd64 initramfs-tools busybox curl
+            - apt-get install -y --no-install-recommends systemd-sysv linux-image-cloud-amd64 initramfs-tools busybox curl
             - rm -rf /var/lib/apt/lists/*
       - name: Network
         action: CreateFile
@@ -113,7 +115,9 @@ phases:
         action: ExecuteBash
         inputs:
           commands:
-            - curl -fsS http://127.0.0.1:{{ Port }}/index.html | grep -x '{{ Greeting }}'
+            # systemd calls a simple service active once it has started
+            # it, a moment before httpd listens.
+            - curl -fsS --retry 20 --retry-connrefused --retry-delay 1 http://127.0.0.1:{{ Port }}/index.html | grep -x '{{ Greeting }}'
 "#;
 
 /// The state directory the base machine was baked in, whose store holds
@@ -126,7 +130,7 @@ fn base_machine() -> PathBuf {
     lock.lock().unwrap();
     // Named for what it holds: a change to the base component needs a new
     // name, not a stale cache.
-    let kept = root.join("base-state-1");
+    let kept = root.join("base-state-2");
     if kept.exists() {
         return kept;
     }
