@@ -36,9 +36,17 @@ RUSTFLAGS="${RUSTFLAGS:-} -D warnings"
 export RUSTC_WORKSPACE_WRAPPER RUSTFLAGS
 cargo test --workspace --all-targets --no-run --quiet
 
-# Rustdoc needs the dependencies type-checked once more; the AWS SDK's
-# crates are left out of that (kiln-aws and the kiln binary).
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet --exclude kiln-aws --exclude kiln
+# Rustdoc needs the dependencies type-checked once more (the AWS SDK's
+# crates are left out: kiln-aws and the kiln binary). It runs beside the
+# tests, at the lowest priority and in a target directory of its own, on
+# the cores the tests leave idle while they wait.
+docs=target/rustdoc.log
+(
+    export RUSTDOCFLAGS="-D warnings" CARGO_TARGET_DIR=target/rustdoc
+    nice -n 19 cargo doc --workspace --no-deps --quiet --exclude kiln-aws --exclude kiln
+) >"$docs" 2>&1 &
+docs_pid=$!
+trap 'wait "$install_pid" "$docs_pid" 2>/dev/null || true' EXIT
 
 if ! wait "$install_pid"; then
     cat "$installs" >&2
@@ -46,5 +54,12 @@ if ! wait "$install_pid"; then
     exit 1
 fi
 cat "$installs" >&2
-cargo nextest run --workspace --cargo-quiet "$@"
-cargo test --workspace --doc --quiet
+status=0
+cargo nextest run --workspace --cargo-quiet "$@" || status=$?
+cargo test --workspace --doc --quiet || status=$?
+if ! wait "$docs_pid"; then
+    cat "$docs" >&2
+    echo "error: cargo doc found problems in the documentation (above)" >&2
+    status=1
+fi
+exit "$status"

@@ -87,6 +87,9 @@ phases:
               After=network.target
 
               [Service]
+              # Not simple, which is active between fork and exec: a
+              # missing program would show active for that moment.
+              Type=exec
               ExecStart=/bin/busybox httpd -f -p {{ Port }} -h /srv/www
               Restart=always
 
@@ -115,8 +118,8 @@ phases:
         action: ExecuteBash
         inputs:
           commands:
-            # systemd calls a simple service active once it has started
-            # it, a moment before httpd listens.
+            # systemd calls the service active once httpd is executing,
+            # a moment before it listens.
             - curl -fsS --retry 20 --retry-connrefused --retry-delay 1 http://127.0.0.1:{{ Port }}/index.html | grep -x '{{ Greeting }}'
 "#;
 
