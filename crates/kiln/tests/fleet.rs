@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, json, kiln, lb_addr, mounts_below, ok, serving, wait_for_group};
+use common::{Daemon, json, kiln, lb_addr, mounts_below, ok, roll_out, serving, wait_for_group};
 use kiln_lb::loadgen::{self, LoadOptions};
 use serde_json::Value;
 
@@ -114,17 +114,7 @@ fn rolling_update_and_automatic_rollback_under_load_fail_no_request() {
 
     // v1 -> v2 under continuous load.
     let (report, stop) = rt.block_on(async { loadgen::spawn(addr, load(4)) });
-    ok(kiln(
-        &state,
-        &["groups", "update", "web", "--template-version", "2"],
-    ));
-    let g = wait_for_group(
-        &state,
-        "web",
-        Duration::from_secs(60),
-        "the rollout to v2",
-        |g| serving(g, 2, 4) && g["rollouts"][0]["state"] == "succeeded",
-    );
+    let g = roll_out(&state, "web", 2, 4, Duration::from_secs(60));
     stop.stop();
     let report = rt.block_on(report).unwrap();
     assert_eq!(report.failed, 0, "{report:#?}");

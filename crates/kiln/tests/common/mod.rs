@@ -157,6 +157,28 @@ fn logs(state: &Path, g: &Value) -> String {
     text
 }
 
+/// Rolls group `name` to template version `version` and waits until the
+/// rollout succeeded with `count` instances of it in service.
+pub fn roll_out(state: &Path, name: &str, version: u64, count: usize, limit: Duration) -> Value {
+    ok(kiln(
+        state,
+        &[
+            "groups",
+            "update",
+            name,
+            "--template-version",
+            &version.to_string(),
+        ],
+    ));
+    wait_for_group(
+        state,
+        name,
+        limit,
+        &format!("the rollout to v{version}"),
+        |g| serving(g, version, count) && g["rollouts"][0]["state"] == "succeeded",
+    )
+}
+
 /// `count` instances, all of `version` and in service.
 pub fn serving(g: &Value, version: u64, count: usize) -> bool {
     let instances = g["instances"].as_array().unwrap();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use kiln_lb::loadgen::{self, LoadOptions};
 use serde_json::Value;
 
-use crate::common::{Daemon, kiln, ok, serving, wait_for_group};
+use crate::common::{Daemon, kiln, ok, roll_out, serving, wait_for_group};
 use crate::fixture::{self, WEB_PORT};
 
 /// Writes a web recipe whose component is `component` (the fixture's, or
@@ -237,17 +237,7 @@ fn a_group_of_booted_instances_rolls_to_a_new_version_under_load() {
 
     let rt = runtime();
     let (report, stop) = rt.block_on(async { loadgen::spawn(addr, load(4, 2_000_000)) });
-    ok(kiln(
-        &state,
-        &["groups", "update", "web", "--template-version", "2"],
-    ));
-    let g = wait_for_group(
-        &state,
-        "web",
-        Duration::from_secs(300),
-        "the rollout to v2",
-        |g| serving(g, 2, 2) && g["rollouts"][0]["state"] == "succeeded",
-    );
+    let g = roll_out(&state, "web", 2, 2, Duration::from_secs(300));
     stop.stop();
     let report = rt.block_on(report).unwrap();
     assert_eq!(report.failed, 0, "{report:#?}");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use kiln_lb::loadgen::{self, LoadOptions};
 use serde_json::Value;
 
-use crate::common::{Daemon, json, kiln, lb_addr, ok, serving, wait_for_group};
+use crate::common::{Daemon, json, kiln, lb_addr, ok, roll_out, serving, wait_for_group};
 use crate::fixture::{self, WEB_PORT};
 
 fn load(concurrency: usize) -> LoadOptions {
@@ -138,13 +138,7 @@ fn a_vm_group_rolls_under_load_survives_a_daemon_restart_and_replaces_a_killed_v
     // v1 -> v2 under continuous load.
     let (report, stop) = rt.block_on(async { loadgen::spawn(addr, load(2)) });
     let rolled = Instant::now();
-    ok(kiln(
-        &state,
-        &["groups", "update", "web", "--template-version", "2"],
-    ));
-    let g = wait_for_group(&state, "web", BOOT, "the rollout to v2", |g| {
-        serving(g, 2, 1) && g["rollouts"][0]["state"] == "succeeded"
-    });
+    let g = roll_out(&state, "web", 2, 1, BOOT);
     eprintln!("bench: rolling update of a VM in {:?}", rolled.elapsed());
     stop.stop();
     let report = rt.block_on(report).unwrap();
