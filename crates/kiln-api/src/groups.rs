@@ -60,7 +60,9 @@ pub async fn inspect(
 }
 
 /// UpdateAutoScalingGroup: capacity, template version (a rollout),
-/// health check and rolling policy; absent fields stay.
+/// health check and rolling policy; with ModifyTargetGroupAttributes, the
+/// load balancer's deregistration delay and routing, applied at once.
+/// Absent fields stay.
 #[utoipa::path(patch, path = "/v1/groups/{name}", tag = "groups", request_body = GroupUpdate,
     params(("name" = String, Path, description = "The group's name")),
     responses((status = 200, body = GroupView),

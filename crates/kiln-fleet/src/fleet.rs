@@ -97,6 +97,12 @@ pub struct GroupUpdate {
     pub template_version: Option<u32>,
     pub health: Option<HealthCheck>,
     pub rolling: Option<RollingPolicy>,
+    /// Applied to the group's load balancer at once, as ALB applies a
+    /// changed target group attribute.
+    #[schema(maximum = 3_600_000)]
+    pub deregistration_delay_ms: Option<u64>,
+    /// Replaces the group's routing attributes as a whole.
+    pub routing: Option<RoutingSpec>,
 }
 
 impl Fleet {
@@ -194,9 +200,10 @@ impl Fleet {
         if let Some(lb) = lock(&self.inner.lbs).get(&group.name) {
             return Ok(lb.clone());
         }
+        let attributes = group.spec.lb_attributes();
         let settings = Settings {
-            deregistration_delay: Duration::from_millis(group.spec.deregistration_delay_ms),
-            routing: group.spec.routing.to_lb(),
+            deregistration_delay: attributes.deregistration_delay,
+            routing: attributes.routing,
             ..Settings::default()
         };
         let connector = Arc::new(crate::connect::FleetConnector {
@@ -389,7 +396,7 @@ impl Fleet {
     }
 
     pub fn update_group(&self, name: &str, update: GroupUpdate) -> Result<GroupView> {
-        {
+        let attributes = {
             let db = self.db();
             let mut group = db.group(name)?;
             if let Some(v) = update.min {
@@ -407,6 +414,12 @@ impl Fleet {
             if let Some(r) = update.rolling {
                 group.spec.rolling = r;
             }
+            if let Some(d) = update.deregistration_delay_ms {
+                group.spec.deregistration_delay_ms = d;
+            }
+            if let Some(r) = update.routing {
+                group.spec.routing = r;
+            }
             check_capacity(&group.spec)?;
             if let Some(v) = update.template_version {
                 db.template(&group.template, v)?;
@@ -422,6 +435,11 @@ impl Fleet {
                 }
             }
             db.update_group(&group)?;
+            group.spec.lb_attributes()
+        };
+        // A balancer not open yet takes them from the group when it opens.
+        if let Some(lb) = lock(&self.inner.lbs).get(name) {
+            lb.set_attributes(attributes);
         }
         self.inner.wake.notify_one();
         self.group(name)
@@ -564,7 +582,7 @@ fn check_capacity(spec: &GroupSpec) -> Result<()> {
             "health thresholds and interval must be at least 1".into(),
         ));
     }
-    Ok(())
+    spec.check_lb_attributes().map_err(FleetError::Invalid)
 }
 
 #[cfg(test)]

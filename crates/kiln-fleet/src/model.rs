@@ -189,6 +189,8 @@ pub struct GroupSpec {
     pub lb_port: u16,
     pub health: HealthCheck,
     pub rolling: RollingPolicy,
+    /// ALB's deregistration_delay.timeout_seconds, in milliseconds.
+    #[schema(maximum = 3_600_000)]
     pub deregistration_delay_ms: u64,
     /// How the group's load balancer chooses an instance.
     pub routing: RoutingSpec,
@@ -206,18 +208,101 @@ pub use kiln_lb::{Algorithm, Routing};
 pub struct RoutingSpec {
     pub algorithm: Algorithm,
     /// Stickiness by load-balancer cookie, lasting this long; none if unset.
+    #[schema(minimum = 1_000, maximum = 604_800_000)]
     pub stickiness_ms: Option<u64>,
-    /// Slow start for instances entering service; 0 for none.
+    /// Slow start for instances entering service: 0 for none, or 30 to
+    /// 900 seconds.
+    #[schema(maximum = 900_000)]
     pub slow_start_ms: u64,
 }
 
+/// ALB's bounds on the target group attributes a group takes, in
+/// milliseconds. ALB counts whole seconds; kiln also takes fractions, so
+/// that a rollout on one machine need not wait a whole second per drain.
+pub mod alb {
+    use std::ops::RangeInclusive;
+
+    /// deregistration_delay.timeout_seconds, 0 to 3600.
+    pub const DEREGISTRATION_DELAY_MS: RangeInclusive<u64> = 0..=3_600_000;
+    /// stickiness.lb_cookie.duration_seconds, 1 to 604800 (7 days).
+    pub const STICKINESS_MS: RangeInclusive<u64> = 1_000..=604_800_000;
+    /// slow_start.duration_seconds, 30 to 900, or 0 for off.
+    pub const SLOW_START_MS: RangeInclusive<u64> = 30_000..=900_000;
+
+    /// Why a deregistration delay is refused, naming ALB's attribute.
+    pub fn check_deregistration_delay(ms: u64) -> Result<(), String> {
+        within(
+            ms,
+            &DEREGISTRATION_DELAY_MS,
+            "deregistration_delay.timeout_seconds",
+        )
+    }
+
+    pub fn check_stickiness(ms: u64) -> Result<(), String> {
+        within(ms, &STICKINESS_MS, "stickiness.lb_cookie.duration_seconds")
+    }
+
+    pub fn check_slow_start(ms: u64) -> Result<(), String> {
+        if ms == 0 {
+            return Ok(());
+        }
+        within(ms, &SLOW_START_MS, "slow_start.duration_seconds").map_err(|e| e + ", or 0 for off")
+    }
+
+    fn within(ms: u64, range: &RangeInclusive<u64>, attribute: &str) -> Result<(), String> {
+        if range.contains(&ms) {
+            return Ok(());
+        }
+        Err(format!(
+            "{} s is out of range: ALB's {attribute} is from {} to {} s",
+            ms as f64 / 1000.0,
+            range.start() / 1000,
+            range.end() / 1000
+        ))
+    }
+}
+
 impl RoutingSpec {
+    /// ALB's bounds, and its refusal of slow start with least outstanding
+    /// requests (which does not deal out shares to ramp).
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(ms) = self.stickiness_ms {
+            alb::check_stickiness(ms).map_err(|e| format!("routing.stickiness_ms: {e}"))?;
+        }
+        alb::check_slow_start(self.slow_start_ms)
+            .map_err(|e| format!("routing.slow_start_ms: {e}"))?;
+        if self.slow_start_ms > 0 && self.algorithm == Algorithm::LeastOutstandingRequests {
+            return Err(
+                "routing.slow_start_ms: slow start needs algorithm round_robin or weighted_random, as with ALB"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     pub fn to_lb(&self) -> Routing {
         Routing {
             algorithm: self.algorithm,
             stickiness: self.stickiness_ms.map(std::time::Duration::from_millis),
             slow_start: std::time::Duration::from_millis(self.slow_start_ms),
         }
+    }
+}
+
+impl GroupSpec {
+    /// The load balancer attributes in the form the balancer takes them.
+    pub fn lb_attributes(&self) -> kiln_lb::Attributes {
+        kiln_lb::Attributes {
+            deregistration_delay: std::time::Duration::from_millis(self.deregistration_delay_ms),
+            routing: self.routing.to_lb(),
+        }
+    }
+
+    /// ALB's bounds on the load balancer attributes.
+    pub fn check_lb_attributes(&self) -> Result<(), String> {
+        alb::check_deregistration_delay(self.deregistration_delay_ms)
+            .map_err(|e| format!("deregistration_delay_ms: {e}"))?;
+        self.routing.check()
     }
 }
 
@@ -342,4 +427,56 @@ pub struct Rollout {
 
 pub fn now() -> String {
     jiff::Timestamp::now().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the API and the daemon refuse, whoever sends the spec.
+    #[test]
+    fn load_balancer_attributes_are_held_to_albs_bounds() {
+        let with = |f: &dyn Fn(&mut GroupSpec)| {
+            let mut spec = GroupSpec::default();
+            f(&mut spec);
+            spec.check_lb_attributes()
+        };
+        assert_eq!(with(&|_| {}), Ok(()));
+        assert_eq!(
+            with(&|s| {
+                s.deregistration_delay_ms = 100;
+                s.routing = RoutingSpec {
+                    algorithm: Algorithm::WeightedRandom,
+                    stickiness_ms: Some(604_800_000),
+                    slow_start_ms: 900_000,
+                };
+            }),
+            Ok(()),
+            "sub-second delays and ALB's upper bounds are taken"
+        );
+        for (change, expected) in [
+            (
+                &(|s: &mut GroupSpec| s.deregistration_delay_ms = 3_600_001)
+                    as &dyn Fn(&mut GroupSpec),
+                "deregistration_delay_ms: 3600.001 s is out of range: ALB's deregistration_delay.timeout_seconds is from 0 to 3600 s",
+            ),
+            (
+                &|s: &mut GroupSpec| s.routing.stickiness_ms = Some(999),
+                "routing.stickiness_ms: 0.999 s is out of range: ALB's stickiness.lb_cookie.duration_seconds is from 1 to 604800 s",
+            ),
+            (
+                &|s: &mut GroupSpec| {
+                    s.routing.algorithm = Algorithm::RoundRobin;
+                    s.routing.slow_start_ms = 29_000;
+                },
+                "routing.slow_start_ms: 29 s is out of range: ALB's slow_start.duration_seconds is from 30 to 900 s, or 0 for off",
+            ),
+            (
+                &|s: &mut GroupSpec| s.routing.slow_start_ms = 60_000,
+                "routing.slow_start_ms: slow start needs algorithm round_robin or weighted_random, as with ALB",
+            ),
+        ] {
+            assert_eq!(with(change), Err(expected.to_owned()));
+        }
+    }
 }

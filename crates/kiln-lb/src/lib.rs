@@ -84,6 +84,17 @@ pub struct Routing {
     pub slow_start: Duration,
 }
 
+/// The target group attributes a balancer takes while it serves
+/// ([`LoadBalancer::set_attributes`]), as ALB applies a changed attribute
+/// without replacing the load balancer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Attributes {
+    /// Applies to drains that reach their delay after the change.
+    pub deregistration_delay: Duration,
+    /// Applies from the next request.
+    pub routing: Routing,
+}
+
 /// Timing of drains and connections, and what clients may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
@@ -261,7 +272,8 @@ impl LoadBalancer {
         let deadline = tokio::time::Instant::from_std(started) + table.settings.drain_timeout;
         let idle = entry.wait_quiet(deadline).await;
         if idle {
-            let delay_end = tokio::time::Instant::now() + table.settings.deregistration_delay;
+            let delay = table.attributes().deregistration_delay;
+            let delay_end = tokio::time::Instant::now() + delay;
             tokio::time::sleep_until(delay_end.min(deadline)).await;
         }
         table.remove_entry(&entry);
@@ -277,6 +289,17 @@ impl LoadBalancer {
             in_flight_at_end,
             waited: started.elapsed(),
         }
+    }
+
+    /// Changes the deregistration delay and routing of a balancer that is
+    /// serving; connections and backends are kept.
+    pub fn set_attributes(&self, attributes: Attributes) {
+        self.inner.table.set_attributes(attributes);
+    }
+
+    /// The attributes in force.
+    pub fn attributes(&self) -> Attributes {
+        self.inner.table.attributes()
     }
 
     /// Removes the backend immediately; requests in flight on it finish,

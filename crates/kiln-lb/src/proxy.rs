@@ -180,11 +180,8 @@ async fn forward(
         _ => Payload::Streaming(Some(body)),
     };
 
-    let sticky = table
-        .settings
-        .routing
-        .stickiness
-        .and_then(|_| sticky_backend(&parts.headers));
+    let stickiness = table.attributes().routing.stickiness;
+    let sticky = stickiness.and_then(|_| sticky_backend(&parts.headers));
     let mut failed: Vec<Arc<Backend>> = Vec::new();
     let mut last_error = None;
     // Failures on pooled connections do not use up attempts: a backend that
@@ -230,7 +227,7 @@ async fn forward(
             Ok(Ok(resp)) => {
                 table.mark_up(&backend);
                 let mut resp = relay(resp, lease, sender);
-                if let Some(duration) = table.settings.routing.stickiness {
+                if let Some(duration) = stickiness {
                     set_sticky_cookie(&mut resp, &backend.id, duration);
                 }
                 return resp;

@@ -1,7 +1,7 @@
 //! The routing table: which backends exist, which may take new requests,
 //! and what each has done.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,7 @@ use hyper::client::conn::http1::SendRequest;
 use tokio::sync::{Notify, watch};
 
 use crate::body::UpBody;
-use crate::{Algorithm, BackendStats, Connector, Settings};
+use crate::{Algorithm, Attributes, BackendStats, Connector, Routing, Settings};
 
 /// Latency percentiles are taken over this many most recent requests, so
 /// that they follow the backend's current behaviour rather than its history.
@@ -228,6 +228,9 @@ pub(crate) struct Table {
     /// xorshift state for weighted random choices.
     rng: AtomicU64,
     epoch: Instant,
+    /// What a group update may change while the balancer serves; the
+    /// `settings` fields of the same name are only their first values.
+    attributes: LiveAttributes,
     pub(crate) settings: Settings,
     pub(crate) connector: Arc<dyn Connector>,
     pub(crate) traffic: crate::traffic::Traffic,
@@ -245,10 +248,22 @@ impl Table {
                     | 1,
             ),
             epoch: Instant::now(),
+            attributes: LiveAttributes::new(Attributes {
+                deregistration_delay: settings.deregistration_delay,
+                routing: settings.routing,
+            }),
             settings,
             connector,
             traffic: Default::default(),
         }
+    }
+
+    pub(crate) fn attributes(&self) -> Attributes {
+        self.attributes.load()
+    }
+
+    pub(crate) fn set_attributes(&self, attributes: Attributes) {
+        self.attributes.store(attributes);
     }
 
     pub(crate) fn register(&self, id: &str) {
@@ -327,6 +342,8 @@ impl Table {
     /// routable. Backends in `exclude` already failed this request.
     pub(crate) fn pick(&self, exclude: &[Arc<Backend>], sticky: Option<&str>) -> Pick {
         let now_ms = self.now_ms();
+        let routing = self.attributes().routing;
+        let ramp = routing.slow_start;
         // The read lock is held until `in_flight` is raised, so a drain
         // (which takes the write lock) either sees this request or prevents it.
         let backends = read(&self.backends);
@@ -363,15 +380,15 @@ impl Table {
             candidate: &candidate,
         };
         let stuck = sticky.and_then(|id| candidates.iter().find(|b| b.id == id));
-        let chosen = match (stuck, self.settings.routing.algorithm) {
+        let chosen = match (stuck, routing.algorithm) {
             (Some(b), _) => Some(b),
             (None, Algorithm::LeastOutstandingRequests) => self.least_outstanding(&candidates),
-            (None, Algorithm::RoundRobin) if !self.slow_starting(&candidates, now_ms) => {
+            (None, Algorithm::RoundRobin) if !slow_starting(&candidates, ramp, now_ms) => {
                 let n = candidates.iter().count().max(1);
                 let k = self.next.fetch_add(1, Ordering::Relaxed) % n;
                 candidates.iter().nth(k)
             }
-            (None, _) => self.weighted_random(&candidates, now_ms),
+            (None, _) => self.weighted_random(&candidates, ramp, now_ms),
         };
         // A backend marked down or up between the two passes can leave no
         // candidate: any routable one that has not failed this request will do.
@@ -410,32 +427,17 @@ impl Table {
         best.map(|(b, _)| b)
     }
 
-    /// A backend's share while in slow start: from a tenth up to a full
-    /// share, linearly over the slow-start duration, as ALB ramps it.
-    fn weight(&self, b: &Backend, now_ms: u64) -> f64 {
-        let ramp = self.settings.routing.slow_start.as_millis() as f64;
-        if ramp == 0.0 {
-            return 1.0;
-        }
-        let since = b.in_service_since_ms.load(Ordering::Relaxed);
-        let elapsed = now_ms.saturating_sub(since) as f64;
-        (elapsed / ramp).clamp(0.1, 1.0)
-    }
-
-    fn slow_starting(&self, candidates: &Candidates<'_, '_>, now_ms: u64) -> bool {
-        candidates.iter().any(|b| self.weight(b, now_ms) < 1.0)
-    }
-
     fn weighted_random<'a>(
         &self,
         candidates: &Candidates<'a, '_>,
+        ramp: Duration,
         now_ms: u64,
     ) -> Option<&'a Arc<Backend>> {
-        let total: f64 = candidates.iter().map(|b| self.weight(b, now_ms)).sum();
+        let total: f64 = candidates.iter().map(|b| weight(b, ramp, now_ms)).sum();
         let mut point = self.random_unit() * total;
         let mut last = None;
         for b in candidates.iter() {
-            let w = self.weight(b, now_ms);
+            let w = weight(b, ramp, now_ms);
             if point < w {
                 return Some(b);
             }
@@ -496,6 +498,87 @@ impl LatencyWindow {
         sorted.sort_unstable();
         percents.map(|p| percentile(&sorted, p) as f64 / 1000.0)
     }
+}
+
+/// [`Attributes`] in atomics rather than behind a lock: every request
+/// reads them, and a lock's reader count would be written by every worker
+/// thread in turn. A request that races with an update may see some fields
+/// old and some new, which is harmless: each is valid on its own.
+struct LiveAttributes {
+    algorithm: AtomicU8,
+    /// u64::MAX when off.
+    stickiness_ns: AtomicU64,
+    slow_start_ns: AtomicU64,
+    deregistration_delay_ns: AtomicU64,
+}
+
+const OFF: u64 = u64::MAX;
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(OFF - 1)
+}
+
+impl LiveAttributes {
+    fn new(attributes: Attributes) -> Self {
+        let live = LiveAttributes {
+            algorithm: AtomicU8::new(0),
+            stickiness_ns: AtomicU64::new(OFF),
+            slow_start_ns: AtomicU64::new(0),
+            deregistration_delay_ns: AtomicU64::new(0),
+        };
+        live.store(attributes);
+        live
+    }
+
+    fn store(&self, a: Attributes) {
+        let algorithm = match a.routing.algorithm {
+            Algorithm::LeastOutstandingRequests => 0,
+            Algorithm::RoundRobin => 1,
+            Algorithm::WeightedRandom => 2,
+        };
+        self.algorithm.store(algorithm, Ordering::Relaxed);
+        let sticky = a.routing.stickiness.map_or(OFF, nanos);
+        self.stickiness_ns.store(sticky, Ordering::Relaxed);
+        let slow_start = nanos(a.routing.slow_start);
+        self.slow_start_ns.store(slow_start, Ordering::Relaxed);
+        let delay = nanos(a.deregistration_delay);
+        self.deregistration_delay_ns.store(delay, Ordering::Relaxed);
+    }
+
+    fn load(&self) -> Attributes {
+        let algorithm = match self.algorithm.load(Ordering::Relaxed) {
+            1 => Algorithm::RoundRobin,
+            2 => Algorithm::WeightedRandom,
+            _ => Algorithm::LeastOutstandingRequests,
+        };
+        let sticky = self.stickiness_ns.load(Ordering::Relaxed);
+        Attributes {
+            deregistration_delay: Duration::from_nanos(
+                self.deregistration_delay_ns.load(Ordering::Relaxed),
+            ),
+            routing: Routing {
+                algorithm,
+                stickiness: (sticky != OFF).then(|| Duration::from_nanos(sticky)),
+                slow_start: Duration::from_nanos(self.slow_start_ns.load(Ordering::Relaxed)),
+            },
+        }
+    }
+}
+
+/// A backend's share while in slow start: from a tenth up to a full
+/// share, linearly over the slow-start duration `ramp`, as ALB ramps it.
+fn weight(b: &Backend, ramp: Duration, now_ms: u64) -> f64 {
+    let ramp = ramp.as_millis() as f64;
+    if ramp == 0.0 {
+        return 1.0;
+    }
+    let since = b.in_service_since_ms.load(Ordering::Relaxed);
+    let elapsed = now_ms.saturating_sub(since) as f64;
+    (elapsed / ramp).clamp(0.1, 1.0)
+}
+
+fn slow_starting(candidates: &Candidates<'_, '_>, ramp: Duration, now_ms: u64) -> bool {
+    candidates.iter().any(|b| weight(b, ramp, now_ms) < 1.0)
 }
 
 /// Nearest-rank percentile of sorted samples; 0 when there are none.

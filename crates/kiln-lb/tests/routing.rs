@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Request;
 use kiln_lb::loadgen::{self, LoadOptions};
-use kiln_lb::{Algorithm, LoadBalancer, Routing, Settings};
+use kiln_lb::{Algorithm, Attributes, DrainOutcome, LoadBalancer, Routing, Settings};
 use support::{Ports, TestServer, send};
 
 async fn balancer(servers: &[&TestServer], routing: Routing) -> LoadBalancer {
@@ -165,4 +165,58 @@ async fn a_sticky_client_stays_on_its_instance_until_it_drains() {
     assert_ne!(moved, cookie);
     let (again, _) = get_with_cookie(&lb, Some(&moved)).await;
     assert_eq!(again, body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_change_while_the_balancer_serves() {
+    let a = TestServer::start("a", "a").await;
+    let b = TestServer::start("b", "b").await;
+    let lb = balancer(&[&a, &b], Routing::default()).await;
+    let (_, cookie) = get_with_cookie(&lb, None).await;
+    assert_eq!(cookie, None, "no stickiness was asked for");
+
+    let sticky = Attributes {
+        deregistration_delay: Duration::from_millis(1500),
+        routing: Routing {
+            algorithm: Algorithm::RoundRobin,
+            stickiness: Some(Duration::from_secs(60)),
+            slow_start: Duration::ZERO,
+        },
+    };
+    lb.set_attributes(sticky);
+    assert_eq!(lb.attributes(), sticky);
+    let (first, cookie) = get_with_cookie(&lb, None).await;
+    let cookie = cookie.expect("a stickiness cookie once stickiness is on");
+    assert!(cookie.starts_with("AWSALB="), "{cookie}");
+    for _ in 0..10 {
+        assert_eq!(get_with_cookie(&lb, Some(&cookie)).await.0, first);
+    }
+
+    // The new delay holds the drained instance for its full length.
+    let report = lb.drain(&first).await;
+    assert_eq!(report.outcome, DrainOutcome::Drained);
+    assert!(
+        report.waited >= Duration::from_millis(1500),
+        "drained after {:?}, before the new deregistration delay",
+        report.waited
+    );
+
+    // Turning stickiness off again: no cookie, and a client's old one is ignored.
+    lb.set_attributes(Attributes {
+        deregistration_delay: Duration::from_millis(100),
+        routing: Routing::default(),
+    });
+    let (body, set) = get_with_cookie(&lb, Some(&cookie)).await;
+    assert_ne!(body, first, "the drained instance got a request");
+    assert_eq!(set, None);
+    let ramping = Attributes {
+        deregistration_delay: Duration::ZERO,
+        routing: Routing {
+            algorithm: Algorithm::WeightedRandom,
+            stickiness: Some(Duration::from_secs(7 * 86_400)),
+            slow_start: Duration::from_secs(900),
+        },
+    };
+    lb.set_attributes(ramping);
+    assert_eq!(lb.attributes(), ramping);
 }

@@ -511,6 +511,9 @@ fn deploy(top: &Map, c: &mut Collector) -> Option<DeployConfig> {
     }
     if let Some(delay) = d.duration("deregistration_delay", c) {
         spec.deregistration_delay_ms = delay.as_millis() as u64;
+        if let Err(e) = kiln_fleet::alb::check_deregistration_delay(spec.deregistration_delay_ms) {
+            d.fail("deregistration_delay", e, c);
+        }
     }
     spec.routing = routing(&d, c);
     let environment = d.strings("environment", c);
@@ -609,10 +612,16 @@ fn routing(d: &Map, c: &mut Collector) -> RoutingSpec {
         ),
     }
     r.stickiness_ms = m.duration("stickiness", c).map(|d| d.as_millis() as u64);
+    if let Some(Err(e)) = r.stickiness_ms.map(kiln_fleet::alb::check_stickiness) {
+        m.fail("stickiness", e, c);
+    }
     r.slow_start_ms = m
         .duration("slow_start", c)
         .map_or(0, |d| d.as_millis() as u64);
-    if r.slow_start_ms > 0 && r.algorithm == kiln_fleet::Algorithm::LeastOutstandingRequests {
+    if let Err(e) = kiln_fleet::alb::check_slow_start(r.slow_start_ms) {
+        m.fail("slow_start", e, c);
+    } else if r.slow_start_ms > 0 && r.algorithm == kiln_fleet::Algorithm::LeastOutstandingRequests
+    {
         m.fail(
             "slow_start",
             "slow start needs round_robin or weighted_random, as with ALB",

@@ -586,6 +586,8 @@ impl Run<'_> {
                                 template_version: Some(template.version),
                                 health: Some(deploy.spec.health.clone()),
                                 rolling: Some(deploy.spec.rolling.clone()),
+                                deregistration_delay_ms: Some(deploy.spec.deregistration_delay_ms),
+                                routing: Some(deploy.spec.routing.clone()),
                             },
                         )
                         .map_err(|source| StageError::Group {

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use kiln_fleet::alb;
+
 use crate::client::Client;
 use crate::output::{Format, print_json};
 use crate::state::StateDir;
@@ -98,58 +100,77 @@ fn seconds_within(
     }
 }
 
+/// ALB's bounds in the whole seconds ALB counts (the model's are in milliseconds).
+fn alb_seconds(ms: &std::ops::RangeInclusive<u64>) -> std::ops::RangeInclusive<u64> {
+    ms.start() / 1000..=ms.end() / 1000
+}
+
 fn deregistration_delay(text: &str) -> Result<u64, String> {
-    seconds_within(text, 0..=3600, "deregistration_delay.timeout_seconds")
+    let range = alb_seconds(&alb::DEREGISTRATION_DELAY_MS);
+    seconds_within(text, range, "deregistration_delay.timeout_seconds")
 }
 
 fn stickiness(text: &str) -> Result<u64, String> {
-    seconds_within(text, 1..=604_800, "stickiness.lb_cookie.duration_seconds")
+    let range = alb_seconds(&alb::STICKINESS_MS);
+    seconds_within(text, range, "stickiness.lb_cookie.duration_seconds")
 }
 
 fn slow_start(text: &str) -> Result<u64, String> {
+    let range = alb_seconds(&alb::SLOW_START_MS);
     match text.parse::<u64>() {
-        Ok(n) if n == 0 || (30..=900).contains(&n) => Ok(n),
-        _ => Err(
-            "expected 0 (off) or whole seconds from 30 to 900, as ALB's slow_start.duration_seconds"
-                .into(),
-        ),
+        Ok(n) if n == 0 || range.contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected 0 (off) or whole seconds from {} to {}, as ALB's slow_start.duration_seconds",
+            range.start(),
+            range.end()
+        )),
     }
 }
 
-/// The group's load balancer attributes as the API takes them; absent
-/// flags leave the spec's defaults.
-fn lb_attributes(
-    body: &mut Value,
-    delay: Option<u64>,
-    algorithm: Option<Algorithm>,
-    sticky: Option<u64>,
-    slow: Option<u64>,
-) -> anyhow::Result<()> {
-    // ALB refuses the same combination: slow start ramps a share of the
-    // requests, which least outstanding requests does not deal out.
-    if slow.is_some_and(|s| s > 0)
-        && matches!(algorithm, None | Some(Algorithm::LeastOutstandingRequests))
-    {
-        anyhow::bail!(
-            "--slow-start needs --algorithm round_robin or weighted_random, as with ALB (the default is least_outstanding_requests)"
-        );
-    }
-    if let Some(s) = delay {
+/// The group's load balancer attributes as the API takes them: absent
+/// flags leave what `current` (the group's spec, when updating) or the
+/// defaults say. The API takes routing as a whole, so the flags given are
+/// merged into the group's.
+fn lb_attributes(body: &mut Value, flags: &LbFlags, current: Option<&Value>) -> anyhow::Result<()> {
+    if let Some(s) = flags.deregistration_delay {
         body["deregistration_delay_ms"] = json!(s * 1000);
     }
-    let mut routing = serde_json::Map::new();
-    if let Some(a) = algorithm {
+    if flags.algorithm.is_none()
+        && flags.stickiness.is_none()
+        && !flags.no_stickiness
+        && flags.slow_start.is_none()
+    {
+        return Ok(());
+    }
+    let mut routing = current
+        .and_then(|spec| spec["routing"].as_object().cloned())
+        .unwrap_or_default();
+    if let Some(a) = flags.algorithm {
         routing.insert("algorithm".into(), json!(a.as_str()));
     }
-    if let Some(s) = sticky {
+    if let Some(s) = flags.stickiness {
         routing.insert("stickiness_ms".into(), json!(s * 1000));
     }
-    if let Some(s) = slow {
+    if flags.no_stickiness {
+        routing.remove("stickiness_ms");
+    }
+    if let Some(s) = flags.slow_start {
         routing.insert("slow_start_ms".into(), json!(s * 1000));
     }
-    if !routing.is_empty() {
-        body["routing"] = Value::Object(routing);
+    // ALB refuses the same combination: slow start ramps a share of the
+    // requests, which least outstanding requests does not deal out.
+    let lor = Algorithm::LeastOutstandingRequests.as_str();
+    let algorithm = routing
+        .get("algorithm")
+        .and_then(Value::as_str)
+        .unwrap_or(lor);
+    let slow = routing.get("slow_start_ms").and_then(Value::as_u64);
+    if slow.is_some_and(|s| s > 0) && algorithm == lor {
+        anyhow::bail!(
+            "--slow-start needs --algorithm round_robin or weighted_random, as with ALB (the group's algorithm is least_outstanding_requests)"
+        );
     }
+    body["routing"] = Value::Object(routing);
     Ok(())
 }
 
@@ -287,6 +308,33 @@ pub struct GroupsArgs {
     command: GroupsCommand,
 }
 
+/// ALB's target group attributes, as flags of `groups create` and
+/// `groups update`.
+#[derive(Args)]
+struct LbFlags {
+    /// How long the load balancer keeps a deregistered instance's
+    /// connections before closing them (ALB's
+    /// deregistration_delay.timeout_seconds, 0 to 3600; default 0.5).
+    #[arg(long, value_name = "SECONDS", value_parser = deregistration_delay)]
+    deregistration_delay: Option<u64>,
+    /// How the load balancer picks an instance (ALB's
+    /// load_balancing.algorithm.type; default least_outstanding_requests).
+    #[arg(long, value_enum)]
+    algorithm: Option<Algorithm>,
+    /// Keeps each client on one instance by an AWSALB cookie lasting
+    /// this long (ALB's lb_cookie stickiness, 1 to 604800; default off).
+    #[arg(long, value_name = "SECONDS", value_parser = stickiness)]
+    stickiness: Option<u64>,
+    /// Ramps a new instance's share of requests up over this long
+    /// (ALB's slow_start.duration_seconds, 30 to 900, 0 for off;
+    /// round_robin and weighted_random only).
+    #[arg(long, value_name = "SECONDS", value_parser = slow_start)]
+    slow_start: Option<u64>,
+    /// Turns stickiness off.
+    #[arg(long, conflicts_with = "stickiness")]
+    no_stickiness: bool,
+}
+
 #[derive(Subcommand)]
 enum GroupsCommand {
     /// Create a group from a launch template.
@@ -318,24 +366,8 @@ enum GroupsCommand {
         /// template says.
         #[arg(long, value_enum)]
         driver: Option<Driver>,
-        /// How long the load balancer keeps a deregistered instance's
-        /// connections before closing them (ALB's
-        /// deregistration_delay.timeout_seconds, 0 to 3600; default 0.5).
-        #[arg(long, value_name = "SECONDS", value_parser = deregistration_delay)]
-        deregistration_delay: Option<u64>,
-        /// How the load balancer picks an instance (ALB's
-        /// load_balancing.algorithm.type; default least_outstanding_requests).
-        #[arg(long, value_enum)]
-        algorithm: Option<Algorithm>,
-        /// Keeps each client on one instance by an AWSALB cookie lasting
-        /// this long (ALB's lb_cookie stickiness, 1 to 604800; default off).
-        #[arg(long, value_name = "SECONDS", value_parser = stickiness)]
-        stickiness: Option<u64>,
-        /// Ramps a new instance's share of requests up over this long
-        /// (ALB's slow_start.duration_seconds, 30 to 900, 0 for off;
-        /// round_robin and weighted_random only).
-        #[arg(long, value_name = "SECONDS", value_parser = slow_start)]
-        slow_start: Option<u64>,
+        #[command(flatten)]
+        lb: LbFlags,
         #[arg(long, value_enum, default_value_t)]
         output: Format,
     },
@@ -351,7 +383,8 @@ enum GroupsCommand {
     },
     /// Set desired capacity (0 stops every instance and keeps the group).
     Scale { name: String, desired: u32 },
-    /// Change capacity bounds or roll to another template version.
+    /// Change capacity bounds, roll to another template version, or change
+    /// the load balancer's attributes (applied at once).
     Update {
         name: String,
         #[arg(long)]
@@ -362,6 +395,8 @@ enum GroupsCommand {
         max: Option<u32>,
         #[arg(long)]
         desired: Option<u32>,
+        #[command(flatten)]
+        lb: LbFlags,
     },
     /// Roll the group back to the version before its last rollout.
     Rollback { name: String },
@@ -416,20 +451,11 @@ pub fn groups(args: GroupsArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
             health,
             rolling,
             driver,
-            deregistration_delay,
-            algorithm,
-            stickiness,
-            slow_start,
+            lb,
             output,
         } => {
             let mut body = json!({ "name": name, "template": template, "version": version, "min": min, "max": max, "desired": desired, "port": port, "lb_port": lb_port, "driver": driver.map(Driver::as_str) });
-            lb_attributes(
-                &mut body,
-                deregistration_delay,
-                algorithm,
-                stickiness,
-                slow_start,
-            )?;
+            lb_attributes(&mut body, &lb, None)?;
             if let Some(h) = parse_json(&health, "health")? {
                 body["health"] = h;
             }
@@ -472,8 +498,11 @@ pub fn groups(args: GroupsArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
             min,
             max,
             desired,
+            lb,
         } => {
-            let body = json!({ "template_version": template_version, "min": min, "max": max, "desired": desired });
+            let mut body = json!({ "template_version": template_version, "min": min, "max": max, "desired": desired });
+            let current = client.get(&format!("/v1/groups/{name}"))?;
+            lb_attributes(&mut body, &lb, Some(&current["spec"]))?;
             show(
                 &client.send(
                     "PATCH",

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, json, kiln, lb_addr, mounts_below, ok, roll_out, serving, wait_for_group};
+use common::{
+    Daemon, group, json, kiln, lb_addr, mounts_below, ok, roll_out, serving, wait_for_group,
+};
 use kiln_lb::loadgen::{self, LoadOptions};
 use serde_json::Value;
 
@@ -346,7 +348,7 @@ fn groups_take_the_load_balancer_attributes_as_flags() {
     ));
     let create = |extra: &[&str]| {
         let mut args = vec!["groups", "create", "attrs", "--template", "attrs"];
-        args.extend_from_slice(&["--min", "0", "--desired", "0"]);
+        args.extend_from_slice(&["--min", "0", "--desired", "0", "--port", "18605"]);
         args.extend_from_slice(extra);
         kiln(&state, &args)
     };
@@ -404,5 +406,88 @@ fn groups_take_the_load_balancer_attributes_as_flags() {
         }),
         "{shown:#}"
     );
+
+    // `groups update` changes them on the serving balancer; flags not
+    // given keep the group's values.
+    let update = |extra: &[&str]| {
+        let mut args = vec!["groups", "update", "attrs"];
+        args.extend_from_slice(extra);
+        kiln(&state, &args)
+    };
+    ok(update(&[
+        "--desired",
+        "1",
+        "--algorithm",
+        "round_robin",
+        "--slow-start",
+        "0",
+    ]));
+    let g = wait_for_group(
+        &state,
+        "attrs",
+        Duration::from_secs(60),
+        "an instance in service",
+        |g| serving(g, 1, 1),
+    );
+    assert_eq!(
+        g["spec"]["routing"],
+        serde_json::json!({ "algorithm": "round_robin", "stickiness_ms": 86_400_000, "slow_start_ms": 0 }),
+        "{g:#}"
+    );
+    let lb = lb_addr(&g);
+    let head = response_head(lb);
+    assert!(
+        head.contains("set-cookie: awsalb=") && head.contains("max-age=86400"),
+        "{head}"
+    );
+
+    ok(update(&["--no-stickiness", "--deregistration-delay", "0"]));
+    let g = group(&state, "attrs");
+    assert_eq!(g["spec"]["deregistration_delay_ms"], 0, "{g:#}");
+    assert_eq!(g["spec"]["routing"]["stickiness_ms"], Value::Null, "{g:#}");
+    let head = response_head(lb);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("set-cookie"), "stickiness is off: {head}");
+
+    // Refused as at creation, and the group is left as it was.
+    for (flags, why) in [
+        (&["--stickiness", "604801"][..], "1 to 604800"),
+        (&["--slow-start", "10"][..], "30 to 900"),
+        (
+            &["--stickiness", "60", "--no-stickiness"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let out = update(flags);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?} was taken");
+        assert!(stderr.contains(why), "{flags:?}: {stderr}");
+    }
+    ok(update(&["--algorithm", "least_outstanding_requests"]));
+    let out = update(&["--slow-start", "60"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("least_outstanding_requests"),
+        "{out:?}"
+    );
+    assert_eq!(
+        group(&state, "attrs")["spec"]["routing"]["slow_start_ms"],
+        0
+    );
     daemon.destroy(&["attrs"]);
+}
+
+/// The head of a GET / answered by `addr`, lowercased.
+fn response_head(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    head.to_ascii_lowercase()
 }

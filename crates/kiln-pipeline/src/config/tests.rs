@@ -133,6 +133,21 @@ fn bad_values_name_their_field() {
             "needs round_robin",
         ),
         (
+            "deploy: { group: g, routing: { algorithm: round_robin, slow_start: 10s } }\n",
+            "deploy.routing.slow_start",
+            "ALB's slow_start.duration_seconds is from 30 to 900 s, or 0 for off",
+        ),
+        (
+            "deploy: { group: g, routing: { stickiness: 169h } }\n",
+            "deploy.routing.stickiness",
+            "608400 s is out of range: ALB's stickiness.lb_cookie.duration_seconds is from 1 to 604800 s",
+        ),
+        (
+            "deploy: { group: g, deregistration_delay: 2h }\n",
+            "deploy.deregistration_delay",
+            "deregistration_delay.timeout_seconds is from 0 to 3600 s",
+        ),
+        (
             "deploy: { group: \"no spaces\" }\n",
             "deploy.group",
             "not a valid group name",
