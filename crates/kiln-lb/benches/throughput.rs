@@ -85,7 +85,9 @@ fn main() {
         let nginx = match Nginx::start(backend, workers) {
             Ok(Some(nginx)) => Some(nginx),
             Ok(None) => {
-                println!("nginx: not installed, measuring kiln-lb alone");
+                println!(
+                    "nginx: not installed (apt-get install nginx-light), measuring kiln-lb alone"
+                );
                 None
             }
             Err(e) => {
