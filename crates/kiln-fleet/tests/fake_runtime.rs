@@ -388,8 +388,15 @@ async fn a_rollout_replaces_every_instance_behind_the_balancer_with_no_failed_re
     let (traffic, stop) = load(&view);
     s.runtime.reset_peak();
     roll(&s, &[("RELEASE", "2")]);
+    // The rollout is marked succeeded just after its last instance
+    // settles: both are waited for.
     wait_for("the rollout to version 2", || {
         settled(&s.fleet, "web", 2, 3)
+            && s.fleet.group("web").is_ok_and(|v| {
+                v.rollouts
+                    .last()
+                    .is_some_and(|r| r.state != RolloutState::InProgress)
+            })
     })
     .await;
     let view = s.fleet.group("web").unwrap();

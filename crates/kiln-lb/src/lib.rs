@@ -21,6 +21,7 @@
 mod body;
 mod checked;
 mod error;
+mod fast;
 mod framing;
 pub mod listen;
 pub mod loadgen;
@@ -115,6 +116,10 @@ pub struct Settings {
     /// client connections and on request headers.
     pub client_limits: Limits,
     pub routing: Routing,
+    /// Takes the requests most traffic is made of (HTTP/1.1, no body, no
+    /// upgrade) on the balancer's own HTTP/1.1 path instead of hyper's
+    /// server and client; off, hyper serves every request.
+    pub fast_path: bool,
 }
 
 impl Default for Settings {
@@ -128,7 +133,25 @@ impl Default for Settings {
             // client that means to send a request.
             client_limits: Limits::DEFAULT,
             routing: Routing::default(),
+            fast_path: true,
         }
+    }
+}
+
+/// The `fast` path in front of each client connection of a balancer.
+struct FastFront {
+    table: Arc<Table>,
+    local: SocketAddr,
+}
+
+impl listen::Front for FastFront {
+    fn serve<'a>(
+        &'a self,
+        io: &'a mut checked::Checked<TcpStream>,
+        client: SocketAddr,
+        ctx: listen::ConnCtx<'a>,
+    ) -> Pin<Box<dyn Future<Output = listen::FrontEnd> + Send + 'a>> {
+        Box::pin(fast::serve(&self.table, self.local, client, io, ctx))
     }
 }
 
@@ -217,12 +240,19 @@ impl LoadBalancer {
         // A dropped sender (every handle gone) also stops the listener.
         // The guard `wait_for` returns is not Send; drop it at once.
         let stopping = async move { drop(stopped.wait_for(|stopped| *stopped).await) };
-        let task = tokio::spawn(listen::serve(
+        let front = settings.fast_path.then(|| {
+            Arc::new(FastFront {
+                table: table.clone(),
+                local: addr,
+            }) as Arc<dyn listen::Front>
+        });
+        let task = tokio::spawn(listen::serve_with(
             listener,
             settings.client_limits,
             handler,
             stopping,
             settings.drain_timeout,
+            front,
         ));
         Ok(LoadBalancer {
             inner: Arc::new(Inner {

@@ -29,14 +29,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
@@ -386,6 +386,165 @@ pub async fn serve<H, F, B>(
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_with(listener, limits, handler, stop, grace, None).await;
+}
+
+/// A connection's first stop: it serves what it can of the connection and
+/// either closes it or hands it to hyper (and `handler`) with the bytes it
+/// has read.
+pub(crate) trait Front: Send + Sync + 'static {
+    fn serve<'a>(
+        &'a self,
+        io: &'a mut Checked<TcpStream>,
+        client: SocketAddr,
+        ctx: ConnCtx<'a>,
+    ) -> Pin<Box<dyn Future<Output = FrontEnd> + Send + 'a>>;
+}
+
+pub(crate) enum FrontEnd {
+    Closed,
+    /// hyper serves the rest, starting with `buffered`; `requests` were
+    /// answered before it.
+    Handover {
+        buffered: BytesMut,
+        requests: u64,
+    },
+}
+
+/// What waiting for a client's bytes ended with.
+pub(crate) enum Wait {
+    Read(usize),
+    /// The connection failed, or the server closes it (evicted, or
+    /// stopping while no request is in progress).
+    Closed,
+    TimedOut,
+}
+
+/// A [`Front`]'s view of its connection's place in the server.
+pub(crate) struct ConnCtx<'a> {
+    conn: &'a Arc<Conn>,
+    registry: &'a Arc<Registry>,
+    refusal: &'a Refusal,
+    limits: &'a Limits,
+}
+
+impl ConnCtx<'_> {
+    pub(crate) fn limits(&self) -> &Limits {
+        self.limits
+    }
+
+    /// Marks the connection busy (not to be evicted) until dropped.
+    pub(crate) fn busy(&self) -> impl Drop + use<> {
+        Busy::new(self.conn.clone(), self.registry.clone())
+    }
+
+    /// Whether the framing check refused the connection's `index`th request.
+    pub(crate) fn refused(&self, index: u64) -> bool {
+        self.refusal.reason(index).is_some()
+    }
+
+    /// Whether the server wants the connection closed after this request.
+    pub(crate) fn stopping(&self) -> bool {
+        self.conn.signal.state.load(Ordering::Acquire) != RUN
+    }
+
+    /// Reads more of the client's bytes into `buf`, until `deadline`.
+    pub(crate) async fn read(
+        &self,
+        io: &mut Checked<TcpStream>,
+        buf: &mut BytesMut,
+        deadline: tokio::time::Instant,
+    ) -> Wait {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        let signal = std::future::poll_fn(|cx| match self.conn.signal.poll(cx) {
+            RUN => Poll::Pending,
+            _ => Poll::Ready(()),
+        });
+        let sleep = tokio::time::sleep_until(deadline);
+        tokio::pin!(sleep);
+        tokio::select! {
+            biased;
+            () = signal => Wait::Closed,
+            read = tokio::io::AsyncReadExt::read_buf(io, buf) => match read {
+                Ok(n) => Wait::Read(n),
+                Err(e) => {
+                    debug!(error = %e, "reading from a client");
+                    Wait::Closed
+                }
+            },
+            () = &mut sleep => Wait::TimedOut,
+        }
+    }
+}
+
+/// Bytes already read from a connection, delivered before the rest of it.
+struct Rewind<T> {
+    pre: Bytes,
+    io: T,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Rewind<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.pre.is_empty() {
+            let n = this.pre.len().min(buf.remaining());
+            buf.put_slice(&this.pre.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// [`serve`], with `front` taking each connection first.
+pub(crate) async fn serve_with<H, F, B>(
+    listener: TcpListener,
+    limits: Limits,
+    handler: H,
+    stop: impl Future<Output = ()>,
+    grace: Duration,
+    front: Option<Arc<dyn Front>>,
+) where
+    H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let local = match listener.local_addr() {
         Ok(addr) => addr,
         Err(e) => {
@@ -436,34 +595,47 @@ pub async fn serve<H, F, B>(
                     };
                     // TCP_NODELAY: set by `Checked` when a second write needs it.
                     let (handler, reg, c) = (handler.clone(), registry.clone(), conn.clone());
-                    let refusal = Arc::new(Refusal::default());
-                    let stream = Checked::new(stream, refusal.clone());
-                    let requests = AtomicU64::new(0);
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let busy = Busy::new(c.clone(), reg.clone());
-                        let index = requests.fetch_add(1, Ordering::Relaxed);
-                        let why = refusal.reason(index);
-                        let switch = may_switch(&req).then(|| req.method().clone());
-                        let answer = why.is_none().then(|| handler(client, req));
-                        async move {
-                            let Some(answer) = answer else {
-                                drop(busy);
-                                return Ok(refused(why.unwrap_or_default()));
-                            };
-                            let mut resp = answer.await?;
-                            if let Some(method) = switch {
-                                if !switched(&method, &resp) {
-                                    resp.headers_mut()
-                                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                                }
-                            }
-                            Ok::<_, Infallible>(resp.map(|inner| Relay::Stream(Guarded { inner, _busy: busy })))
-                        }
-                    });
-                    let served = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                    let (builder, front) = (builder.clone(), front.clone());
+                    let registry = registry.clone();
                     let admitted = Admitted { id, registry: registry.clone() };
                     connections.spawn(async move {
                         let _admitted = admitted;
+                        let refusal = Arc::new(Refusal::default());
+                        let mut stream = Checked::new(stream, refusal.clone());
+                        let (pre, first) = match &front {
+                            Some(front) => {
+                                let ctx = ConnCtx { conn: &conn, registry: &registry, refusal: &refusal, limits: &limits };
+                                match front.serve(&mut stream, client, ctx).await {
+                                    FrontEnd::Closed => return,
+                                    FrontEnd::Handover { buffered, requests } => (buffered.freeze(), requests),
+                                }
+                            }
+                            None => (Bytes::new(), 0),
+                        };
+                        let requests = AtomicU64::new(first);
+                        let service = service_fn(move |req: Request<Incoming>| {
+                            let busy = Busy::new(c.clone(), reg.clone());
+                            let index = requests.fetch_add(1, Ordering::Relaxed);
+                            let why = refusal.reason(index);
+                            let switch = may_switch(&req).then(|| req.method().clone());
+                            let answer = why.is_none().then(|| handler(client, req));
+                            async move {
+                                let Some(answer) = answer else {
+                                    drop(busy);
+                                    return Ok(refused(why.unwrap_or_default()));
+                                };
+                                let mut resp = answer.await?;
+                                if let Some(method) = switch {
+                                    if !switched(&method, &resp) {
+                                        resp.headers_mut()
+                                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                                    }
+                                }
+                                Ok::<_, Infallible>(resp.map(|inner| Relay::Stream(Guarded { inner, _busy: busy })))
+                            }
+                        });
+                        let io = Rewind { pre, io: stream };
+                        let served = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
                         tokio::pin!(served);
                         let mut finishing = false;
                         // hyper-util's GracefulShutdown does not take connections

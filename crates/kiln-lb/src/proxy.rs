@@ -481,11 +481,17 @@ const STICKY_COOKIE: &str = "AWSALB";
 /// The backend id a client's stickiness cookie names (hex, so that any id
 /// fits in a cookie).
 fn sticky_backend(headers: &HeaderMap) -> Option<String> {
-    let value = headers
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .find_map(sticky_cookie)
+}
+
+/// The backend id in one Cookie header's value, if it has the cookie.
+pub(crate) fn sticky_cookie(cookies: &str) -> Option<String> {
+    let value = cookies
+        .split(';')
         .find_map(|c| c.trim().strip_prefix(STICKY_COOKIE)?.strip_prefix('='))?;
     let bytes = (0..value.len())
         .step_by(2)
@@ -494,21 +500,31 @@ fn sticky_backend(headers: &HeaderMap) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-fn set_sticky_cookie(resp: &mut Response<ProxyBody>, backend: &str, duration: Duration) {
+fn sticky_cookie_value(backend: &str, duration: Duration) -> String {
     let hex: String = backend.bytes().map(|b| format!("{b:02x}")).collect();
-    let cookie = format!(
+    format!(
         "{STICKY_COOKIE}={hex}; Max-Age={}; Path=/",
         duration.as_secs().max(1)
-    );
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
+    )
+}
+
+fn set_sticky_cookie(resp: &mut Response<ProxyBody>, backend: &str, duration: Duration) {
+    if let Ok(value) = HeaderValue::from_str(&sticky_cookie_value(backend, duration)) {
         resp.headers_mut().append(header::SET_COOKIE, value);
     }
+}
+
+/// The stickiness cookie as a header line of a response head being written.
+pub(crate) fn write_sticky_cookie(head: &mut Vec<u8>, backend: &str, duration: Duration) {
+    head.extend_from_slice(b"set-cookie: ");
+    head.extend_from_slice(sticky_cookie_value(backend, duration).as_bytes());
+    head.extend_from_slice(b"\r\n");
 }
 
 /// A request id in ALB's format, `Root=1-<epoch seconds, 8 hex>-<24 hex>`:
 /// unique within the process by a counter, across restarts by the moment
 /// the process made its first one.
-fn trace_id() -> Option<HeaderValue> {
+pub(crate) fn trace_id() -> Option<HeaderValue> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     static SALT: OnceLock<u32> = OnceLock::new();
     let now = SystemTime::now()

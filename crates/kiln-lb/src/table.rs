@@ -9,6 +9,7 @@ use hyper::client::conn::http1::SendRequest;
 use tokio::sync::{Notify, watch};
 
 use crate::body::UpBody;
+use crate::fast::Upstream;
 use crate::{Algorithm, Attributes, BackendStats, Connector, Routing, Settings};
 
 /// Latency percentiles are taken over this many most recent requests, so
@@ -52,6 +53,8 @@ pub(crate) struct Backend {
     latencies: Mutex<LatencyWindow>,
     /// Oldest first, each with the moment it became idle.
     idle: Mutex<Vec<(Sender, Instant)>>,
+    /// The same for the plain connections of the `fast` path.
+    raw: Mutex<Vec<(Upstream, Instant)>>,
     quiet: Notify,
     /// Set once the backend is removed: upgraded connections (WebSocket)
     /// to it close then, as ALB closes them when the deregistration delay ends.
@@ -73,6 +76,7 @@ impl Backend {
             in_service_since_ms: AtomicU64::new(0),
             latencies: Mutex::new(LatencyWindow::default()),
             idle: Mutex::new(Vec::new()),
+            raw: Mutex::new(Vec::new()),
             quiet: Notify::new(),
             closing: watch::Sender::new(false),
         }
@@ -95,27 +99,31 @@ impl Backend {
     }
 
     pub(crate) fn take_idle(&self) -> Option<Sender> {
-        // Most recently used first: the oldest idle connections are the
-        // likeliest to have been closed by the backend meanwhile.
-        let mut idle = lock(&self.idle);
-        let (sender, since) = idle.pop()?;
-        if since.elapsed() <= POOL_IDLE_TIMEOUT {
-            return Some(sender);
-        }
-        // Everything below the newest entry is older still.
-        let expired = std::mem::take(&mut *idle);
-        drop(idle);
-        drop((sender, expired));
-        None
+        take_fresh(&self.idle).map(|(sender, _)| sender)
     }
 
     pub(crate) fn put_idle(&self, sender: Sender) {
-        if sender.is_closed() || !self.keeps_connections() {
+        if !sender.is_closed() {
+            self.put(&self.idle, sender);
+        }
+    }
+
+    /// A pooled plain connection, with the moment it became idle.
+    pub(crate) fn take_raw(&self) -> Option<(Upstream, Instant)> {
+        take_fresh(&self.raw)
+    }
+
+    pub(crate) fn put_raw(&self, conn: Upstream) {
+        self.put(&self.raw, conn);
+    }
+
+    fn put<T>(&self, pool: &Mutex<Vec<(T, Instant)>>, conn: T) {
+        if !self.keeps_connections() {
             return;
         }
-        let mut idle = lock(&self.idle);
+        let mut idle = lock(pool);
         if idle.len() < MAX_IDLE_PER_BACKEND {
-            idle.push((sender, Instant::now()));
+            idle.push((conn, Instant::now()));
         }
         drop(idle);
         // A drain or removal may have cleared the pool between the check
@@ -138,6 +146,7 @@ impl Backend {
         let senders = std::mem::take(&mut *lock(&self.idle));
         // Dropping the last sender of a connection closes it once idle.
         drop(senders);
+        drop(std::mem::take(&mut *lock(&self.raw)));
     }
 
     fn stats(&self) -> BackendStats {
@@ -173,6 +182,22 @@ impl Backend {
             }
         }
     }
+}
+
+/// The most recently used connection of `pool` (the oldest are the
+/// likeliest to have been closed by the backend meanwhile), unless it has
+/// been idle past the pool's timeout.
+fn take_fresh<T>(pool: &Mutex<Vec<(T, Instant)>>) -> Option<(T, Instant)> {
+    let mut idle = lock(pool);
+    let (conn, since) = idle.pop()?;
+    if since.elapsed() <= POOL_IDLE_TIMEOUT {
+        return Some((conn, since));
+    }
+    // Everything below the newest entry is older still.
+    let expired = std::mem::take(&mut *idle);
+    drop(idle);
+    drop((conn, expired));
+    None
 }
 
 /// One request's claim on a backend: counts as in flight until dropped.
