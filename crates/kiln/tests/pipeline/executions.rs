@@ -280,7 +280,9 @@ fn queued_executions_all_run_in_order_and_polling_finds_new_commits() {
 fn a_failed_rollout_fails_deploy_and_the_previous_version_keeps_serving() {
     let yaml = serving_yaml(
         "guarded",
-        "  capacity: { min: 1, max: 3, desired: 2 }\n  health: { path: /health, interval: 200ms }\n  rolling: { max_batch: 1, min_in_service: 1, batch_timeout: 3s }\nretention: { keep_images: 1 }\n",
+        // The grace period spares a new instance's httpd that starts slowly
+        // on a loaded machine: two refused checks 200 ms apart failed it.
+        "  capacity: { min: 1, max: 3, desired: 2 }\n  health: { path: /health, interval: 200ms, grace_period: 1s }\n  rolling: { max_batch: 1, min_in_service: 1, batch_timeout: 10s }\nretention: { keep_images: 1 }\n",
     );
     // A VERSION of "broken" builds a site without /health.
     let buildspec = BUILDSPEC.replace(
