@@ -174,6 +174,7 @@ async fn every_framing_an_instance_may_use_is_relayed_as_sent() {
         !lower.contains("x-private") && !lower.contains("keep-alive: timeout"),
         "{text}"
     );
+    assert_eq!(lower.matches("connection: close").count(), 1, "{text}");
     assert_eq!(lower.matches("via: 1.1 kiln").count(), 6, "{text}");
     // The HEAD answer carries the length of the body it does not send.
     assert!(!text.contains("plain /plain"), "{text}");
@@ -202,4 +203,10 @@ async fn every_framing_an_instance_may_use_is_relayed_as_sent() {
             "plain /last",
         ],
     );
+    // A client's Connection: close is answered in kind, by either path.
+    let closes = text
+        .to_ascii_lowercase()
+        .matches("connection: close")
+        .count();
+    assert_eq!(closes, 1, "{text}");
 }

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use hyper::StatusCode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -65,7 +65,7 @@ impl Upstream {
     }
 }
 
-/// What the request head says, as offsets into the connection's buffer.
+/// What the request head says that the rest of the exchange needs.
 struct Head {
     len: usize,
     method: Method,
@@ -131,11 +131,12 @@ pub(crate) async fn serve(
         let busy = ctx.busy();
         let mut answered = Answered {
             table,
+            close: head.close,
             client,
             started: Instant::now(),
             log: proxy::access_log_on().then(|| LogLine::of(&out, &head)),
         };
-        let _ = buf.split_to(head.len);
+        buf.advance(head.len);
         let keep = relay(table, io, &head, &out, &mut response, &mut answered).await;
         drop(busy);
         index += 1;
@@ -373,13 +374,14 @@ async fn relay(
         };
         table.mark_up(&backend);
         let stickiness = table.attributes().routing.stickiness;
-        let keep_client = !matches!(framing.body, BodyLen::UntilClose);
+        // The client's `Connection: close` is answered in kind (RFC 9112 9.6).
+        let keep_client = !matches!(framing.body, BodyLen::UntilClose) && !head.close;
         write_response_head(response, &up.buf[..framing.head_len], &framing, keep_client);
         if let Some(duration) = stickiness {
             proxy::write_sticky_cookie(response, &backend.id, duration);
         }
         response.extend_from_slice(b"\r\n");
-        let _ = up.buf.split_to(framing.head_len);
+        up.buf.advance(framing.head_len);
         answered.status(framing.status, Some(&backend.id));
         match relay_body(io, &mut up, response, framing.body).await {
             Ok((bytes, reusable)) => {
@@ -467,8 +469,9 @@ async fn acquire(table: &Table, backend: &Backend) -> Result<(Upstream, bool), L
     }
 }
 
-/// The balancer's own answer; the connection closes after it unless it
-/// is a 503 or 504 on an otherwise sound exchange.
+/// The balancer's own answer (503, 502, 504); the connection stays open
+/// for the next request, as on hyper's path, unless the client asked to
+/// close it.
 async fn local(
     io: &mut Checked<TcpStream>,
     answered: &mut Answered<'_>,
@@ -480,10 +483,15 @@ async fn local(
     let _ = std::io::Write::write_fmt(
         &mut out,
         format_args!(
-            "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\r\n{text}",
+            "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{}\r\n{text}",
             status.as_u16(),
             status.canonical_reason().unwrap_or_default(),
-            text.len()
+            text.len(),
+            if answered.close {
+                "connection: close\r\n"
+            } else {
+                ""
+            },
         ),
     );
     io.write_all(&out).await.is_ok()
@@ -494,6 +502,8 @@ async fn local(
 /// path takes it.
 struct Answered<'a> {
     table: &'a Table,
+    /// The client asked for the connection to close after this answer.
+    close: bool,
     client: SocketAddr,
     started: Instant,
     log: Option<LogLine>,

@@ -2,6 +2,7 @@
 //! 9112 6.3), the client's response head made from it, and the body
 //! relayed as it arrives, chunked bodies as they were sent.
 
+use bytes::Buf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -37,7 +38,7 @@ pub(super) async fn exchange(
     loop {
         if let Some(framing) = parse_response(&up.buf, head_request)? {
             if (100..200).contains(&framing.status) {
-                let _ = up.buf.split_to(framing.head_len);
+                up.buf.advance(framing.head_len);
                 continue;
             }
             return Ok(framing);
@@ -216,7 +217,7 @@ pub(super) async fn relay_body(
         BodyLen::Fixed(mut left) => {
             let now = (up.buf.len() as u64).min(left) as usize;
             out.extend_from_slice(&up.buf[..now]);
-            let _ = up.buf.split_to(now);
+            up.buf.advance(now);
             left -= now as u64;
             relayed += now as u64;
             io.write_all(out).await?;
@@ -228,7 +229,7 @@ pub(super) async fn relay_body(
                 }
                 let take = (up.buf.len() as u64).min(left) as usize;
                 io.write_all(&up.buf[..take]).await?;
-                let _ = up.buf.split_to(take);
+                up.buf.advance(take);
                 left -= take as u64;
                 relayed += take as u64;
             }
@@ -249,7 +250,7 @@ pub(super) async fn relay_body(
                 } else if take > 0 {
                     io.write_all(&up.buf[..take]).await?;
                 }
-                let _ = up.buf.split_to(take);
+                up.buf.advance(take);
                 relayed += take as u64;
                 if end.is_some() {
                     return Ok((relayed, up.buf.is_empty()));
