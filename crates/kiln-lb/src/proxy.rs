@@ -50,6 +50,23 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+// The bodies of the balancer's own answers, on either path.
+
+/// 503: nothing to route to.
+pub(crate) const NO_INSTANCE: &str = "service unavailable: no instance in service\n";
+/// 502 once the request may have been seen, so that it is not repeated.
+pub(crate) const BAD_RESPONSE: &str =
+    "bad gateway: the instance closed the connection or sent a malformed response\n";
+/// 504: no response head within the idle timeout.
+pub(crate) const NO_ANSWER: &str =
+    "gateway timeout: the instance did not answer within the idle timeout\n";
+/// 504: every connection attempt timed out.
+pub(crate) const NO_CONNECTION: &str =
+    "gateway timeout: no instance accepted a connection in time\n";
+/// 502: every attempt failed.
+pub(crate) const UNREACHABLE: &str =
+    "bad gateway: no instance could be reached or answered properly\n";
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
@@ -195,10 +212,7 @@ async fn forward(
         let lease = match table.pick(&failed, sticky.as_deref()) {
             Pick::Leased(lease) => lease,
             Pick::NoneInService if last_error.is_none() => {
-                return local_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "service unavailable: no instance in service\n",
-                );
+                return local_response(StatusCode::SERVICE_UNAVAILABLE, NO_INSTANCE);
             }
             Pick::NoneInService | Pick::Exhausted => break,
         };
@@ -237,10 +251,7 @@ async fn forward(
                 // The request may have been seen: never repeated, as ALB.
                 lease.failed();
                 warn!(backend = %backend.id, ?idle_timeout, "backend did not answer in time");
-                return local_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "gateway timeout: the instance did not answer within the idle timeout\n",
-                );
+                return local_response(StatusCode::GATEWAY_TIMEOUT, NO_ANSWER);
             }
         };
         if client_body_malformed(&e) {
@@ -268,10 +279,7 @@ async fn forward(
             // may have seen it (RFC 9110 9.2.2).
             lease.failed();
             warn!(error = %error, "request failed after it was sent");
-            return local_response(
-                StatusCode::BAD_GATEWAY,
-                "bad gateway: the instance closed the connection or sent a malformed response\n",
-            );
+            return local_response(StatusCode::BAD_GATEWAY, BAD_RESPONSE);
         }
         if sent || !reused {
             lease.failed();
@@ -292,15 +300,9 @@ async fn forward(
         None => warn!("no backend could take the request"),
     }
     if let Some(UpstreamError::ConnectTimeout { .. }) = last_error {
-        return local_response(
-            StatusCode::GATEWAY_TIMEOUT,
-            "gateway timeout: no instance accepted a connection in time\n",
-        );
+        return local_response(StatusCode::GATEWAY_TIMEOUT, NO_CONNECTION);
     }
-    local_response(
-        StatusCode::BAD_GATEWAY,
-        "bad gateway: no instance could be reached or answered properly\n",
-    )
+    local_response(StatusCode::BAD_GATEWAY, UNREACHABLE)
 }
 
 /// Whether sending failed because the client's body did: its chunked
@@ -575,6 +577,13 @@ fn formatted(args: std::fmt::Arguments<'_>) -> Option<HeaderValue> {
     std::io::Write::write_fmt(&mut cursor, args).ok()?;
     let len = usize::try_from(cursor.position()).ok()?;
     HeaderValue::from_bytes(&buf[..len]).ok()
+}
+
+/// Whether `name` is one of [`HOP_BY_HOP`], in any case.
+pub(crate) fn hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_str().eq_ignore_ascii_case(name))
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

@@ -68,19 +68,11 @@ impl Upstream {
 /// What the request head says that the rest of the exchange needs.
 struct Head {
     len: usize,
-    method: Method,
+    method: hyper::Method,
     close: bool,
     /// The client's own X-Forwarded-For, joined.
     forwarded_for: Option<String>,
     sticky: Option<String>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Method {
-    Head,
-    /// Safe to repeat on another instance (RFC 9110 9.2.2).
-    Idempotent,
-    Other,
 }
 
 /// Serves the connection's requests until it closes or a request needs
@@ -203,16 +195,7 @@ fn parse_head(
                 _ => return Parsed::Hyper,
             }
             continue;
-        } else if eq("transfer-encoding")
-            || eq("upgrade")
-            || eq("expect")
-            || eq("te")
-            || eq("trailer")
-            || eq("keep-alive")
-            || eq("proxy-connection")
-            || eq("proxy-authenticate")
-            || eq("proxy-authorization")
-        {
+        } else if eq("upgrade") || eq("expect") || proxy::hop_by_hop(name) {
             return Parsed::Hyper;
         } else if eq("host") {
             host += 1;
@@ -266,10 +249,8 @@ fn parse_head(
         }
     }
     out.extend_from_slice(b"via: 1.1 kiln\r\n\r\n");
-    let method = match method {
-        "HEAD" => Method::Head,
-        "GET" | "OPTIONS" | "TRACE" | "PUT" | "DELETE" => Method::Idempotent,
-        _ => Method::Other,
+    let Ok(method) = hyper::Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Hyper;
     };
     Parsed::Complete(Head {
         len,
@@ -308,7 +289,7 @@ async fn relay(
                     io,
                     answered,
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "service unavailable: no instance in service\n",
+                    proxy::NO_INSTANCE,
                 )
                 .await;
             }
@@ -329,7 +310,7 @@ async fn relay(
         let idle_timeout = table.settings.idle_timeout;
         let answer = tokio::time::timeout(
             idle_timeout,
-            exchange(&mut up, request, head.method == Method::Head),
+            exchange(&mut up, request, head.method == hyper::Method::HEAD),
         )
         .await;
         let framing = match answer {
@@ -339,18 +320,12 @@ async fn relay(
                 // idempotent one may go to another (RFC 9110 9.2.2). A
                 // pooled connection that died says little about the
                 // instance, so it counts as a failure only when final.
-                if head.method == Method::Other || !reused {
+                if !head.method.is_idempotent() || !reused {
                     lease.failed();
                 }
-                if head.method == Method::Other {
+                if !head.method.is_idempotent() {
                     warn!(backend = %backend.id, error = %e, "request failed after it was sent");
-                    return local(
-                        io,
-                        answered,
-                        StatusCode::BAD_GATEWAY,
-                        "bad gateway: the instance closed the connection or sent a malformed response\n",
-                    )
-                    .await;
+                    return local(io, answered, StatusCode::BAD_GATEWAY, proxy::BAD_RESPONSE).await;
                 }
                 if reused {
                     backend.close_idle();
@@ -363,13 +338,7 @@ async fn relay(
             Err(_) => {
                 lease.failed();
                 warn!(backend = %backend.id, ?idle_timeout, "backend did not answer in time");
-                return local(
-                    io,
-                    answered,
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "gateway timeout: the instance did not answer within the idle timeout\n",
-                )
-                .await;
+                return local(io, answered, StatusCode::GATEWAY_TIMEOUT, proxy::NO_ANSWER).await;
             }
         };
         table.mark_up(&backend);
@@ -406,19 +375,13 @@ async fn relay(
                 io,
                 answered,
                 StatusCode::GATEWAY_TIMEOUT,
-                "gateway timeout: no instance accepted a connection in time\n",
+                proxy::NO_CONNECTION,
             )
             .await
         }
         _ => {
             warn!("no backend could take the request");
-            local(
-                io,
-                answered,
-                StatusCode::BAD_GATEWAY,
-                "bad gateway: no instance could be reached or answered properly\n",
-            )
-            .await
+            local(io, answered, StatusCode::BAD_GATEWAY, proxy::UNREACHABLE).await
         }
     }
 }

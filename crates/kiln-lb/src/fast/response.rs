@@ -152,13 +152,9 @@ pub(super) fn write_response_head(
     let mut dated = false;
     for h in resp.headers.iter() {
         let eq = |n: &str| h.name.eq_ignore_ascii_case(n);
-        if eq("connection")
-            || eq("keep-alive")
-            || eq("proxy-connection")
-            || eq("te")
-            || eq("trailer")
+        // Transfer-Encoding stays: a chunked body is relayed as it came.
+        if (crate::proxy::hop_by_hop(h.name) && !eq("transfer-encoding"))
             || eq("upgrade")
-            || eq("proxy-authenticate")
             || named
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()))
