@@ -26,7 +26,7 @@ use crate::checked::Checked;
 use crate::listen::{ConnCtx, FrontEnd, Wait};
 use crate::proxy::{self, MAX_ATTEMPTS};
 use crate::table::{Backend, Pick, Table};
-use response::{BodyLen, exchange, relay_body, write_response_head};
+use response::{BodyLen, exchange, relay_body};
 
 /// Header lines in a request head this path parses; hyper takes heads
 /// with more (and answers 431 past its own limit).
@@ -310,7 +310,12 @@ async fn relay(
         let idle_timeout = table.settings.idle_timeout;
         let answer = tokio::time::timeout(
             idle_timeout,
-            exchange(&mut up, request, head.method == hyper::Method::HEAD),
+            exchange(
+                &mut up,
+                request,
+                head.method == hyper::Method::HEAD,
+                response,
+            ),
         )
         .await;
         let framing = match answer {
@@ -345,7 +350,9 @@ async fn relay(
         let stickiness = table.attributes().routing.stickiness;
         // The client's `Connection: close` is answered in kind (RFC 9112 9.6).
         let keep_client = !matches!(framing.body, BodyLen::UntilClose) && !head.close;
-        write_response_head(response, &up.buf[..framing.head_len], &framing, keep_client);
+        if !keep_client {
+            response.extend_from_slice(b"connection: close\r\n");
+        }
         if let Some(duration) = stickiness {
             proxy::write_sticky_cookie(response, &backend.id, duration);
         }

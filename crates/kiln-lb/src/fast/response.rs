@@ -28,15 +28,17 @@ pub(super) struct Framing {
 }
 
 /// Sends the request and reads the response head (skipping interim 1xx
-/// responses, which this path never asks for).
+/// responses, which this path never asks for), writing the client's
+/// response head into `out` as [`parse_response`] does.
 pub(super) async fn exchange(
     up: &mut Upstream,
     request: &[u8],
     head_request: bool,
+    out: &mut Vec<u8>,
 ) -> std::io::Result<Framing> {
     up.io.write_all(request).await?;
     loop {
-        if let Some(framing) = parse_response(&up.buf, head_request)? {
+        if let Some(framing) = parse_response(&up.buf, head_request, out)? {
             if (100..200).contains(&framing.status) {
                 up.buf.advance(framing.head_len);
                 continue;
@@ -57,7 +59,13 @@ fn bad(why: &'static str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, why)
 }
 
-pub(super) fn parse_response(buf: &[u8], head_request: bool) -> std::io::Result<Option<Framing>> {
+/// The framing of the response head at the start of `buf`, once it is
+/// complete; the client's head made from it is then in `out`.
+pub(super) fn parse_response(
+    buf: &[u8],
+    head_request: bool,
+    out: &mut Vec<u8>,
+) -> std::io::Result<Option<Framing>> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {
@@ -109,6 +117,7 @@ pub(super) fn parse_response(buf: &[u8], head_request: bool) -> std::io::Result<
         keep_upstream = false;
         BodyLen::UntilClose
     };
+    rewrite_head(out, &resp, status);
     Ok(Some(Framing {
         status,
         head_len,
@@ -117,25 +126,16 @@ pub(super) fn parse_response(buf: &[u8], head_request: bool) -> std::io::Result<
     }))
 }
 
-/// The client's response head from the instance's: hop-by-hop headers
-/// dropped, Via added, and `Connection: close` when the body runs to the
-/// close. Leaves the final CRLF to the caller.
-pub(super) fn write_response_head(
-    out: &mut Vec<u8>,
-    head: &[u8],
-    framing: &Framing,
-    keep_client: bool,
-) {
+/// The client's response head from the instance's, parsed: hop-by-hop
+/// headers dropped, Via and (when missing) Date added. Leaves the caller
+/// to add `Connection: close`, cookies and the final CRLF.
+fn rewrite_head(out: &mut Vec<u8>, resp: &httparse::Response<'_, '_>, status: u16) {
     out.clear();
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    // Parsed before; cannot fail now.
-    let _ = resp.parse(head);
     let _ = std::io::Write::write_fmt(
         out,
         format_args!(
             "HTTP/1.1 {} {}\r\n",
-            framing.status,
+            status,
             resp.reason.unwrap_or_default()
         ),
     );
@@ -171,9 +171,6 @@ pub(super) fn write_response_head(
     if !dated {
         // As hyper's server adds it to every response without one.
         date_header(out);
-    }
-    if !keep_client {
-        out.extend_from_slice(b"connection: close\r\n");
     }
 }
 
@@ -393,7 +390,7 @@ mod tests {
     #[test]
     fn response_framing_follows_rfc_9112() {
         let framing = |head: &str, head_request: bool| {
-            parse_response(head.as_bytes(), head_request)
+            parse_response(head.as_bytes(), head_request, &mut Vec::new())
                 .map(|f| f.map(|f| (f.status, f.body, f.keep_upstream)))
         };
         assert!(matches!(
