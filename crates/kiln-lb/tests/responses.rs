@@ -35,6 +35,24 @@ fn script(target: &str) -> (Vec<u8>, bool) {
         "/until-close" => return (b"HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\nruns until the close".to_vec(), true),
         "/bye" => return (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbye".to_vec(), true),
         "/both" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        // A hostile instance's answers.
+        "/endless-head" => {
+            let mut text = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for i in 0..20_000 {
+                text.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "a".repeat(10)).as_bytes());
+            }
+            return (text, false);
+        }
+        "/many-headers" => {
+            let mut text = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n".to_vec();
+            for i in 0..150 {
+                text.extend_from_slice(format!("X-{i}: 1\r\n").as_bytes());
+            }
+            text.extend_from_slice(b"\r\n");
+            return (text, false);
+        }
+        "/huge-chunk" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\nx",
+        "/short-body" => return (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this".to_vec(), true),
         "/keep-alive" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, x-private\r\nKeep-Alive: timeout=5\r\nX-Private: 1\r\n\r\nka",
         other => {
             let body = format!("plain {other}");
@@ -209,4 +227,42 @@ async fn every_framing_an_instance_may_use_is_relayed_as_sent() {
         .matches("connection: close")
         .count();
     assert_eq!(closes, 1, "{text}");
+}
+
+/// What a hostile instance may send: a head that never ends, more header
+/// lines than any parser takes, a chunk size past 64 bits, a body shorter
+/// than its length. The client gets a 502 or a closed connection, never a
+/// hang, and the balancer keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_instance_gets_its_clients_a_502_or_a_closed_connection() {
+    let instance = Scripted::start(None).await;
+    let lb = balancer(&instance).await;
+    for target in ["/endless-head", "/many-headers"] {
+        let text = exchange(
+            lb.local_addr(),
+            &format!("GET {target} HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(
+            text.starts_with("HTTP/1.1 502 Bad Gateway\r\n"),
+            "{target}: {text}"
+        );
+    }
+    for target in ["/huge-chunk", "/short-body"] {
+        // The body turns out wrong once the head may have gone out: the
+        // client sees the connection close before the body ends (or, when
+        // the first bytes already show it, before any answer).
+        let text = exchange(lb.local_addr(), &[get(target), get("/never")].concat()).await;
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{target}: {text}"
+        );
+        assert!(!text.contains("/never"), "{target}: {text}");
+    }
+    let text = exchange(
+        lb.local_addr(),
+        "GET /still HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(text.contains("plain /still"), "{text}");
 }
