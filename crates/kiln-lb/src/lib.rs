@@ -116,10 +116,6 @@ pub struct Settings {
     /// client connections and on request headers.
     pub client_limits: Limits,
     pub routing: Routing,
-    /// Takes the requests most traffic is made of (HTTP/1.1, no body, no
-    /// upgrade) on the balancer's own HTTP/1.1 path instead of hyper's
-    /// server and client; off, hyper serves every request.
-    pub fast_path: bool,
 }
 
 impl Default for Settings {
@@ -133,7 +129,6 @@ impl Default for Settings {
             // client that means to send a request.
             client_limits: Limits::DEFAULT,
             routing: Routing::default(),
-            fast_path: true,
         }
     }
 }
@@ -240,11 +235,9 @@ impl LoadBalancer {
         // A dropped sender (every handle gone) also stops the listener.
         // The guard `wait_for` returns is not Send; drop it at once.
         let stopping = async move { drop(stopped.wait_for(|stopped| *stopped).await) };
-        let front = settings.fast_path.then(|| {
-            Arc::new(FastFront {
-                table: table.clone(),
-                local: addr,
-            }) as Arc<dyn listen::Front>
+        let front: Arc<dyn listen::Front> = Arc::new(FastFront {
+            table: table.clone(),
+            local: addr,
         });
         let task = tokio::spawn(listen::serve_with(
             listener,
@@ -252,7 +245,7 @@ impl LoadBalancer {
             handler,
             stopping,
             settings.drain_timeout,
-            front,
+            Some(front),
         ));
         Ok(LoadBalancer {
             inner: Arc::new(Inner {

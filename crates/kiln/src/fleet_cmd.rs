@@ -135,11 +135,7 @@ fn lb_attributes(body: &mut Value, flags: &LbFlags, current: Option<&Value>) -> 
     if let Some(s) = flags.deregistration_delay {
         body["deregistration_delay_ms"] = json!(s * 1000);
     }
-    if flags.algorithm.is_none()
-        && flags.stickiness.is_none()
-        && !flags.no_stickiness
-        && flags.slow_start.is_none()
-    {
+    if !flags.touch_routing() {
         return Ok(());
     }
     let mut routing = current
@@ -335,6 +331,16 @@ struct LbFlags {
     no_stickiness: bool,
 }
 
+impl LbFlags {
+    /// Whether any routing attribute is given (the API takes routing whole).
+    fn touch_routing(&self) -> bool {
+        self.algorithm.is_some()
+            || self.stickiness.is_some()
+            || self.no_stickiness
+            || self.slow_start.is_some()
+    }
+}
+
 #[derive(Subcommand)]
 enum GroupsCommand {
     /// Create a group from a launch template.
@@ -501,8 +507,13 @@ pub fn groups(args: GroupsArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
             lb,
         } => {
             let mut body = json!({ "template_version": template_version, "min": min, "max": max, "desired": desired });
-            let current = client.get(&format!("/v1/groups/{name}"))?;
-            lb_attributes(&mut body, &lb, Some(&current["spec"]))?;
+            // The group's routing, to merge the flags into; read only when
+            // there is something to merge.
+            let current = lb
+                .touch_routing()
+                .then(|| client.get(&format!("/v1/groups/{name}")))
+                .transpose()?;
+            lb_attributes(&mut body, &lb, current.as_ref().map(|g| &g["spec"]))?;
             show(
                 &client.send(
                     "PATCH",
