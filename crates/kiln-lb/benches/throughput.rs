@@ -1,17 +1,25 @@
 //! Throughput and latency of the balancer against nginx as a reverse proxy
 //! to the same backend, in one run: concurrency 16 and 256, with keep-alive
-//! and with a connection per request, with one worker each (one runtime
-//! thread, one nginx worker process) and then two each.
+//! and with a connection per request, with one worker each (one balancer
+//! thread, `Settings::threads`, against one nginx worker process) and then
+//! two each.
 //!
 //! `cargo bench -p kiln-lb --bench throughput`. `KILN_BENCH_SECONDS`
 //! (default 3) bounds each measurement, `KILN_BENCH_ROUNDS` (default 3) is
 //! how many times each pair is measured, alternating which proxy goes
 //! first; the figures are the medians, with the spread across rounds.
 //! `KILN_BENCH_DIRECT=1` also measures the backend without a proxy.
+//! `KILN_BENCH_ONLY` picks configurations to measure (for profiling one),
+//! as a comma-separated list of `workers/connection/concurrency` with `*`
+//! for any part: `2/new/*` is both concurrencies of two workers with a
+//! connection per request.
 //!
 //! The backend and the load generator each get a runtime with one worker
 //! thread. Everything shares the machine, so the figures compare the two
-//! proxies with each other; they are not capacities.
+//! proxies with each other; they are not capacities. Throughput also
+//! depends on how the two cores are shared with the load generator and the
+//! backend; the CPU time each proxy spends per request (its threads' or
+//! worker processes' time on a core, from `/proc`) is the steadier figure.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -39,6 +47,8 @@ const BODY: &str = "hello from the backend\n";
 struct Figures {
     rps: f64,
     p99_ms: f64,
+    /// The proxy's CPU time per request, in microseconds.
+    cpu_us: f64,
     /// (max - min) / median of the throughput across rounds.
     spread: f64,
     failed: u64,
@@ -48,6 +58,7 @@ fn main() {
     let seconds = env_number("KILN_BENCH_SECONDS", 3);
     let rounds = env_number("KILN_BENCH_ROUNDS", 3).max(1) as usize;
     let direct = env_number("KILN_BENCH_DIRECT", 0) != 0;
+    let only = std::env::var("KILN_BENCH_ONLY").unwrap_or_default();
 
     let backend_rt = runtime("backend", 1);
     let load_rt = runtime("load", 1);
@@ -57,28 +68,32 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
     println!(
-        "{:>7} {:>10} {:>5} | {:>9} {:>7} {:>6} | {:>9} {:>7} {:>6} | {:>6} {:>6}",
+        "{:>7} {:>10} {:>5} | {:>9} {:>7} {:>6} {:>6} | {:>9} {:>7} {:>6} {:>6} | {:>6} {:>6} {:>6}",
         "workers",
         "connection",
         "conc",
         "kiln req/s",
         "p99 ms",
         "spread",
+        "µs cpu",
         "nginx req/s",
         "p99 ms",
         "spread",
+        "µs cpu",
         "ratio",
-        "p99"
+        "p99",
+        "cpu"
     );
     let mut summary = Vec::new();
     for workers in [1usize, 2] {
-        let lb_rt = runtime("lb", workers);
+        // Only binds and shuts down: the balancer serves on its own threads.
+        let lb_rt = runtime("lb-control", 1);
+        let settings = Settings {
+            threads: workers,
+            ..Settings::default()
+        };
         let lb = lb_rt
-            .block_on(LoadBalancer::bind(
-                0,
-                Arc::new(Fixed(backend)),
-                Settings::default(),
-            ))
+            .block_on(LoadBalancer::bind(0, Arc::new(Fixed(backend)), settings))
             .expect("binding the balancer");
         lb.register("backend");
         lb.set_in_service("backend", true);
@@ -97,6 +112,10 @@ fn main() {
         };
         for keep_alive in [true, false] {
             for concurrency in [16usize, 256] {
+                let connection = if keep_alive { "keep-alive" } else { "new" };
+                if !picked(&only, workers, connection, concurrency) {
+                    continue;
+                }
                 let opts = LoadOptions {
                     concurrency,
                     max_requests: u64::MAX,
@@ -112,39 +131,42 @@ fn main() {
                     // machine's load over both.
                     let kiln_first = round % 2 == 0;
                     if kiln_first {
-                        kiln.push(measure(&load_rt, lb.local_addr(), &opts));
+                        kiln.push(measure(&load_rt, lb.local_addr(), &opts, kiln_cpu_ns));
                     }
                     if let Some(n) = &nginx {
-                        theirs.push(measure(&load_rt, n.addr, &opts));
+                        theirs.push(measure(&load_rt, n.addr, &opts, || n.cpu_ns()));
                     }
                     if !kiln_first {
-                        kiln.push(measure(&load_rt, lb.local_addr(), &opts));
+                        kiln.push(measure(&load_rt, lb.local_addr(), &opts, kiln_cpu_ns));
                     }
                 }
                 let k = figures(&kiln);
                 let n = (!theirs.is_empty()).then(|| figures(&theirs));
-                let connection = if keep_alive { "keep-alive" } else { "new" };
-                let (n_rps, n_p99, n_spread) =
-                    n.as_ref().map_or((f64::NAN, f64::NAN, f64::NAN), |n| {
-                        (n.rps, n.p99_ms, n.spread)
+                let (n_rps, n_p99, n_spread, n_cpu) = n
+                    .as_ref()
+                    .map_or((f64::NAN, f64::NAN, f64::NAN, f64::NAN), |n| {
+                        (n.rps, n.p99_ms, n.spread, n.cpu_us)
                     });
                 println!(
-                    "{workers:>7} {connection:>10} {concurrency:>5} | {:>10.0} {:>7.3} {:>5.0}% | {:>11.0} {:>7.3} {:>5.0}% | {:>5.2}x {:>5.2}x",
+                    "{workers:>7} {connection:>10} {concurrency:>5} | {:>10.0} {:>7.3} {:>5.0}% {:>6.1} | {:>11.0} {:>7.3} {:>5.0}% {:>6.1} | {:>5.2}x {:>5.2}x {:>5.2}x",
                     k.rps,
                     k.p99_ms,
                     k.spread * 100.0,
+                    k.cpu_us,
                     n_rps,
                     n_p99,
                     n_spread * 100.0,
+                    n_cpu,
                     k.rps / n_rps,
                     k.p99_ms / n_p99,
+                    k.cpu_us / n_cpu,
                 );
                 let failed = k.failed + n.as_ref().map_or(0, |n| n.failed);
                 if failed > 0 {
                     println!("  failed requests: {failed}");
                 }
                 if direct {
-                    let d = measure(&load_rt, backend, &opts);
+                    let (d, _) = measure(&load_rt, backend, &opts, || 0);
                     println!(
                         "  direct to the backend: {:.0} req/s, p99 {:.3} ms",
                         d.requests_per_second, d.p99_ms
@@ -165,18 +187,66 @@ fn main() {
     );
 }
 
-fn measure(rt: &Runtime, addr: SocketAddr, opts: &LoadOptions) -> LoadReport {
+/// Whether `only` (see the module's doc) picks this configuration; an
+/// empty `only` picks every one.
+fn picked(only: &str, workers: usize, connection: &str, concurrency: usize) -> bool {
+    let config = [
+        workers.to_string(),
+        connection.to_owned(),
+        concurrency.to_string(),
+    ];
+    only.trim().is_empty()
+        || only.split(',').any(|pattern| {
+            let parts: Vec<&str> = pattern.trim().split('/').collect();
+            parts.len() == 3 && parts.iter().zip(&config).all(|(p, c)| *p == "*" || p == c)
+        })
+}
+
+/// One run's report, with the proxy's CPU time per response in µs.
+fn measure(
+    rt: &Runtime,
+    addr: SocketAddr,
+    opts: &LoadOptions,
+    cpu_ns: impl Fn() -> u64,
+) -> (LoadReport, f64) {
     // Warms up connection pools and caches so the run measures steady state.
     let warm_up = LoadOptions {
         max_requests: 2_000,
         ..opts.clone()
     };
     rt.block_on(loadgen::run(addr, warm_up));
+    let before = cpu_ns();
     let report = rt.block_on(loadgen::run(addr, opts.clone()));
+    let spent = cpu_ns().saturating_sub(before);
     if !report.errors.is_empty() {
         println!("  errors from {addr}: {:?}", report.errors);
     }
-    report
+    let cpu_us = spent as f64 / 1000.0 / report.ok.max(1) as f64;
+    (report, cpu_us)
+}
+
+/// Time on a core of a thread or process, from its `schedstat`, in ns.
+fn scheduled_ns(schedstat: &Path) -> u64 {
+    std::fs::read_to_string(schedstat)
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The balancer's threads' time on a core so far (they are this process's
+/// threads named `kiln-lb-N`).
+fn kiln_cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| comm.starts_with("kiln-lb-"))
+        })
+        .map(|task| scheduled_ns(&task.path().join("schedstat")))
+        .sum()
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -184,7 +254,8 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-fn figures(reports: &[LoadReport]) -> Figures {
+fn figures(runs: &[(LoadReport, f64)]) -> Figures {
+    let reports: Vec<&LoadReport> = runs.iter().map(|(r, _)| r).collect();
     let rps: Vec<f64> = reports.iter().map(|r| r.requests_per_second).collect();
     let (lo, hi) = rps
         .iter()
@@ -193,6 +264,7 @@ fn figures(reports: &[LoadReport]) -> Figures {
     Figures {
         rps: m,
         p99_ms: median(reports.iter().map(|r| r.p99_ms).collect()),
+        cpu_us: median(runs.iter().map(|(_, cpu)| *cpu).collect()),
         spread: (hi - lo) / m,
         failed: reports.iter().map(|r| r.failed).sum(),
     }
@@ -307,6 +379,18 @@ impl Nginx {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(Some(nginx))
+    }
+
+    /// The worker processes' time on a core so far (the master's children;
+    /// the master itself only waits).
+    fn cpu_ns(&self) -> u64 {
+        let pid = self.child.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        children
+            .split_whitespace()
+            .map(|worker| scheduled_ns(Path::new(&format!("/proc/{worker}/schedstat"))))
+            .sum()
     }
 
     fn stop(mut self) {

@@ -6,7 +6,9 @@
 //! and breaking ties round robin. Instances live in their own network
 //! namespaces, so the balancer never dials an address: it asks a
 //! [`Connector`] for a stream to a backend id, and keeps those connections
-//! alive in a pool per backend.
+//! alive in a pool per backend. It serves on threads of its own
+//! ([`Settings::threads`]), each with its event loop and its listening
+//! socket, as nginx serves from worker processes.
 //!
 //! A rolling update goes: [`register`](LoadBalancer::register) the new
 //! backend, [`set_in_service`](LoadBalancer::set_in_service) once it is
@@ -27,11 +29,12 @@ pub mod listen;
 pub mod loadgen;
 mod proxy;
 mod table;
+mod threads;
 mod traffic;
 mod upgrade;
 
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -116,6 +119,12 @@ pub struct Settings {
     /// client connections and on request headers.
     pub client_limits: Limits,
     pub routing: Routing,
+    /// Threads of the balancer's own (at least one), each with its event
+    /// loop and its listening socket on the port, as nginx has worker
+    /// processes. The balancer serves nothing on the runtime that calls
+    /// [`bind`](LoadBalancer::bind), so a group's traffic does not wait on
+    /// the daemon's other work, nor the daemon on it.
+    pub threads: usize,
 }
 
 impl Default for Settings {
@@ -129,6 +138,8 @@ impl Default for Settings {
             // client that means to send a request.
             client_limits: Limits::DEFAULT,
             routing: Routing::default(),
+            // As much as one core serves; a group that needs more sets it.
+            threads: 1,
         }
     }
 }
@@ -148,6 +159,34 @@ impl listen::Front for FastFront {
     ) -> Pin<Box<dyn Future<Output = listen::FrontEnd> + Send + 'a>> {
         Box::pin(fast::serve(&self.table, self.local, client, io, ctx))
     }
+}
+
+/// Serves `listener` (one of the balancer's threads') until
+/// `stopped` says so or its sender is dropped (every handle gone).
+fn serve(
+    table: Arc<Table>,
+    addr: SocketAddr,
+    registry: Arc<listen::Registry>,
+    mut stopped: watch::Receiver<bool>,
+    listener: TcpListener,
+) -> impl Future<Output = ()> + Send + 'static {
+    let routes = table.clone();
+    let handler = move |client, req| proxy::handle(routes.clone(), addr, client, req);
+    // The guard `wait_for` returns is not Send; drop it at once.
+    let stopping = async move { drop(stopped.wait_for(|stopped| *stopped).await) };
+    let front: Arc<dyn listen::Front> = Arc::new(FastFront {
+        table: table.clone(),
+        local: addr,
+    });
+    listen::serve_with(
+        listener,
+        registry,
+        table.settings.client_limits,
+        handler,
+        stopping,
+        table.settings.drain_timeout,
+        Some(front),
+    )
 }
 
 /// One backend as seen by the balancer.
@@ -220,33 +259,28 @@ impl Drop for Inner {
 }
 
 impl LoadBalancer {
-    /// Binds 127.0.0.1:port (0 = a free port) and serves until shutdown.
+    /// Binds 127.0.0.1:port (0 = a free port) and serves until shutdown,
+    /// on `settings.threads` threads of its own; returns once they listen.
     pub async fn bind(
         port: u16,
         connector: Arc<dyn Connector>,
         settings: Settings,
     ) -> std::io::Result<LoadBalancer> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
-        let addr = listener.local_addr()?;
         let table = Arc::new(Table::new(connector, settings));
-        let (stop, mut stopped) = watch::channel(false);
-        let routes = table.clone();
-        let handler = move |client, req| proxy::handle(routes.clone(), addr, client, req);
-        // A dropped sender (every handle gone) also stops the listener.
-        // The guard `wait_for` returns is not Send; drop it at once.
-        let stopping = async move { drop(stopped.wait_for(|stopped| *stopped).await) };
-        let front: Arc<dyn listen::Front> = Arc::new(FastFront {
-            table: table.clone(),
-            local: addr,
-        });
-        let task = tokio::spawn(listen::serve_with(
-            listener,
-            settings.client_limits,
-            handler,
-            stopping,
-            settings.drain_timeout,
-            Some(front),
-        ));
+        let registry = Arc::new(listen::Registry::new());
+        let (stop, stopped) = watch::channel(false);
+        let (addr, sockets) = threads::bind(port, settings.threads)?;
+        let serving = table.clone();
+        let task = threads::start(addr.port(), sockets, move |listener| {
+            serve(
+                serving.clone(),
+                addr,
+                registry.clone(),
+                stopped.clone(),
+                listener,
+            )
+        })
+        .await?;
         Ok(LoadBalancer {
             inner: Arc::new(Inner {
                 table,

@@ -209,14 +209,16 @@ impl Open {
     }
 }
 
-struct Registry {
+/// The open connections of one server, however many accept loops (one per
+/// thread of a balancer) take them: the caps hold for the server as a whole.
+pub(crate) struct Registry {
     started: Instant,
     next_id: AtomicU64,
     open: Mutex<Open>,
 }
 
 impl Registry {
-    fn new() -> Registry {
+    pub(crate) fn new() -> Registry {
         Registry {
             started: Instant::now(),
             next_id: AtomicU64::new(0),
@@ -386,7 +388,8 @@ pub async fn serve<H, F, B>(
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    serve_with(listener, limits, handler, stop, grace, None).await;
+    let registry = Arc::new(Registry::new());
+    serve_with(listener, registry, limits, handler, stop, grace, None).await;
 }
 
 /// A connection's first stop: it serves what it can of the connection and
@@ -534,6 +537,7 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<T> {
 /// [`serve`], with `front` taking each connection first.
 pub(crate) async fn serve_with<H, F, B>(
     listener: TcpListener,
+    registry: Arc<Registry>,
     limits: Limits,
     handler: H,
     stop: impl Future<Output = ()>,
@@ -556,7 +560,6 @@ pub(crate) async fn serve_with<H, F, B>(
     let per_client = limits.max_connections_per_client.max(1);
     let budget = usize::try_from(soft_fd_limit() / ALL_SERVERS_SHARE).unwrap_or(usize::MAX);
     debug!(%local, max_connections = max, header_read_timeout = ?limits.header_read_timeout, "serving");
-    let registry = Arc::new(Registry::new());
     let mut connections = JoinSet::new();
     let mut batch = Vec::with_capacity(ACCEPT_BATCH);
     let mut builder = http1::Builder::new();

@@ -36,6 +36,27 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 pub(crate) type Sender = SendRequest<UpBody>;
 
+/// The `fast` path's plain connections are pooled apart for each of a
+/// balancer's threads (see `Settings::threads`): a connection belongs to
+/// the event loop of the thread that opened it, and used from another
+/// thread each of its reads would cost a wake-up of that one. Threads past
+/// this many share pools, which still works.
+const RAW_POOLS: usize = 8;
+
+thread_local! {
+    /// This thread's pool; 0 on threads that are not a balancer's own.
+    static RAW_POOL: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Makes the calling thread, a balancer's `index`th, use its own pool.
+pub(crate) fn use_raw_pool(index: usize) {
+    RAW_POOL.set(index % RAW_POOLS);
+}
+
+fn raw_pool() -> usize {
+    RAW_POOL.get()
+}
+
 pub(crate) struct Backend {
     pub(crate) id: String,
     in_service: AtomicBool,
@@ -53,8 +74,9 @@ pub(crate) struct Backend {
     latencies: Mutex<LatencyWindow>,
     /// Oldest first, each with the moment it became idle.
     idle: Mutex<Vec<(Sender, Instant)>>,
-    /// The same for the plain connections of the `fast` path.
-    raw: Mutex<Vec<(Upstream, Instant)>>,
+    /// The same for the plain connections of the `fast` path, a pool per
+    /// balancer thread.
+    raw: [Mutex<Vec<(Upstream, Instant)>>; RAW_POOLS],
     quiet: Notify,
     /// Set once the backend is removed: upgraded connections (WebSocket)
     /// to it close then, as ALB closes them when the deregistration delay ends.
@@ -76,7 +98,7 @@ impl Backend {
             in_service_since_ms: AtomicU64::new(0),
             latencies: Mutex::new(LatencyWindow::default()),
             idle: Mutex::new(Vec::new()),
-            raw: Mutex::new(Vec::new()),
+            raw: std::array::from_fn(|_| Mutex::new(Vec::new())),
             quiet: Notify::new(),
             closing: watch::Sender::new(false),
         }
@@ -110,11 +132,11 @@ impl Backend {
 
     /// A pooled plain connection, with the moment it became idle.
     pub(crate) fn take_raw(&self) -> Option<(Upstream, Instant)> {
-        take_fresh(&self.raw)
+        take_fresh(&self.raw[raw_pool()])
     }
 
     pub(crate) fn put_raw(&self, conn: Upstream) {
-        self.put(&self.raw, conn);
+        self.put(&self.raw[raw_pool()], conn);
     }
 
     fn put<T>(&self, pool: &Mutex<Vec<(T, Instant)>>, conn: T) {
@@ -146,7 +168,9 @@ impl Backend {
         let senders = std::mem::take(&mut *lock(&self.idle));
         // Dropping the last sender of a connection closes it once idle.
         drop(senders);
-        drop(std::mem::take(&mut *lock(&self.raw)));
+        for pool in &self.raw {
+            drop(std::mem::take(&mut *lock(pool)));
+        }
     }
 
     fn stats(&self) -> BackendStats {

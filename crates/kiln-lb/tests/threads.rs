@@ -1,0 +1,156 @@
+//! A balancer on several threads of its own (`Settings::threads`): every
+//! thread takes connections, the port stays its alone, the connection caps
+//! hold for the balancer as a whole, and shutdown ends every thread.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::StatusCode;
+use kiln_lb::{LoadBalancer, Settings};
+use support::{Ports, TestServer, eventually, get};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+async fn balancer(server: &TestServer, settings: Settings) -> LoadBalancer {
+    let ports = Arc::new(Ports::default());
+    ports.add(server);
+    let lb = LoadBalancer::bind(0, ports, settings).await.unwrap();
+    lb.register(&server.id);
+    lb.set_in_service(&server.id, true);
+    lb
+}
+
+fn threads(n: usize) -> Settings {
+    Settings {
+        threads: n,
+        ..Settings::default()
+    }
+}
+
+/// The balancer's threads, by name, with each one's time on a core (ns).
+fn balancer_threads(lb: &LoadBalancer) -> Vec<(String, u64)> {
+    let prefix = format!("kiln-lb-{}-", lb.local_addr().port());
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else {
+            continue; // the thread ended meanwhile
+        };
+        let comm = comm.trim().to_owned();
+        if comm.starts_with(&prefix) {
+            let ran = std::fs::read_to_string(task.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0);
+            found.push((comm, ran));
+        }
+    }
+    found.sort();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_thread_takes_connections() {
+    let v1 = TestServer::start("v1", "v1").await;
+    let lb = balancer(&v1, threads(4)).await;
+    let before = balancer_threads(&lb);
+    assert_eq!(before.len(), 4, "{before:?}");
+    // Each request on a connection of its own: the kernel spreads them by
+    // their source port, so 200 leave none of four threads out (each would
+    // be left out with a chance of (3/4)^200).
+    for _ in 0..200 {
+        let (resp, body) = get(lb.local_addr(), "/").await;
+        assert_eq!((resp.status(), body.as_str()), (StatusCode::OK, "v1"));
+    }
+    let after = balancer_threads(&lb);
+    for ((name, was), (_, is)) in before.iter().zip(&after) {
+        assert!(is > was, "{name} served nothing: {before:?} then {after:?}");
+    }
+    // The traffic figures are the balancer's, not one thread's.
+    assert_eq!(lb.traffic().responses.get("2xx"), Some(&200));
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_refused_however_many_threads_share_it() {
+    let v1 = TestServer::start("v1", "v1").await;
+    let first = balancer(&v1, threads(2)).await;
+    let port = first.local_addr().port();
+    // Both would set SO_REUSEPORT; the second must still fail as a bind to
+    // a taken port fails, not split the first one's connections.
+    let ports = Arc::new(Ports::default());
+    for n in [1, 2] {
+        let second = LoadBalancer::bind(port, ports.clone(), threads(n)).await;
+        let err = second.err().expect("a second balancer on a taken port");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+    }
+    for _ in 0..20 {
+        let (resp, body) = get(first.local_addr(), "/").await;
+        assert_eq!((resp.status(), body.as_str()), (StatusCode::OK, "v1"));
+    }
+    // The port is free again once the balancer is gone.
+    first.shutdown().await;
+    let again = LoadBalancer::bind(port, ports, threads(2)).await.unwrap();
+    again.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_caps_hold_across_threads() {
+    let v1 = TestServer::start("v1", "v1").await;
+    let mut settings = threads(4);
+    settings.client_limits.max_connections_per_client = 10;
+    let lb = balancer(&v1, settings).await;
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(TcpStream::connect(lb.local_addr()).await.unwrap());
+    }
+    // One client address holds at most 10 of the balancer's connections,
+    // whichever threads accepted them: the oldest idle ones were closed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut open = 0;
+    for s in &mut held {
+        let mut buf = [0u8; 16];
+        if tokio::time::timeout(Duration::from_millis(5), s.read(&mut buf))
+            .await
+            .is_err()
+        {
+            open += 1;
+        }
+    }
+    assert_eq!(open, 10, "connections left open of 40");
+    let (resp, _) = get(lb.local_addr(), "/").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_and_dropping_every_handle_end_the_threads() {
+    let v1 = TestServer::start("v1", "v1").await;
+    let lb = balancer(&v1, threads(3)).await;
+    let (resp, _) = get(lb.local_addr(), "/").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let probe = lb.clone();
+    lb.shutdown().await;
+    assert_eq!(balancer_threads(&probe), vec![], "threads after shutdown");
+    assert!(
+        TcpStream::connect(probe.local_addr()).await.is_err(),
+        "the port still takes connections"
+    );
+
+    let dropped = balancer(&v1, threads(3)).await;
+    let port = dropped.local_addr().port();
+    let (resp, _) = get(dropped.local_addr(), "/").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    drop(dropped);
+    eventually("the threads end once no handle is left", || {
+        !std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .any(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|comm| comm.starts_with(&format!("kiln-lb-{port}-")))
+            })
+    })
+    .await;
+}
