@@ -13,18 +13,37 @@ KILN_PARLIAMENT_VERSION=1.6.4
 KILN_CHECKOV_VERSION=3.3.30
 
 kiln_install_deps() {
-    local missing=()
-    for pkg in "${KILN_DEBIAN_PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        local sudo=""
-        [ "$(id -u)" -eq 0 ] || sudo="sudo"
-        echo "installing Debian packages: ${missing[*]}" >&2
-        $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-    fi
+    kiln_apt_install "${KILN_DEBIAN_PACKAGES[@]}"
     kiln_check_toolchain
+}
+
+# Prints those of the given Debian packages that are not installed.
+kiln_apt_missing() {
+    local pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || echo "$pkg"
+    done
+}
+
+# Installs those of the given Debian packages that are missing. apt may
+# remove one of them to make room for another: a machine with a newer
+# qemu-utils from backports loses it when Debian's qemu-system-x86 comes
+# in. What went is installed again, at the version that fits the rest.
+kiln_apt_install() {
+    local missing sudo="" round
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    missing=$(kiln_apt_missing "$@")
+    [ -n "$missing" ] || return 0
+    $sudo apt-get update -qq
+    for round in 1 2; do
+        echo "installing Debian packages: $(echo $missing)" >&2
+        # shellcheck disable=SC2086 # one word per package
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
+        missing=$(kiln_apt_missing "$@")
+        [ -n "$missing" ] || return 0
+    done
+    echo "error: apt-get could not install these Debian packages beside the others: $(echo $missing)" >&2
+    return 1
 }
 
 # cargo, with clippy and rustfmt for the test command.
@@ -70,16 +89,9 @@ KILN_PROMETHEUS_CLIENT_VERSION=0.26.0
 KILN_API_VENV="${KILN_API_VENV:-/opt/kiln-api-test}"
 
 kiln_install_console_test_tools() {
-    local missing=() pkg sudo=""
+    local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    for pkg in chromium chromium-driver; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        echo "installing Debian packages: ${missing[*]}" >&2
-        $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-    fi
+    kiln_apt_install chromium chromium-driver
     if [ "$("$KILN_API_VENV/bin/python" -c "from importlib.metadata import version as v; \
 print(v('schemathesis'), v('prometheus-client'))" 2>/dev/null)" \
         != "$KILN_SCHEMATHESIS_VERSION $KILN_PROMETHEUS_CLIENT_VERSION" ]; then
