@@ -71,6 +71,11 @@ fn accept_ready(listener: &TcpListener, batch: &mut Vec<(tokio::net::TcpStream, 
     }
 }
 
+/// Finished connection tasks the accept loop may leave unreaped until the
+/// next connection arrives (each holds its task's memory, about a
+/// kilobyte, until then).
+const REAP_ABOVE: usize = 1024;
+
 /// hyper's limit on header lines when none is set.
 const HYPER_MAX_HEADERS: usize = 100;
 
@@ -535,6 +540,91 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<T> {
 }
 
 /// [`serve`], with `front` taking each connection first.
+/// What hyper needs to serve the rest of a connection the front handed
+/// over (or all of it, with no front).
+struct Hyper<H> {
+    builder: http1::Builder,
+    handler: H,
+    conn: Arc<Conn>,
+    registry: Arc<Registry>,
+    refusal: Arc<Refusal>,
+    client: SocketAddr,
+    /// Requests the front answered before.
+    first: u64,
+}
+
+impl<H> Hyper<H> {
+    async fn serve<F, B>(self, io: Rewind<Checked<TcpStream>>)
+    where
+        H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Hyper {
+            builder,
+            handler,
+            conn,
+            registry,
+            refusal,
+            client,
+            first,
+        } = self;
+        let requests = AtomicU64::new(first);
+        let c = conn.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let busy = Busy::new(c.clone(), registry.clone());
+            let index = requests.fetch_add(1, Ordering::Relaxed);
+            let why = refusal.reason(index);
+            let switch = may_switch(&req).then(|| req.method().clone());
+            let answer = why.is_none().then(|| handler(client, req));
+            async move {
+                let Some(answer) = answer else {
+                    drop(busy);
+                    return Ok(refused(why.unwrap_or_default()));
+                };
+                let mut resp = answer.await?;
+                if let Some(method) = switch {
+                    if !switched(&method, &resp) {
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                }
+                Ok::<_, Infallible>(resp.map(|inner| Relay::Stream(Guarded { inner, _busy: busy })))
+            }
+        });
+        let served = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(served);
+        let mut finishing = false;
+        // hyper-util's GracefulShutdown does not take connections that may
+        // upgrade, so each connection has its own signal.
+        let ended = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = served.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            match conn.signal.poll(cx) {
+                CLOSE => Poll::Ready(None),
+                STOP if !finishing => {
+                    // Finishes the request in progress, then closes.
+                    served.as_mut().graceful_shutdown();
+                    finishing = true;
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                _ => Poll::Pending,
+            }
+        })
+        .await;
+        match ended {
+            Some(Err(e)) => debug!(%client, error = %e, "client connection ended"),
+            Some(Ok(())) => {}
+            None => debug!(%client, "closed an idle connection to make room for a new one"),
+        }
+    }
+}
+
 pub(crate) async fn serve_with<H, F, B>(
     listener: TcpListener,
     registry: Arc<Registry>,
@@ -597,8 +687,7 @@ pub(crate) async fn serve_with<H, F, B>(
                         continue;
                     };
                     // TCP_NODELAY: set by `Checked` when a second write needs it.
-                    let (handler, reg, c) = (handler.clone(), registry.clone(), conn.clone());
-                    let (builder, front) = (builder.clone(), front.clone());
+                    let (handler, builder, front) = (handler.clone(), builder.clone(), front.clone());
                     let registry = registry.clone();
                     let admitted = Admitted { id, registry: registry.clone() };
                     connections.spawn(async move {
@@ -615,61 +704,20 @@ pub(crate) async fn serve_with<H, F, B>(
                             }
                             None => (Bytes::new(), 0),
                         };
-                        let requests = AtomicU64::new(first);
-                        let service = service_fn(move |req: Request<Incoming>| {
-                            let busy = Busy::new(c.clone(), reg.clone());
-                            let index = requests.fetch_add(1, Ordering::Relaxed);
-                            let why = refusal.reason(index);
-                            let switch = may_switch(&req).then(|| req.method().clone());
-                            let answer = why.is_none().then(|| handler(client, req));
-                            async move {
-                                let Some(answer) = answer else {
-                                    drop(busy);
-                                    return Ok(refused(why.unwrap_or_default()));
-                                };
-                                let mut resp = answer.await?;
-                                if let Some(method) = switch {
-                                    if !switched(&method, &resp) {
-                                        resp.headers_mut()
-                                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                                    }
-                                }
-                                Ok::<_, Infallible>(resp.map(|inner| Relay::Stream(Guarded { inner, _busy: busy })))
-                            }
-                        });
                         let io = Rewind { pre, io: stream };
-                        let served = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
-                        tokio::pin!(served);
-                        let mut finishing = false;
-                        // hyper-util's GracefulShutdown does not take connections
-                        // that may upgrade, so each connection has its own signal.
-                        let ended = std::future::poll_fn(|cx| {
-                            if let Poll::Ready(result) = served.as_mut().poll(cx) {
-                                return Poll::Ready(Some(result));
-                            }
-                            match conn.signal.poll(cx) {
-                                CLOSE => Poll::Ready(None),
-                                STOP if !finishing => {
-                                    // Finishes the request in progress, then closes.
-                                    served.as_mut().graceful_shutdown();
-                                    finishing = true;
-                                    cx.waker().wake_by_ref();
-                                    Poll::Pending
-                                }
-                                _ => Poll::Pending,
-                            }
-                        })
-                        .await;
-                        match ended {
-                            Some(Err(e)) => debug!(%client, error = %e, "client connection ended"),
-                            Some(Ok(())) => {}
-                            None => debug!(%client, "closed an idle connection to make room for a new one"),
-                        }
+                        let hyper = Hyper { builder, handler, conn, registry, refusal, client, first };
+                        // Boxed: a connection the front serves to its end
+                        // (most of a balancer's) never holds hyper's state.
+                        Box::pin(hyper.serve(io)).await;
                     });
                 }
+                // Finished connection tasks are reaped here rather than
+                // as each ends, which would wake this loop once more per
+                // connection; the branch below bounds what a quiet spell
+                // after a burst leaves unreaped.
+                while connections.try_join_next().is_some() {}
             }
-            // Reaps finished connection tasks so the set does not grow.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(_) = connections.join_next(), if connections.len() > REAP_ABOVE => {}
         }
     }
     drop(listener);
