@@ -71,11 +71,11 @@ where
         let (ready, is_ready) = oneshot::channel::<io::Result<()>>();
         let (end, has_ended) = oneshot::channel::<()>();
         let serve = serve.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("kiln-lb-{port}-{index}"))
             .spawn(move || run(index, socket, serve, ready, end))?;
         listening.push(is_ready);
-        ended.push(has_ended);
+        ended.push((has_ended, thread));
     }
     for is_ready in listening {
         match is_ready.await {
@@ -89,9 +89,15 @@ where
         }
     }
     Ok(tokio::spawn(async move {
-        for has_ended in ended {
+        for (has_ended, thread) in ended {
             if has_ended.await.is_err() {
                 warn!("a balancer thread ended abnormally");
+            }
+            // The thread still exists for a moment after it says it has
+            // ended; joining it (briefly blocking) makes "ended" true of
+            // the thread itself, as `/proc` and `top -H` see it.
+            if let Ok(Err(_)) = tokio::task::spawn_blocking(move || thread.join()).await {
+                warn!("a balancer thread panicked");
             }
         }
     }))
