@@ -28,6 +28,7 @@ mod framing;
 pub mod listen;
 pub mod loadgen;
 mod proxy;
+mod registry;
 mod table;
 mod threads;
 mod traffic;
@@ -166,7 +167,7 @@ impl listen::Front for FastFront {
 fn serve(
     table: Arc<Table>,
     addr: SocketAddr,
-    registry: Arc<listen::Registry>,
+    registry: Arc<registry::Registry>,
     mut stopped: watch::Receiver<bool>,
     listener: TcpListener,
 ) -> impl Future<Output = ()> + Send + 'static {
@@ -267,7 +268,7 @@ impl LoadBalancer {
         settings: Settings,
     ) -> std::io::Result<LoadBalancer> {
         let table = Arc::new(Table::new(connector, settings));
-        let registry = Arc::new(listen::Registry::new());
+        let registry = Arc::new(registry::Registry::new());
         let (stop, stopped) = watch::channel(false);
         let (addr, sockets) = threads::bind(port, settings.threads)?;
         let serving = table.clone();
