@@ -29,6 +29,7 @@ pub mod listen;
 pub mod loadgen;
 mod proxy;
 mod registry;
+mod spread;
 mod table;
 mod threads;
 mod traffic;
@@ -170,6 +171,7 @@ fn serve(
     registry: Arc<registry::Registry>,
     mut stopped: watch::Receiver<bool>,
     listener: TcpListener,
+    seat: Option<spread::Seat>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let routes = table.clone();
     let handler = move |client, req| proxy::handle(routes.clone(), addr, client, req);
@@ -179,14 +181,18 @@ fn serve(
         table: table.clone(),
         local: addr,
     });
+    let server = listen::Server {
+        registry,
+        front: Some(front),
+        seat,
+    };
     listen::serve_with(
         listener,
-        registry,
+        server,
         table.settings.client_limits,
         handler,
         stopping,
         table.settings.drain_timeout,
-        Some(front),
     )
 }
 
@@ -272,13 +278,14 @@ impl LoadBalancer {
         let (stop, stopped) = watch::channel(false);
         let (addr, sockets) = threads::bind(port, settings.threads)?;
         let serving = table.clone();
-        let task = threads::start(addr.port(), sockets, move |listener| {
+        let task = threads::start(addr.port(), sockets, move |listener, seat| {
             serve(
                 serving.clone(),
                 addr,
                 registry.clone(),
                 stopped.clone(),
                 listener,
+                seat,
             )
         })
         .await?;

@@ -43,6 +43,7 @@ use tracing::{debug, warn};
 use crate::body::Relay;
 use crate::checked::{Checked, Refusal};
 use crate::registry::{Admitted, Busy, CLOSE, Conn, RUN, Registry, STOP};
+use crate::spread::{Seat, Ticket};
 
 /// Pause after a failed accept: the usual cause is running out of file
 /// descriptors, and retrying at once would spin.
@@ -200,8 +201,12 @@ pub async fn serve<H, F, B>(
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let registry = Arc::new(Registry::new());
-    serve_with(listener, registry, limits, handler, stop, grace, None).await;
+    let server = Server {
+        registry: Arc::new(Registry::new()),
+        front: None,
+        seat: None,
+    };
+    serve_with(listener, server, limits, handler, stop, grace).await;
 }
 
 /// A connection's first stop: it serves what it can of the connection and
@@ -431,21 +436,35 @@ impl<H> Hyper<H> {
     }
 }
 
-/// [`serve`], with `front` taking each connection first.
+/// What one accept loop serves as part of: a server (one of whose threads
+/// it may be) and what it does with connections.
+pub(crate) struct Server {
+    pub(crate) registry: Arc<Registry>,
+    /// Takes each connection first.
+    pub(crate) front: Option<Arc<dyn Front>>,
+    /// With more than one thread serving the server, this one's place.
+    pub(crate) seat: Option<Seat>,
+}
+
+/// [`serve`], for one of a server's accept loops.
 pub(crate) async fn serve_with<H, F, B>(
     listener: TcpListener,
-    registry: Arc<Registry>,
+    server: Server,
     limits: Limits,
     handler: H,
     stop: impl Future<Output = ()>,
     grace: Duration,
-    front: Option<Arc<dyn Front>>,
 ) where
     H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let Server {
+        registry,
+        front,
+        mut seat,
+    } = server;
     let local = match listener.local_addr() {
         Ok(addr) => addr,
         Err(e) => {
@@ -469,8 +488,63 @@ pub(crate) async fn serve_with<H, F, B>(
     if limits.max_headers != HYPER_MAX_HEADERS {
         builder.max_headers(limits.max_headers);
     }
+    let take = |connections: &mut JoinSet<()>,
+                stream: TcpStream,
+                client: SocketAddr,
+                ticket: Option<Ticket>| {
+        let Some((id, conn)) = registry.admit(max, budget, client.ip(), per_client) else {
+            debug!(%local, %client, max, "every connection is busy; closing the new one");
+            return;
+        };
+        // TCP_NODELAY: set by `Checked` when a second write needs it.
+        let (handler, builder, front) = (handler.clone(), builder.clone(), front.clone());
+        let registry = registry.clone();
+        let admitted = Admitted {
+            id,
+            registry: registry.clone(),
+        };
+        connections.spawn(async move {
+            let _counted = (admitted, ticket);
+            let refusal = Arc::new(Refusal::default());
+            let mut stream = Checked::new(stream, refusal.clone());
+            let (pre, first) = match &front {
+                Some(front) => {
+                    let ctx = ConnCtx {
+                        conn: &conn,
+                        registry: &registry,
+                        refusal: &refusal,
+                        limits: &limits,
+                    };
+                    match front.serve(&mut stream, client, ctx).await {
+                        FrontEnd::Closed => return,
+                        FrontEnd::Handover { buffered, requests } => (buffered.freeze(), requests),
+                    }
+                }
+                None => (Bytes::new(), 0),
+            };
+            let io = Rewind { pre, io: stream };
+            let hyper = Hyper {
+                builder,
+                handler,
+                conn,
+                registry,
+                refusal,
+                client,
+                first,
+            };
+            // Boxed: a connection the front serves to its end (most of a
+            // balancer's) never holds hyper's state.
+            Box::pin(hyper.serve(io)).await;
+        });
+    };
     tokio::pin!(stop);
     loop {
+        let passed_in = async {
+            match seat.as_mut() {
+                Some(seat) => seat.inbox.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = &mut stop => break,
             accepted = listener.accept() => {
@@ -489,34 +563,14 @@ pub(crate) async fn serve_with<H, F, B>(
                 // connections would otherwise wait on.
                 accept_ready(&listener, &mut batch);
                 for (stream, client) in batch.drain(..) {
-                    let Some((id, conn)) = registry.admit(max, budget, client.ip(), per_client) else {
-                        debug!(%local, %client, max, "every connection is busy; closing the new one");
-                        continue;
-                    };
-                    // TCP_NODELAY: set by `Checked` when a second write needs it.
-                    let (handler, builder, front) = (handler.clone(), builder.clone(), front.clone());
-                    let registry = registry.clone();
-                    let admitted = Admitted { id, registry: registry.clone() };
-                    connections.spawn(async move {
-                        let _admitted = admitted;
-                        let refusal = Arc::new(Refusal::default());
-                        let mut stream = Checked::new(stream, refusal.clone());
-                        let (pre, first) = match &front {
-                            Some(front) => {
-                                let ctx = ConnCtx { conn: &conn, registry: &registry, refusal: &refusal, limits: &limits };
-                                match front.serve(&mut stream, client, ctx).await {
-                                    FrontEnd::Closed => return,
-                                    FrontEnd::Handover { buffered, requests } => (buffered.freeze(), requests),
-                                }
+                    match &seat {
+                        None => take(&mut connections, stream, client, None),
+                        Some(seat) => {
+                            if let Some((stream, ticket)) = seat.place(stream, client) {
+                                take(&mut connections, stream, client, Some(ticket));
                             }
-                            None => (Bytes::new(), 0),
-                        };
-                        let io = Rewind { pre, io: stream };
-                        let hyper = Hyper { builder, handler, conn, registry, refusal, client, first };
-                        // Boxed: a connection the front serves to its end
-                        // (most of a balancer's) never holds hyper's state.
-                        Box::pin(hyper.serve(io)).await;
-                    });
+                        }
+                    }
                 }
                 // Finished connection tasks are reaped here rather than
                 // as each ends, which would wake this loop once more per
@@ -524,10 +578,19 @@ pub(crate) async fn serve_with<H, F, B>(
                 // after a burst leaves unreaped.
                 while connections.try_join_next().is_some() {}
             }
+            Some((stream, client, ticket)) = passed_in => match TcpStream::from_std(stream) {
+                Ok(stream) => take(&mut connections, stream, client, Some(ticket)),
+                Err(e) => warn!(%local, %client, error = %e, "taking over a connection from another thread"),
+            },
             Some(_) = connections.join_next(), if connections.len() > REAP_ABOVE => {}
         }
     }
     drop(listener);
+    if let Some(seat) = &mut seat {
+        // Other threads serve what they accept from now on themselves;
+        // what was already passed here closes with the inbox.
+        seat.inbox.close();
+    }
     for conn in registry.lock().conns.values() {
         conn.signal.raise(STOP);
     }

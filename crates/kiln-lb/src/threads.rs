@@ -18,6 +18,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
+use crate::spread::{self, Seat};
+
 /// Connections the kernel queues for each socket before `accept`; tokio's
 /// own `TcpListener::bind` takes the same.
 const BACKLOG: u32 = 1024;
@@ -62,18 +64,22 @@ pub(crate) async fn start<S, F>(
     serve: S,
 ) -> io::Result<JoinHandle<()>>
 where
-    S: Fn(TcpListener) -> F + Clone + Send + 'static,
+    S: Fn(TcpListener, Option<Seat>) -> F + Clone + Send + 'static,
     F: Future<Output = ()> + 'static,
 {
+    let mut seats: Vec<Option<Seat>> = match sockets.len() {
+        1 => vec![None],
+        n => spread::seats(n).into_iter().map(Some).collect(),
+    };
     let mut listening = Vec::with_capacity(sockets.len());
     let mut ended = Vec::with_capacity(sockets.len());
-    for (index, socket) in sockets.into_iter().enumerate() {
+    for ((index, socket), seat) in sockets.into_iter().enumerate().zip(seats.drain(..)) {
         let (ready, is_ready) = oneshot::channel::<io::Result<()>>();
         let (end, has_ended) = oneshot::channel::<()>();
         let serve = serve.clone();
         let thread = std::thread::Builder::new()
             .name(format!("kiln-lb-{port}-{index}"))
-            .spawn(move || run(index, socket, serve, ready, end))?;
+            .spawn(move || run(index, socket, seat, serve, ready, end))?;
         listening.push(is_ready);
         ended.push((has_ended, thread));
     }
@@ -106,11 +112,12 @@ where
 fn run<S, F>(
     index: usize,
     socket: TcpSocket,
+    seat: Option<Seat>,
     serve: S,
     ready: oneshot::Sender<io::Result<()>>,
     end: oneshot::Sender<()>,
 ) where
-    S: Fn(TcpListener) -> F,
+    S: Fn(TcpListener, Option<Seat>) -> F,
     F: Future<Output = ()>,
 {
     crate::table::use_raw_pool(index);
@@ -134,7 +141,7 @@ fn run<S, F>(
             }
         };
         let _ = ready.send(Ok(()));
-        serve(listener).await;
+        serve(listener, seat).await;
     });
     rt.shutdown_timeout(BLOCKING_GRACE);
     let _ = end.send(());

@@ -1,6 +1,7 @@
 //! A balancer on several threads of its own (`Settings::threads`): every
-//! thread takes connections, the port stays its alone, the connection caps
-//! hold for the balancer as a whole, and shutdown ends every thread.
+//! thread takes connections, and as many as the others however the kernel
+//! hands them out; the port stays its alone, the connection caps hold for
+//! the balancer as a whole, and shutdown ends every thread.
 
 mod support;
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 use hyper::StatusCode;
 use kiln_lb::{LoadBalancer, Settings};
 use support::{Ports, TestServer, eventually, get};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn balancer(server: &TestServer, settings: Settings) -> LoadBalancer {
@@ -69,6 +70,104 @@ async fn every_thread_takes_connections() {
     }
     // The traffic figures are the balancer's, not one thread's.
     assert_eq!(lb.traffic().responses.get("2xx"), Some(&200));
+    lb.shutdown().await;
+}
+
+/// The sockets of established connections to `port` on this machine, by
+/// inode (`/proc/net/tcp`: the server's ends, whose local port it is).
+fn accepted_sockets(port: u16) -> std::collections::HashSet<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(fields[1].rsplit(':').next()?, 16).ok()?;
+            // State 01 is ESTABLISHED; field 9 the inode.
+            (local_port == port && fields[3] == "01").then(|| fields[9].to_owned())
+        })
+        .collect()
+}
+
+/// For each event loop (epoll instance) of this process that watches any
+/// of `sockets`, how many of them it watches: the connections each of the
+/// balancer's threads serves, as `/proc/PID/fdinfo` shows them.
+fn connections_per_event_loop(sockets: &std::collections::HashSet<String>) -> Vec<usize> {
+    let inode = |fd: &str| {
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+        let link = link.to_string_lossy().into_owned();
+        Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+    };
+    let mut counts = Vec::new();
+    // An event loop may hold its epoll instance under two descriptors
+    // (mio duplicates it); the same instance lists the same entries.
+    let mut seen = std::collections::HashSet::new();
+    for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let link = std::fs::read_link(fd.path()).unwrap_or_default();
+        if link.to_string_lossy() != "anon_inode:[eventpoll]" {
+            continue;
+        }
+        let name = fd.file_name().to_string_lossy().into_owned();
+        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{name}")) else {
+            continue;
+        };
+        let entries: Vec<&str> = info
+            .lines()
+            .filter_map(|line| line.strip_prefix("tfd:")?.split_whitespace().next())
+            .collect();
+        let watched = entries
+            .iter()
+            .filter(|fd| inode(fd).is_some_and(|i| sockets.contains(&i)))
+            .count();
+        if watched > 0 && seen.insert(entries.join(" ")) {
+            counts.push(watched);
+        }
+    }
+    counts.sort();
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lived_connections_are_shared_evenly_between_the_threads() {
+    let v1 = TestServer::start("v1", "v1").await;
+    let lb = balancer(&v1, threads(2)).await;
+    // The kernel picks a thread by a hash of each connection's addresses:
+    // of 128, one thread would get 64 ± 1 about one time in five.
+    let mut held = Vec::new();
+    for _ in 0..128 {
+        let mut conn = TcpStream::connect(lb.local_addr()).await.unwrap();
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"v1") {
+            let mut buf = [0u8; 512];
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the answer: {answer:?}");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        held.push(conn);
+    }
+    let sockets = accepted_sockets(lb.local_addr().port());
+    assert_eq!(sockets.len(), 128, "open connections to the balancer");
+    let per_thread = connections_per_event_loop(&sockets);
+    assert_eq!(per_thread.iter().sum::<usize>(), 128, "{per_thread:?}");
+    assert!(
+        per_thread.len() == 2 && per_thread[1] - per_thread[0] <= 2,
+        "connections per thread: {per_thread:?}"
+    );
+    // All still served, by whichever thread holds them.
+    for conn in &mut held {
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("v1"),
+            "{answer}"
+        );
+    }
     lb.shutdown().await;
 }
 
