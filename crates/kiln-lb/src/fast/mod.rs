@@ -358,8 +358,12 @@ async fn relay(
         }
         response.extend_from_slice(b"\r\n");
         up.buf.advance(framing.head_len);
-        answered.status(framing.status, Some(&backend.id));
-        match relay_body(io, &mut up, response, framing.body).await {
+        let mut head_sent = false;
+        let on_head = || {
+            head_sent = true;
+            answered.status(framing.status, Some(&backend.id));
+        };
+        match relay_body(io, &mut up, response, framing.body, on_head).await {
             Ok((bytes, reusable)) => {
                 lease.succeeded(bytes);
                 if reusable && framing.keep_upstream {
@@ -369,9 +373,16 @@ async fn relay(
                 return keep_client;
             }
             Err(e) => {
-                debug!(backend = %backend.id, error = %e, "relaying a response body");
                 lease.failed();
-                return false;
+                if head_sent {
+                    debug!(backend = %backend.id, error = %e, "relaying a response body");
+                    return false;
+                }
+                // The body's first bytes already show it malformed: the
+                // client has had nothing yet, so it gets ALB's answer to an
+                // invalid response, on a connection that stays usable.
+                warn!(backend = %backend.id, error = %e, "malformed response");
+                return local(io, answered, StatusCode::BAD_GATEWAY, proxy::BAD_RESPONSE).await;
             }
         }
     }

@@ -198,12 +198,15 @@ fn date_header(out: &mut Vec<u8>) {
 
 /// Writes the head in `out` with the body's first bytes, then the rest of
 /// the body as it arrives. Returns the body bytes relayed and whether the
-/// upstream connection ended cleanly after the response.
+/// upstream connection ended cleanly after the response. `on_head` runs
+/// just before the head goes out: when it has not run, an error left the
+/// client with nothing sent, free to be given another answer.
 pub(super) async fn relay_body(
     io: &mut Checked<TcpStream>,
     up: &mut Upstream,
     out: &mut Vec<u8>,
     body: BodyLen,
+    on_head: impl FnOnce(),
 ) -> std::io::Result<(u64, bool)> {
     let mut relayed = 0u64;
     match body {
@@ -213,6 +216,7 @@ pub(super) async fn relay_body(
             up.buf.advance(now);
             left -= now as u64;
             relayed += now as u64;
+            on_head();
             io.write_all(out).await?;
             while left > 0 {
                 up.buf.reserve(READ_CHUNK);
@@ -230,16 +234,16 @@ pub(super) async fn relay_body(
         }
         BodyLen::Chunked => {
             let mut scan = ChunkScan::default();
-            let mut first = true;
+            let mut on_head = Some(on_head);
             loop {
                 let end = scan
                     .feed(&up.buf)
                     .map_err(|()| bad("malformed chunked body"))?;
                 let take = end.unwrap_or(up.buf.len());
-                if first {
+                if let Some(on_head) = on_head.take() {
                     out.extend_from_slice(&up.buf[..take]);
+                    on_head();
                     io.write_all(out).await?;
-                    first = false;
                 } else if take > 0 {
                     io.write_all(&up.buf[..take]).await?;
                 }
@@ -258,6 +262,7 @@ pub(super) async fn relay_body(
             out.extend_from_slice(&up.buf);
             relayed += up.buf.len() as u64;
             up.buf.clear();
+            on_head();
             io.write_all(out).await?;
             loop {
                 up.buf.reserve(READ_CHUNK);
