@@ -204,6 +204,7 @@ impl Fleet {
         let settings = Settings {
             deregistration_delay: attributes.deregistration_delay,
             routing: attributes.routing,
+            threads: group.spec.lb_threads as usize,
             ..Settings::default()
         };
         let connector = Arc::new(crate::connect::FleetConnector {

@@ -187,6 +187,11 @@ pub struct GroupSpec {
     pub port: u16,
     /// The load balancer's loopback port; 0 picks a free one at creation.
     pub lb_port: u16,
+    /// The load balancer's threads, as nginx's worker_processes: each has
+    /// its own event loop and listening socket on the port. Set when the
+    /// group is created.
+    #[schema(minimum = 1, maximum = 64)]
+    pub lb_threads: u32,
     pub health: HealthCheck,
     pub rolling: RollingPolicy,
     /// ALB's deregistration_delay.timeout_seconds, in milliseconds.
@@ -201,6 +206,19 @@ pub struct GroupSpec {
 }
 
 pub use kiln_lb::{Algorithm, Routing};
+
+/// A balancer's threads: from one to this many.
+pub const MAX_LB_THREADS: u32 = 64;
+
+/// Why a balancer thread count is refused.
+pub fn check_lb_threads(n: u32) -> Result<(), String> {
+    if (1..=MAX_LB_THREADS).contains(&n) {
+        return Ok(());
+    }
+    Err(format!(
+        "{n} is out of range: a load balancer runs from 1 to {MAX_LB_THREADS} threads"
+    ))
+}
 
 /// ALB's target group routing attributes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -298,10 +316,12 @@ impl GroupSpec {
         }
     }
 
-    /// ALB's bounds on the load balancer attributes.
+    /// ALB's bounds on the load balancer attributes, and kiln's on the
+    /// balancer's threads.
     pub fn check_lb_attributes(&self) -> Result<(), String> {
         alb::check_deregistration_delay(self.deregistration_delay_ms)
             .map_err(|e| format!("deregistration_delay_ms: {e}"))?;
+        check_lb_threads(self.lb_threads).map_err(|e| format!("lb_threads: {e}"))?;
         self.routing.check()
     }
 }
@@ -314,6 +334,7 @@ impl Default for GroupSpec {
             desired: 1,
             port: 8080,
             lb_port: 0,
+            lb_threads: 1,
             health: HealthCheck::default(),
             rolling: RollingPolicy::default(),
             deregistration_delay_ms: 500,
@@ -474,6 +495,14 @@ mod tests {
             (
                 &|s: &mut GroupSpec| s.routing.slow_start_ms = 60_000,
                 "routing.slow_start_ms: slow start needs algorithm round_robin or weighted_random, as with ALB",
+            ),
+            (
+                &|s: &mut GroupSpec| s.lb_threads = 0,
+                "lb_threads: 0 is out of range: a load balancer runs from 1 to 64 threads",
+            ),
+            (
+                &|s: &mut GroupSpec| s.lb_threads = 65,
+                "lb_threads: 65 is out of range: a load balancer runs from 1 to 64 threads",
             ),
         ] {
             assert_eq!(with(change), Err(expected.to_owned()));

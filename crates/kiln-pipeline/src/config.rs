@@ -16,6 +16,7 @@
 //!   rollback: auto
 //!   deregistration_delay: 500ms
 //!   routing: { algorithm: round_robin, stickiness: 1h, slow_start: 30s }   # or least_outstanding_requests (default), weighted_random
+//!   lb_threads: 2                       # the balancer's threads, as nginx's worker_processes (default 1; set when the group is created)
 //!   tags: { Team: web }
 //!   environment: { MODE: production }
 //!   secrets: { DB_PASSWORD: /web/DbPassword }   # from the parameter store, as ECS's valueFrom
@@ -454,6 +455,7 @@ const DEPLOY: &[&str] = &[
     "rollback",
     "deregistration_delay",
     "routing",
+    "lb_threads",
     "tags",
     "environment",
     "secrets",
@@ -516,6 +518,12 @@ fn deploy(top: &Map, c: &mut Collector) -> Option<DeployConfig> {
         }
     }
     spec.routing = routing(&d, c);
+    if let Some(n) = d.uint("lb_threads", u64::from(u32::MAX), c) {
+        match kiln_fleet::check_lb_threads(n as u32) {
+            Ok(()) => spec.lb_threads = n as u32,
+            Err(e) => d.fail("lb_threads", e, c),
+        }
+    }
     let environment = d.strings("environment", c);
     let secrets = d.strings("secrets", c);
     if let Some(both) = secrets.keys().find(|k| environment.contains_key(*k)) {

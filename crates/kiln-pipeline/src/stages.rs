@@ -576,6 +576,14 @@ impl Run<'_> {
                         });
                     }
                     let last = view.rollouts.iter().map(|r| r.id).max().unwrap_or(0);
+                    if view.group.spec.lb_threads != deploy.spec.lb_threads {
+                        // Its threads each hold a share of the open
+                        // connections: changing them would cut those.
+                        log.line(&format!(
+                            "group {group}'s load balancer keeps its {} threads (deploy.lb_threads is {}): the count is set when a group is created",
+                            view.group.spec.lb_threads, deploy.spec.lb_threads
+                        ));
+                    }
                     fleet
                         .update_group(
                             &group,

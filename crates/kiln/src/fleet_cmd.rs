@@ -127,6 +127,17 @@ fn slow_start(text: &str) -> Result<u64, String> {
     }
 }
 
+fn lb_threads(text: &str) -> Result<u32, String> {
+    let n = text.parse::<u32>().map_err(|_| {
+        format!(
+            "expected a whole number from 1 to {}",
+            kiln_fleet::MAX_LB_THREADS
+        )
+    })?;
+    kiln_fleet::check_lb_threads(n)?;
+    Ok(n)
+}
+
 /// The group's load balancer attributes as the API takes them: absent
 /// flags leave what `current` (the group's spec, when updating) or the
 /// defaults say. The API takes routing as a whole, so the flags given are
@@ -363,6 +374,10 @@ enum GroupsCommand {
         /// The load balancer's loopback port (default: a free one).
         #[arg(long, default_value_t = 0)]
         lb_port: u16,
+        /// The load balancer's threads, as nginx's worker_processes (1 to
+        /// 64; set at creation).
+        #[arg(long, default_value_t = 1, value_parser = lb_threads)]
+        lb_threads: u32,
         /// Health check and rolling policy as JSON, e.g. '{"path": "/health", "interval_ms": 1000}'.
         #[arg(long)]
         health: Option<String>,
@@ -454,13 +469,14 @@ pub fn groups(args: GroupsArgs, state: &StateDir) -> anyhow::Result<ExitCode> {
             desired,
             port,
             lb_port,
+            lb_threads,
             health,
             rolling,
             driver,
             lb,
             output,
         } => {
-            let mut body = json!({ "name": name, "template": template, "version": version, "min": min, "max": max, "desired": desired, "port": port, "lb_port": lb_port, "driver": driver.map(Driver::as_str) });
+            let mut body = json!({ "name": name, "template": template, "version": version, "min": min, "max": max, "desired": desired, "port": port, "lb_port": lb_port, "lb_threads": lb_threads, "driver": driver.map(Driver::as_str) });
             lb_attributes(&mut body, &lb, None)?;
             if let Some(h) = parse_json(&health, "health")? {
                 body["health"] = h;

@@ -362,6 +362,8 @@ fn groups_take_the_load_balancer_attributes_as_flags() {
             &["--slow-start", "60"][..],
             "round_robin or weighted_random",
         ),
+        (&["--lb-threads", "0"][..], "from 1 to 64 threads"),
+        (&["--lb-threads", "65"][..], "from 1 to 64 threads"),
     ] {
         let out = create(flags);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -386,6 +388,8 @@ fn groups_take_the_load_balancer_attributes_as_flags() {
         "86400",
         "--slow-start",
         "30",
+        "--lb-threads",
+        "2",
     ]));
     let shown = json(kiln(
         &state,
@@ -397,6 +401,7 @@ fn groups_take_the_load_balancer_attributes_as_flags() {
         shown["spec"]["deregistration_delay_ms"], 45_000,
         "{shown:#}"
     );
+    assert_eq!(shown["spec"]["lb_threads"], 2, "{shown:#}");
     assert_eq!(
         shown["spec"]["routing"],
         serde_json::json!({
@@ -439,6 +444,24 @@ fn groups_take_the_load_balancer_attributes_as_flags() {
     assert!(
         head.contains("set-cookie: awsalb=") && head.contains("max-age=86400"),
         "{head}"
+    );
+    // The daemon serves the group's traffic on two threads of the balancer's
+    // own, as `top -H` shows them.
+    let daemon_pid = daemon.child.as_ref().unwrap().id();
+    let mut threads: Vec<String> = std::fs::read_dir(format!("/proc/{daemon_pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|comm| comm.trim().to_owned())
+        .filter(|comm| comm.starts_with(&format!("kiln-lb-{}-", lb.port())))
+        .collect();
+    threads.sort();
+    assert_eq!(
+        threads,
+        [
+            format!("kiln-lb-{}-0", lb.port()),
+            format!("kiln-lb-{}-1", lb.port())
+        ]
     );
 
     ok(update(&["--no-stickiness", "--deregistration-delay", "0"]));

@@ -40,6 +40,7 @@ deploy:
   rolling: { max_batch: 2, min_in_service: 2, pause: 5s }
   rollback: auto
   routing: { algorithm: round_robin, stickiness: 1h, slow_start: 30s }
+  lb_threads: 2
   tags: { Team: payments }
 retention: { keep_images: 2 }
 triggers: { on_commit: false, schedule: "cron(0 9 * * ? *)", only_if_changed: true }
@@ -66,6 +67,7 @@ triggers: { on_commit: false, schedule: "cron(0 9 * * ? *)", only_if_changed: tr
     assert_eq!(d.spec.rolling.max_batch_size, 2);
     assert_eq!(d.spec.rolling.pause_ms, 5000);
     assert_eq!(d.tags["Team"], "payments");
+    assert_eq!(d.spec.lb_threads, 2);
     assert_eq!(
         d.spec.routing.to_lb(),
         kiln_fleet::Routing {
@@ -141,6 +143,16 @@ fn bad_values_name_their_field() {
             "deploy: { group: g, routing: { stickiness: 169h } }\n",
             "deploy.routing.stickiness",
             "608400 s is out of range: ALB's stickiness.lb_cookie.duration_seconds is from 1 to 604800 s",
+        ),
+        (
+            "deploy: { group: g, lb_threads: 0 }\n",
+            "deploy.lb_threads",
+            "a load balancer runs from 1 to 64 threads",
+        ),
+        (
+            "deploy: { group: g, lb_threads: 65 }\n",
+            "deploy.lb_threads",
+            "65 is out of range: a load balancer runs from 1 to 64 threads",
         ),
         (
             "deploy: { group: g, deregistration_delay: 2h }\n",
