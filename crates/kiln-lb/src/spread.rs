@@ -61,13 +61,6 @@ impl Drop for Ticket {
     }
 }
 
-/// Where a newly accepted connection goes.
-enum Choice {
-    Here(Ticket),
-    /// To another thread, whose count the ticket already holds.
-    There(Ticket),
-}
-
 /// The seats of `threads` threads, in thread order.
 pub(crate) fn seats(threads: usize) -> Vec<Seat> {
     let (mailboxes, inboxes): (Vec<_>, Vec<_>) =
@@ -88,8 +81,9 @@ pub(crate) fn seats(threads: usize) -> Vec<Seat> {
 }
 
 impl Seat {
-    /// Counts a new connection against this thread or the least busy one.
-    fn choose(&self) -> Choice {
+    /// Counts a new connection against this thread or the least busy one:
+    /// the ticket's thread is where it goes.
+    fn choose(&self) -> Ticket {
         let loads = &self.shared.loads;
         let mine = loads[self.index].0.load(Ordering::Relaxed);
         let (least, fewest) = loads
@@ -98,10 +92,10 @@ impl Seat {
             .enumerate()
             .min_by_key(|&(_, n)| n)
             .unwrap_or((self.index, mine));
-        if least != self.index && mine > fewest + SLACK {
-            return Choice::There(self.count(least));
+        if mine > fewest + SLACK {
+            return self.count(least);
         }
-        Choice::Here(self.count(self.index))
+        self.count(self.index)
     }
 
     fn count(&self, index: usize) -> Ticket {
@@ -119,10 +113,10 @@ impl Seat {
         stream: TcpStream,
         client: SocketAddr,
     ) -> Option<(TcpStream, Ticket)> {
-        let ticket = match self.choose() {
-            Choice::Here(ticket) => return Some((stream, ticket)),
-            Choice::There(ticket) => ticket,
-        };
+        let ticket = self.choose();
+        if ticket.index == self.index {
+            return Some((stream, ticket));
+        }
         // Out of this thread's event loop, into the other's.
         let stream = match stream.into_std() {
             Ok(stream) => stream,

@@ -1,12 +1,12 @@
 //! A balancer's own threads ([`Settings::threads`](crate::Settings)), as
 //! nginx runs worker processes: each thread has its own event loop and its
-//! own listening socket on the balancer's port, and serves the connections
-//! it accepts from the first byte to the last. The kernel spreads new
-//! connections over the sockets (`SO_REUSEPORT`), so no connection is
-//! handed from one thread to another, and a thread waiting for work sleeps
-//! in its own `epoll_wait` rather than on a lock shared with the others.
-//! The routing table, the connection caps and the traffic figures are
-//! shared by every thread.
+//! own listening socket on the balancer's port, and serves each connection
+//! it takes from the first byte to the last. The kernel spreads new
+//! connections over the sockets (`SO_REUSEPORT`), and a thread waiting for
+//! work sleeps in its own `epoll_wait` rather than on a lock shared with
+//! the others; a thread well ahead of another in connections passes new
+//! ones on when it accepts them (see `spread`). The routing table, the
+//! connection caps and the traffic figures are shared by every thread.
 
 use std::future::Future;
 use std::io;
