@@ -17,8 +17,8 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
+use crate::client::Client;
 use crate::framing::Scanner;
 
 /// Stands in for a refused request; its index on the connection is in
@@ -124,7 +124,7 @@ fn invalid(why: &'static str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, why.trim_end())
 }
 
-impl Checked<TcpStream> {
+impl Checked<Client> {
     /// Turns Nagle's algorithm off before the connection's second write.
     /// Nagle holds back a small write only while earlier data is
     /// unacknowledged, which the first write never is; so a connection that
@@ -142,7 +142,7 @@ impl Checked<TcpStream> {
     }
 }
 
-impl AsyncWrite for Checked<TcpStream> {
+impl AsyncWrite for Checked<Client> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -22,6 +22,7 @@
 
 mod body;
 mod checked;
+mod client;
 mod error;
 mod fast;
 mod framing;
@@ -155,7 +156,7 @@ struct FastFront {
 impl listen::Front for FastFront {
     fn serve<'a>(
         &'a self,
-        io: &'a mut checked::Checked<TcpStream>,
+        io: &'a mut checked::Checked<client::Client>,
         client: SocketAddr,
         ctx: listen::ConnCtx<'a>,
     ) -> Pin<Box<dyn Future<Output = listen::FrontEnd> + Send + 'a>> {

@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -36,12 +36,13 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use crate::body::Relay;
 use crate::checked::{Checked, Refusal};
+use crate::client::{Client, Listener};
 use crate::registry::{Admitted, Busy, CLOSE, Conn, RUN, Registry, STOP};
 use crate::spread::{Seat, Ticket};
 
@@ -58,20 +59,6 @@ const ALL_SERVERS_SHARE: u64 = 2;
 
 /// Connections accepted in one go when several are waiting.
 const ACCEPT_BATCH: usize = 64;
-
-/// Takes the connections already waiting on `listener`, up to
-/// [`ACCEPT_BATCH`] in `batch`, without waiting for more. The noop waker is
-/// harmless: the accept loop polls `accept()` with its own waker before it
-/// sleeps.
-fn accept_ready(listener: &TcpListener, batch: &mut Vec<(tokio::net::TcpStream, SocketAddr)>) {
-    let mut cx = Context::from_waker(Waker::noop());
-    while batch.len() < ACCEPT_BATCH {
-        match listener.poll_accept(&mut cx) {
-            Poll::Ready(Ok(accepted)) => batch.push(accepted),
-            _ => break,
-        }
-    }
-}
 
 /// Finished connection tasks the accept loop may leave unreaped until the
 /// next connection arrives (each holds its task's memory, about a
@@ -215,7 +202,7 @@ pub async fn serve<H, F, B>(
 pub(crate) trait Front: Send + Sync + 'static {
     fn serve<'a>(
         &'a self,
-        io: &'a mut Checked<TcpStream>,
+        io: &'a mut Checked<Client>,
         client: SocketAddr,
         ctx: ConnCtx<'a>,
     ) -> Pin<Box<dyn Future<Output = FrontEnd> + Send + 'a>>;
@@ -271,7 +258,7 @@ impl ConnCtx<'_> {
     /// Reads more of the client's bytes into `buf`, until `deadline`.
     pub(crate) async fn read(
         &self,
-        io: &mut Checked<TcpStream>,
+        io: &mut Checked<Client>,
         buf: &mut BytesMut,
         deadline: tokio::time::Instant,
     ) -> Wait {
@@ -365,7 +352,7 @@ struct Hyper<H> {
 }
 
 impl<H> Hyper<H> {
-    async fn serve<F, B>(self, io: Rewind<Checked<TcpStream>>)
+    async fn serve<F, B>(self, io: Rewind<Checked<Client>>)
     where
         H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
@@ -465,6 +452,13 @@ pub(crate) async fn serve_with<H, F, B>(
         front,
         mut seat,
     } = server;
+    let listener = match Listener::new(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            warn!(error = %e, "taking over a listening socket");
+            return;
+        }
+    };
     let local = match listener.local_addr() {
         Ok(addr) => addr,
         Err(e) => {
@@ -489,7 +483,7 @@ pub(crate) async fn serve_with<H, F, B>(
         builder.max_headers(limits.max_headers);
     }
     let take = |connections: &mut JoinSet<()>,
-                stream: TcpStream,
+                stream: std::net::TcpStream,
                 client: SocketAddr,
                 ticket: Option<Ticket>| {
         let Some((id, conn)) = registry.admit(max, budget, client.ip(), per_client) else {
@@ -506,7 +500,7 @@ pub(crate) async fn serve_with<H, F, B>(
         connections.spawn(async move {
             let _counted = (admitted, ticket);
             let refusal = Arc::new(Refusal::default());
-            let mut stream = Checked::new(stream, refusal.clone());
+            let mut stream = Checked::new(Client::new(stream), refusal.clone());
             let (pre, first) = match &front {
                 Some(front) => {
                     let ctx = ConnCtx {
@@ -547,21 +541,12 @@ pub(crate) async fn serve_with<H, F, B>(
         };
         tokio::select! {
             () = &mut stop => break,
-            accepted = listener.accept() => {
-                let first = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        warn!(%local, error = %e, "accepting a connection");
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                        continue;
-                    }
-                };
-                batch.clear();
-                batch.push(first);
-                // Connections that arrived meanwhile are taken now rather
-                // than one per turn of the loop, which a burst of new
-                // connections would otherwise wait on.
-                accept_ready(&listener, &mut batch);
+            accepted = listener.accept(&mut batch, ACCEPT_BATCH) => {
+                if let Err(e) = accepted {
+                    warn!(%local, error = %e, "accepting a connection");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
                 for (stream, client) in batch.drain(..) {
                     match &seat {
                         None => take(&mut connections, stream, client, None),
@@ -578,10 +563,9 @@ pub(crate) async fn serve_with<H, F, B>(
                 // after a burst leaves unreaped.
                 while connections.try_join_next().is_some() {}
             }
-            Some((stream, client, ticket)) = passed_in => match TcpStream::from_std(stream) {
-                Ok(stream) => take(&mut connections, stream, client, Some(ticket)),
-                Err(e) => warn!(%local, %client, error = %e, "taking over a connection from another thread"),
-            },
+            Some((stream, client, ticket)) = passed_in => {
+                take(&mut connections, stream, client, Some(ticket));
+            }
             Some(_) = connections.join_next(), if connections.len() > REAP_ABOVE => {}
         }
     }

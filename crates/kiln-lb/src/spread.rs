@@ -8,23 +8,20 @@
 //! serves more than [`SLACK`] more than the least busy thread passes the
 //! connection to that thread instead.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tracing::warn;
 
 /// How many more connections than the least busy thread a thread serves
-/// before it passes new ones on. Passing one costs two `epoll_ctl` calls
-/// and, when the other thread sleeps, waking it; a small difference is not
-/// worth that.
+/// before it passes new ones on. Passing one costs a message and, when the
+/// other thread sleeps, waking it; a small difference is not worth that.
 const SLACK: usize = 1;
 
 /// A connection passed from the thread that accepted it to another, with
 /// its count against that thread.
-pub(crate) type Passed = (std::net::TcpStream, SocketAddr, Ticket);
+pub(crate) type Passed = (TcpStream, SocketAddr, Ticket);
 
 /// The connections one thread serves, on a cache line of its own: each
 /// thread counts its own on every connection and reads the others' only
@@ -117,28 +114,13 @@ impl Seat {
         if ticket.index == self.index {
             return Some((stream, ticket));
         }
-        // Out of this thread's event loop, into the other's.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(e) => {
-                warn!(%client, error = %e, "passing a connection to another thread");
-                return None;
-            }
-        };
-        let to = ticket.index;
-        let (stream, client, ticket) = self.shared.mailboxes[to]
+        // If that thread has stopped, this one is stopping too: it serves
+        // the connection here until then.
+        let (stream, _, ticket) = self.shared.mailboxes[ticket.index]
             .send((stream, client, ticket))
             .err()?
             .0;
-        // That thread has stopped, so this one is stopping too: serve the
-        // connection here until then.
-        match TcpStream::from_std(stream) {
-            Ok(stream) => Some((stream, ticket)),
-            Err(e) => {
-                warn!(%client, error = %e, "keeping a connection");
-                None
-            }
-        }
+        Some((stream, ticket))
     }
 }
 
@@ -148,12 +130,13 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    /// A connection accepted from `listener`, with its client's end.
-    async fn connection(listener: &TcpListener) -> (TcpStream, SocketAddr, TcpStream) {
-        let client = TcpStream::connect(listener.local_addr().unwrap());
+    /// A connection accepted from `listener` (as the accept loop has it),
+    /// with its client's end.
+    async fn connection(listener: &TcpListener) -> (TcpStream, SocketAddr, tokio::net::TcpStream) {
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
         let (stream, addr) = accepted.unwrap();
-        (stream, addr, client.unwrap())
+        (stream.into_std().unwrap(), addr, client.unwrap())
     }
 
     #[tokio::test]
@@ -181,7 +164,7 @@ mod tests {
         // A passed connection still reaches its client, from the other
         // thread's event loop.
         let (stream, addr, ticket) = passed.pop().unwrap();
-        let mut stream = TcpStream::from_std(stream).unwrap();
+        let mut stream = tokio::net::TcpStream::from_std(stream).unwrap();
         stream.write_all(b"from the other thread").await.unwrap();
         drop((stream, ticket));
         let client = clients

@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::checked::Checked;
+use crate::client::Client;
 use crate::listen::{ConnCtx, FrontEnd, Wait};
 use crate::proxy::{self, MAX_ATTEMPTS};
 use crate::table::{Backend, Pick, Table};
@@ -81,7 +82,7 @@ pub(crate) async fn serve(
     table: &Table,
     local: SocketAddr,
     client: SocketAddr,
-    io: &mut Checked<TcpStream>,
+    io: &mut Checked<Client>,
     ctx: ConnCtx<'_>,
 ) -> FrontEnd {
     let mut buf = BytesMut::with_capacity(4096);
@@ -270,7 +271,7 @@ fn trim(v: &[u8]) -> &[u8] {
 /// another request.
 async fn relay(
     table: &Table,
-    io: &mut Checked<TcpStream>,
+    io: &mut Checked<Client>,
     head: &Head,
     request: &[u8],
     response: &mut Vec<u8>,
@@ -454,7 +455,7 @@ async fn acquire(table: &Table, backend: &Backend) -> Result<(Upstream, bool), L
 /// for the next request, as on hyper's path, unless the client asked to
 /// close it.
 async fn local(
-    io: &mut Checked<TcpStream>,
+    io: &mut Checked<Client>,
     answered: &mut Answered<'_>,
     status: StatusCode,
     text: &'static str,

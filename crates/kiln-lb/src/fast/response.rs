@@ -4,10 +4,10 @@
 
 use bytes::Buf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::{MAX_RESPONSE_HEAD, READ_CHUNK, Upstream, trim};
 use crate::checked::Checked;
+use crate::client::Client;
 
 /// Header lines in a response head, as many as hyper's client takes.
 const MAX_RESPONSE_HEADERS: usize = 100;
@@ -202,7 +202,7 @@ fn date_header(out: &mut Vec<u8>) {
 /// just before the head goes out: when it has not run, an error left the
 /// client with nothing sent, free to be given another answer.
 pub(super) async fn relay_body(
-    io: &mut Checked<TcpStream>,
+    io: &mut Checked<Client>,
     up: &mut Upstream,
     out: &mut Vec<u8>,
     body: BodyLen,
