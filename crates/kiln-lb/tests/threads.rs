@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,35 +74,37 @@ async fn every_thread_takes_connections() {
     lb.shutdown().await;
 }
 
-/// The sockets of established connections to `port` on this machine, by
-/// inode (`/proc/net/tcp`: the server's ends, whose local port it is).
-fn accepted_sockets(port: u16) -> std::collections::HashSet<String> {
+/// The established connections to `port` on this machine: each server
+/// end's socket inode (`/proc/net/tcp`: the ends whose local port it is)
+/// with its client's port.
+fn accepted_sockets(port: u16) -> HashMap<String, u16> {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port_of = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
     table
         .lines()
         .skip(1)
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let local_port = u16::from_str_radix(fields[1].rsplit(':').next()?, 16).ok()?;
             // State 01 is ESTABLISHED; field 9 the inode.
-            (local_port == port && fields[3] == "01").then(|| fields[9].to_owned())
+            (port_of(fields[1])? == port && fields[3] == "01")
+                .then(|| Some((fields[9].to_owned(), port_of(fields[2])?)))?
         })
         .collect()
 }
 
 /// For each event loop (epoll instance) of this process that watches any
-/// of `sockets`, how many of them it watches: the connections each of the
-/// balancer's threads serves, as `/proc/PID/fdinfo` shows them.
-fn connections_per_event_loop(sockets: &std::collections::HashSet<String>) -> Vec<usize> {
+/// of `sockets` (by inode), the ones it watches: the connections each of
+/// the balancer's threads serves, as `/proc/PID/fdinfo` shows them.
+fn connections_per_event_loop(sockets: &HashMap<String, u16>) -> Vec<HashSet<String>> {
     let inode = |fd: &str| {
         let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
         let link = link.to_string_lossy().into_owned();
         Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
     };
-    let mut counts = Vec::new();
+    let mut loops = Vec::new();
     // An event loop may hold its epoll instance under two descriptors
     // (mio duplicates it); the same instance lists the same entries.
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
         let link = std::fs::read_link(fd.path()).unwrap_or_default();
         if link.to_string_lossy() != "anon_inode:[eventpoll]" {
@@ -115,26 +118,41 @@ fn connections_per_event_loop(sockets: &std::collections::HashSet<String>) -> Ve
             .lines()
             .filter_map(|line| line.strip_prefix("tfd:")?.split_whitespace().next())
             .collect();
-        let watched = entries
+        let watched: HashSet<String> = entries
             .iter()
-            .filter(|fd| inode(fd).is_some_and(|i| sockets.contains(&i)))
-            .count();
-        if watched > 0 && seen.insert(entries.join(" ")) {
-            counts.push(watched);
+            .filter_map(|fd| inode(fd))
+            .filter(|i| sockets.contains_key(i))
+            .collect();
+        if !watched.is_empty() && seen.insert(entries.join(" ")) {
+            loops.push(watched);
         }
     }
+    loops
+}
+
+/// How many connections to `lb` each of its threads serves, fewest first.
+fn counts(lb: &LoadBalancer) -> Vec<usize> {
+    let sockets = accepted_sockets(lb.local_addr().port());
+    let mut counts: Vec<usize> = connections_per_event_loop(&sockets)
+        .iter()
+        .map(HashSet::len)
+        .collect();
     counts.sort();
     counts
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_lived_connections_are_shared_evenly_between_the_threads() {
-    let v1 = TestServer::start("v1", "v1").await;
-    let lb = balancer(&v1, threads(2)).await;
-    // The kernel picks a thread by a hash of each connection's addresses:
-    // of 128, one thread would get 64 ± 1 about one time in five.
+/// Waits until `lb`'s threads together wait on `n` connections.
+async fn waiting(lb: &LoadBalancer, n: usize) {
+    eventually(&format!("{n} connections wait for a request"), || {
+        counts(lb).iter().sum::<usize>() == n
+    })
+    .await;
+}
+
+/// `n` keep-alive connections to `lb`, each answered once.
+async fn open(lb: &LoadBalancer, n: usize) -> Vec<TcpStream> {
     let mut held = Vec::new();
-    for _ in 0..128 {
+    for _ in 0..n {
         let mut conn = TcpStream::connect(lb.local_addr()).await.unwrap();
         conn.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\n\r\n")
             .await
@@ -148,14 +166,42 @@ async fn long_lived_connections_are_shared_evenly_between_the_threads() {
         }
         held.push(conn);
     }
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lived_connections_are_shared_evenly_between_the_threads() {
+    let v1 = TestServer::start("v1", "v1").await;
+    let lb = balancer(&v1, threads(2)).await;
+    // The kernel picks a thread by a hash of each connection's addresses:
+    // of 128, one thread would get 64 ± 1 about one time in five.
+    let mut held = open(&lb, 128).await;
     let sockets = accepted_sockets(lb.local_addr().port());
     assert_eq!(sockets.len(), 128, "open connections to the balancer");
-    let per_thread = connections_per_event_loop(&sockets);
-    assert_eq!(per_thread.iter().sum::<usize>(), 128, "{per_thread:?}");
+    // A connection joins its thread's event loop when it first waits: here
+    // just after its answer went out.
+    waiting(&lb, 128).await;
+    let per_thread = counts(&lb);
     assert!(
         per_thread.len() == 2 && per_thread[1] - per_thread[0] <= 2,
         "connections per thread: {per_thread:?}"
     );
+
+    // Every client of one thread leaves. The kernel would hand half of the
+    // next 64 to the other thread, leaving 96 there and 32 here; they all
+    // come here instead.
+    let first = connections_per_event_loop(&sockets).swap_remove(0);
+    let leaving: HashSet<u16> = first.iter().map(|inode| sockets[inode]).collect();
+    held.retain(|conn| !leaving.contains(&conn.local_addr().unwrap().port()));
+    waiting(&lb, held.len()).await;
+    held.extend(open(&lb, 128 - held.len()).await);
+    waiting(&lb, 128).await;
+    let per_thread = counts(&lb);
+    assert!(
+        per_thread.len() == 2 && per_thread[1] - per_thread[0] <= 2,
+        "connections per thread after one thread's clients left: {per_thread:?}"
+    );
+
     // All still served, by whichever thread holds them.
     for conn in &mut held {
         conn.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
