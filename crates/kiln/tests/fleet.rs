@@ -1,11 +1,15 @@
 //! The fleet as a user runs it: `kiln serve`, templates, groups of real
-//! isolated instances behind the load balancer, rolling updates under load,
-//! automatic rollback, self-healing and recovery from `kill -9`.
+//! isolated instances behind the load balancer, rolling updates under load
+//! (one batch at a time, one launch per replaced instance), automatic
+//! rollback, self-healing, and recovery from `kill -9` (adopting the
+//! instances still running).
 
 mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
@@ -114,10 +118,60 @@ fn rolling_update_and_automatic_rollback_under_load_fail_no_request() {
     let addr = lb_addr(&g);
     let rt = runtime();
 
-    // v1 -> v2 under continuous load.
+    // v1 -> v2 under continuous load, counting the instances launching or
+    // in service at once (draining ones are out of service: ALB and
+    // instance refresh leave them out too).
     let (report, stop) = rt.block_on(async { loadgen::spawn(addr, load(4)) });
+    let rolling = Arc::new(AtomicBool::new(true));
+    let peak = {
+        let (state, rolling) = (state.clone(), rolling.clone());
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while rolling.load(Ordering::Relaxed) {
+                let alive = json(kiln(
+                    &state,
+                    &["instances", "ls", "--group", "web", "--output", "json"],
+                ));
+                let up = alive
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|i| i["state"] == "pending" || i["state"] == "in-service");
+                peak = peak.max(up.count());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        })
+    };
     let g = roll_out(&state, "web", 2, 4, Duration::from_secs(60));
+    rolling.store(false, Ordering::Relaxed);
     stop.stop();
+    let peak = peak.join().unwrap();
+    assert!(
+        (5..=6).contains(&peak),
+        "launch before terminating, one batch of at most 2 at a time: 5 or 6 instances up at once, saw {peak}"
+    );
+    // One launch per replaced instance, and every replaced one stopped.
+    let history = json(kiln(
+        &state,
+        &[
+            "instances",
+            "ls",
+            "--all",
+            "--group",
+            "web",
+            "--output",
+            "json",
+        ],
+    ));
+    let states = |version: u64| -> Vec<&str> {
+        let all = history.as_array().unwrap().iter();
+        all.filter(|i| i["version"] == version)
+            .map(|i| i["state"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(states(1), ["terminated"; 4], "{history:#}");
+    assert_eq!(states(2), ["in-service"; 4], "{history:#}");
     let report = rt.block_on(report).unwrap();
     assert_eq!(report.failed, 0, "{report:#?}");
     assert!(
@@ -252,20 +306,21 @@ fn a_daemon_killed_mid_rollout_converges_after_restart_and_leaves_nothing_behind
         &state,
         &["groups", "update", "web", "--template-version", "2"],
     ));
-    // Kill it while some instances run v2 and others v1.
-    wait_for_group(
+    // Kill it while some instances serve v2 and others v1.
+    let in_service_v2 = |g: &Value| -> Vec<String> {
+        let all = g["instances"].as_array().unwrap().iter();
+        all.filter(|i| i["version"] == 2 && i["state"] == "in-service")
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let g = wait_for_group(
         &state,
         "web",
         Duration::from_secs(30),
-        "a first v2 instance",
-        |g| {
-            g["instances"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|i| i["version"] == 2)
-        },
+        "a first v2 instance in service",
+        |g| !in_service_v2(g).is_empty(),
     );
+    let serving_at_kill = in_service_v2(&g);
     daemon.kill9();
     let mut daemon = Daemon::start(&state);
     let g = wait_for_group(
@@ -274,6 +329,13 @@ fn a_daemon_killed_mid_rollout_converges_after_restart_and_leaves_nothing_behind
         Duration::from_secs(60),
         "convergence on v2",
         |g| serving(g, 2, 3) && g["rollouts"][0]["state"] == "succeeded",
+    );
+    // The restarted daemon adopted the v2 instances it found serving
+    // rather than launching others in their place.
+    let finished = in_service_v2(&g);
+    assert!(
+        serving_at_kill.iter().all(|id| finished.contains(id)),
+        "serving at the kill: {serving_at_kill:?}; at the end: {finished:?}"
     );
     let addr = lb_addr(&g);
     let report = runtime().block_on(loadgen::run(
