@@ -299,6 +299,72 @@ async fn forwarding_headers_are_added_and_hop_by_hop_ones_stripped() {
     assert_eq!(resp.headers()["via"], "1.1 kiln");
 }
 
+/// A request's raw answer from `addr`, on a connection of its own.
+async fn exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+/// The status line, header names (lowercased, sorted, without the date)
+/// and body of a raw answer.
+fn shape(answer: &str) -> (String, Vec<String>, String) {
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole answer");
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().replace("HTTP/1.0", "HTTP/1.1");
+    let mut names: Vec<String> = lines
+        .map(|l| l.split(':').next().unwrap().to_ascii_lowercase())
+        .filter(|n| n != "date")
+        .collect();
+    names.sort();
+    (status, names, body.to_owned())
+}
+
+/// Requests without a body reach the instance on the balancer's own path
+/// or, when a hop-by-hop header or HTTP/1.0 sends them to hyper's, on that
+/// one: the instance sees the same forwarding headers either way, and the
+/// client gets the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_requests_get_the_same_answer_on_either_path() {
+    let v1 = TestServer::start("v1", "v1").await;
+    let (lb, _) = balancer(&[&v1], quick()).await;
+    lb.register("v1");
+    lb.set_in_service("v1", true);
+    let addr = lb.local_addr();
+    let head = "Host: app.example\r\nX-Forwarded-For: 10.1.1.1\r\nConnection: close\r\n";
+    let fast = exchange(addr, &format!("GET /headers HTTP/1.1\r\n{head}\r\n")).await;
+    let port = addr.port();
+    let expected = format!(
+        "xff=10.1.1.1, 127.0.0.1 via=1.1 kiln hop=- host=app.example proto=http port={port} trace=40"
+    );
+    assert_eq!(shape(&fast).2, expected, "{fast}");
+    let (status, names, body) = shape(&fast);
+    for (why, request) in [
+        (
+            "a hop-by-hop header",
+            format!("GET /headers HTTP/1.1\r\n{head}TE: trailers\r\n\r\n"),
+        ),
+        ("HTTP/1.0", format!("GET /headers HTTP/1.0\r\n{head}\r\n")),
+    ] {
+        let other = exchange(addr, &request).await;
+        let mut expected = names.clone();
+        if why == "HTTP/1.0" {
+            // Closing is HTTP/1.0's default: no header needed to say so.
+            expected.retain(|n| n != "connection");
+        }
+        assert_eq!(
+            shape(&other),
+            (status.clone(), expected, body.clone()),
+            "{why}:\n{other}\nagainst\n{fast}"
+        );
+    }
+    // Each went to the instance once.
+    assert_eq!(v1.hits(), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_waits_for_a_slow_request() {
     let v1 = TestServer::start("v1", "v1").await;
