@@ -20,6 +20,10 @@
 //! depends on how the two cores are shared with the load generator and the
 //! backend; the CPU time each proxy spends per request (its threads' or
 //! worker processes' time on a core, from `/proc`) is the steadier figure.
+//! Under each row is the CPU time the load generator and the backend spent
+//! per request beside each proxy: with one worker each, those two threads
+//! together need about a core at full load, so they bound the throughput
+//! before either proxy's thread does.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -49,6 +53,8 @@ struct Figures {
     p99_ms: f64,
     /// The proxy's CPU time per request, in microseconds.
     cpu_us: f64,
+    /// The load generator's and the backend's together.
+    rest_us: f64,
     /// (max - min) / median of the throughput across rounds.
     spread: f64,
     failed: u64,
@@ -165,6 +171,12 @@ fn main() {
                 if failed > 0 {
                     println!("  failed requests: {failed}");
                 }
+                if let Some(n) = &n {
+                    println!(
+                        "{:>26} | load generator and backend: {:.1} µs per request with kiln-lb, {:.1} with nginx",
+                        "", k.rest_us, n.rest_us
+                    );
+                }
                 if direct {
                     let (d, _) = measure(&load_rt, backend, &opts, || 0);
                     println!(
@@ -202,27 +214,41 @@ fn picked(only: &str, workers: usize, connection: &str, concurrency: usize) -> b
         })
 }
 
-/// One run's report, with the proxy's CPU time per response in µs.
+/// CPU time per response in µs: the proxy's, and the load generator's and
+/// backend's together. At one worker each these two threads, not the
+/// proxy, are what the two cores run out of first.
+struct Cpu {
+    proxy: f64,
+    rest: f64,
+}
+
+/// One run's report, with the CPU time spent on it.
 fn measure(
     rt: &Runtime,
     addr: SocketAddr,
     opts: &LoadOptions,
     cpu_ns: impl Fn() -> u64,
-) -> (LoadReport, f64) {
+) -> (LoadReport, Cpu) {
     // Warms up connection pools and caches so the run measures steady state.
     let warm_up = LoadOptions {
         max_requests: 2_000,
         ..opts.clone()
     };
     rt.block_on(loadgen::run(addr, warm_up));
-    let before = cpu_ns();
+    let rest_ns = || threads_ns(|name| name == "load" || name == "backend");
+    let (before, rest_before) = (cpu_ns(), rest_ns());
     let report = rt.block_on(loadgen::run(addr, opts.clone()));
     let spent = cpu_ns().saturating_sub(before);
+    let rest = rest_ns().saturating_sub(rest_before);
     if !report.errors.is_empty() {
         println!("  errors from {addr}: {:?}", report.errors);
     }
-    let cpu_us = spent as f64 / 1000.0 / report.ok.max(1) as f64;
-    (report, cpu_us)
+    let per_request = |ns: u64| ns as f64 / 1000.0 / report.ok.max(1) as f64;
+    let cpu = Cpu {
+        proxy: per_request(spent),
+        rest: per_request(rest),
+    };
+    (report, cpu)
 }
 
 /// Time on a core of a thread or process, from its `schedstat`, in ns.
@@ -236,14 +262,19 @@ fn scheduled_ns(schedstat: &Path) -> u64 {
 /// The balancer's threads' time on a core so far (they are this process's
 /// threads named `kiln-lb-N`).
 fn kiln_cpu_ns() -> u64 {
+    threads_ns(|name| name.starts_with("kiln-lb-"))
+}
+
+/// The time on a core so far of this process's threads whose names pass
+/// `named`.
+fn threads_ns(named: impl Fn(&str) -> bool) -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0;
     };
     tasks
         .flatten()
         .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm"))
-                .is_ok_and(|comm| comm.starts_with("kiln-lb-"))
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| named(comm.trim()))
         })
         .map(|task| scheduled_ns(&task.path().join("schedstat")))
         .sum()
@@ -254,7 +285,7 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-fn figures(runs: &[(LoadReport, f64)]) -> Figures {
+fn figures(runs: &[(LoadReport, Cpu)]) -> Figures {
     let reports: Vec<&LoadReport> = runs.iter().map(|(r, _)| r).collect();
     let rps: Vec<f64> = reports.iter().map(|r| r.requests_per_second).collect();
     let (lo, hi) = rps
@@ -264,7 +295,8 @@ fn figures(runs: &[(LoadReport, f64)]) -> Figures {
     Figures {
         rps: m,
         p99_ms: median(reports.iter().map(|r| r.p99_ms).collect()),
-        cpu_us: median(runs.iter().map(|(_, cpu)| *cpu).collect()),
+        cpu_us: median(runs.iter().map(|(_, cpu)| cpu.proxy).collect()),
+        rest_us: median(runs.iter().map(|(_, cpu)| cpu.rest).collect()),
         spread: (hi - lo) / m,
         failed: reports.iter().map(|r| r.failed).sum(),
     }

@@ -5,10 +5,10 @@
 //! call each. A connection that carries one request usually has that
 //! request waiting by the time it is accepted and takes its answer in one
 //! write, so it never waits: reading and writing it directly until a call
-//! would block spares it both calls, a quarter of the balancer's per
-//! connection (and the event loop's bookkeeping for it). The first call
-//! that would block registers the socket; epoll then reports whatever the
-//! socket is already ready for, so nothing is missed in between.
+//! would block spares it both calls, two of the eight it would otherwise
+//! cost the balancer (and the event loop's bookkeeping for it). The first
+//! call that would block registers the socket; epoll then reports whatever
+//! the socket is already ready for, so nothing is missed in between.
 //!
 //! Connections are accepted by [`Listener`] for the same reason: tokio's
 //! listener registers each connection it accepts.
