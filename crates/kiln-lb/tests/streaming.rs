@@ -211,3 +211,34 @@ async fn server_sent_events_arrive_one_by_one() {
         "events arrived together: {arrivals:?}"
     );
 }
+
+/// A client that leaves halfway through a download is no failure of the
+/// instance (ALB counts it in neither the target's errors nor its 5xx),
+/// on the balancer's own path and on hyper's (which a hop-by-hop header
+/// picks); the instance is free of it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_download_is_no_failure_of_the_instance() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let lb = setup().await;
+    let stats = || lb.backends().into_iter().find(|b| b.id == "app").unwrap();
+    for (n, extra) in ["", "TE: trailers\r\n"].into_iter().enumerate() {
+        let mut conn = TcpStream::connect(lb.local_addr()).await.unwrap();
+        let head = format!("GET /download HTTP/1.1\r\nHost: app\r\n{extra}\r\n");
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut got = vec![0u8; 1 << 20];
+        conn.read_exact(&mut got).await.unwrap();
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{extra:?}");
+        drop(conn);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stats().in_flight > 0 {
+            assert!(Instant::now() < deadline, "still in flight: {:?}", stats());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let s = stats();
+        assert_eq!(
+            (s.requests, s.failures),
+            (n as u64 + 1, 0),
+            "{extra:?}: {s:?}"
+        );
+    }
+}

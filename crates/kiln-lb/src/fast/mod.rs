@@ -27,7 +27,7 @@ use crate::client::Client;
 use crate::listen::{ConnCtx, FrontEnd, Wait};
 use crate::proxy::{self, MAX_ATTEMPTS};
 use crate::table::{Backend, Pick, Table};
-use response::{BodyLen, exchange, relay_body};
+use response::{BodyLen, Cut, exchange, relay_body};
 
 /// Header lines in a request head this path parses; hyper takes heads
 /// with more (and answers 431 past its own limit).
@@ -373,7 +373,12 @@ async fn relay(
                 drop(lease);
                 return keep_client;
             }
-            Err(e) => {
+            Err(Cut::Client(e)) => {
+                // The upstream connection, mid-response, closes with `up`.
+                debug!(backend = %backend.id, error = %e, "the client left mid-response");
+                return false;
+            }
+            Err(Cut::Instance(e)) => {
                 lease.failed();
                 if head_sent {
                     debug!(backend = %backend.id, error = %e, "relaying a response body");

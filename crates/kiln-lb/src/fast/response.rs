@@ -196,6 +196,15 @@ fn date_header(out: &mut Vec<u8>) {
     });
 }
 
+/// Why a response was not relayed to its end.
+#[derive(Debug)]
+pub(super) enum Cut {
+    /// The client went away: no fault of the instance's.
+    Client(std::io::Error),
+    /// The instance's connection failed or its body was malformed.
+    Instance(std::io::Error),
+}
+
 /// Writes the head in `out` with the body's first bytes, then the rest of
 /// the body as it arrives. Returns the body bytes relayed and whether the
 /// upstream connection ended cleanly after the response. `on_head` runs
@@ -207,7 +216,7 @@ pub(super) async fn relay_body(
     out: &mut Vec<u8>,
     body: BodyLen,
     on_head: impl FnOnce(),
-) -> std::io::Result<(u64, bool)> {
+) -> Result<(u64, bool), Cut> {
     let mut relayed = 0u64;
     match body {
         BodyLen::Fixed(mut left) => {
@@ -217,15 +226,15 @@ pub(super) async fn relay_body(
             left -= now as u64;
             relayed += now as u64;
             on_head();
-            io.write_all(out).await?;
+            io.write_all(out).await.map_err(Cut::Client)?;
             while left > 0 {
                 up.buf.reserve(READ_CHUNK);
-                let n = up.io.read_buf(&mut up.buf).await?;
+                let n = up.io.read_buf(&mut up.buf).await.map_err(Cut::Instance)?;
                 if n == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    return Err(Cut::Instance(std::io::ErrorKind::UnexpectedEof.into()));
                 }
                 let take = (up.buf.len() as u64).min(left) as usize;
-                io.write_all(&up.buf[..take]).await?;
+                io.write_all(&up.buf[..take]).await.map_err(Cut::Client)?;
                 up.buf.advance(take);
                 left -= take as u64;
                 relayed += take as u64;
@@ -238,14 +247,14 @@ pub(super) async fn relay_body(
             loop {
                 let end = scan
                     .feed(&up.buf)
-                    .map_err(|()| bad("malformed chunked body"))?;
+                    .map_err(|()| Cut::Instance(bad("malformed chunked body")))?;
                 let take = end.unwrap_or(up.buf.len());
                 if let Some(on_head) = on_head.take() {
                     out.extend_from_slice(&up.buf[..take]);
                     on_head();
-                    io.write_all(out).await?;
+                    io.write_all(out).await.map_err(Cut::Client)?;
                 } else if take > 0 {
-                    io.write_all(&up.buf[..take]).await?;
+                    io.write_all(&up.buf[..take]).await.map_err(Cut::Client)?;
                 }
                 up.buf.advance(take);
                 relayed += take as u64;
@@ -253,8 +262,8 @@ pub(super) async fn relay_body(
                     return Ok((relayed, up.buf.is_empty()));
                 }
                 up.buf.reserve(READ_CHUNK);
-                if up.io.read_buf(&mut up.buf).await? == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                if up.io.read_buf(&mut up.buf).await.map_err(Cut::Instance)? == 0 {
+                    return Err(Cut::Instance(std::io::ErrorKind::UnexpectedEof.into()));
                 }
             }
         }
@@ -263,13 +272,13 @@ pub(super) async fn relay_body(
             relayed += up.buf.len() as u64;
             up.buf.clear();
             on_head();
-            io.write_all(out).await?;
+            io.write_all(out).await.map_err(Cut::Client)?;
             loop {
                 up.buf.reserve(READ_CHUNK);
-                if up.io.read_buf(&mut up.buf).await? == 0 {
+                if up.io.read_buf(&mut up.buf).await.map_err(Cut::Instance)? == 0 {
                     return Ok((relayed, false));
                 }
-                io.write_all(&up.buf).await?;
+                io.write_all(&up.buf).await.map_err(Cut::Client)?;
                 relayed += up.buf.len() as u64;
                 up.buf.clear();
             }
