@@ -1,7 +1,9 @@
 //! Request and response bodies as they pass through the balancer.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -71,21 +73,30 @@ where
 /// A backend's response body. The request stays in flight on its backend
 /// until this body has been relayed completely (or abandoned), because a
 /// drain must wait for the client to receive the whole response, not only
-/// its headers; only then may the upstream connection be reused.
+/// its headers; only then may the upstream connection be reused. A backend
+/// that sends nothing more for the idle timeout fails the body.
 pub(crate) struct TrackedBody {
     inner: Incoming,
     lease: Option<Lease>,
     sender: Option<Sender>,
     bytes: u64,
+    idle: Duration,
+    /// Since the backend last sent something: armed only while waiting.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+/// Why a response body stopped short.
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 impl TrackedBody {
-    pub(crate) fn new(inner: Incoming, lease: Lease, sender: Sender) -> Self {
+    pub(crate) fn new(inner: Incoming, lease: Lease, sender: Sender, idle: Duration) -> Self {
         TrackedBody {
             inner,
             lease: Some(lease),
             sender: Some(sender),
             bytes: 0,
+            idle,
+            stalled: None,
         }
     }
 
@@ -113,14 +124,27 @@ impl TrackedBody {
 
 impl Body for TrackedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_pending() {
+            let idle = this.idle;
+            let stalled = this
+                .stalled
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+            ready!(stalled.as_mut().poll(cx));
+            this.stalled = None;
+            this.fail();
+            let why = format!("the instance sent nothing more of the body for {idle:?}");
+            return Poll::Ready(Some(Err(why.into())));
+        }
+        this.stalled = None;
+        match ready!(polled) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
@@ -129,7 +153,7 @@ impl Body for TrackedBody {
             }
             Some(Err(e)) => {
                 this.fail();
-                Poll::Ready(Some(Err(e)))
+                Poll::Ready(Some(Err(e.into())))
             }
             None => {
                 this.complete();

@@ -12,11 +12,17 @@
 //!
 //! Connections are accepted by [`Listener`] for the same reason: tokio's
 //! listener registers each connection it accepts.
+//!
+//! A write that the client does not make room for fails after the write
+//! timeout, so that a client that stops reading a response cannot hold its
+//! connection, and the instance's, for ever.
 
+use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use rustix::io::Errno;
 use rustix::net::SocketFlags;
@@ -80,7 +86,12 @@ impl Listener {
     }
 }
 
-pub(crate) struct Client(State);
+pub(crate) struct Client {
+    state: State,
+    write_timeout: Duration,
+    /// Since the current write has waited: armed only when one waits.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
 
 enum State {
     /// Not registered with the event loop (non-blocking).
@@ -92,12 +103,16 @@ enum State {
 
 impl Client {
     /// `stream` must be in non-blocking mode.
-    pub(crate) fn new(stream: std::net::TcpStream) -> Self {
-        Client(State::Fresh(stream))
+    pub(crate) fn new(stream: std::net::TcpStream, write_timeout: Duration) -> Self {
+        Client {
+            state: State::Fresh(stream),
+            write_timeout,
+            stalled: None,
+        }
     }
 
     pub(crate) fn set_nodelay(&self, on: bool) -> io::Result<()> {
-        match &self.0 {
+        match &self.state {
             State::Fresh(s) => s.set_nodelay(on),
             State::Polled(s) => s.set_nodelay(on),
             State::Lost => Err(lost()),
@@ -106,12 +121,12 @@ impl Client {
 
     /// The socket, registered with the event loop from now on.
     fn polled(&mut self) -> io::Result<&mut TcpStream> {
-        if let State::Fresh(_) = self.0
-            && let State::Fresh(fresh) = std::mem::replace(&mut self.0, State::Lost)
+        if let State::Fresh(_) = self.state
+            && let State::Fresh(fresh) = std::mem::replace(&mut self.state, State::Lost)
         {
-            self.0 = State::Polled(TcpStream::from_std(fresh)?);
+            self.state = State::Polled(TcpStream::from_std(fresh)?);
         }
-        match &mut self.0 {
+        match &mut self.state {
             State::Polled(s) => Ok(s),
             _ => Err(lost()),
         }
@@ -123,13 +138,38 @@ impl Client {
         &mut self,
         op: impl FnOnce(&mut std::net::TcpStream) -> io::Result<T>,
     ) -> Option<io::Result<T>> {
-        let State::Fresh(s) = &mut self.0 else {
+        let State::Fresh(s) = &mut self.state else {
             return None;
         };
         match op(s) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
             done => Some(done),
         }
+    }
+
+    /// A write's outcome, failed once it has waited for the write timeout
+    /// without the client making room.
+    fn timed<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if write.is_ready() {
+            self.stalled = None;
+            return write;
+        }
+        let timeout = self.write_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stalled.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.stalled = None;
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the client read none of the response for {timeout:?}"),
+        )))
     }
 }
 
@@ -164,7 +204,8 @@ impl AsyncWrite for Client {
         if let Some(done) = this.direct(|s| s.write(buf)) {
             return Poll::Ready(done);
         }
-        Pin::new(this.polled()?).poll_write(cx, buf)
+        let write = Pin::new(this.polled()?).poll_write(cx, buf);
+        this.timed(cx, write)
     }
 
     fn poll_write_vectored(
@@ -176,7 +217,8 @@ impl AsyncWrite for Client {
         if let Some(done) = this.direct(|s| s.write_vectored(bufs)) {
             return Poll::Ready(done);
         }
-        Pin::new(this.polled()?).poll_write_vectored(cx, bufs)
+        let write = Pin::new(this.polled()?).poll_write_vectored(cx, bufs);
+        this.timed(cx, write)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -188,7 +230,7 @@ impl AsyncWrite for Client {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().0 {
+        match &mut self.get_mut().state {
             State::Fresh(s) => Poll::Ready(s.shutdown(std::net::Shutdown::Write)),
             State::Polled(s) => Pin::new(s).poll_shutdown(cx),
             State::Lost => Poll::Ready(Err(lost())),
@@ -200,7 +242,6 @@ impl AsyncWrite for Client {
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
-    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Whether an event loop (epoll instance) of this process watches `fd`,
@@ -240,7 +281,7 @@ mod tests {
         listener.accept(&mut batch, 1).await.unwrap();
         let (stream, _) = batch.pop().unwrap();
         let fd = stream.as_raw_fd();
-        (Client::new(stream), fd)
+        (Client::new(stream, Duration::from_secs(5)), fd)
     }
 
     #[tokio::test]

@@ -115,8 +115,11 @@ pub struct Settings {
     /// The longest the connector may take to produce a connection; after
     /// that the request is retried on another backend.
     pub connect_timeout: Duration,
-    /// How long an instance may take to answer a request (its response
-    /// headers) before the client gets a 504; ALB's idle timeout.
+    /// ALB's idle timeout: how long an instance may take to answer a
+    /// request (its response headers) before the client gets a 504, and
+    /// the longest a response body may stall, waiting on the instance to
+    /// send more or on the client to read, before the connection closes
+    /// (the client's write timeout in `client_limits` is set to it).
     pub idle_timeout: Duration,
     /// Header-read timeout (also the keep-alive idle timeout), the caps on
     /// client connections and on request headers.
@@ -187,10 +190,14 @@ fn serve(
         front: Some(front),
         seat,
     };
+    let limits = listen::Limits {
+        write_timeout: table.settings.idle_timeout,
+        ..table.settings.client_limits
+    };
     listen::serve_with(
         listener,
         server,
-        table.settings.client_limits,
+        limits,
         handler,
         stopping,
         table.settings.drain_timeout,

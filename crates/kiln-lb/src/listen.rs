@@ -18,7 +18,9 @@
 //! size and count: past either hyper answers 431 and closes. Every
 //! request's framing is checked byte by byte before hyper parses it (see
 //! `framing`): an ambiguous one gets a 400 and the connection closes.
-//! The caps are kept, across a balancer's threads, by `registry`.
+//! A write that waits `write_timeout` for a client to read fails and the
+//! connection closes (see `client`). The caps are kept, across a
+//! balancer's threads, by `registry`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -91,17 +93,22 @@ pub struct Limits {
     pub max_headers: usize,
     /// Bytes of request line and headers together (also of chunked trailers).
     pub max_header_bytes: usize,
+    /// The longest a response waits on a client that reads none of it:
+    /// past that the connection closes, as ALB's idle timeout closes it.
+    /// A load balancer sets it to its `idle_timeout`.
+    pub write_timeout: Duration,
 }
 
 impl Limits {
-    /// ALB's limits on headers (64 KiB in all) and an idle keep-alive
-    /// connection closed after 30 s.
+    /// ALB's limits on headers (64 KiB in all), an idle keep-alive
+    /// connection closed after 30 s and a stalled one after 60 s.
     pub const DEFAULT: Limits = Limits {
         header_read_timeout: Duration::from_secs(30),
         max_connections: 4096,
         max_connections_per_client: 4096,
         max_headers: 100,
         max_header_bytes: 64 * 1024,
+        write_timeout: Duration::from_secs(60),
     };
 }
 
@@ -500,7 +507,8 @@ pub(crate) async fn serve_with<H, F, B>(
         connections.spawn(async move {
             let _counted = (admitted, ticket);
             let refusal = Arc::new(Refusal::default());
-            let mut stream = Checked::new(Client::new(stream), refusal.clone());
+            let client_io = Client::new(stream, limits.write_timeout);
+            let mut stream = Checked::new(client_io, refusal.clone());
             let (pre, first) = match &front {
                 Some(front) => {
                     let ctx = ConnCtx {

@@ -240,7 +240,7 @@ async fn forward(
         let mut e = match answer {
             Ok(Ok(resp)) => {
                 table.mark_up(&backend);
-                let mut resp = relay(resp, lease, sender);
+                let mut resp = relay(resp, lease, sender, idle_timeout);
                 if let Some(duration) = stickiness {
                     set_sticky_cookie(&mut resp, &backend.id, duration);
                 }
@@ -322,7 +322,14 @@ fn client_body_malformed(e: &hyper::client::conn::TrySendError<Request<UpBody>>)
     false
 }
 
-pub(crate) fn relay(resp: Response<Incoming>, lease: Lease, sender: Sender) -> Response<ProxyBody> {
+/// The instance's response on its way to the client; its body may stall
+/// for at most `idle`.
+pub(crate) fn relay(
+    resp: Response<Incoming>,
+    lease: Lease,
+    sender: Sender,
+    idle: Duration,
+) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     if parts.headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
         strip_hop_by_hop(&mut parts.headers);
@@ -333,7 +340,7 @@ pub(crate) fn relay(resp: Response<Incoming>, lease: Lease, sender: Sender) -> R
     }
     Response::from_parts(
         parts,
-        ProxyBody::Stream(TrackedBody::new(body, lease, sender)),
+        ProxyBody::Stream(TrackedBody::new(body, lease, sender, idle)),
     )
 }
 

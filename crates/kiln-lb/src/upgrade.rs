@@ -109,7 +109,7 @@ pub(crate) async fn forward(
         table.mark_up(&backend);
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             // The instance declined; its answer is an ordinary response.
-            return relay(resp, lease, sender);
+            return relay(resp, lease, sender, idle_timeout);
         }
         let instance_side = hyper::upgrade::on(&mut resp);
         lease.succeeded(0);

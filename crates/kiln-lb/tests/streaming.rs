@@ -65,11 +65,21 @@ async fn count(mut body: Incoming) -> u64 {
     n
 }
 
-/// `/download` sends 1 GiB, `/upload` counts what it receives, `/events`
-/// sends five events 100 ms apart.
+/// `/download` sends 1 GiB, `/upload` counts what it receives, `/stall`
+/// sends one chunk and then nothing while it keeps the connection,
+/// `/events` sends five events 100 ms apart.
 async fn app(req: Request<Incoming>) -> Result<Response<Channel>, Infallible> {
     Ok(match req.uri().path() {
         "/download" => Response::new(produce(GIB)),
+        "/stall" => {
+            let (tx, rx) = mpsc::channel(1);
+            tokio::spawn(async move {
+                tx.send(Bytes::from_static(b"first chunk")).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                drop(tx);
+            });
+            Response::new(Channel(rx))
+        }
         "/upload" => {
             let n = count(req.into_body()).await;
             let (tx, rx) = mpsc::channel(1);
@@ -107,6 +117,10 @@ impl Connector for Port {
 }
 
 async fn setup() -> LoadBalancer {
+    setup_with(Settings::default()).await
+}
+
+async fn setup_with(settings: Settings) -> LoadBalancer {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -114,7 +128,7 @@ async fn setup() -> LoadBalancer {
             tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(s), service_fn(app)));
         }
     });
-    let lb = LoadBalancer::bind(0, Arc::new(Port(port)), Settings::default())
+    let lb = LoadBalancer::bind(0, Arc::new(Port(port)), settings)
         .await
         .unwrap();
     lb.register("app");
@@ -240,5 +254,99 @@ async fn a_client_that_leaves_mid_download_is_no_failure_of_the_instance() {
             (n as u64 + 1, 0),
             "{extra:?}: {s:?}"
         );
+    }
+}
+
+/// The balancer's own path, and hyper's (which a hop-by-hop header picks).
+const PATHS: [&str; 2] = ["", "TE: trailers\r\n"];
+
+fn idle(timeout: Duration) -> Settings {
+    Settings {
+        idle_timeout: timeout,
+        ..Settings::default()
+    }
+}
+
+/// Waits until the instance has no request in flight, for at most `limit`.
+async fn settled(lb: &LoadBalancer, limit: Duration) -> kiln_lb::BackendStats {
+    let deadline = Instant::now() + limit;
+    loop {
+        let stats = lb.backends().into_iter().find(|b| b.id == "app").unwrap();
+        if stats.in_flight == 0 {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "still in flight: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Reads what is left of a connection until it ends, however it ends.
+async fn rest(conn: &mut TcpStream) -> u64 {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
+    while let Ok(n) = conn.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    total
+}
+
+/// A client that stops reading a download holds neither its connection
+/// nor the instance past the idle timeout (ALB's), on either path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let lb = setup_with(idle(Duration::from_millis(300))).await;
+    for extra in PATHS {
+        let mut conn = TcpStream::connect(lb.local_addr()).await.unwrap();
+        let head = format!("GET /download HTTP/1.1\r\nHost: app\r\n{extra}\r\n");
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut got = vec![0u8; 1 << 20];
+        conn.read_exact(&mut got).await.unwrap();
+        // Stops reading, with the connection open; the balancer gives up
+        // on it once its writes have waited 300 ms.
+        let stopped = Instant::now();
+        let stats = settled(&lb, Duration::from_secs(10)).await;
+        let waited = stopped.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300),
+            "{extra:?}: {waited:?}"
+        );
+        assert_eq!(
+            stats.failures, 0,
+            "{extra:?}: the client's doing: {stats:?}"
+        );
+        // What the balancer had sent before is all there is.
+        let after = rest(&mut conn).await;
+        assert!(after < GIB / 2, "{extra:?}: {after} more bytes");
+    }
+}
+
+/// An instance that stops sending a response body midway is given up on
+/// after the idle timeout: the client's connection closes instead of
+/// hanging, and the instance is charged with the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_stalls_mid_body_is_cut_off_after_the_idle_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let lb = setup_with(idle(Duration::from_millis(300))).await;
+    for (n, extra) in PATHS.into_iter().enumerate() {
+        let mut conn = TcpStream::connect(lb.local_addr()).await.unwrap();
+        let head = format!("GET /stall HTTP/1.1\r\nHost: app\r\n{extra}\r\n");
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        let got = tokio::time::timeout(Duration::from_secs(10), rest(&mut conn))
+            .await
+            .expect("the balancer closed the connection");
+        let waited = started.elapsed();
+        assert!(got > 0, "{extra:?}: the head and first chunk came");
+        assert!(
+            waited >= Duration::from_millis(300),
+            "{extra:?}: {waited:?}"
+        );
+        let stats = settled(&lb, Duration::from_secs(5)).await;
+        assert_eq!(stats.failures, n as u64 + 1, "{extra:?}: {stats:?}");
     }
 }

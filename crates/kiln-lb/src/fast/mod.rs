@@ -364,7 +364,7 @@ async fn relay(
             head_sent = true;
             answered.status(framing.status, Some(&backend.id));
         };
-        match relay_body(io, &mut up, response, framing.body, on_head).await {
+        match relay_body(io, &mut up, response, framing.body, idle_timeout, on_head).await {
             Ok((bytes, reusable)) => {
                 lease.succeeded(bytes);
                 if reusable && framing.keep_upstream {

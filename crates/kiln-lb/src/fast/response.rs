@@ -2,6 +2,8 @@
 //! 9112 6.3), the client's response head made from it, and the body
 //! relayed as it arrives, chunked bodies as they were sent.
 
+use std::time::Duration;
+
 use bytes::Buf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -215,6 +217,7 @@ pub(super) async fn relay_body(
     up: &mut Upstream,
     out: &mut Vec<u8>,
     body: BodyLen,
+    idle: Duration,
     on_head: impl FnOnce(),
 ) -> Result<(u64, bool), Cut> {
     let mut relayed = 0u64;
@@ -228,9 +231,7 @@ pub(super) async fn relay_body(
             on_head();
             io.write_all(out).await.map_err(Cut::Client)?;
             while left > 0 {
-                up.buf.reserve(READ_CHUNK);
-                let n = up.io.read_buf(&mut up.buf).await.map_err(Cut::Instance)?;
-                if n == 0 {
+                if read_more(up, idle).await? == 0 {
                     return Err(Cut::Instance(std::io::ErrorKind::UnexpectedEof.into()));
                 }
                 let take = (up.buf.len() as u64).min(left) as usize;
@@ -261,8 +262,7 @@ pub(super) async fn relay_body(
                 if end.is_some() {
                     return Ok((relayed, up.buf.is_empty()));
                 }
-                up.buf.reserve(READ_CHUNK);
-                if up.io.read_buf(&mut up.buf).await.map_err(Cut::Instance)? == 0 {
+                if read_more(up, idle).await? == 0 {
                     return Err(Cut::Instance(std::io::ErrorKind::UnexpectedEof.into()));
                 }
             }
@@ -274,8 +274,7 @@ pub(super) async fn relay_body(
             on_head();
             io.write_all(out).await.map_err(Cut::Client)?;
             loop {
-                up.buf.reserve(READ_CHUNK);
-                if up.io.read_buf(&mut up.buf).await.map_err(Cut::Instance)? == 0 {
+                if read_more(up, idle).await? == 0 {
                     return Ok((relayed, false));
                 }
                 io.write_all(&up.buf).await.map_err(Cut::Client)?;
@@ -283,6 +282,19 @@ pub(super) async fn relay_body(
                 up.buf.clear();
             }
         }
+    }
+}
+
+/// Reads more of the instance's response body, failing once the instance
+/// has sent nothing for `idle` (ALB's idle timeout).
+async fn read_more(up: &mut Upstream, idle: Duration) -> Result<usize, Cut> {
+    up.buf.reserve(READ_CHUNK);
+    match tokio::time::timeout(idle, up.io.read_buf(&mut up.buf)).await {
+        Ok(read) => read.map_err(Cut::Instance),
+        Err(_) => Err(Cut::Instance(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the instance sent nothing more of the body for {idle:?}"),
+        ))),
     }
 }
 
