@@ -101,6 +101,10 @@ pub struct GroupUpdate {
     /// changed target group attribute.
     #[schema(maximum = 3_600_000)]
     pub deregistration_delay_ms: Option<u64>,
+    /// Applied to the group's load balancer at once, as ALB applies a
+    /// changed load balancer attribute.
+    #[schema(minimum = 1_000, maximum = 4_000_000)]
+    pub idle_timeout_ms: Option<u64>,
     /// Replaces the group's routing attributes as a whole.
     pub routing: Option<RoutingSpec>,
 }
@@ -203,6 +207,7 @@ impl Fleet {
         let attributes = group.spec.lb_attributes();
         let settings = Settings {
             deregistration_delay: attributes.deregistration_delay,
+            idle_timeout: attributes.idle_timeout,
             routing: attributes.routing,
             threads: group.spec.lb_threads as usize,
             ..Settings::default()
@@ -417,6 +422,9 @@ impl Fleet {
             }
             if let Some(d) = update.deregistration_delay_ms {
                 group.spec.deregistration_delay_ms = d;
+            }
+            if let Some(t) = update.idle_timeout_ms {
+                group.spec.idle_timeout_ms = t;
             }
             if let Some(r) = update.routing {
                 group.spec.routing = r;

@@ -197,6 +197,11 @@ pub struct GroupSpec {
     /// ALB's deregistration_delay.timeout_seconds, in milliseconds.
     #[schema(maximum = 3_600_000)]
     pub deregistration_delay_ms: u64,
+    /// ALB's idle_timeout.timeout_seconds, in milliseconds: how long an
+    /// instance may take to answer before the client gets a 504, and a
+    /// response or upgraded connection may stall before it is closed.
+    #[schema(minimum = 1_000, maximum = 4_000_000)]
+    pub idle_timeout_ms: u64,
     /// How the group's load balancer chooses an instance.
     pub routing: RoutingSpec,
     /// Runs the group's instances with this driver whatever its launch
@@ -246,6 +251,8 @@ pub mod alb {
     pub const STICKINESS_MS: RangeInclusive<u64> = 1_000..=604_800_000;
     /// slow_start.duration_seconds, 30 to 900, or 0 for off.
     pub const SLOW_START_MS: RangeInclusive<u64> = 30_000..=900_000;
+    /// The load balancer's idle_timeout.timeout_seconds, 1 to 4000.
+    pub const IDLE_TIMEOUT_MS: RangeInclusive<u64> = 1_000..=4_000_000;
 
     /// Why a deregistration delay is refused, naming ALB's attribute.
     pub fn check_deregistration_delay(ms: u64) -> Result<(), String> {
@@ -254,6 +261,10 @@ pub mod alb {
             &DEREGISTRATION_DELAY_MS,
             "deregistration_delay.timeout_seconds",
         )
+    }
+
+    pub fn check_idle_timeout(ms: u64) -> Result<(), String> {
+        within(ms, &IDLE_TIMEOUT_MS, "idle_timeout.timeout_seconds")
     }
 
     pub fn check_stickiness(ms: u64) -> Result<(), String> {
@@ -265,6 +276,39 @@ pub mod alb {
             return Ok(());
         }
         within(ms, &SLOW_START_MS, "slow_start.duration_seconds").map_err(|e| e + ", or 0 for off")
+    }
+
+    /// Which routing attribute ALB refuses beside the algorithm
+    /// (`slow_start` or `stickiness`) and why, or nothing when they go
+    /// together.
+    pub fn conflict(
+        algorithm: super::Algorithm,
+        sticky: bool,
+        slow_start: bool,
+    ) -> Option<(&'static str, String)> {
+        use super::Algorithm;
+        if slow_start && algorithm != Algorithm::RoundRobin {
+            let why = format!(
+                "slow start needs algorithm round_robin; ALB refuses it with {}",
+                algorithm_name(algorithm)
+            );
+            return Some(("slow_start", why));
+        }
+        if sticky && algorithm == Algorithm::WeightedRandom {
+            let why = "ALB's weighted_random algorithm does not take sticky sessions";
+            return Some(("stickiness", why.to_owned()));
+        }
+        None
+    }
+
+    /// load_balancing.algorithm.type, as ALB spells it.
+    pub fn algorithm_name(algorithm: super::Algorithm) -> &'static str {
+        use super::Algorithm;
+        match algorithm {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::LeastOutstandingRequests => "least_outstanding_requests",
+            Algorithm::WeightedRandom => "weighted_random",
+        }
     }
 
     fn within(ms: u64, range: &RangeInclusive<u64>, attribute: &str) -> Result<(), String> {
@@ -281,19 +325,17 @@ pub mod alb {
 }
 
 impl RoutingSpec {
-    /// ALB's bounds, and its refusal of slow start with least outstanding
-    /// requests (which does not deal out shares to ramp).
+    /// ALB's bounds, and the combinations ALB refuses: slow start with any
+    /// algorithm but round robin, and stickiness with weighted random.
     pub fn check(&self) -> Result<(), String> {
         if let Some(ms) = self.stickiness_ms {
             alb::check_stickiness(ms).map_err(|e| format!("routing.stickiness_ms: {e}"))?;
         }
         alb::check_slow_start(self.slow_start_ms)
             .map_err(|e| format!("routing.slow_start_ms: {e}"))?;
-        if self.slow_start_ms > 0 && self.algorithm == Algorithm::LeastOutstandingRequests {
-            return Err(
-                "routing.slow_start_ms: slow start needs algorithm round_robin or weighted_random, as with ALB"
-                    .into(),
-            );
+        let sticky = self.stickiness_ms.is_some();
+        if let Some((field, why)) = alb::conflict(self.algorithm, sticky, self.slow_start_ms > 0) {
+            return Err(format!("routing.{field}_ms: {why}"));
         }
         Ok(())
     }
@@ -312,6 +354,7 @@ impl GroupSpec {
     pub fn lb_attributes(&self) -> kiln_lb::Attributes {
         kiln_lb::Attributes {
             deregistration_delay: std::time::Duration::from_millis(self.deregistration_delay_ms),
+            idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
             routing: self.routing.to_lb(),
         }
     }
@@ -321,6 +364,8 @@ impl GroupSpec {
     pub fn check_lb_attributes(&self) -> Result<(), String> {
         alb::check_deregistration_delay(self.deregistration_delay_ms)
             .map_err(|e| format!("deregistration_delay_ms: {e}"))?;
+        alb::check_idle_timeout(self.idle_timeout_ms)
+            .map_err(|e| format!("idle_timeout_ms: {e}"))?;
         check_lb_threads(self.lb_threads).map_err(|e| format!("lb_threads: {e}"))?;
         self.routing.check()
     }
@@ -338,6 +383,7 @@ impl Default for GroupSpec {
             health: HealthCheck::default(),
             rolling: RollingPolicy::default(),
             deregistration_delay_ms: 500,
+            idle_timeout_ms: 60_000,
             routing: RoutingSpec::default(),
             driver: None,
         }
@@ -466,14 +512,23 @@ mod tests {
         assert_eq!(
             with(&|s| {
                 s.deregistration_delay_ms = 100;
+                s.idle_timeout_ms = 4_000_000;
                 s.routing = RoutingSpec {
-                    algorithm: Algorithm::WeightedRandom,
+                    algorithm: Algorithm::RoundRobin,
                     stickiness_ms: Some(604_800_000),
                     slow_start_ms: 900_000,
                 };
             }),
             Ok(()),
             "sub-second delays and ALB's upper bounds are taken"
+        );
+        assert_eq!(
+            with(&|s| {
+                s.idle_timeout_ms = 1_000;
+                s.routing.algorithm = Algorithm::WeightedRandom;
+            }),
+            Ok(()),
+            "ALB's lower bounds are taken"
         );
         for (change, expected) in [
             (
@@ -493,8 +548,30 @@ mod tests {
                 "routing.slow_start_ms: 29 s is out of range: ALB's slow_start.duration_seconds is from 30 to 900 s, or 0 for off",
             ),
             (
+                &|s: &mut GroupSpec| s.idle_timeout_ms = 999,
+                "idle_timeout_ms: 0.999 s is out of range: ALB's idle_timeout.timeout_seconds is from 1 to 4000 s",
+            ),
+            (
+                &|s: &mut GroupSpec| s.idle_timeout_ms = 4_000_001,
+                "idle_timeout_ms: 4000.001 s is out of range: ALB's idle_timeout.timeout_seconds is from 1 to 4000 s",
+            ),
+            (
                 &|s: &mut GroupSpec| s.routing.slow_start_ms = 60_000,
-                "routing.slow_start_ms: slow start needs algorithm round_robin or weighted_random, as with ALB",
+                "routing.slow_start_ms: slow start needs algorithm round_robin; ALB refuses it with least_outstanding_requests",
+            ),
+            (
+                &|s: &mut GroupSpec| {
+                    s.routing.algorithm = Algorithm::WeightedRandom;
+                    s.routing.slow_start_ms = 60_000;
+                },
+                "routing.slow_start_ms: slow start needs algorithm round_robin; ALB refuses it with weighted_random",
+            ),
+            (
+                &|s: &mut GroupSpec| {
+                    s.routing.algorithm = Algorithm::WeightedRandom;
+                    s.routing.stickiness_ms = Some(60_000);
+                },
+                "routing.stickiness_ms: ALB's weighted_random algorithm does not take sticky sessions",
             ),
             (
                 &|s: &mut GroupSpec| s.lb_threads = 0,

@@ -125,6 +125,11 @@ fn invalid(why: &'static str) -> std::io::Error {
 }
 
 impl Checked<Client> {
+    /// See [`Client::set_write_timeout`].
+    pub(crate) fn set_write_timeout(&mut self, timeout: std::time::Duration) {
+        self.io.set_write_timeout(timeout);
+    }
+
     /// Turns Nagle's algorithm off before the connection's second write.
     /// Nagle holds back a small write only while earlier data is
     /// unacknowledged, which the first write never is; so a connection that

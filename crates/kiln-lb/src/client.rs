@@ -111,6 +111,11 @@ impl Client {
         }
     }
 
+    /// Takes effect from the next write that has to wait.
+    pub(crate) fn set_write_timeout(&mut self, timeout: Duration) {
+        self.write_timeout = timeout;
+    }
+
     pub(crate) fn set_nodelay(&self, on: bool) -> io::Result<()> {
         match &self.state {
             State::Fresh(s) => s.set_nodelay(on),

@@ -94,12 +94,27 @@ pub struct Routing {
 /// The target group attributes a balancer takes while it serves
 /// ([`LoadBalancer::set_attributes`]), as ALB applies a changed attribute
 /// without replacing the load balancer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attributes {
     /// Applies to drains that reach their delay after the change.
     pub deregistration_delay: Duration,
+    /// ALB's idle_timeout.timeout_seconds (see [`Settings::idle_timeout`]).
+    /// Applies from the next request; how long a response may wait on a
+    /// client that reads none of it is taken when the connection opens.
+    pub idle_timeout: Duration,
     /// Applies from the next request.
     pub routing: Routing,
+}
+
+impl Default for Attributes {
+    fn default() -> Self {
+        let settings = Settings::default();
+        Attributes {
+            deregistration_delay: settings.deregistration_delay,
+            idle_timeout: settings.idle_timeout,
+            routing: settings.routing,
+        }
+    }
 }
 
 /// Timing of drains and connections, and what clients may hold.
@@ -115,11 +130,12 @@ pub struct Settings {
     /// The longest the connector may take to produce a connection; after
     /// that the request is retried on another backend.
     pub connect_timeout: Duration,
-    /// ALB's idle timeout: how long an instance may take to answer a
-    /// request (its response headers) before the client gets a 504, and
-    /// the longest a response body may stall, waiting on the instance to
-    /// send more or on the client to read, before the connection closes
-    /// (the client's write timeout in `client_limits` is set to it).
+    /// ALB's idle timeout (its first value: see [`Attributes`]): how long
+    /// an instance may take to answer a request (its response headers)
+    /// before the client gets a 504, and the longest a response body may
+    /// stall, waiting on the instance to send more or on the client to
+    /// read, before the connection closes (each client connection's write
+    /// timeout is set to it when the connection opens).
     pub idle_timeout: Duration,
     /// Header-read timeout (also the keep-alive idle timeout), the caps on
     /// client connections and on request headers.
@@ -163,6 +179,8 @@ impl listen::Front for FastFront {
         client: SocketAddr,
         ctx: listen::ConnCtx<'a>,
     ) -> Pin<Box<dyn Future<Output = listen::FrontEnd> + Send + 'a>> {
+        // The idle timeout in force now, rather than the one `serve` began with.
+        io.set_write_timeout(self.table.idle_timeout());
         Box::pin(fast::serve(&self.table, self.local, client, io, ctx))
     }
 }
@@ -190,10 +208,9 @@ fn serve(
         front: Some(front),
         seat,
     };
-    let limits = listen::Limits {
-        write_timeout: table.settings.idle_timeout,
-        ..table.settings.client_limits
-    };
+    // The write timeout in them is replaced by the idle timeout per
+    // connection (`FastFront`).
+    let limits = table.settings.client_limits;
     listen::serve_with(
         listener,
         server,
@@ -364,8 +381,8 @@ impl LoadBalancer {
         }
     }
 
-    /// Changes the deregistration delay and routing of a balancer that is
-    /// serving; connections and backends are kept.
+    /// Changes the deregistration delay, idle timeout and routing of a
+    /// balancer that is serving; connections and backends are kept.
     pub fn set_attributes(&self, attributes: Attributes) {
         self.inner.table.set_attributes(attributes);
     }

@@ -95,7 +95,7 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// The longest a response waits on a client that reads none of it:
     /// past that the connection closes, as ALB's idle timeout closes it.
-    /// A load balancer sets it to its `idle_timeout`.
+    /// A load balancer sets each connection's to its idle timeout.
     pub write_timeout: Duration,
 }
 

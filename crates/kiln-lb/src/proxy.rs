@@ -235,7 +235,7 @@ async fn forward(
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri.clone();
         *up.headers_mut() = parts.headers.clone();
-        let idle_timeout = table.settings.idle_timeout;
+        let idle_timeout = table.idle_timeout();
         let answer = tokio::time::timeout(idle_timeout, sender.try_send_request(up)).await;
         let mut e = match answer {
             Ok(Ok(resp)) => {

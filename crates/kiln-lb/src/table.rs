@@ -299,6 +299,7 @@ impl Table {
             epoch: Instant::now(),
             attributes: LiveAttributes::new(Attributes {
                 deregistration_delay: settings.deregistration_delay,
+                idle_timeout: settings.idle_timeout,
                 routing: settings.routing,
             }),
             settings,
@@ -309,6 +310,11 @@ impl Table {
 
     pub(crate) fn attributes(&self) -> Attributes {
         self.attributes.load()
+    }
+
+    /// The idle timeout in force (read on every request, without the rest).
+    pub(crate) fn idle_timeout(&self) -> Duration {
+        Duration::from_nanos(self.attributes.idle_timeout_ns.load(Ordering::Relaxed))
     }
 
     pub(crate) fn set_attributes(&self, attributes: Attributes) {
@@ -559,6 +565,7 @@ struct LiveAttributes {
     stickiness_ns: AtomicU64,
     slow_start_ns: AtomicU64,
     deregistration_delay_ns: AtomicU64,
+    idle_timeout_ns: AtomicU64,
 }
 
 const OFF: u64 = u64::MAX;
@@ -574,6 +581,7 @@ impl LiveAttributes {
             stickiness_ns: AtomicU64::new(OFF),
             slow_start_ns: AtomicU64::new(0),
             deregistration_delay_ns: AtomicU64::new(0),
+            idle_timeout_ns: AtomicU64::new(0),
         };
         live.store(attributes);
         live
@@ -592,6 +600,8 @@ impl LiveAttributes {
         self.slow_start_ns.store(slow_start, Ordering::Relaxed);
         let delay = nanos(a.deregistration_delay);
         self.deregistration_delay_ns.store(delay, Ordering::Relaxed);
+        let idle = nanos(a.idle_timeout);
+        self.idle_timeout_ns.store(idle, Ordering::Relaxed);
     }
 
     fn load(&self) -> Attributes {
@@ -605,6 +615,7 @@ impl LiveAttributes {
             deregistration_delay: Duration::from_nanos(
                 self.deregistration_delay_ns.load(Ordering::Relaxed),
             ),
+            idle_timeout: Duration::from_nanos(self.idle_timeout_ns.load(Ordering::Relaxed)),
             routing: Routing {
                 algorithm,
                 stickiness: (sticky != OFF).then(|| Duration::from_nanos(sticky)),

@@ -87,7 +87,7 @@ pub(crate) async fn forward(
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri.clone();
         *up.headers_mut() = parts.headers.clone();
-        let idle_timeout = table.settings.idle_timeout;
+        let idle_timeout = table.idle_timeout();
         let mut resp = match tokio::time::timeout(idle_timeout, sender.send_request(up)).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {
@@ -121,7 +121,7 @@ pub(crate) async fn forward(
             instance_side,
             backend.clone(),
             client,
-            table.settings.idle_timeout,
+            idle_timeout,
         ));
         let (mut head, _) = resp.into_parts();
         if crate::proxy::access_log_on() {

@@ -177,6 +177,7 @@ async fn attributes_change_while_the_balancer_serves() {
 
     let sticky = Attributes {
         deregistration_delay: Duration::from_millis(1500),
+        idle_timeout: Duration::from_secs(60),
         routing: Routing {
             algorithm: Algorithm::RoundRobin,
             stickiness: Some(Duration::from_secs(60)),
@@ -205,12 +206,14 @@ async fn attributes_change_while_the_balancer_serves() {
     lb.set_attributes(Attributes {
         deregistration_delay: Duration::from_millis(100),
         routing: Routing::default(),
+        ..sticky
     });
     let (body, set) = get_with_cookie(&lb, Some(&cookie)).await;
     assert_ne!(body, first, "the drained instance got a request");
     assert_eq!(set, None);
     let ramping = Attributes {
         deregistration_delay: Duration::ZERO,
+        idle_timeout: Duration::from_secs(4000),
         routing: Routing {
             algorithm: Algorithm::WeightedRandom,
             stickiness: Some(Duration::from_secs(7 * 86_400)),

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_lb::{LoadBalancer, Settings};
-use support::{Ports, TestServer, get};
+use kiln_lb::{Attributes, LoadBalancer, Settings};
+use support::{Ports, SLOW, TestServer, get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -302,6 +302,32 @@ async fn an_instance_slower_than_the_idle_timeout_gets_a_504_that_says_so() {
     // Not repeated on the instance.
     assert_eq!(v1.hits(), 1);
     let (resp, _) = get(lb.local_addr(), "/").await;
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
+/// ALB applies a changed idle_timeout.timeout_seconds without replacing
+/// the load balancer; so does kiln's, from the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_idle_timeout_applies_to_the_next_request() {
+    let v1 = TestServer::start("v1", "v1").await;
+    let lb = balancer(&v1, Settings::default()).await;
+    let (resp, _) = get(lb.local_addr(), "/slow").await;
+    assert_eq!(resp.status().as_u16(), 200, "within the default 60 s");
+
+    let short = Attributes {
+        idle_timeout: SLOW / 4,
+        ..lb.attributes()
+    };
+    lb.set_attributes(short);
+    assert_eq!(lb.attributes(), short);
+    let (resp, body) = get(lb.local_addr(), "/slow").await;
+    assert_eq!(resp.status().as_u16(), 504, "{body}");
+
+    lb.set_attributes(Attributes {
+        idle_timeout: SLOW * 4,
+        ..short
+    });
+    let (resp, _) = get(lb.local_addr(), "/slow").await;
     assert_eq!(resp.status().as_u16(), 200);
 }
 

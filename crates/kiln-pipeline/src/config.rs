@@ -15,6 +15,7 @@
 //!   rolling: { max_batch: 1, min_in_service: 1, pause: 5s, batch_timeout: 60s }
 //!   rollback: auto
 //!   deregistration_delay: 500ms
+//!   idle_timeout: 60s                   # ALB's idle_timeout.timeout_seconds (1 s to 4000 s)
 //!   routing: { algorithm: round_robin, stickiness: 1h, slow_start: 30s }   # or least_outstanding_requests (default), weighted_random
 //!   lb_threads: 2                       # the balancer's threads, as nginx's worker_processes (default 1; set when the group is created)
 //!   tags: { Team: web }
@@ -454,6 +455,7 @@ const DEPLOY: &[&str] = &[
     "rolling",
     "rollback",
     "deregistration_delay",
+    "idle_timeout",
     "routing",
     "lb_threads",
     "tags",
@@ -515,6 +517,12 @@ fn deploy(top: &Map, c: &mut Collector) -> Option<DeployConfig> {
         spec.deregistration_delay_ms = delay.as_millis() as u64;
         if let Err(e) = kiln_fleet::alb::check_deregistration_delay(spec.deregistration_delay_ms) {
             d.fail("deregistration_delay", e, c);
+        }
+    }
+    if let Some(idle) = d.duration("idle_timeout", c) {
+        spec.idle_timeout_ms = idle.as_millis() as u64;
+        if let Err(e) = kiln_fleet::alb::check_idle_timeout(spec.idle_timeout_ms) {
+            d.fail("idle_timeout", e, c);
         }
     }
     spec.routing = routing(&d, c);
@@ -628,13 +636,10 @@ fn routing(d: &Map, c: &mut Collector) -> RoutingSpec {
         .map_or(0, |d| d.as_millis() as u64);
     if let Err(e) = kiln_fleet::alb::check_slow_start(r.slow_start_ms) {
         m.fail("slow_start", e, c);
-    } else if r.slow_start_ms > 0 && r.algorithm == kiln_fleet::Algorithm::LeastOutstandingRequests
+    } else if let Some((field, why)) =
+        kiln_fleet::alb::conflict(r.algorithm, r.stickiness_ms.is_some(), r.slow_start_ms > 0)
     {
-        m.fail(
-            "slow_start",
-            "slow start needs round_robin or weighted_random, as with ALB",
-            c,
-        );
+        m.fail(field, why, c);
     }
     r
 }

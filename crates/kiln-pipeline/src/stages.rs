@@ -595,6 +595,7 @@ impl Run<'_> {
                                 health: Some(deploy.spec.health.clone()),
                                 rolling: Some(deploy.spec.rolling.clone()),
                                 deregistration_delay_ms: Some(deploy.spec.deregistration_delay_ms),
+                                idle_timeout_ms: Some(deploy.spec.idle_timeout_ms),
                                 routing: Some(deploy.spec.routing.clone()),
                             },
                         )

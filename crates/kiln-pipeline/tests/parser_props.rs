@@ -59,6 +59,7 @@ const KILN_YAML: &[&str] = &[
     "  health: { path: /health, interval: @, timeout: @, grace_period: @ }\n",
     "  rolling: { max_batch: 1, min_in_service: 1, batch_timeout: @, pause: @ }\n",
     "  deregistration_delay: @\n",
+    "  idle_timeout: @\n",
     "  timeout: @\n",
     "retention: { keep_images: 18446744073709551616 }\n",
     "version: { parameter: /v, start: 1.0.0 }\n",

@@ -1,5 +1,6 @@
 //! The deployment stack: the network (or the one given), the load balancer
-//! and its target group carrying `health` and `deregistration_delay`, the
+//! with `idle_timeout` and its target group carrying `health`,
+//! `deregistration_delay` and `routing` as ALB's attributes, the
 //! launch template with the seed's tags, and the Auto Scaling group rolled
 //! by CloudFormation in batches that wait for each instance to pass its
 //! health check before it signals; a batch that does not signal in time
@@ -10,6 +11,39 @@ use serde_json::{Map, Value, json};
 
 use crate::iam;
 use crate::{Ctx, SynthError, iso_duration, resource, secs, sub, sub_escape};
+
+/// The group's deregistration delay and routing as ALB's target group
+/// attributes. The algorithm is always given: kiln's default (least
+/// outstanding requests) is not ALB's (round robin).
+fn target_group_attributes(spec: &kiln_fleet::GroupSpec) -> Value {
+    let attribute = |key: &str, value: String| json!({ "Key": key, "Value": value });
+    let routing = &spec.routing;
+    let mut attributes = vec![
+        attribute(
+            "deregistration_delay.timeout_seconds",
+            secs(spec.deregistration_delay_ms, 0, 3600).to_string(),
+        ),
+        attribute(
+            "load_balancing.algorithm.type",
+            kiln_fleet::alb::algorithm_name(routing.algorithm).to_owned(),
+        ),
+    ];
+    if routing.slow_start_ms > 0 {
+        attributes.push(attribute(
+            "slow_start.duration_seconds",
+            secs(routing.slow_start_ms, 30, 900).to_string(),
+        ));
+    }
+    if let Some(ms) = routing.stickiness_ms {
+        attributes.push(attribute("stickiness.enabled", "true".into()));
+        attributes.push(attribute("stickiness.type", "lb_cookie".into()));
+        attributes.push(attribute(
+            "stickiness.lb_cookie.duration_seconds",
+            secs(ms, 1, 604_800).to_string(),
+        ));
+    }
+    Value::Array(attributes)
+}
 
 pub fn template(ctx: &Ctx, warnings: &mut Vec<String>) -> Result<Value, SynthError> {
     let c = ctx.config;
@@ -98,6 +132,10 @@ pub fn template(ctx: &Ctx, warnings: &mut Vec<String>) -> Result<Value, SynthErr
                 "SecurityGroups": [{ "Ref": "LoadBalancerSecurityGroup" }],
                 "LoadBalancerAttributes": [
                     { "Key": "routing.http.drop_invalid_header_fields.enabled", "Value": "true" },
+                    {
+                        "Key": "idle_timeout.timeout_seconds",
+                        "Value": secs(spec.idle_timeout_ms, 1, 4000).to_string(),
+                    },
                 ],
                 "Tags": ctx.tags(),
             }),
@@ -131,10 +169,7 @@ pub fn template(ctx: &Ctx, warnings: &mut Vec<String>) -> Result<Value, SynthErr
                 "HealthCheckTimeoutSeconds": timeout,
                 "HealthyThresholdCount": threshold(h.healthy_threshold),
                 "UnhealthyThresholdCount": threshold(h.unhealthy_threshold),
-                "TargetGroupAttributes": [{
-                    "Key": "deregistration_delay.timeout_seconds",
-                    "Value": secs(spec.deregistration_delay_ms, 0, 3600).to_string(),
-                }],
+                "TargetGroupAttributes": target_group_attributes(spec),
                 "Tags": ctx.tags(),
             }),
         ),

@@ -110,6 +110,11 @@ fn deregistration_delay(text: &str) -> Result<u64, String> {
     seconds_within(text, range, "deregistration_delay.timeout_seconds")
 }
 
+fn idle_timeout(text: &str) -> Result<u64, String> {
+    let range = alb_seconds(&alb::IDLE_TIMEOUT_MS);
+    seconds_within(text, range, "idle_timeout.timeout_seconds")
+}
+
 fn stickiness(text: &str) -> Result<u64, String> {
     let range = alb_seconds(&alb::STICKINESS_MS);
     seconds_within(text, range, "stickiness.lb_cookie.duration_seconds")
@@ -146,6 +151,9 @@ fn lb_attributes(body: &mut Value, flags: &LbFlags, current: Option<&Value>) -> 
     if let Some(s) = flags.deregistration_delay {
         body["deregistration_delay_ms"] = json!(s * 1000);
     }
+    if let Some(s) = flags.idle_timeout {
+        body["idle_timeout_ms"] = json!(s * 1000);
+    }
     if !flags.touch_routing() {
         return Ok(());
     }
@@ -164,17 +172,18 @@ fn lb_attributes(body: &mut Value, flags: &LbFlags, current: Option<&Value>) -> 
     if let Some(s) = flags.slow_start {
         routing.insert("slow_start_ms".into(), json!(s * 1000));
     }
-    // ALB refuses the same combination: slow start ramps a share of the
-    // requests, which least outstanding requests does not deal out.
-    let lor = Algorithm::LeastOutstandingRequests.as_str();
-    let algorithm = routing
-        .get("algorithm")
-        .and_then(Value::as_str)
-        .unwrap_or(lor);
+    // The API refuses these too, but names the model's fields, not the flags.
+    let algorithm: kiln_fleet::Algorithm = match routing.get("algorithm") {
+        Some(a) => serde_json::from_value(a.clone())?,
+        None => kiln_fleet::Algorithm::default(),
+    };
+    let sticky = routing.get("stickiness_ms").is_some_and(|s| !s.is_null());
     let slow = routing.get("slow_start_ms").and_then(Value::as_u64);
-    if slow.is_some_and(|s| s > 0) && algorithm == lor {
+    if let Some((field, why)) = alb::conflict(algorithm, sticky, slow.is_some_and(|s| s > 0)) {
         anyhow::bail!(
-            "--slow-start needs --algorithm round_robin or weighted_random, as with ALB (the group's algorithm is least_outstanding_requests)"
+            "--{}: {why} (the group's algorithm would be {})",
+            field.replace('_', "-"),
+            alb::algorithm_name(algorithm)
         );
     }
     body["routing"] = Value::Object(routing);
@@ -324,6 +333,11 @@ struct LbFlags {
     /// deregistration_delay.timeout_seconds, 0 to 3600; default 0.5).
     #[arg(long, value_name = "SECONDS", value_parser = deregistration_delay)]
     deregistration_delay: Option<u64>,
+    /// How long an instance may take to answer before the client gets a
+    /// 504, and a response or WebSocket may stall before it is closed
+    /// (ALB's idle_timeout.timeout_seconds, 1 to 4000; default 60).
+    #[arg(long, value_name = "SECONDS", value_parser = idle_timeout)]
+    idle_timeout: Option<u64>,
     /// How the load balancer picks an instance (ALB's
     /// load_balancing.algorithm.type; default least_outstanding_requests).
     #[arg(long, value_enum)]
@@ -334,7 +348,7 @@ struct LbFlags {
     stickiness: Option<u64>,
     /// Ramps a new instance's share of requests up over this long
     /// (ALB's slow_start.duration_seconds, 30 to 900, 0 for off;
-    /// round_robin and weighted_random only).
+    /// round_robin only, as with ALB).
     #[arg(long, value_name = "SECONDS", value_parser = slow_start)]
     slow_start: Option<u64>,
     /// Turns stickiness off.

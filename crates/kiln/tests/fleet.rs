@@ -422,8 +422,18 @@ fn groups_take_the_load_balancer_attributes_as_flags() {
         (&["--algorithm", "fastest"][..], "round_robin"),
         (
             &["--slow-start", "60"][..],
-            "round_robin or weighted_random",
+            "needs algorithm round_robin; ALB refuses it with least_outstanding_requests",
         ),
+        (
+            &["--slow-start", "60", "--algorithm", "weighted_random"][..],
+            "ALB refuses it with weighted_random",
+        ),
+        (
+            &["--stickiness", "60", "--algorithm", "weighted_random"][..],
+            "does not take sticky sessions",
+        ),
+        (&["--idle-timeout", "0"][..], "1 to 4000"),
+        (&["--idle-timeout", "4001"][..], "1 to 4000"),
         (&["--lb-threads", "0"][..], "from 1 to 64 threads"),
         (&["--lb-threads", "65"][..], "from 1 to 64 threads"),
     ] {
@@ -444,8 +454,10 @@ fn groups_take_the_load_balancer_attributes_as_flags() {
     ok(create(&[
         "--deregistration-delay",
         "45",
+        "--idle-timeout",
+        "4000",
         "--algorithm",
-        "weighted_random",
+        "round_robin",
         "--stickiness",
         "86400",
         "--slow-start",
@@ -464,10 +476,11 @@ fn groups_take_the_load_balancer_attributes_as_flags() {
         "{shown:#}"
     );
     assert_eq!(shown["spec"]["lb_threads"], 2, "{shown:#}");
+    assert_eq!(shown["spec"]["idle_timeout_ms"], 4_000_000, "{shown:#}");
     assert_eq!(
         shown["spec"]["routing"],
         serde_json::json!({
-            "algorithm": "weighted_random",
+            "algorithm": "round_robin",
             "stickiness_ms": 86_400_000,
             "slow_start_ms": 30_000,
         }),
@@ -485,9 +498,11 @@ fn groups_take_the_load_balancer_attributes_as_flags() {
         "--desired",
         "1",
         "--algorithm",
-        "round_robin",
+        "least_outstanding_requests",
         "--slow-start",
         "0",
+        "--idle-timeout",
+        "1",
     ]));
     let g = wait_for_group(
         &state,
@@ -498,9 +513,10 @@ fn groups_take_the_load_balancer_attributes_as_flags() {
     );
     assert_eq!(
         g["spec"]["routing"],
-        serde_json::json!({ "algorithm": "round_robin", "stickiness_ms": 86_400_000, "slow_start_ms": 0 }),
+        serde_json::json!({ "algorithm": "least_outstanding_requests", "stickiness_ms": 86_400_000, "slow_start_ms": 0 }),
         "{g:#}"
     );
+    assert_eq!(g["spec"]["idle_timeout_ms"], 1_000, "{g:#}");
     let lb = lb_addr(&g);
     let head = response_head(lb);
     assert!(
@@ -538,6 +554,7 @@ fn groups_take_the_load_balancer_attributes_as_flags() {
     for (flags, why) in [
         (&["--stickiness", "604801"][..], "1 to 604800"),
         (&["--slow-start", "10"][..], "30 to 900"),
+        (&["--idle-timeout", "4001"][..], "1 to 4000"),
         (
             &["--stickiness", "60", "--no-stickiness"][..],
             "cannot be used with",
@@ -548,16 +565,31 @@ fn groups_take_the_load_balancer_attributes_as_flags() {
         assert!(!out.status.success(), "{flags:?} was taken");
         assert!(stderr.contains(why), "{flags:?}: {stderr}");
     }
-    ok(update(&["--algorithm", "least_outstanding_requests"]));
     let out = update(&["--slow-start", "60"]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("least_outstanding_requests"),
         "{out:?}"
     );
-    assert_eq!(
-        group(&state, "attrs")["spec"]["routing"]["slow_start_ms"],
-        0
+    ok(update(&[
+        "--algorithm",
+        "round_robin",
+        "--slow-start",
+        "30",
+    ]));
+    // The group's slow start stays, which weighted random refuses.
+    let out = update(&["--algorithm", "weighted_random"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ALB refuses it with weighted_random"),
+        "{out:?}"
     );
+    let g = group(&state, "attrs");
+    assert_eq!(
+        g["spec"]["routing"],
+        serde_json::json!({ "algorithm": "round_robin", "stickiness_ms": null, "slow_start_ms": 30_000 }),
+        "{g:#}"
+    );
+    assert_eq!(g["spec"]["idle_timeout_ms"], 1_000);
     daemon.destroy(&["attrs"]);
 }
 

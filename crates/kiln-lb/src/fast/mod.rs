@@ -308,7 +308,7 @@ async fn relay(
                 continue;
             }
         };
-        let idle_timeout = table.settings.idle_timeout;
+        let idle_timeout = table.idle_timeout();
         let answer = tokio::time::timeout(
             idle_timeout,
             exchange(

@@ -39,6 +39,7 @@ deploy:
   health: { path: /ready, interval: 500ms, healthy_threshold: 3 }
   rolling: { max_batch: 2, min_in_service: 2, pause: 5s }
   rollback: auto
+  idle_timeout: 2m
   routing: { algorithm: round_robin, stickiness: 1h, slow_start: 30s }
   lb_threads: 2
   tags: { Team: payments }
@@ -68,6 +69,7 @@ triggers: { on_commit: false, schedule: "cron(0 9 * * ? *)", only_if_changed: tr
     assert_eq!(d.spec.rolling.pause_ms, 5000);
     assert_eq!(d.tags["Team"], "payments");
     assert_eq!(d.spec.lb_threads, 2);
+    assert_eq!(d.spec.idle_timeout_ms, 120_000);
     assert_eq!(
         d.spec.routing.to_lb(),
         kiln_fleet::Routing {
@@ -132,7 +134,27 @@ fn bad_values_name_their_field() {
         (
             "deploy: { group: g, routing: { slow_start: 30s } }\n",
             "deploy.routing.slow_start",
-            "needs round_robin",
+            "needs algorithm round_robin; ALB refuses it with least_outstanding_requests",
+        ),
+        (
+            "deploy: { group: g, routing: { algorithm: weighted_random, slow_start: 30s } }\n",
+            "deploy.routing.slow_start",
+            "ALB refuses it with weighted_random",
+        ),
+        (
+            "deploy: { group: g, routing: { algorithm: weighted_random, stickiness: 1h } }\n",
+            "deploy.routing.stickiness",
+            "weighted_random algorithm does not take sticky sessions",
+        ),
+        (
+            "deploy: { group: g, idle_timeout: 0s }\n",
+            "deploy.idle_timeout",
+            "0 s is out of range: ALB's idle_timeout.timeout_seconds is from 1 to 4000 s",
+        ),
+        (
+            "deploy: { group: g, idle_timeout: 2h }\n",
+            "deploy.idle_timeout",
+            "7200 s is out of range",
         ),
         (
             "deploy: { group: g, routing: { algorithm: round_robin, slow_start: 10s } }\n",
