@@ -255,8 +255,20 @@ fn cached_paths_come_back_in_the_next_build_and_the_time_saved_is_measured() {
     assert_eq!(c2.restored_files, 3);
     assert!(log2.contains("Restored the cache: 3 files"), "{log2}");
     let saved = c2.time_saved_ms.unwrap();
-    // The first build slept 2 s for what the second found in the cache.
-    assert!(saved > 1500, "saved {saved} ms: {log2}");
+    // The first build slept 2 s for what the second found in the cache;
+    // how much of that shows as saved depends on the machine's load, so
+    // only the accounting is held exact.
+    let uncached = c2.uncached_phases_ms.unwrap();
+    assert!(
+        uncached >= 2000,
+        "the uncached build took {uncached} ms: {log1}"
+    );
+    assert_eq!(
+        saved,
+        uncached as i64 - (c2.phases_ms + c2.restore_ms) as i64,
+        "{c2:?}"
+    );
+    assert!(saved > 0, "saved {saved} ms: {log2}");
     assert!(log2.contains(&format!("{saved} ms saved")), "{log2}");
     eprintln!(
         "cache: uncached {} ms, cached {} ms, restore {} ms, saved {saved} ms",
