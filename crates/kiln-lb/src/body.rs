@@ -88,6 +88,15 @@ pub(crate) struct TrackedBody {
 /// Why a response body stopped short.
 pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
+/// An instance that sent nothing more of a response body for `idle`
+/// (ALB's idle timeout), on either of the balancer's paths.
+pub(crate) fn instance_stalled(idle: Duration) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("the instance sent nothing more of the body for {idle:?}"),
+    )
+}
+
 impl TrackedBody {
     pub(crate) fn new(inner: Incoming, lease: Lease, sender: Sender, idle: Duration) -> Self {
         TrackedBody {
@@ -140,8 +149,7 @@ impl Body for TrackedBody {
             ready!(stalled.as_mut().poll(cx));
             this.stalled = None;
             this.fail();
-            let why = format!("the instance sent nothing more of the body for {idle:?}");
-            return Poll::Ready(Some(Err(why.into())));
+            return Poll::Ready(Some(Err(instance_stalled(idle).into())));
         }
         this.stalled = None;
         match ready!(polled) {

@@ -27,7 +27,7 @@ use std::time::Duration;
 use rustix::io::Errno;
 use rustix::net::SocketFlags;
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A listening socket whose connections are accepted unregistered.
@@ -40,7 +40,7 @@ impl Listener {
         // SAFETY: the std listener owns its descriptor and the `AsyncFd`
         // owns the listener, which is never handed out mutably or taken
         // back: the descriptor stays open and the same while registered.
-        let registered = unsafe { AsyncFd::register(listener) };
+        let registered = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) };
         Ok(Listener(registered.map_err(io::Error::from)?))
     }
 
@@ -152,13 +152,19 @@ impl Client {
         }
     }
 
-    /// A write's outcome, failed once it has waited for the write timeout
-    /// without the client making room.
-    fn timed<T>(
+    /// Writes directly while the socket is fresh, else through the event
+    /// loop; fails once the write has waited for the write timeout without
+    /// the client making room.
+    fn write_with(
         &mut self,
         cx: &mut Context<'_>,
-        write: Poll<io::Result<T>>,
-    ) -> Poll<io::Result<T>> {
+        direct: impl FnOnce(&mut std::net::TcpStream) -> io::Result<usize>,
+        polled: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if let Some(done) = self.direct(direct) {
+            return Poll::Ready(done);
+        }
+        let write = polled(Pin::new(self.polled()?), cx);
         if write.is_ready() {
             self.stalled = None;
             return write;
@@ -205,12 +211,8 @@ impl AsyncWrite for Client {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Some(done) = this.direct(|s| s.write(buf)) {
-            return Poll::Ready(done);
-        }
-        let write = Pin::new(this.polled()?).poll_write(cx, buf);
-        this.timed(cx, write)
+        self.get_mut()
+            .write_with(cx, |s| s.write(buf), |s, cx| s.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -218,12 +220,11 @@ impl AsyncWrite for Client {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Some(done) = this.direct(|s| s.write_vectored(bufs)) {
-            return Poll::Ready(done);
-        }
-        let write = Pin::new(this.polled()?).poll_write_vectored(cx, bufs);
-        this.timed(cx, write)
+        self.get_mut().write_with(
+            cx,
+            |s| s.write_vectored(bufs),
+            |s, cx| s.poll_write_vectored(cx, bufs),
+        )
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -291,10 +291,7 @@ async fn read_more(up: &mut Upstream, idle: Duration) -> Result<usize, Cut> {
     up.buf.reserve(READ_CHUNK);
     match tokio::time::timeout(idle, up.io.read_buf(&mut up.buf)).await {
         Ok(read) => read.map_err(Cut::Instance),
-        Err(_) => Err(Cut::Instance(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("the instance sent nothing more of the body for {idle:?}"),
-        ))),
+        Err(_) => Err(Cut::Instance(crate::body::instance_stalled(idle))),
     }
 }
 
